@@ -1,0 +1,183 @@
+// Package config loads router.yaml: it decodes the file with every error
+// naming its key path, fills in defaults, expands ${ENV} in DSNs and validates
+// the result. A loaded *Config is never modified afterwards; a reload builds a
+// new one and the caller swaps it in, so a bad file never half-applies.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"time"
+)
+
+// Config is the parsed and validated router.yaml.
+type Config struct {
+	Listen          string              `yaml:"listen"`
+	Auth            Auth                `yaml:"auth"`
+	Pool            Pool                `yaml:"pool"`
+	Log             Log                 `yaml:"log"`
+	Clusters        map[string]*Cluster `yaml:"clusters"`
+	DefaultRoute    string              `yaml:"default_route"`
+	FallbackCluster string              `yaml:"fallback_cluster"`
+
+	// Path is the file the config was read from ("" when built in memory).
+	Path string `yaml:"-"`
+}
+
+// Auth selects how clients prove who they are.
+type Auth struct {
+	Type      string `yaml:"type"`       // trust | md5 | scram-sha-256
+	UsersFile string `yaml:"users_file"` // pgbouncer format; relative to the config file
+}
+
+// Pool holds the pooling limits and timeouts, pgbouncer's names where they exist.
+type Pool struct {
+	Mode                 string   `yaml:"mode"` // session | transaction
+	Size                 int      `yaml:"size"`
+	MinIdle              int      `yaml:"min_idle"`
+	MaxClientConn        int      `yaml:"max_client_conn"`
+	ServerLifetime       Duration `yaml:"server_lifetime"`
+	ServerIdleTimeout    Duration `yaml:"server_idle_timeout"`
+	ServerConnectTimeout Duration `yaml:"server_connect_timeout"`
+	QueryWaitTimeout     Duration `yaml:"query_wait_timeout"`
+	ClientLoginTimeout   Duration `yaml:"client_login_timeout"`
+	PreparedStatements   int      `yaml:"prepared_statements"`
+	MaxMessageSize       ByteSize `yaml:"max_message_size"`
+}
+
+// Log configures the process log.
+type Log struct {
+	Level  string `yaml:"level"`  // debug | info | warn | error
+	Format string `yaml:"format"` // auto | console | json
+}
+
+// Cluster is one set of shards that share a schema and a partition space.
+type Cluster struct {
+	Partitions   int      `yaml:"partitions"`
+	Shards       []*Shard `yaml:"shards"`
+	DefaultRoute string   `yaml:"default_route"`
+
+	// Name is the cluster's key in the clusters map.
+	Name string `yaml:"-"`
+}
+
+// Shard is one PostgreSQL database that owns some partitions of its cluster.
+type Shard struct {
+	Name       string `yaml:"name"`
+	DSN        string `yaml:"dsn"`
+	Partitions string `yaml:"partitions"` // "0-7", "8,9,12-15"
+
+	// PartitionList is Partitions parsed, sorted and de-duplicated by validation.
+	PartitionList []int `yaml:"-"`
+}
+
+// Pool modes.
+const (
+	ModeSession     = "session"
+	ModeTransaction = "transaction"
+)
+
+// Auth types.
+const (
+	AuthTrust = "trust"
+	AuthMD5   = "md5"
+	AuthSCRAM = "scram-sha-256"
+)
+
+// Route names with a fixed meaning in default_route.
+const (
+	RouteError = "error"
+	RouteAny   = "any"
+)
+
+// Defaults follows pgbouncer where the concept is the same and the design's
+// example file elsewhere; every value is documented in router.yaml.example.
+func Defaults() Config {
+	return Config{
+		Listen: "0.0.0.0:6432",
+		Auth:   Auth{Type: AuthSCRAM},
+		Pool: Pool{
+			Mode:                 ModeTransaction,
+			Size:                 20,
+			MaxClientConn:        10000,
+			ServerLifetime:       Duration(time.Hour),
+			ServerIdleTimeout:    Duration(10 * time.Minute),
+			ServerConnectTimeout: Duration(5 * time.Second),
+			QueryWaitTimeout:     Duration(30 * time.Second),
+			ClientLoginTimeout:   Duration(60 * time.Second),
+			PreparedStatements:   256,
+			MaxMessageSize:       64 << 20,
+		},
+		Log:          Log{Level: "info", Format: "auto"},
+		DefaultRoute: RouteError,
+	}
+}
+
+// Load reads, decodes and validates a config file.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse decodes and validates config text; path is used in messages and to
+// resolve relative file names.
+func Parse(path string, data []byte) (*Config, error) {
+	cfg := Defaults()
+	cfg.Path = path
+	if err := decode(path, data, &cfg); err != nil {
+		return nil, err
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+// ClusterNames returns the cluster names in a stable order.
+func (c *Config) ClusterNames() []string {
+	names := make([]string, 0, len(c.Clusters))
+	for name := range c.Clusters {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Error is a validation error that names the file and key path.
+type Error struct {
+	File string
+	Line int // 0 when unknown
+	Path string
+	Msg  string
+}
+
+func (e *Error) Error() string {
+	where := e.File
+	if where == "" {
+		where = "router.yaml"
+	}
+	if e.Line > 0 {
+		where = fmt.Sprintf("%s:%d", where, e.Line)
+	}
+	if e.Path == "" {
+		return where + ": " + e.Msg
+	}
+	return where + ": " + e.Path + ": " + e.Msg
+}
+
+// errorList gathers validation errors so one run reports all of them.
+type errorList struct {
+	file string
+	errs []error
+}
+
+func (l *errorList) add(path, format string, args ...any) {
+	l.errs = append(l.errs, &Error{File: l.file, Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+func (l *errorList) err() error { return errors.Join(l.errs...) }

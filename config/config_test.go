@@ -1,0 +1,141 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestExampleFileLoads keeps router.yaml.example loadable, so it stays true.
+func TestExampleFileLoads(t *testing.T) {
+	t.Setenv("S0_PASSWORD", "pw0")
+	t.Setenv("S1_PASSWORD", "pw1")
+	dir := t.TempDir()
+	data, err := os.ReadFile("../router.yaml.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "router.yaml")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "users.txt"), []byte(`"app" "secret"`+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := Defaults()
+	if cfg.Pool != def.Pool || cfg.Listen != def.Listen || cfg.Log != def.Log {
+		t.Fatalf("the example's values differ from the defaults:\n%+v\n%+v", cfg.Pool, def.Pool)
+	}
+	sh := cfg.Clusters["main"].Shards[1]
+	if sh.DSN != "postgres://app:pw1@10.0.0.2:5432/app" {
+		t.Fatalf("dsn %q: ${ENV} not expanded", sh.DSN)
+	}
+	if len(sh.PartitionList) != 8 || sh.PartitionList[0] != 8 {
+		t.Fatalf("partitions %v", sh.PartitionList)
+	}
+	if cfg.Auth.UsersFile != filepath.Join(dir, "users.txt") {
+		t.Fatalf("users_file not resolved next to the config: %q", cfg.Auth.UsersFile)
+	}
+}
+
+const minimal = `
+auth: {type: trust}
+clusters:
+  main:
+    partitions: 4
+    shards:
+      - {name: s0, dsn: "host=127.0.0.1 port=5432", partitions: "0-1"}
+      - {name: s1, dsn: "host=127.0.0.1 port=5433", partitions: "2,3"}
+`
+
+func TestDefaultsAndUnits(t *testing.T) {
+	cfg, err := Parse("router.yaml", []byte(minimal+`
+pool:
+  query_wait_timeout: 2
+  server_idle_timeout: 1m30s
+  max_message_size: 16MB
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Pool.QueryWaitTimeout.D() != 2*time.Second || cfg.Pool.ServerIdleTimeout.D() != 90*time.Second {
+		t.Fatalf("durations %v %v", cfg.Pool.QueryWaitTimeout, cfg.Pool.ServerIdleTimeout)
+	}
+	if cfg.Pool.MaxMessageSize != 16<<20 || cfg.Pool.Size != 20 || cfg.Pool.Mode != ModeTransaction || cfg.DefaultRoute != RouteError {
+		t.Fatalf("defaults not applied: %+v", cfg.Pool)
+	}
+}
+
+func TestValidationErrorsNameTheKey(t *testing.T) {
+	cases := []struct {
+		name, yaml, want string
+	}{
+		{"power of two", strings.Replace(minimal, "partitions: 4", "partitions: 12", 1),
+			"router.yaml: clusters.main.partitions: 12 is not a power of two"},
+		{"unknown key with hint", minimal + "pool:\n  sise: 3\n",
+			"router.yaml:10: pool.sise: unknown key (did you mean size?)"},
+		{"wrong type", minimal + "pool:\n  size: many\n",
+			`router.yaml:10: pool.size: "many" is not an integer`},
+		{"bad duration", minimal + "pool:\n  query_wait_timeout: soon\n",
+			`pool.query_wait_timeout: "soon" is not a duration`},
+		{"zero wait", minimal + "pool:\n  query_wait_timeout: 0\n",
+			"pool.query_wait_timeout: must be above zero"},
+		{"overlap", strings.Replace(minimal, `partitions: "2,3"`, `partitions: "1-3"`, 1),
+			"clusters.main.shards[1].partitions: partition 1 is already assigned to shard s0"},
+		{"gap", strings.Replace(minimal, `partitions: "2,3"`, `partitions: "2"`, 1),
+			"clusters.main.shards: partitions 3 are not assigned to any shard"},
+		{"out of range", strings.Replace(minimal, `partitions: "2,3"`, `partitions: "2-4"`, 1),
+			`clusters.main.shards[1].partitions: "2-4" is outside 0-3`},
+		{"duplicate shard", strings.Replace(minimal, "name: s1", "name: s0", 1),
+			`clusters.main.shards[1].name: "s0" is already a shard of cluster main`},
+		{"bad route", minimal + "default_route: s9\n",
+			`default_route: "s9" is not error, any, or a shard of cluster main`},
+		{"mode", minimal + "pool:\n  mode: statment\n",
+			`pool.mode: "statment" is not one of session, transaction`},
+		{"users file required", strings.Replace(minimal, "type: trust", "type: md5", 1),
+			"auth.users_file: required when auth.type is md5"},
+		{"missing env", strings.Replace(minimal, "port=5433", "port=5433 password=${PGROUTER_TEST_UNSET}", 1),
+			"clusters.main.shards[1].dsn: environment variable PGROUTER_TEST_UNSET is not set"},
+		{"reserved cluster", strings.Replace(minimal, "main:", "pgrouter:", 1),
+			`clusters.pgrouter: "pgrouter" is reserved for the admin console`},
+		{"fallback", minimal + "fallback_cluster: other\n",
+			`fallback_cluster: "other" is not a cluster`},
+		{"yaml syntax", "clusters: [", "router.yaml: "},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("router.yaml", []byte(tc.yaml))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v\nwant an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestAllErrorsReportedAtOnce(t *testing.T) {
+	_, err := Parse("r.yaml", []byte(minimal+"pool:\n  size: 0\n  max_client_conn: 0\n"))
+	if err == nil || !strings.Contains(err.Error(), "pool.size") || !strings.Contains(err.Error(), "pool.max_client_conn") {
+		t.Fatalf("want both errors, got %v", err)
+	}
+}
+
+func TestPartitions(t *testing.T) {
+	got, err := ParsePartitions("0-3, 8,12-15", 16, 2)
+	if err != nil || FormatPartitions(got) != "0-3,8,12-15" {
+		t.Fatalf("%v %v", got, err)
+	}
+	if all, err := ParsePartitions("", 4, 1); err != nil || len(all) != 4 {
+		t.Fatalf("single shard default: %v %v", all, err)
+	}
+	for _, bad := range []string{"3-1", "x", "1,1", "-1"} {
+		if _, err := ParsePartitions(bad, 16, 2); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

@@ -1,0 +1,216 @@
+package config
+
+import (
+	"fmt"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+
+	yaml "go.yaml.in/yaml/v3"
+)
+
+// scalarDecoder is implemented by types that parse themselves from one YAML scalar.
+type scalarDecoder interface {
+	decodeScalar(value string) error
+}
+
+// decode walks the YAML tree against the Go types so that every error names
+// the key path and line ("router.yaml:12: pool.sise: unknown key"), which
+// yaml's own decoder cannot do for unknown keys.
+func decode(file string, data []byte, dst *Config) error {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return &Error{File: file, Msg: strings.TrimPrefix(err.Error(), "yaml: ")}
+	}
+	if root.Kind == 0 { // empty file
+		return nil
+	}
+	d := decoder{file: file}
+	d.value(root.Content[0], reflect.ValueOf(dst).Elem(), "")
+	return d.errs.err()
+}
+
+type decoder struct {
+	file string
+	errs errorList
+}
+
+func (d *decoder) fail(n *yaml.Node, path, format string, args ...any) {
+	d.errs.errs = append(d.errs.errs, &Error{File: d.file, Line: n.Line, Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
+	if n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" && v.Kind() != reflect.String {
+		return // "key:" with no value keeps the default
+	}
+	if v.CanAddr() {
+		if sd, ok := v.Addr().Interface().(scalarDecoder); ok {
+			if n.Kind != yaml.ScalarNode {
+				d.fail(n, path, "expected a single value")
+				return
+			}
+			if err := sd.decodeScalar(n.Value); err != nil {
+				d.fail(n, path, "%v", err)
+			}
+			return
+		}
+	}
+	switch v.Kind() {
+	case reflect.Pointer:
+		if v.IsNil() {
+			v.Set(reflect.New(v.Type().Elem()))
+		}
+		d.value(n, v.Elem(), path)
+	case reflect.Struct:
+		d.structure(n, v, path)
+	case reflect.Map:
+		d.mapping(n, v, path)
+	case reflect.Slice:
+		d.sequence(n, v, path)
+	case reflect.String:
+		if n.Kind != yaml.ScalarNode {
+			d.fail(n, path, "expected a string")
+			return
+		}
+		if n.Tag == "!!null" {
+			v.SetString("")
+			return
+		}
+		v.SetString(n.Value)
+	case reflect.Int:
+		if n.Kind != yaml.ScalarNode {
+			d.fail(n, path, "expected an integer")
+			return
+		}
+		i, err := strconv.Atoi(n.Value)
+		if err != nil {
+			d.fail(n, path, "%q is not an integer", n.Value)
+			return
+		}
+		v.SetInt(int64(i))
+	case reflect.Bool:
+		b, err := strconv.ParseBool(n.Value)
+		if n.Kind != yaml.ScalarNode || err != nil {
+			d.fail(n, path, "%q is not true or false", n.Value)
+			return
+		}
+		v.SetBool(b)
+	default:
+		panic(fmt.Sprintf("config: unsupported field kind %s at %s", v.Kind(), path))
+	}
+}
+
+func (d *decoder) structure(n *yaml.Node, v reflect.Value, path string) {
+	if n.Kind != yaml.MappingNode {
+		d.fail(n, path, "expected a mapping of keys to values")
+		return
+	}
+	fields := map[string]int{}
+	t := v.Type()
+	for i := range t.NumField() {
+		tag := t.Field(i).Tag.Get("yaml")
+		if tag != "" && tag != "-" {
+			fields[tag] = i
+		}
+	}
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		key, val := n.Content[i], n.Content[i+1]
+		child := join(path, key.Value)
+		idx, ok := fields[key.Value]
+		if !ok {
+			d.fail(key, child, "unknown key%s", suggest(key.Value, fields))
+			continue
+		}
+		if seen[key.Value] {
+			d.fail(key, child, "key appears twice")
+			continue
+		}
+		seen[key.Value] = true
+		d.value(val, v.Field(idx), child)
+	}
+}
+
+func (d *decoder) mapping(n *yaml.Node, v reflect.Value, path string) {
+	if n.Kind != yaml.MappingNode {
+		d.fail(n, path, "expected a mapping of names to entries")
+		return
+	}
+	if v.IsNil() {
+		v.Set(reflect.MakeMap(v.Type()))
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		key, val := n.Content[i], n.Content[i+1]
+		child := join(path, key.Value)
+		k := reflect.ValueOf(key.Value)
+		if v.MapIndex(k).IsValid() {
+			d.fail(key, child, "name appears twice")
+			continue
+		}
+		elem := reflect.New(v.Type().Elem()).Elem()
+		d.value(val, elem, child)
+		v.SetMapIndex(k, elem)
+	}
+}
+
+func (d *decoder) sequence(n *yaml.Node, v reflect.Value, path string) {
+	if n.Kind != yaml.SequenceNode {
+		d.fail(n, path, "expected a list")
+		return
+	}
+	s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
+	for i, item := range n.Content {
+		d.value(item, s.Index(i), fmt.Sprintf("%s[%d]", path, i))
+	}
+	v.Set(s)
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+// suggest names the closest known key, for typos such as "sise" or "max_clients".
+func suggest(key string, fields map[string]int) string {
+	best, bestDist := "", 3
+	names := make([]string, 0, len(fields))
+	for name := range fields {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if dist := editDistance(key, name); dist < bestDist {
+			best, bestDist = name, dist
+		}
+	}
+	if best == "" {
+		return " (known keys: " + strings.Join(names, ", ") + ")"
+	}
+	return " (did you mean " + best + "?)"
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}

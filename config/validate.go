@@ -1,0 +1,333 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// AdminDatabase is the database name of the admin console; no cluster may use it.
+const AdminDatabase = "pgrouter"
+
+var (
+	nameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]*$`)
+	envRE  = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
+)
+
+// validate checks every key, resolves relative paths, expands ${ENV} in DSNs
+// and parses partition lists. It reports all problems at once.
+func (c *Config) validate() error {
+	l := &errorList{file: c.Path}
+
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		l.add("listen", "%q is not host:port", c.Listen)
+	}
+	c.validateAuth(l)
+	c.validatePool(l)
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		l.add("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "auto", "console", "json":
+	default:
+		l.add("log.format", "%q is not one of auto, console, json", c.Log.Format)
+	}
+	c.validateClusters(l)
+	return l.err()
+}
+
+func (c *Config) validateAuth(l *errorList) {
+	switch c.Auth.Type {
+	case AuthTrust:
+	case AuthMD5, AuthSCRAM:
+		if c.Auth.UsersFile == "" {
+			l.add("auth.users_file", "required when auth.type is %s", c.Auth.Type)
+		}
+	default:
+		l.add("auth.type", "%q is not one of trust, md5, scram-sha-256", c.Auth.Type)
+	}
+	if c.Auth.UsersFile != "" {
+		c.Auth.UsersFile = c.resolve(c.Auth.UsersFile)
+		if _, err := os.Stat(c.Auth.UsersFile); err != nil {
+			l.add("auth.users_file", "%v", err)
+		}
+	}
+}
+
+func (c *Config) validatePool(l *errorList) {
+	p := &c.Pool
+	switch p.Mode {
+	case ModeSession, ModeTransaction:
+	default:
+		l.add("pool.mode", "%q is not one of session, transaction", p.Mode)
+	}
+	if p.Size < 1 {
+		l.add("pool.size", "%d must be at least 1", p.Size)
+	}
+	if p.MinIdle < 0 || p.MinIdle > p.Size {
+		l.add("pool.min_idle", "%d must be between 0 and pool.size (%d)", p.MinIdle, p.Size)
+	}
+	if p.MaxClientConn < 1 {
+		l.add("pool.max_client_conn", "%d must be at least 1", p.MaxClientConn)
+	}
+	if p.ServerConnectTimeout <= 0 {
+		l.add("pool.server_connect_timeout", "must be above zero")
+	}
+	if p.QueryWaitTimeout <= 0 {
+		l.add("pool.query_wait_timeout", "must be above zero: a client waiting for a busy pool must get an error, not hang")
+	}
+	if p.ClientLoginTimeout <= 0 {
+		l.add("pool.client_login_timeout", "must be above zero")
+	}
+	if p.PreparedStatements < 0 {
+		l.add("pool.prepared_statements", "%d must not be negative", p.PreparedStatements)
+	}
+	if p.MaxMessageSize < 8<<10 || p.MaxMessageSize > 1<<30 {
+		l.add("pool.max_message_size", "%s must be between 8kB and 1GB", p.MaxMessageSize)
+	}
+}
+
+func (c *Config) validateClusters(l *errorList) {
+	if len(c.Clusters) == 0 {
+		l.add("clusters", "at least one cluster is required")
+		return
+	}
+	shardOwner := map[string]string{} // shard name -> cluster
+	for _, name := range c.ClusterNames() {
+		cl := c.Clusters[name]
+		path := "clusters." + name
+		if cl == nil {
+			l.add(path, "is empty")
+			continue
+		}
+		cl.Name = name
+		if !nameRE.MatchString(name) {
+			l.add(path, "%q is not a valid cluster name (letters, digits, _ . -)", name)
+		}
+		if name == AdminDatabase {
+			l.add(path, "%q is reserved for the admin console", name)
+		}
+		if cl.Partitions == 0 {
+			cl.Partitions = 1
+		}
+		if cl.Partitions < 1 || cl.Partitions > 1<<16 || cl.Partitions&(cl.Partitions-1) != 0 {
+			l.add(path+".partitions", "%d is not a power of two between 1 and 65536", cl.Partitions)
+			continue
+		}
+		if len(cl.Shards) == 0 {
+			l.add(path+".shards", "at least one shard is required")
+			continue
+		}
+		owner := make([]string, cl.Partitions)
+		for i, sh := range cl.Shards {
+			sp := fmt.Sprintf("%s.shards[%d]", path, i)
+			if sh == nil {
+				l.add(sp, "is empty")
+				continue
+			}
+			c.validateShard(l, sp, sh)
+			if prev, dup := shardOwner[sh.Name]; dup && sh.Name != "" {
+				l.add(sp+".name", "%q is already a shard of cluster %s (shard names are unique across clusters)", sh.Name, prev)
+			}
+			shardOwner[sh.Name] = name
+			list, err := ParsePartitions(sh.Partitions, cl.Partitions, len(cl.Shards))
+			if err != nil {
+				l.add(sp+".partitions", "%v", err)
+				continue
+			}
+			sh.PartitionList = list
+			for _, p := range list {
+				if owner[p] != "" {
+					l.add(sp+".partitions", "partition %d is already assigned to shard %s", p, owner[p])
+					continue
+				}
+				owner[p] = sh.Name
+			}
+		}
+		var missing []int
+		for p, o := range owner {
+			if o == "" {
+				missing = append(missing, p)
+			}
+		}
+		if len(missing) > 0 && len(missing) < cl.Partitions {
+			l.add(path+".shards", "partitions %s are not assigned to any shard (every partition belongs to exactly one shard)", FormatPartitions(missing))
+		}
+		if cl.DefaultRoute != "" {
+			c.validateRoute(l, path+".default_route", cl.DefaultRoute, cl)
+		}
+	}
+	if c.DefaultRoute == "" {
+		c.DefaultRoute = RouteError
+	}
+	switch {
+	case c.DefaultRoute == RouteError || c.DefaultRoute == RouteAny:
+	case len(c.Clusters) > 1:
+		l.add("default_route", "%q names a shard, but there are several clusters: set clusters.<name>.default_route instead", c.DefaultRoute)
+	default:
+		for _, cl := range c.Clusters {
+			if cl != nil {
+				c.validateRoute(l, "default_route", c.DefaultRoute, cl)
+			}
+		}
+	}
+	if c.FallbackCluster != "" {
+		if _, ok := c.Clusters[c.FallbackCluster]; !ok {
+			l.add("fallback_cluster", "%q is not a cluster", c.FallbackCluster)
+		}
+	}
+}
+
+func (c *Config) validateShard(l *errorList, path string, sh *Shard) {
+	switch {
+	case sh.Name == "":
+		l.add(path+".name", "required")
+	case !nameRE.MatchString(sh.Name):
+		l.add(path+".name", "%q is not a valid shard name (letters, digits, _ . -)", sh.Name)
+	case sh.Name == RouteError || sh.Name == RouteAny:
+		l.add(path+".name", "%q is reserved (it is a default_route keyword)", sh.Name)
+	}
+	if sh.DSN == "" {
+		l.add(path+".dsn", "required")
+		return
+	}
+	dsn, err := expandEnv(sh.DSN)
+	if err != nil {
+		l.add(path+".dsn", "%v", err)
+		return
+	}
+	sh.DSN = dsn
+	if _, err := pgconn.ParseConfig(dsn); err != nil {
+		l.add(path+".dsn", "not a valid connection string: %v", redactDSNError(err))
+	}
+}
+
+func (c *Config) validateRoute(l *errorList, path, route string, cl *Cluster) {
+	if route == RouteError || route == RouteAny {
+		return
+	}
+	for _, sh := range cl.Shards {
+		if sh != nil && sh.Name == route {
+			return
+		}
+	}
+	l.add(path, "%q is not error, any, or a shard of cluster %s", route, cl.Name)
+}
+
+// resolve makes a path relative to the config file's folder absolute.
+func (c *Config) resolve(p string) string {
+	if filepath.IsAbs(p) || c.Path == "" {
+		return p
+	}
+	return filepath.Join(filepath.Dir(c.Path), p)
+}
+
+// RouteFor returns the default route that applies to a cluster.
+func (c *Config) RouteFor(cl *Cluster) string {
+	if cl.DefaultRoute != "" {
+		return cl.DefaultRoute
+	}
+	return c.DefaultRoute
+}
+
+func expandEnv(s string) (string, error) {
+	var missing []string
+	out := envRE.ReplaceAllStringFunc(s, func(m string) string {
+		name := envRE.FindStringSubmatch(m)[1]
+		v, ok := os.LookupEnv(name)
+		if !ok {
+			missing = append(missing, name)
+		}
+		return v
+	})
+	if len(missing) > 0 {
+		return "", fmt.Errorf("environment variable %s is not set", strings.Join(missing, ", "))
+	}
+	return out, nil
+}
+
+// redactDSNError keeps pgconn's explanation but not the connection string,
+// which may carry a password.
+func redactDSNError(err error) string {
+	msg := err.Error()
+	if i := strings.LastIndex(msg, ": "); i >= 0 && strings.Contains(msg, "cannot parse") {
+		return msg[i+2:]
+	}
+	return msg
+}
+
+// ParsePartitions parses a shard's partition list: "all", "5", "0-7" or a
+// comma-separated mix ("0-3,8,12-15"), each in [0, count).
+func ParsePartitions(spec string, count, shards int) ([]int, error) {
+	spec = strings.TrimSpace(spec)
+	if spec == "" {
+		if shards == 1 {
+			spec = "all"
+		} else {
+			return nil, fmt.Errorf("required when a cluster has several shards (e.g. \"0-%d\")", count/2-1)
+		}
+	}
+	if spec == "all" {
+		out := make([]int, count)
+		for i := range out {
+			out[i] = i
+		}
+		return out, nil
+	}
+	seen := map[int]bool{}
+	for _, item := range strings.Split(spec, ",") {
+		item = strings.TrimSpace(item)
+		lo, hi, isRange := strings.Cut(item, "-")
+		a, errA := strconv.Atoi(strings.TrimSpace(lo))
+		b := a
+		var errB error
+		if isRange {
+			b, errB = strconv.Atoi(strings.TrimSpace(hi))
+		}
+		if errA != nil || errB != nil || a > b {
+			return nil, fmt.Errorf("%q is not a partition number or range like 0-7", item)
+		}
+		if a < 0 || b >= count {
+			return nil, fmt.Errorf("%q is outside 0-%d (the cluster has %d partitions)", item, count-1, count)
+		}
+		for p := a; p <= b; p++ {
+			if seen[p] {
+				return nil, fmt.Errorf("partition %d is listed twice", p)
+			}
+			seen[p] = true
+		}
+	}
+	out := make([]int, 0, len(seen))
+	for p := range seen {
+		out = append(out, p)
+	}
+	sort.Ints(out)
+	return out, nil
+}
+
+// FormatPartitions writes a sorted partition list back in its compact form.
+func FormatPartitions(list []int) string {
+	var parts []string
+	for i := 0; i < len(list); {
+		j := i
+		for j+1 < len(list) && list[j+1] == list[j]+1 {
+			j++
+		}
+		if i == j {
+			parts = append(parts, strconv.Itoa(list[i]))
+		} else {
+			parts = append(parts, fmt.Sprintf("%d-%d", list[i], list[j]))
+		}
+		i = j + 1
+	}
+	return strings.Join(parts, ",")
+}
