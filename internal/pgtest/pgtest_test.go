@@ -1,0 +1,63 @@
+package pgtest
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+func TestStartServesQueriesAndRestarts(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	servers, err := StartN(ctx, 2, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, s := range servers {
+			_ = s.Stop()
+		}
+	}()
+	if servers[0].Port == servers[1].Port {
+		t.Fatalf("both servers on port %d", servers[0].Port)
+	}
+	for _, s := range servers {
+		conn, err := pgconn.Connect(ctx, s.DSN("postgres"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := conn.Exec(ctx, "SHOW wal_level").ReadAll()
+		conn.Close(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := string(res[0].Rows[0][0]); got != "logical" {
+			t.Fatalf("wal_level = %q, want logical", got)
+		}
+	}
+	s := servers[0]
+	if err := s.Exec(ctx, "postgres", "CREATE TABLE kept (x int); INSERT INTO kept VALUES (7)"); err != nil {
+		t.Fatal(err)
+	}
+	s.Crash()
+	if err := s.Exec(ctx, "postgres", "SELECT 1"); err == nil {
+		t.Fatal("crashed server still answers")
+	}
+	if err := s.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgconn.Connect(ctx, s.DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	res, err := conn.Exec(ctx, "SELECT x FROM kept").ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(res[0].Rows[0][0]); got != "7" {
+		t.Fatalf("after restart x = %q, want 7", got)
+	}
+}

@@ -1,0 +1,207 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/goleak"
+
+	"github.com/pgrouter/pgrouter/internal/pgtest"
+	"github.com/pgrouter/pgrouter/shardmap"
+)
+
+var server *pgtest.Server
+
+func TestMain(m *testing.M) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	var err error
+	server, err = pgtest.Start(ctx, pgtest.Options{})
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = server.Stop()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutines leaked:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+func newPool(t *testing.T, size, minIdle int) *Pool {
+	cc, err := pgconn.ParseConfig(server.DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := New(Config{Shard: "s0", User: "postgres", Conn: cc, Size: size, MinIdle: minIdle,
+		ConnectTimeout: 5 * time.Second, IdleTimeout: time.Minute, PreparedStatements: 8, MaxMessageSize: 1 << 20}, nil)
+	t.Cleanup(p.Close)
+	return p
+}
+
+func TestAcquireWaitsThenTimesOut(t *testing.T) {
+	p := newPool(t, 1, 0)
+	ctx := context.Background()
+	c1, err := p.Acquire(ctx, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = p.Acquire(ctx, 150*time.Millisecond)
+	var wt *WaitTimeoutError
+	if !errors.As(err, &wt) || time.Since(start) < 140*time.Millisecond || wt.Size != 1 {
+		t.Fatalf("second acquire: %v after %s", err, time.Since(start))
+	}
+	if st := p.Stats(); st.Waiting != 0 || st.Active != 1 {
+		t.Fatalf("stats after timeout %+v", st)
+	}
+	got := make(chan *Conn)
+	go func() {
+		c, err := p.Acquire(ctx, 5*time.Second)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- c
+	}()
+	time.Sleep(50 * time.Millisecond)
+	if st := p.Stats(); st.Waiting != 1 {
+		t.Fatalf("waiter not queued: %+v", st)
+	}
+	p.Release(c1)
+	select {
+	case c2 := <-got:
+		if c2 != c1 {
+			t.Fatal("the waiter did not get the released connection")
+		}
+		p.Release(c2)
+	case <-time.After(2 * time.Second):
+		t.Fatal("waiter not woken by Release")
+	}
+	if st := p.Stats(); st.Idle != 1 || st.Active != 0 || st.Open != 1 {
+		t.Fatalf("final stats %+v", st)
+	}
+}
+
+func TestBrokenConnectionIsClosedAndSlotFreed(t *testing.T) {
+	p := newPool(t, 1, 0)
+	ctx := context.Background()
+	c, err := p.Acquire(ctx, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.MarkBroken()
+	p.Release(c)
+	if st := p.Stats(); st.Open != 0 || st.Idle != 0 {
+		t.Fatalf("broken connection kept: %+v", st)
+	}
+	c2, err := p.Acquire(ctx, time.Second)
+	if err != nil || c2 == c {
+		t.Fatalf("no fresh connection: %v", err)
+	}
+	p.Release(c2)
+}
+
+// TestTerminatedIdleConnectionIsReplaced kills an idle connection's backend:
+// the next Acquire notices without sending anything and opens a new one.
+func TestTerminatedIdleConnectionIsReplaced(t *testing.T) {
+	p := newPool(t, 2, 0)
+	ctx := context.Background()
+	c, err := p.Acquire(ctx, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := c.PID
+	p.Release(c)
+	if err := server.Exec(ctx, "postgres", fmt.Sprintf("SELECT pg_terminate_backend(%d)", pid)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	p.mu.Lock()
+	c.lastUsed = time.Now().Add(-2 * checkAfterIdle)
+	p.mu.Unlock()
+	c2, err := p.Acquire(ctx, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Release(c2)
+	if c2.PID == pid {
+		t.Fatal("got the terminated connection back")
+	}
+	if _, err := c2.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestMaintainEnforcesIdleTimeoutLifetimeAndMinIdle(t *testing.T) {
+	p := newPool(t, 4, 2)
+	ctx := context.Background()
+	p.maintain(ctx, time.Now())
+	if st := p.Stats(); st.Idle != 2 || st.Open != 2 {
+		t.Fatalf("min_idle warm-up: %+v", st)
+	}
+	var held []*Conn
+	for range 4 {
+		c, err := p.Acquire(ctx, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	for _, c := range held {
+		p.Release(c)
+	}
+	p.maintain(ctx, time.Now().Add(2*time.Minute)) // past server_idle_timeout
+	if st := p.Stats(); st.Idle != 2 || st.Open != 2 {
+		t.Fatalf("idle timeout should keep min_idle=2: %+v", st)
+	}
+	p.cfg.Lifetime = time.Hour
+	p.maintain(ctx, time.Now().Add(2*time.Hour)) // past server_lifetime: all go, then min_idle refills
+	if st := p.Stats(); st.Idle != 2 || st.Open != 2 {
+		t.Fatalf("after lifetime: %+v", st)
+	}
+}
+
+func TestConnectErrorNamesTheShard(t *testing.T) {
+	cc, _ := pgconn.ParseConfig("postgres://postgres@127.0.0.1:1/postgres?sslmode=disable")
+	p := New(Config{Shard: "gone", Conn: cc, Size: 1, ConnectTimeout: time.Second, MaxMessageSize: 1 << 20}, nil)
+	defer p.Close()
+	_, err := p.Acquire(context.Background(), time.Second)
+	var ce *ConnectError
+	if !errors.As(err, &ce) || ce.Shard != "gone" {
+		t.Fatalf("%v", err)
+	}
+	if st := p.Stats(); st.Open != 0 {
+		t.Fatalf("failed dial kept a slot: %+v", st)
+	}
+}
+
+func TestSetPicksServerUser(t *testing.T) {
+	s := NewSet(SetConfig{Settings: Settings{Size: 1, ConnectTimeout: time.Second, MaxMessageSize: 1 << 20},
+		Password: func(user string) (string, bool) { return "pw-" + user, true }})
+	defer s.Close()
+	withUser := &shardmap.Shard{Name: "a", DSN: "postgres://app@h/db"}
+	without := &shardmap.Shard{Name: "b", DSN: "host=h dbname=db"}
+	p1, _ := s.Get(withUser, "alice")
+	p2, _ := s.Get(without, "alice")
+	p3, _ := s.Get(without, "alice")
+	if p1.User() != "app" || p2.User() != "alice" || p2 != p3 || p2.cfg.Conn.Password != "pw-alice" {
+		t.Fatalf("users %q %q, same pool %v", p1.User(), p2.User(), p2 == p3)
+	}
+	for dsn, want := range map[string]string{
+		"postgres://u:p@h/db": "u", "postgresql://h/db?user=q": "q", "host=h user='x y'": "x y", "user = z host=h": "z",
+		`host=h password='a\' user=b' user=c`: "c", "host=h": "",
+	} {
+		if got, _ := dsnUser(dsn); got != want {
+			t.Errorf("%q: %q want %q", dsn, got, want)
+		}
+	}
+}
