@@ -1,0 +1,125 @@
+package proxy
+
+import (
+	"crypto/md5"
+	"database/sql"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/xdg-go/scram"
+)
+
+// usersFile has one user per secret form: plain, md5 and SCRAM.
+func usersFile(t *testing.T) string {
+	sum := md5.Sum([]byte("secret-b" + "bob"))
+	client, err := scram.SHA256.NewClient("", "secret-c", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, _ := client.GetStoredCredentialsWithError(scram.KeyFactors{Salt: "0123456789abcdef", Iters: 4096})
+	verifier := fmt.Sprintf("SCRAM-SHA-256$%d:%s$%s:%s", creds.Iters,
+		base64.StdEncoding.EncodeToString([]byte(creds.Salt)),
+		base64.StdEncoding.EncodeToString(creds.StoredKey),
+		base64.StdEncoding.EncodeToString(creds.ServerKey))
+	return fmt.Sprintf(`; pgbouncer-format users file
+"alice" "secret-a"
+"bob" "md5%s"
+"carol" "%s"
+"quote""d" "pa""ss"
+`, hex.EncodeToString(sum[:]), verifier)
+}
+
+func TestAuthentication(t *testing.T) {
+	users := usersFile(t)
+	cases := []struct {
+		auth, user, password, database, code string
+	}{
+		{"scram-sha-256", "alice", "secret-a", "main", ""},
+		{"scram-sha-256", "carol", "secret-c", "main", ""},
+		{"scram-sha-256", `quote"d`, `pa"ss`, "main", ""},
+		{"scram-sha-256", "alice", "wrong", "main", "28P01"},
+		{"scram-sha-256", "bob", "secret-b", "main", "28P01"}, // an md5 secret cannot do SCRAM
+		{"scram-sha-256", "nobody", "secret-a", "main", "28P01"},
+		{"scram-sha-256", "alice", "secret-a", "nodb", "3D000"},
+		{"scram-sha-256", "alice", "wrong", "nodb", "28P01"},
+		{"scram-sha-256", "nobody", "x", "nodb", "28P01"},
+		{"md5", "alice", "secret-a", "main", ""},
+		{"md5", "bob", "secret-b", "main", ""},
+		{"md5", "bob", "wrong", "main", "28P01"},
+		{"md5", "carol", "secret-c", "main", "28P01"}, // a SCRAM secret cannot answer md5
+		{"md5", "nobody", "x", "main", "28P01"},
+		{"trust", "alice", "", "main", ""},
+		{"trust", "nobody", "", "main", "28P01"},
+	}
+	proxies := map[string]*testProxy{}
+	for _, a := range []string{"scram-sha-256", "md5", "trust"} {
+		proxies[a] = startProxy(t, proxyOpts{auth: a, users: users})
+	}
+	for _, tc := range cases {
+		t.Run(fmt.Sprintf("%s/%s/%s/%s", tc.auth, tc.user, tc.password, tc.database), func(t *testing.T) {
+			p := proxies[tc.auth]
+			ctx := testContext(t, 10*time.Second)
+			host, port := p.hostPort()
+			cc, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%s dbname=%s sslmode=disable", host, port, tc.database))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cc.User, cc.Password = tc.user, tc.password
+			conn, err := pgx.ConnectConfig(ctx, cc)
+			if tc.code == "" {
+				if err != nil {
+					t.Fatalf("pgx: %v", err)
+				}
+				var one int
+				if err := conn.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+					t.Fatal(err)
+				}
+				conn.Close(ctx)
+			} else if got := pgCode(err); got != tc.code {
+				t.Fatalf("pgx: got %v (SQLSTATE %q), want SQLSTATE %s", err, got, tc.code)
+			}
+			if tc.code == "28P01" && !strings.Contains(err.Error(), fmt.Sprintf("password authentication failed for user %q", tc.user)) {
+				t.Fatalf("message gives away more than a wrong password would: %v", err)
+			}
+			// lib/pq speaks the same exchanges.
+			db, err := sql.Open("postgres", fmt.Sprintf("host=%s port=%s dbname=%s user='%s' password='%s' sslmode=disable",
+				host, port, tc.database, strings.ReplaceAll(tc.user, `'`, `\'`), tc.password))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			err = db.PingContext(ctx)
+			if tc.code == "" && err != nil {
+				t.Fatalf("lib/pq: %v", err)
+			}
+			if tc.code != "" && (err == nil || !strings.Contains(err.Error(), tc.code)) {
+				t.Fatalf("lib/pq: %v, want SQLSTATE %s", err, tc.code)
+			}
+		})
+	}
+	t.Run("psql", func(t *testing.T) {
+		p := proxies["scram-sha-256"]
+		host, port := p.hostPort()
+		ctx := testContext(t, 10*time.Second)
+		cmd := exec.CommandContext(ctx, "psql", "-X", "-At", "-h", host, "-p", port, "-U", "alice", "-d", "main", "-c", "SELECT 'in'")
+		cmd.Env = append(os.Environ(), "PGPASSWORD=secret-a")
+		out, err := cmd.CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != "in" {
+			t.Fatalf("psql with password: %v: %s", err, out)
+		}
+		cmd = exec.CommandContext(ctx, "psql", "-X", "-h", host, "-p", port, "-U", "alice", "-d", "main", "-c", "SELECT 1")
+		cmd.Env = append(os.Environ(), "PGPASSWORD=nope")
+		out, _ = cmd.CombinedOutput()
+		if !strings.Contains(string(out), `password authentication failed for user "alice"`) {
+			t.Fatalf("psql with a wrong password: %s", out)
+		}
+	})
+}
+

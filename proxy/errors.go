@@ -1,0 +1,138 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgrouter/pgrouter/pool"
+	"github.com/pgrouter/pgrouter/wire"
+)
+
+// SQLSTATEs pgrouter reports itself.
+const (
+	codeProtocolViolation    = "08P01"
+	codeConnectionFailure    = "08006"
+	codeCannotConnect        = "08001"
+	codeInvalidAuthorization = "28000"
+	codeInvalidPassword      = "28P01"
+	codeTooManyConnections   = "53300"
+	codeAdminShutdown        = "57P01"
+	codeFeatureNotSupported  = "0A000"
+	codeInvalidCatalogName   = "3D000"
+	codeInternalError        = "XX000"
+)
+
+// Error is what a client is told: one ErrorResponse. Errors from inside
+// pgrouter are translated to it in exactly one place, toError; FATAL is used
+// only when the connection is closed right after.
+type Error struct {
+	Fatal   bool
+	Code    string
+	Message string
+	Detail  string
+	Hint    string
+	// Err is the internal cause, for the log.
+	Err error
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("%s (SQLSTATE %s): %v", e.Message, e.Code, e.Err)
+	}
+	return fmt.Sprintf("%s (SQLSTATE %s)", e.Message, e.Code)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// errorf builds an ERROR; the session goes on.
+func errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// fatalf builds a FATAL; the connection is closed after it is sent.
+func fatalf(code, format string, args ...any) *Error {
+	return &Error{Fatal: true, Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+func (e *Error) withHint(format string, args ...any) *Error {
+	e.Hint = fmt.Sprintf(format, args...)
+	return e
+}
+
+func (e *Error) because(err error) *Error {
+	e.Err = err
+	return e
+}
+
+// errClientGone means the client socket failed or closed; nothing can be sent.
+var errClientGone = errors.New("client connection closed")
+
+// toError is the one translation from internal errors to what a client sees.
+func toError(err error) *Error {
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	var waitErr *pool.WaitTimeoutError
+	if errors.As(err, &waitErr) {
+		return errorf(codeTooManyConnections, "pgrouter: query_wait_timeout: %s", waitErr.Error()).
+			withHint("Raise pool.size or pool.query_wait_timeout in router.yaml, or look for long transactions holding server connections.").
+			because(err)
+	}
+	var connErr *pool.ConnectError
+	if errors.As(err, &connErr) {
+		return errorf(codeCannotConnect, "pgrouter: %s", connErr.Error()).
+			withHint("Check that shard %s is running and reachable; the next statement tries again.", connErr.Shard).
+			because(err)
+	}
+	var srvErr *pool.ServerError
+	if errors.As(err, &srvErr) {
+		return &Error{Code: srvErr.Err.Code, Message: srvErr.Err.Message, Detail: srvErr.Err.Detail, Hint: srvErr.Err.Hint, Err: err}
+	}
+	var tooLarge *wire.TooLargeError
+	if errors.As(err, &tooLarge) {
+		return fatalf(codeProtocolViolation, "pgrouter: %s", tooLarge.Error()).
+			withHint("Raise pool.max_message_size in router.yaml if such messages are expected.").
+			because(err)
+	}
+	if errors.Is(err, wire.ErrMalformed) {
+		return fatalf(codeProtocolViolation, "pgrouter: invalid message framing: %v", err).because(err)
+	}
+	if errors.Is(err, pool.ErrClosed) {
+		return fatalf(codeAdminShutdown, "pgrouter: terminating connection: the pool is shutting down").because(err)
+	}
+	if errors.Is(err, context.Canceled) {
+		return fatalf(codeAdminShutdown, "pgrouter: terminating connection due to administrator command").because(err)
+	}
+	return fatalf(codeInternalError, "pgrouter: internal error: %v", err).because(err)
+}
+
+// errorResponse encodes e as an ErrorResponse.
+func (e *Error) response() *pgproto3.ErrorResponse {
+	sev := "ERROR"
+	if e.Fatal {
+		sev = "FATAL"
+	}
+	return &pgproto3.ErrorResponse{
+		Severity:            sev,
+		SeverityUnlocalized: sev,
+		Code:                e.Code,
+		Message:             e.Message,
+		Detail:              e.Detail,
+		Hint:                e.Hint,
+	}
+}
+
+// isClientGone reports whether err means the client socket is unusable.
+func isClientGone(err error) bool {
+	if errors.Is(err, errClientGone) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
+		return true
+	}
+	var opErr *net.OpError
+	return errors.As(err, &opErr)
+}

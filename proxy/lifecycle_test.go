@@ -1,0 +1,358 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+func pgCode(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
+}
+
+// killableConn lets a test cut a client's TCP connection without a Terminate,
+// as a crashed client would.
+type killableConn struct {
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func (k *killableConn) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, network, addr)
+	if err == nil {
+		k.mu.Lock()
+		k.conns = append(k.conns, c)
+		k.mu.Unlock()
+	}
+	return c, err
+}
+
+func (k *killableConn) kill() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, c := range k.conns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0) // RST, no FIN: the client vanished
+		}
+		_ = c.Close()
+	}
+}
+
+// TestKilledClientLeavesNoTransaction kills a client inside BEGIN; UPDATE and
+// checks that the next client (on the same, single server connection) sees
+// the old row and can update it at once: nothing of the dead client's
+// transaction, locks or session survives.
+func TestKilledClientLeavesNoTransaction(t *testing.T) {
+	for _, mode := range bothModes {
+		t.Run(mode, func(t *testing.T) {
+			table := "killed_" + mode
+			shardExec(t, 0, fmt.Sprintf("DROP TABLE IF EXISTS %[1]s; CREATE TABLE %[1]s (id int PRIMARY KEY, v int); INSERT INTO %[1]s VALUES (1, 1)", table))
+			p := startProxy(t, proxyOpts{mode: mode, size: 1})
+			ctx := testContext(t, time.Minute)
+
+			var k killableConn
+			victim := p.connect(t, ctx, func(c *pgx.ConnConfig) { c.DialFunc = k.dial })
+			if _, err := victim.Exec(ctx, "SET application_name = 'victim'"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := victim.Exec(ctx, "CREATE TEMP TABLE victim_temp (x int)"); mode == "session" && err != nil {
+				t.Fatal(err)
+			}
+			if _, err := victim.Exec(ctx, "BEGIN"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := victim.Exec(ctx, "UPDATE "+table+" SET v = 2 WHERE id = 1"); err != nil {
+				t.Fatal(err)
+			}
+			k.kill()
+
+			next := p.connect(t, ctx)
+			var v int
+			if err := next.QueryRow(ctx, "SELECT v FROM "+table+" WHERE id = 1").Scan(&v); err != nil || v != 1 {
+				t.Fatalf("next client sees v = %d, %v; want the old value 1", v, err)
+			}
+			lockCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			defer cancel()
+			if _, err := next.Exec(lockCtx, "UPDATE "+table+" SET v = 3 WHERE id = 1"); err != nil {
+				t.Fatalf("next client cannot update the row (lock left behind?): %v", err)
+			}
+			var app string
+			if err := next.QueryRow(ctx, "SHOW application_name").Scan(&app); err != nil || app == "victim" {
+				t.Fatalf("next client inherited application_name %q (%v)", app, err)
+			}
+			var temps int
+			// Temporary tables are session state: transaction mode cannot
+			// carry them (the README says so); session mode must reset them.
+			if mode == "session" {
+				if err := next.QueryRow(ctx, "SELECT count(*) FROM pg_class WHERE relname = 'victim_temp' AND relpersistence = 't' AND pg_table_is_visible(oid)").Scan(&temps); err != nil || temps != 0 {
+					t.Fatalf("next client sees the dead client's temp table (%d, %v)", temps, err)
+				}
+			}
+			if n := shardQueryInt(t, 0, "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"); n != 0 {
+				t.Fatalf("%d sessions idle in transaction on the shard", n)
+			}
+		})
+	}
+}
+
+// TestCancel cancels a running pg_sleep with a CancelRequest carrying the
+// key pgrouter issued: it ends with 57014 within a second, the connection and
+// the pool stay usable, and a cancel from an idle client hits nobody else.
+func TestCancel(t *testing.T) {
+	for _, mode := range bothModes {
+		t.Run(mode, func(t *testing.T) {
+			p := startProxy(t, proxyOpts{mode: mode, size: 2})
+			ctx := testContext(t, time.Minute)
+			conn := p.connect(t, ctx)
+			go func() {
+				time.Sleep(300 * time.Millisecond)
+				_ = conn.PgConn().CancelRequest(context.Background())
+			}()
+			start := time.Now()
+			_, err := conn.Exec(ctx, "SELECT pg_sleep(30)")
+			if elapsed := time.Since(start); pgCode(err) != "57014" || elapsed > 1300*time.Millisecond {
+				t.Fatalf("cancelled pg_sleep: %v after %s; want 57014 within a second", err, elapsed)
+			}
+			var one int
+			if err := conn.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+				t.Fatalf("connection unusable after cancel: %v", err)
+			}
+
+			// A cancel sent by an idle client must not reach another client's query.
+			idle := p.connect(t, ctx)
+			busy := p.connect(t, ctx)
+			done := make(chan error, 1)
+			go func() {
+				_, err := busy.Exec(ctx, "SELECT pg_sleep(0.7)")
+				done <- err
+			}()
+			time.Sleep(150 * time.Millisecond)
+			if err := idle.PgConn().CancelRequest(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-done; err != nil {
+				t.Fatalf("an idle client's cancel hit another client: %v", err)
+			}
+		})
+	}
+}
+
+// TestCancelNeverHitsTheNextClient hammers cancel while the client's server is
+// being released and reused by another client: the other client's queries
+// must never be cancelled.
+func TestCancelNeverHitsTheNextClient(t *testing.T) {
+	p := startProxy(t, proxyOpts{size: 1})
+	ctx := testContext(t, time.Minute)
+	canceller := p.connect(t, ctx)
+	bystander := p.connect(t, ctx)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // the canceller runs short queries and cancels itself constantly
+		defer wg.Done()
+		var cancels sync.WaitGroup
+		defer cancels.Wait()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			cancels.Add(1)
+			go func() {
+				defer cancels.Done()
+				_ = canceller.PgConn().CancelRequest(context.Background())
+			}()
+			_, _ = canceller.Exec(ctx, "SELECT 1")
+		}
+	}()
+	for i := range 100 {
+		if _, err := bystander.Exec(ctx, "SELECT pg_sleep(0.002)"); err != nil {
+			close(stop)
+			wg.Wait()
+			t.Fatalf("bystander query %d cancelled: %v", i, err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+}
+
+// TestLimitsGiveTheirSQLSTATE checks max_client_conn (53300 at login) and
+// query_wait_timeout (53300 for the statement, connection kept).
+func TestLimitsGiveTheirSQLSTATE(t *testing.T) {
+	t.Run("max_client_conn", func(t *testing.T) {
+		p := startProxy(t, proxyOpts{extra: "  max_client_conn: 3\n"})
+		ctx := testContext(t, 30*time.Second)
+		for range 3 {
+			p.connect(t, ctx)
+		}
+		_, err := pgx.Connect(ctx, p.url("postgres", "main"))
+		if pgCode(err) != "53300" {
+			t.Fatalf("fourth client: %v; want 53300", err)
+		}
+	})
+	t.Run("query_wait_timeout", func(t *testing.T) {
+		p := startProxy(t, proxyOpts{size: 1, extra: "  query_wait_timeout: 300ms\n"})
+		ctx := testContext(t, 30*time.Second)
+		holder := p.connect(t, ctx)
+		waiter := p.connect(t, ctx)
+		if _, err := holder.Exec(ctx, "BEGIN"); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		_, err := waiter.Exec(ctx, "SELECT 1")
+		if pgCode(err) != "53300" || time.Since(start) < 250*time.Millisecond || time.Since(start) > 5*time.Second {
+			t.Fatalf("waiting client: %v after %s; want 53300 after ~300ms", err, time.Since(start))
+		}
+		if !strings.Contains(err.Error(), "query_wait_timeout") {
+			t.Fatalf("message does not name the setting: %v", err)
+		}
+		if _, err := holder.Exec(ctx, "COMMIT"); err != nil {
+			t.Fatal(err)
+		}
+		var one int
+		if err := waiter.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+			t.Fatalf("waiting client unusable after the timeout: %v", err)
+		}
+	})
+}
+
+// TestNotifyAndNoticesRelayed checks LISTEN/NOTIFY in session mode (the
+// notification reaches a client that is only waiting) and notices.
+func TestNotifyAndNoticesRelayed(t *testing.T) {
+	p := startProxy(t, proxyOpts{mode: "session", size: 3})
+	ctx := testContext(t, 30*time.Second)
+	listener := p.connect(t, ctx)
+	if _, err := listener.Exec(ctx, "LISTEN pgrouter_test"); err != nil {
+		t.Fatal(err)
+	}
+	notifier := p.connect(t, ctx)
+	notified := make(chan error, 1)
+	go func() {
+		time.Sleep(200 * time.Millisecond) // the listener is waiting, idle, by now
+		_, err := notifier.Exec(ctx, "NOTIFY pgrouter_test, 'hello'")
+		notified <- err
+	}()
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	n, err := listener.WaitForNotification(wctx)
+	if nerr := <-notified; nerr != nil {
+		t.Fatal(nerr)
+	}
+	if err != nil || n.Payload != "hello" {
+		t.Fatalf("notification: %+v, %v", n, err)
+	}
+
+	var notices []string
+	var mu sync.Mutex
+	tp := startProxy(t, proxyOpts{})
+	conn := tp.connect(t, ctx, func(c *pgx.ConnConfig) {
+		c.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
+			mu.Lock()
+			notices = append(notices, n.Message)
+			mu.Unlock()
+		}
+	})
+	if _, err := conn.Exec(ctx, "DO $$BEGIN RAISE NOTICE 'note %', 42; END$$"); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(notices) != 1 || notices[0] != "note 42" {
+		t.Fatalf("notices = %q", notices)
+	}
+}
+
+// TestCopyThroughPgx runs COPY FROM STDIN and COPY TO STDOUT through pgx in
+// both modes, including a COPY that fails half-way.
+func TestCopyThroughPgx(t *testing.T) {
+	for _, mode := range bothModes {
+		t.Run(mode, func(t *testing.T) {
+			table := "copy_" + mode
+			shardExec(t, 0, fmt.Sprintf("DROP TABLE IF EXISTS %[1]s; CREATE TABLE %[1]s (id int PRIMARY KEY, name text)", table))
+			p := startProxy(t, proxyOpts{mode: mode, size: 2})
+			ctx := testContext(t, time.Minute)
+			conn := p.connect(t, ctx)
+			rows := make([][]any, 50000)
+			for i := range rows {
+				rows[i] = []any{i, fmt.Sprintf("row %d", i)}
+			}
+			n, err := conn.CopyFrom(ctx, pgx.Identifier{table}, []string{"id", "name"}, pgx.CopyFromRows(rows))
+			if err != nil || n != int64(len(rows)) {
+				t.Fatalf("copy from: %d, %v", n, err)
+			}
+			// A duplicate key fails the COPY; the connection stays usable.
+			_, err = conn.CopyFrom(ctx, pgx.Identifier{table}, []string{"id", "name"}, pgx.CopyFromRows([][]any{{1, "dup"}}))
+			if pgCode(err) != "23505" {
+				t.Fatalf("duplicate copy: %v", err)
+			}
+			var buf strings.Builder
+			res, err := conn.PgConn().CopyTo(ctx, &buf, "COPY (SELECT id FROM "+table+" WHERE id < 5 ORDER BY id) TO STDOUT")
+			if err != nil || res.RowsAffected() != 5 || buf.String() != "0\n1\n2\n3\n4\n" {
+				t.Fatalf("copy to: %q, %v", buf.String(), err)
+			}
+			var count int
+			if err := conn.QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&count); err != nil || count != len(rows) {
+				t.Fatalf("count = %d, %v", count, err)
+			}
+		})
+	}
+}
+
+// TestSettingsStayWithTheirClient gives two clients different settings
+// (startup parameters and SET) on one shared server connection in
+// transaction mode: each always sees its own.
+func TestSettingsStayWithTheirClient(t *testing.T) {
+	p := startProxy(t, proxyOpts{size: 1})
+	ctx := testContext(t, 30*time.Second)
+	a := p.connect(t, ctx, func(c *pgx.ConnConfig) {
+		c.RuntimeParams["application_name"] = "client_a"
+		c.RuntimeParams["TimeZone"] = "Asia/Tokyo"
+	})
+	b := p.connect(t, ctx, func(c *pgx.ConnConfig) {
+		c.RuntimeParams["application_name"] = "client_b"
+		c.RuntimeParams["options"] = "-c statement_timeout=4321"
+	})
+	for i := range 5 {
+		for _, tc := range []struct {
+			conn              *pgx.Conn
+			app, tz, stmtTime string
+		}{
+			{a, "client_a", "Asia/Tokyo", "0"},
+			{b, "client_b", "UTC", "4321ms"},
+		} {
+			var app, tz, st string
+			err := tc.conn.QueryRow(ctx, "SELECT current_setting('application_name'), current_setting('TimeZone'), current_setting('statement_timeout')").Scan(&app, &tz, &st)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if app != tc.app || (tz != tc.tz && tc.tz != "UTC") || st != tc.stmtTime {
+				t.Fatalf("round %d: %s sees application_name=%q TimeZone=%q statement_timeout=%q", i, tc.app, app, tz, st)
+			}
+		}
+	}
+	// A SET of a reported parameter follows its client, and only its client.
+	if _, err := a.Exec(ctx, "SET application_name = 'client_a2'"); err != nil {
+		t.Fatal(err)
+	}
+	var app string
+	if err := b.QueryRow(ctx, "SHOW application_name").Scan(&app); err != nil || app != "client_b" {
+		t.Fatalf("b sees %q", app)
+	}
+	if err := a.QueryRow(ctx, "SHOW application_name").Scan(&app); err != nil || app != "client_a2" {
+		t.Fatalf("a sees %q", app)
+	}
+}

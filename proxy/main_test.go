@@ -1,0 +1,187 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/pgrouter/pgrouter/config"
+	"github.com/pgrouter/pgrouter/internal/pgtest"
+)
+
+// shards are real PostgreSQL servers shared by every test of the package.
+var shards []*pgtest.Server
+
+func TestMain(m *testing.M) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	var err error
+	shards, err = pgtest.StartN(ctx, 2, pgtest.Options{})
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start PostgreSQL:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	for _, s := range shards {
+		_ = s.Stop()
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutines leaked:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// proxyOpts tweak the YAML of a test proxy.
+type proxyOpts struct {
+	mode     string // pool.mode (default transaction)
+	size     int    // pool.size (default 4)
+	auth     string // auth.type (default trust)
+	users    string // users file content
+	extra    string // extra lines appended under pool:
+	topLevel string // extra top-level YAML
+	quiet    bool   // discard the proxy's log (fuzzing)
+}
+
+// testProxy is a running proxy in front of the shared shards.
+type testProxy struct {
+	srv  *Server
+	addr string
+	cfg  *config.Config
+}
+
+// startProxy starts a proxy whose cluster "main" has both shards, with
+// statements going to s0 by default.
+func startProxy(t testing.TB, o proxyOpts) *testProxy {
+	t.Helper()
+	if o.mode == "" {
+		o.mode = config.ModeTransaction
+	}
+	if o.size == 0 {
+		o.size = 4
+	}
+	if o.auth == "" {
+		o.auth = config.AuthTrust
+	}
+	dir := t.TempDir()
+	var b strings.Builder
+	fmt.Fprintf(&b, "listen: 127.0.0.1:0\nauth:\n  type: %s\n", o.auth)
+	if o.users != "" {
+		if err := os.WriteFile(dir+"/users.txt", []byte(o.users), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		b.WriteString("  users_file: users.txt\n")
+	}
+	fmt.Fprintf(&b, "pool:\n  mode: %s\n  size: %d\n%s", o.mode, o.size, o.extra)
+	if !strings.Contains(o.extra, "query_wait_timeout") {
+		b.WriteString("  query_wait_timeout: 10s\n")
+	}
+	fmt.Fprintf(&b, "clusters:\n  main:\n    partitions: 2\n    shards:\n")
+	for i, s := range shards {
+		fmt.Fprintf(&b, "      - name: s%d\n        dsn: %s\n        partitions: \"%d\"\n", i, s.DSN("postgres"), i)
+	}
+	b.WriteString("default_route: s0\n")
+	b.WriteString(o.topLevel)
+	path := dir + "/router.yaml"
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatalf("config: %v\n%s", err, b.String())
+	}
+	log := zap.NewNop()
+	if !o.quiet {
+		log = zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+	}
+	srv, err := NewServer(cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		_ = srv.Close()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	return &testProxy{srv: srv, addr: ln.Addr().String(), cfg: cfg}
+}
+
+// url returns a connection URL through the proxy.
+func (p *testProxy) url(user, database string) string {
+	host, port, _ := net.SplitHostPort(p.addr)
+	return fmt.Sprintf("postgres://%s@%s:%s/%s?sslmode=disable", user, host, port, database)
+}
+
+func (p *testProxy) hostPort() (string, string) {
+	host, port, _ := net.SplitHostPort(p.addr)
+	return host, port
+}
+
+// connect opens a pgx connection through the proxy to cluster main.
+func (p *testProxy) connect(t testing.TB, ctx context.Context, mods ...func(*pgx.ConnConfig)) *pgx.Conn {
+	t.Helper()
+	cc, err := pgx.ParseConfig(p.url("postgres", "main"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range mods {
+		m(cc)
+	}
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close(context.Background()) })
+	return conn
+}
+
+// shardExec runs SQL directly on shard i.
+func shardExec(t testing.TB, i int, sql string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := shards[i].Exec(ctx, "postgres", sql); err != nil {
+		t.Fatalf("shard %d: %s: %v", i, sql, err)
+	}
+}
+
+// shardQueryInt runs a query returning one integer directly on shard i.
+func shardQueryInt(t testing.TB, i int, sql string) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, shards[i].DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var v int64
+	if err := conn.QueryRow(ctx, sql).Scan(&v); err != nil {
+		t.Fatalf("shard %d: %s: %v", i, sql, err)
+	}
+	return v
+}
+
+func testContext(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}

@@ -1,0 +1,225 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/pgrouter/pgrouter/auth"
+	"github.com/pgrouter/pgrouter/config"
+	"github.com/pgrouter/pgrouter/pool"
+	"github.com/pgrouter/pgrouter/shardmap"
+)
+
+// generation is one loaded config with everything derived from it. It is
+// immutable; a reload builds a new one and swaps the pointer.
+type generation struct {
+	cfg    *config.Config
+	shards *shardmap.Map
+	users  *auth.Users // nil with trust and no users file
+}
+
+// Server accepts client connections and runs one session per client.
+type Server struct {
+	// Set at construction.
+	log     *zap.Logger
+	pools   *pool.Set
+	cancels cancelRegistry
+	known   knownStatements
+	ctx     context.Context // ends when the server closes
+	stop    context.CancelFunc
+	gen     atomic.Pointer[generation]
+
+	clientIDs atomic.Uint64
+	clients   atomic.Int64 // admitted connections, for max_client_conn
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[net.Conn]struct{}
+	closed    bool
+
+	wg sync.WaitGroup // one per connection goroutine
+}
+
+// NewServer builds a server from a validated config. log may be nil.
+func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	gen, err := loadGeneration(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		log:       log,
+		listeners: map[net.Listener]struct{}{},
+		conns:     map[net.Conn]struct{}{},
+	}
+	s.ctx, s.stop = context.WithCancel(context.Background())
+	s.gen.Store(gen)
+	p := cfg.Pool
+	s.pools = pool.NewSet(pool.SetConfig{
+		Settings: pool.Settings{
+			Size:               p.Size,
+			MinIdle:            p.MinIdle,
+			Lifetime:           p.ServerLifetime.D(),
+			IdleTimeout:        p.ServerIdleTimeout.D(),
+			ConnectTimeout:     p.ServerConnectTimeout.D(),
+			PreparedStatements: p.PreparedStatements,
+			MaxMessageSize:     int(p.MaxMessageSize),
+		},
+		Log:      log,
+		Password: s.plainPassword,
+	})
+	return s, nil
+}
+
+func loadGeneration(cfg *config.Config) (*generation, error) {
+	shards, err := shardmap.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	g := &generation{cfg: cfg, shards: shards}
+	if cfg.Auth.UsersFile != "" {
+		if g.users, err = auth.LoadUsers(cfg.Auth.UsersFile); err != nil {
+			return nil, err
+		}
+	}
+	return g, nil
+}
+
+// plainPassword gives the pool a client's plain password from the users file,
+// for shards whose DSN names no user (the client's own credentials are used).
+func (s *Server) plainPassword(user string) (string, bool) {
+	secret, ok := s.gen.Load().users.Lookup(user)
+	if !ok || secret.Kind != auth.Plain {
+		return "", false
+	}
+	return secret.Plain, true
+}
+
+// Pools exposes the server's pools (for tests and the admin console).
+func (s *Server) Pools() *pool.Set { return s.pools }
+
+// ListenAndServe listens on the configured address and serves until Close.
+func (s *Server) ListenAndServe() error {
+	ln, err := net.Listen("tcp", s.gen.Load().cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	return s.Serve(ln)
+}
+
+// Serve accepts connections on ln until Close. It returns nil after Close.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		_ = ln.Close()
+		return nil
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	s.log.Info("listening", zap.String("addr", ln.Addr().String()))
+
+	var backoff time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if s.isClosed() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && !errors.Is(err, net.ErrClosed) { // EMFILE and friends: wait, then retry
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; retrying", zap.Error(err), zap.Duration("backoff", backoff))
+				select {
+				case <-time.After(backoff):
+					continue
+				case <-s.ctx.Done():
+					return nil
+				}
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		backoff = 0
+		if !s.track(conn) {
+			_ = conn.Close()
+			return nil
+		}
+		go func() {
+			defer s.wg.Done()
+			defer s.untrack(conn)
+			s.handle(conn)
+		}()
+	}
+}
+
+// track registers a connection so Close can reach it; false after Close.
+func (s *Server) track(conn net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[conn] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Server) untrack(conn net.Conn) {
+	_ = conn.Close()
+	s.mu.Lock()
+	delete(s.conns, conn)
+	s.mu.Unlock()
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// Close stops accepting, closes every client connection, waits for their
+// goroutines and closes the pools. It is idempotent.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		s.wg.Wait()
+		return nil
+	}
+	s.closed = true
+	for ln := range s.listeners {
+		_ = ln.Close()
+	}
+	for conn := range s.conns {
+		_ = conn.Close()
+	}
+	s.mu.Unlock()
+	s.stop()
+	s.wg.Wait()
+	s.pools.Close()
+	return nil
+}
+
+// admit counts a client against max_client_conn.
+func (s *Server) admit() bool {
+	limit := int64(s.gen.Load().cfg.Pool.MaxClientConn)
+	if s.clients.Add(1) > limit {
+		s.clients.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (s *Server) leave() { s.clients.Add(-1) }
+
+// ClientCount reports the number of admitted client connections.
+func (s *Server) ClientCount() int { return int(s.clients.Load()) }

@@ -1,0 +1,352 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/pgrouter/pgrouter/config"
+	"github.com/pgrouter/pgrouter/pool"
+	"github.com/pgrouter/pgrouter/shardmap"
+	"github.com/pgrouter/pgrouter/wire"
+)
+
+// resetTimeout bounds the clean-up (ROLLBACK, DISCARD ALL) of a server whose
+// client went away; a server that does not answer in time is closed.
+const resetTimeout = 5 * time.Second
+
+// errTerminate ends a session on the client's Terminate message.
+var errTerminate = errors.New("client sent Terminate")
+
+// session is one client connection after login. A single goroutine runs it
+// and owns everything but the fields under mu: it reads a client message,
+// forwards it to the linked server, and at each Sync, Query or Flush relays
+// the server's answers back before reading the client again. Working one
+// request at a time in one goroutine keeps the order of responses obvious and
+// costs no goroutine hand-offs on the hot path.
+type session struct {
+	// Set at construction.
+	srv         *Server
+	gen         *generation
+	conn        net.Conn
+	id          uint64
+	log         *zap.Logger
+	user        string
+	cluster     *shardmap.Cluster
+	mode        string
+	waitTimeout time.Duration
+	passthrough bool // pool.prepared_statements is 0: statement names go to servers untouched
+	pid         uint32
+	secret      [4]byte
+
+	// Owned by the session goroutine.
+	cr       *wire.Reader
+	cw       *wire.Writer
+	server   *pool.Conn            // linked server, nil between transactions in transaction mode
+	pools    map[string]*pool.Pool // by shard name
+	txStatus byte                  // status of the last ReadyForQuery the client got
+	queue    queue                 // requests sent to the server and not yet answered
+	inBatch  bool                  // extended-protocol messages sent since the last Sync
+	skipping bool                  // an extended message failed: discard until Sync, as PostgreSQL does
+	startup  pool.ParamState       // settings from the startup packet: what RESET ALL returns to
+	desired  pool.ParamState       // the client's run-time settings now
+	stmts    map[string]*statement // the client's named prepared statements
+	unnamed  unnamedStatement      // the client's unnamed prepared statement
+
+	// Guarded by mu: the cancel path reads which server serves the client.
+	mu     sync.Mutex
+	linked *pool.Conn
+}
+
+func newSession(srv *Server, gen *generation, conn net.Conn, r *wire.Reader, w *wire.Writer, id uint64, user string, cl *shardmap.Cluster, log *zap.Logger) *session {
+	cfg := gen.cfg
+	return &session{
+		srv:         srv,
+		gen:         gen,
+		conn:        conn,
+		id:          id,
+		log:         log,
+		user:        user,
+		cluster:     cl,
+		mode:        cfg.Pool.Mode,
+		waitTimeout: cfg.Pool.QueryWaitTimeout.D(),
+		passthrough: cfg.Pool.PreparedStatements == 0,
+		cr:          r,
+		cw:          w,
+		pools:       map[string]*pool.Pool{},
+		txStatus:    wire.TxIdle,
+		stmts:       map[string]*statement{},
+	}
+}
+
+// run serves the client until it leaves or a fatal error.
+func (s *session) run() {
+	defer s.finish()
+	for {
+		if s.cw.Len() > 0 && !s.cr.HasMessage() { // about to wait for the client: send what it is owed first
+			if err := s.cw.Flush(); err != nil {
+				return
+			}
+		}
+		m, err := s.readClient()
+		if err != nil {
+			if !isClientGone(err) {
+				s.sendFatal(toError(err))
+			}
+			return
+		}
+		if err := s.dispatch(m); err != nil {
+			if errors.Is(err, errTerminate) || isClientGone(err) {
+				return
+			}
+			e := toError(err)
+			s.log.Info("closing client connection", zap.String("sqlstate", e.Code), zap.String("reason", e.Message), zap.NamedError("cause", e.Err))
+			s.sendFatal(e)
+			return
+		}
+	}
+}
+
+// dispatch handles one client message. A non-fatal failure is reported here
+// in the protocol state the client expects; only fatal errors are returned.
+func (s *session) dispatch(m wire.Message) error {
+	if s.skipping {
+		switch m.Type {
+		case wire.Sync:
+			s.skipping = false
+		case wire.Terminate:
+			return errTerminate
+		default:
+			return nil // discarded, as PostgreSQL does after an error
+		}
+	}
+	var err error
+	switch m.Type {
+	case wire.Query:
+		err = s.query(m)
+	case wire.Parse:
+		err = s.parse(m)
+	case wire.Bind:
+		err = s.bind(m)
+	case wire.Describe:
+		err = s.describe(m)
+	case wire.Execute:
+		err = s.execute(m)
+	case wire.Close:
+		err = s.closeStatement(m)
+	case wire.Sync:
+		err = s.sync(m)
+	case wire.Flush:
+		err = s.flush(m)
+	case wire.FunctionCall:
+		err = s.functionCall(m)
+	case wire.CopyData, wire.CopyDone, wire.CopyFail:
+		return nil // outside COPY PostgreSQL ignores these too
+	case wire.Terminate:
+		return errTerminate
+	default:
+		return fatalf(codeProtocolViolation, "pgrouter: invalid frontend message type %q", m.Type)
+	}
+	if err == nil {
+		return nil
+	}
+	return s.fail(err, m.Type)
+}
+
+// fail reports a non-fatal error for a message of type typ: after a simple
+// Query, FunctionCall or Sync it is followed by ReadyForQuery; after any other
+// extended-protocol message the rest of the batch is discarded up to Sync.
+func (s *session) fail(err error, typ byte) error {
+	e := toError(err)
+	if e.Fatal || isClientGone(err) {
+		return err
+	}
+	s.log.Debug("statement failed", zap.String("sqlstate", e.Code), zap.String("reason", e.Message), zap.NamedError("cause", e.Err))
+	switch typ {
+	case wire.Query, wire.FunctionCall, wire.Sync:
+		if err := s.emitError(e); err != nil {
+			return err
+		}
+		s.inBatch = false
+		return s.cw.SendReady(s.txStatus)
+	}
+	s.skipping = true
+	return s.emitError(e)
+}
+
+// emitError sends an error after every reply still owed for earlier requests.
+func (s *session) emitError(e *Error) error {
+	if s.server != nil && !s.queue.empty() {
+		s.queue.push(request{kind: reqLocal, reply: wire.ErrorResponse, err: e})
+		return nil
+	}
+	s.emitLocals()
+	return s.cw.Send(e.response())
+}
+
+// link makes sure a server is linked, acquiring one for the default route.
+func (s *session) link() error {
+	if s.server != nil {
+		return nil
+	}
+	shard, err := s.defaultShard()
+	if err != nil {
+		return err
+	}
+	p := s.pools[shard.Name]
+	if p == nil {
+		if p, err = s.srv.pools.Get(shard, s.user); err != nil {
+			return err
+		}
+		s.pools[shard.Name] = p
+	}
+	c, err := p.Acquire(s.srv.ctx, s.waitTimeout)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.linked = c
+	s.mu.Unlock()
+	s.server = c
+	if err := s.applySettings(); err != nil {
+		s.unlink()
+		return err
+	}
+	return nil
+}
+
+// defaultShard picks the shard for a statement without a routing key.
+func (s *session) defaultShard() (*shardmap.Shard, error) {
+	route := s.cluster.Default
+	switch route.Kind {
+	case shardmap.RouteShard:
+		return route.Shard, nil
+	case shardmap.RouteAny:
+		return s.cluster.Shards[int(s.id)%len(s.cluster.Shards)], nil
+	}
+	return nil, errorf(codeFeatureNotSupported, "pgrouter: cannot route this statement: it calls no routed function and default_route is %q", config.RouteError).
+		withHint("Set default_route (or clusters.%s.default_route) in router.yaml to a shard name or to any.", s.cluster.Name)
+}
+
+// unlink hands the linked server back to its pool. The caller has made sure
+// it is clean, or marked it broken.
+func (s *session) unlink() {
+	c := s.server
+	if c == nil {
+		return
+	}
+	s.mu.Lock()
+	s.linked = nil
+	s.mu.Unlock()
+	s.server = nil
+	c.Pool().Release(c)
+}
+
+// maybeRelease returns the server to the pool in transaction mode once the
+// client is outside a transaction with nothing outstanding.
+func (s *session) maybeRelease() {
+	if s.server != nil && s.mode == config.ModeTransaction && s.txStatus == wire.TxIdle && s.queue.empty() && !s.inBatch {
+		s.unlink()
+	}
+}
+
+// finish runs when the client is gone: the server is rolled back (and reset
+// in session mode) before anyone else can get it, or closed if that fails.
+func (s *session) finish() {
+	s.srv.cancels.unregister(s)
+	c := s.server
+	if c == nil {
+		return
+	}
+	if c.Broken() || !s.queue.empty() {
+		s.abandonServer()
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), resetTimeout)
+	defer cancel()
+	if err := s.resetServer(ctx); err != nil {
+		s.log.Info("closing server connection that could not be reset", zap.String("shard", c.Shard()), zap.Error(err))
+		c.MarkBroken()
+	}
+	s.unlink()
+}
+
+// resetServer ends whatever the departed client left open on its server.
+func (s *session) resetServer(ctx context.Context) error {
+	c := s.server
+	status := s.txStatus
+	var err error
+	if s.inBatch { // extended messages without their Sync: close the implicit transaction
+		if status, err = c.Sync(ctx); err != nil {
+			return err
+		}
+	}
+	if status != wire.TxIdle {
+		if status, err = c.Exec(ctx, "ROLLBACK"); err != nil {
+			return err
+		}
+	}
+	if s.mode == config.ModeSession {
+		if status, err = c.Exec(ctx, "DISCARD ALL"); err != nil {
+			return err
+		}
+		c.Statements.Clear()
+		c.Unnamed = 0
+		c.Applied = pool.ParamState{}
+	}
+	if status != wire.TxIdle {
+		return errors.New("server still in a transaction after ROLLBACK")
+	}
+	return nil
+}
+
+// abandonServer closes a server whose protocol state is unknown (a request is
+// in flight or it failed). A statement still running is cancelled, so no
+// lock outlives the client; the cancel is delivered in the background (it
+// costs the server a fork) while the socket is closed at once.
+func (s *session) abandonServer() {
+	c := s.server
+	if !s.queue.empty() && !c.Broken() {
+		s.srv.wg.Add(1) // the session's own count keeps the group above zero
+		go func() {
+			defer s.srv.wg.Done()
+			ctx, cancel := context.WithTimeout(s.srv.ctx, cancelTimeout)
+			defer cancel()
+			if err := c.SendCancel(ctx); err != nil {
+				s.log.Debug("cancel of abandoned statement failed", zap.Error(err))
+			}
+		}()
+	}
+	c.MarkBroken()
+	s.queue.clear()
+	s.unlink()
+}
+
+// serverLost handles a failed read or write on the linked server. A client
+// that was outside a transaction keeps its connection and gets an error;
+// one inside a transaction (or in session mode, whose state lived on that
+// server) is disconnected, as PostgreSQL would disconnect it.
+func (s *session) serverLost(err error) error {
+	c := s.server
+	shard := c.Shard()
+	c.MarkBroken()
+	s.queue.clear()
+	s.inBatch = false
+	s.unlink()
+	s.log.Warn("server connection lost", zap.String("shard", shard), zap.Error(err))
+	if s.mode == config.ModeSession || s.txStatus != wire.TxIdle {
+		return fatalf(codeConnectionFailure, "pgrouter: lost the connection to shard %s; the transaction or session state on it is gone", shard).because(err)
+	}
+	s.txStatus = wire.TxIdle
+	return errorf(codeConnectionFailure, "pgrouter: lost the connection to shard %s while running the statement; it may or may not have completed", shard).because(err)
+}
+
+// sendFatal reports a fatal error to the client.
+func (s *session) sendFatal(e *Error) {
+	e.Fatal = true
+	sendFatal(s.cw, e)
+}

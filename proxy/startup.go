@@ -1,0 +1,343 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"net"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
+
+	"github.com/pgrouter/pgrouter/pool"
+	"github.com/pgrouter/pgrouter/shardmap"
+	"github.com/pgrouter/pgrouter/wire"
+)
+
+// Startup-phase request codes (the int32 after the length).
+const (
+	codeCancelRequest = 80877102
+	codeSSLRequest    = 80877103
+	codeGSSENCRequest = 80877104
+)
+
+// startup is a decoded StartupMessage.
+type startup struct {
+	minor    uint32 // requested minor protocol version (3.x)
+	params   map[string]string
+	protoOpt []string // _pq_.* options, which pgrouter does not support
+}
+
+// handle runs one client connection from the first byte to the last.
+func (s *Server) handle(conn net.Conn) {
+	gen := s.gen.Load()
+	cfg := gen.cfg
+	id := s.clientIDs.Add(1)
+	log := s.log.With(zap.Uint64("client_id", id), zap.String("remote", conn.RemoteAddr().String()))
+	_ = conn.SetDeadline(time.Now().Add(cfg.Pool.ClientLoginTimeout.D()))
+	r := wire.NewReader(conn, int(cfg.Pool.MaxMessageSize))
+	w := wire.NewWriter(conn)
+
+	st, cancel, err := readStartup(conn, r)
+	if err != nil {
+		if !isClientGone(err) && !errors.Is(err, os.ErrDeadlineExceeded) {
+			log.Debug("bad startup packet", zap.Error(err))
+			sendFatal(w, toError(err))
+		} else if errors.Is(err, os.ErrDeadlineExceeded) {
+			log.Info("client_login_timeout: no startup packet in time")
+		}
+		return
+	}
+	if cancel != nil {
+		s.forwardCancel(cancel, log)
+		return
+	}
+	if !s.admit() {
+		log.Warn("max_client_conn reached; refusing client", zap.Int("max_client_conn", cfg.Pool.MaxClientConn))
+		sendFatal(w, fatalf(codeTooManyConnections, "pgrouter: no more connections allowed (max_client_conn %d)", cfg.Pool.MaxClientConn).
+			withHint("Raise pool.max_client_conn in router.yaml, or use fewer client connections."))
+		return
+	}
+	defer s.leave()
+
+	sess, err := s.login(conn, r, w, st, gen, id, log)
+	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			log.Info("client_login_timeout: login not finished in time")
+			return
+		}
+		if !isClientGone(err) {
+			e := toError(err)
+			log.Info("login refused", zap.String("sqlstate", e.Code), zap.String("reason", e.Message))
+			e.Fatal = true
+			sendFatal(w, e)
+		}
+		return
+	}
+	_ = conn.SetDeadline(time.Time{})
+	sess.run()
+}
+
+// readStartup reads the startup packet, answering SSLRequest and
+// GSSENCRequest with 'N' (no encryption) on the way. It returns either a
+// startup message or a cancel request.
+func readStartup(conn net.Conn, r *wire.Reader) (*startup, *pgproto3.CancelRequest, error) {
+	for range 3 {
+		body, err := r.NextStartup()
+		if err != nil {
+			return nil, nil, err
+		}
+		code := binary.BigEndian.Uint32(body)
+		switch code {
+		case codeSSLRequest, codeGSSENCRequest:
+			if r.Buffered() > 0 { // the client must wait for our answer before sending more
+				return nil, nil, fatalf(codeProtocolViolation, "pgrouter: unexpected data after encryption request")
+			}
+			if _, err := conn.Write([]byte{'N'}); err != nil {
+				return nil, nil, err
+			}
+			continue
+		case codeCancelRequest:
+			var req pgproto3.CancelRequest
+			if err := req.Decode(body); err != nil {
+				return nil, nil, fatalf(codeProtocolViolation, "pgrouter: malformed cancel request").because(err)
+			}
+			return nil, &req, nil
+		}
+		if major := code >> 16; major != 3 {
+			return nil, nil, fatalf(codeFeatureNotSupported, "pgrouter: unsupported frontend protocol %d.%d: pgrouter supports 3.0", major, code&0xffff)
+		}
+		st := &startup{minor: code & 0xffff, params: map[string]string{}}
+		rest := body[4:]
+		for len(rest) > 0 && rest[0] != 0 {
+			key, after, ok := cutCString(rest)
+			if !ok {
+				return nil, nil, fatalf(codeProtocolViolation, "pgrouter: invalid startup packet layout: expected terminator as last byte")
+			}
+			value, after2, ok := cutCString(after)
+			if !ok {
+				return nil, nil, fatalf(codeProtocolViolation, "pgrouter: invalid startup packet layout: expected terminator as last byte")
+			}
+			k := string(key)
+			if strings.HasPrefix(k, "_pq_.") {
+				st.protoOpt = append(st.protoOpt, k)
+			} else {
+				st.params[k] = string(value)
+			}
+			rest = after2
+		}
+		return st, nil, nil
+	}
+	return nil, nil, fatalf(codeProtocolViolation, "pgrouter: too many encryption requests")
+}
+
+// cutCString splits a NUL-terminated string off the front of b.
+func cutCString(b []byte) (s, rest []byte, ok bool) {
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return nil, nil, false
+	}
+	return b[:i], b[i+1:], true
+}
+
+// login authenticates the client, picks its cluster and sends the
+// ParameterStatus / BackendKeyData / ReadyForQuery greeting.
+func (s *Server) login(conn net.Conn, r *wire.Reader, w *wire.Writer, st *startup, gen *generation, id uint64, log *zap.Logger) (*session, error) {
+	cfg := gen.cfg
+	user := st.params["user"]
+	if user == "" {
+		return nil, fatalf(codeInvalidAuthorization, "no PostgreSQL user name specified in startup packet")
+	}
+	database := st.params["database"]
+	if database == "" {
+		database = user
+	}
+	log = log.With(zap.String("user", user), zap.String("database", database))
+	if v, ok := st.params["replication"]; ok && isTrue(v) {
+		return nil, fatalf(codeFeatureNotSupported, "pgrouter: replication connections are not proxied").
+			withHint("Connect replication clients to the shard directly.")
+	}
+	if st.minor > 0 || len(st.protoOpt) > 0 { // negotiate down to 3.0
+		if err := w.Send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: st.protoOpt}); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.authenticate(r, w, gen, user); err != nil {
+		return nil, err
+	}
+	cluster, ok := gen.shards.Cluster(database)
+	if !ok {
+		return nil, fatalf(codeInvalidCatalogName, "database %q does not exist", database).
+			withHint("pgrouter serves the clusters named in router.yaml: %s.", strings.Join(cfg.ClusterNames(), ", "))
+	}
+	desired, err := startupSettings(st.params)
+	if err != nil {
+		return nil, err
+	}
+
+	sess := newSession(s, gen, conn, r, w, id, user, cluster, log)
+	sess.startup = desired
+	sess.desired = desired.Clone()
+	params, err := s.greetingParams(cluster, user)
+	if err != nil {
+		return nil, err
+	}
+	if err := w.Send(&pgproto3.AuthenticationOk{}); err != nil {
+		return nil, err
+	}
+	sendGreetingParams(w, params, &desired)
+	s.cancels.register(sess)
+	if err := w.Send(&pgproto3.BackendKeyData{ProcessID: sess.pid, SecretKey: sess.secret[:]}); err != nil {
+		s.cancels.unregister(sess)
+		return nil, err
+	}
+	_ = w.SendReady(wire.TxIdle)
+	if err := w.Flush(); err != nil {
+		s.cancels.unregister(sess)
+		return nil, err
+	}
+	log.Debug("client logged in", zap.String("cluster", cluster.Name))
+	return sess, nil
+}
+
+// greetingParams returns the ParameterStatus values a new client is told:
+// those of a server of its cluster (the default route's shard first), opening
+// a connection if no pool has one yet.
+func (s *Server) greetingParams(cl *shardmap.Cluster, user string) (map[string]string, error) {
+	shards := cl.Shards
+	if cl.Default.Kind == shardmap.RouteShard {
+		shards = append([]*shardmap.Shard{cl.Default.Shard}, shards...)
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, s.gen.Load().cfg.Pool.ServerConnectTimeout.D())
+	defer cancel()
+	var firstErr error
+	for _, sh := range shards {
+		p, err := s.pools.Get(sh, user)
+		if err != nil {
+			return nil, err
+		}
+		params, err := p.ServerParams(ctx, s.gen.Load().cfg.Pool.QueryWaitTimeout.D())
+		if err == nil {
+			return params, nil
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	return nil, &Error{Fatal: true, Code: codeCannotConnect, Message: "pgrouter: no shard of cluster " + cl.Name + " is reachable: " + firstErr.Error(), Err: firstErr}
+}
+
+// sendGreetingParams sends the server's ParameterStatus values, with the
+// client's own startup settings in place of the server's.
+func sendGreetingParams(w *wire.Writer, params map[string]string, desired *pool.ParamState) {
+	names := make([]string, 0, len(params))
+	for name := range params {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		value := params[name]
+		if v, ok := desired.Get(name); ok && settableReported(name) {
+			value = v
+		}
+		_ = w.Send(&pgproto3.ParameterStatus{Name: name, Value: value})
+	}
+}
+
+// startupSettings turns the startup packet's run-time parameters, including
+// "-c name=value" items in options, into the settings the session keeps.
+func startupSettings(params map[string]string) (pool.ParamState, error) {
+	var ps pool.ParamState
+	for k, v := range params {
+		switch k {
+		case "user", "database", "replication", "options":
+			continue
+		}
+		ps.Set(k, v)
+	}
+	if opts := params["options"]; opts != "" {
+		items, err := parseOptions(opts)
+		if err != nil {
+			return ps, err
+		}
+		for _, kv := range items {
+			ps.Set(kv[0], kv[1])
+		}
+	}
+	return ps, nil
+}
+
+// parseOptions reads the startup "options" value: "-c name=value" or
+// "--name=value" items separated by spaces, with backslash escapes.
+func parseOptions(opts string) ([][2]string, error) {
+	var words []string
+	var b strings.Builder
+	escaped, inWord := false, false
+	for _, c := range opts {
+		switch {
+		case escaped:
+			b.WriteRune(c)
+			escaped, inWord = false, true
+		case c == '\\':
+			escaped = true
+		case c == ' ' || c == '\t':
+			if inWord {
+				words = append(words, b.String())
+				b.Reset()
+				inWord = false
+			}
+		default:
+			b.WriteRune(c)
+			inWord = true
+		}
+	}
+	if inWord {
+		words = append(words, b.String())
+	}
+	var out [][2]string
+	bad := func(w string) error {
+		return fatalf(codeFeatureNotSupported, "pgrouter: unsupported startup option %q: only -c name=value and --name=value are accepted", w)
+	}
+	for i := 0; i < len(words); i++ {
+		w := words[i]
+		var kv string
+		switch {
+		case w == "-c" && i+1 < len(words):
+			i++
+			kv = words[i]
+		case strings.HasPrefix(w, "-c") && len(w) > 2:
+			kv = w[2:]
+		case strings.HasPrefix(w, "--"):
+			kv = w[2:]
+		default:
+			return nil, bad(w)
+		}
+		name, value, ok := strings.Cut(kv, "=")
+		if !ok || name == "" {
+			return nil, bad(w)
+		}
+		out = append(out, [2]string{strings.ReplaceAll(name, "-", "_"), value})
+	}
+	return out, nil
+}
+
+func isTrue(v string) bool {
+	switch strings.ToLower(v) {
+	case "", "0", "false", "off", "no":
+		return false
+	}
+	return true
+}
+
+// sendFatal writes a FATAL error and flushes; the caller closes the socket.
+func sendFatal(w *wire.Writer, e *Error) {
+	resp := e.response()
+	resp.Severity, resp.SeverityUnlocalized = "FATAL", "FATAL"
+	_ = w.Send(resp)
+	_ = w.Flush()
+}

@@ -1,0 +1,71 @@
+package proxy
+
+import (
+	"errors"
+	"os"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/pgrouter/pgrouter/config"
+	"github.com/pgrouter/pgrouter/pool"
+	"github.com/pgrouter/pgrouter/wire"
+)
+
+// readClient reads the client's next message. In session mode the linked
+// server may speak while the client is idle (NOTIFY for a LISTENer, a notice,
+// a FATAL before the server goes away), so a watcher goroutine relays those
+// until the client sends something; it is stopped with a read deadline, which
+// the wire.Reader survives without losing framing.
+func (s *session) readClient() (wire.Message, error) {
+	c := s.server
+	if c == nil || s.mode != config.ModeSession || s.cr.HasMessage() {
+		return s.cr.Next()
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.watch(c) }()
+	m, err := s.cr.Next()
+	_ = c.SetReadDeadline(time.Unix(1, 0))
+	werr := <-done
+	_ = c.SetReadDeadline(time.Time{})
+	if werr != nil {
+		c.MarkBroken()
+		s.log.Info("server connection ended while the client was idle", zap.String("shard", c.Shard()), zap.Error(werr))
+	}
+	return m, err
+}
+
+// errServerEnded means a server sent an error while its client was idle:
+// PostgreSQL only does that right before closing the connection.
+var errServerEnded = errors.New("server sent an error while idle")
+
+// watch relays asynchronous server messages to the idle client. It owns the
+// client writer until it returns.
+func (s *session) watch(c *pool.Conn) error {
+	for {
+		m, err := c.R.Next()
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return nil
+			}
+			_ = s.conn.Close() // as PostgreSQL would: the session is gone
+			return err
+		}
+		switch m.Type {
+		case wire.NotificationResponse, wire.NoticeResponse:
+		case wire.ParameterStatus:
+			c.Params.NoteStatus(m.Body())
+		case wire.ErrorResponse:
+			_ = s.cw.Write(m.Raw)
+			_ = s.cw.Flush()
+			_ = s.conn.Close()
+			return errServerEnded
+		default:
+			_ = s.conn.Close()
+			return errors.New("unexpected message from an idle server")
+		}
+		if s.cw.Write(m.Raw) != nil || s.cw.Flush() != nil {
+			return nil // the client is gone; the session goroutine will notice
+		}
+	}
+}
