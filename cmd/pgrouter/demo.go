@@ -1,0 +1,146 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgrouter/pgrouter/config"
+	"github.com/pgrouter/pgrouter/internal/pgtest"
+)
+
+// demoCluster is the database name clients use in the demo.
+const demoCluster = "demo"
+
+func demoCmd() *cobra.Command {
+	var (
+		dir    string
+		shards int
+		listen string
+	)
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Start local PostgreSQL shards and serve them on 127.0.0.1:6432",
+		Long: `demo starts throwaway PostgreSQL servers (initdb, one per shard), writes a
+router.yaml for them and runs pgrouter in front of them until Ctrl-C, then
+stops everything. With --dir the shards' data is kept there and reused.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if shards < 1 || shards > 16 {
+				return fmt.Errorf("--shards must be between 1 and 16")
+			}
+			return runDemo(cmd.Context(), cmd.OutOrStdout(), dir, shards, listen)
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", "", "keep shard data and router.yaml in this folder (default: a temporary folder, removed at exit)")
+	cmd.Flags().IntVar(&shards, "shards", 2, "number of shards")
+	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:6432", "address to serve on")
+	return cmd
+}
+
+func runDemo(ctx context.Context, out io.Writer, dir string, n int, listen string) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	log, err := newLogger("info", "auto")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+
+	temp := dir == ""
+	if temp {
+		if dir, err = os.MkdirTemp("", "pgrouter-demo-"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		if err := os.Chmod(dir, 0o755); err != nil { // the shards may run as another user
+			return err
+		}
+	}
+	if dir, err = filepath.Abs(dir); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "Starting %d PostgreSQL shards in %s ...\n", n, dir)
+	servers := make([]*pgtest.Server, 0, n)
+	defer func() {
+		for _, s := range servers {
+			_ = s.Stop()
+		}
+	}()
+	startCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	for i := range n {
+		s, err := pgtest.Start(startCtx, pgtest.Options{Dir: filepath.Join(dir, fmt.Sprintf("s%d", i))})
+		if err != nil {
+			return fmt.Errorf("start shard s%d: %w", i, err)
+		}
+		servers = append(servers, s)
+	}
+
+	path := filepath.Join(dir, "router.yaml")
+	if err := os.WriteFile(path, []byte(demoConfig(servers, listen)), 0o644); err != nil {
+		return err
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		return fmt.Errorf("demo config: %w", err)
+	}
+	host, port, _ := strings.Cut(cfg.Listen, ":")
+	fmt.Fprintf(out, "\npgrouter demo is ready.\n\n")
+	for i, s := range servers {
+		fmt.Fprintf(out, "  shard s%d  %s  (data %s)\n", i, s.Addr(), s.DataDir)
+	}
+	fmt.Fprintf(out, "  config    %s\n\n", path)
+	fmt.Fprintf(out, "Connect:    psql -h %s -p %s -U demo %s\n", host, port, demoCluster)
+	fmt.Fprintf(out, "Stop:       Ctrl-C\n\n")
+
+	done := make(chan error, 1)
+	go func() { done <- serve(cfg, log) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		// serve has its own signal handler and shuts down on the same signal.
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(10 * time.Second):
+			log.Warn("proxy did not stop in time")
+			return nil
+		}
+	}
+}
+
+// demoConfig writes the demo's router.yaml: trust auth on loopback, one
+// cluster over every shard, statements without a routing key to s0, and any
+// database name accepted so that a bare `psql -h 127.0.0.1 -p 6432` works.
+func demoConfig(servers []*pgtest.Server, listen string) string {
+	n := len(servers)
+	partitions := 16
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Written by pgrouter demo.\nlisten: %s\n", listen)
+	b.WriteString("auth:\n  type: trust\npool:\n  mode: transaction\n  size: 10\n")
+	fmt.Fprintf(&b, "clusters:\n  %s:\n    partitions: %d\n    shards:\n", demoCluster, partitions)
+	per := partitions / n
+	for i, s := range servers {
+		lo, hi := i*per, (i+1)*per-1
+		if i == n-1 {
+			hi = partitions - 1
+		}
+		fmt.Fprintf(&b, "      - name: s%d\n        dsn: %s\n        partitions: \"%d-%d\"\n", i, s.DSN("postgres"), lo, hi)
+	}
+	fmt.Fprintf(&b, "default_route: s0\nfallback_cluster: %s\n", demoCluster)
+	return b.String()
+}
+

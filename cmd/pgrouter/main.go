@@ -1,0 +1,30 @@
+// Command pgrouter is a PostgreSQL sharding router and connection pooler.
+//
+//	pgrouter serve -c router.yaml   run the proxy
+//	pgrouter demo                   run it on local PostgreSQL shards it starts itself
+//	pgrouter version                print the version
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	root := &cobra.Command{
+		Use:           "pgrouter",
+		Short:         "PostgreSQL sharding router and connection pooler",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(serveCmd(), demoCmd(), versionCmd())
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "pgrouter:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,62 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/pgrouter/pgrouter/config"
+	"github.com/pgrouter/pgrouter/proxy"
+)
+
+func serveCmd() *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the proxy on the address in router.yaml (default 0.0.0.0:6432)",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			cfg, err := config.Load(path)
+			if err != nil {
+				return err
+			}
+			log, err := newLogger(cfg.Log.Level, cfg.Log.Format)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = log.Sync() }()
+			return serve(cfg, log)
+		},
+	}
+	cmd.Flags().StringVarP(&path, "config", "c", "router.yaml", "config file")
+	return cmd
+}
+
+// serve runs a proxy until SIGINT or SIGTERM.
+func serve(cfg *config.Config, log *zap.Logger) error {
+	srv, err := proxy.NewServer(cfg, log)
+	if err != nil {
+		return err
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	served := make(chan error, 1)
+	go func() { served <- srv.ListenAndServe() }()
+	select {
+	case err := <-served:
+		_ = srv.Close()
+		return err
+	case sig := <-sigs:
+		log.Info("shutting down", zap.String("signal", sig.String()))
+		_ = srv.Close()
+		if err := <-served; err != nil && !errors.Is(err, os.ErrClosed) {
+			return err
+		}
+		return nil
+	}
+}
