@@ -14,7 +14,7 @@ import (
 )
 
 func serveCmd() *cobra.Command {
-	var path string
+	var path, pprofAddr string
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the proxy on the address in router.yaml (default 0.0.0.0:6432)",
@@ -29,10 +29,18 @@ func serveCmd() *cobra.Command {
 				return err
 			}
 			defer func() { _ = log.Sync() }()
+			if pprofAddr != "" {
+				stop, err := startPprof(pprofAddr, log)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
 			return serve(cfg, log)
 		},
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "router.yaml", "config file")
+	cmd.Flags().StringVar(&pprofAddr, "pprof", "", "serve Go's /debug/pprof on this address (for profiling; keep it on loopback)")
 	return cmd
 }
 
