@@ -37,7 +37,9 @@ stops everything. With --dir the shards' data is kept there and reused.`,
 			if shards < 1 || shards > 16 {
 				return fmt.Errorf("--shards must be between 1 and 16")
 			}
-			return runDemo(cmd.Context(), cmd.OutOrStdout(), dir, shards, listen)
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return runDemo(ctx, cmd.OutOrStdout(), dir, shards, listen)
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", "", "keep shard data and router.yaml in this folder (default: a temporary folder, removed at exit)")
@@ -47,11 +49,6 @@ stops everything. With --dir the shards' data is kept there and reused.`,
 }
 
 func runDemo(ctx context.Context, out io.Writer, dir string, n int, listen string) error {
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	log, err := newLogger("info", "auto")
 	if err != nil {
 		return err
@@ -105,21 +102,7 @@ func runDemo(ctx context.Context, out io.Writer, dir string, n int, listen strin
 	fmt.Fprintf(out, "Connect:    psql -h %s -p %s -U demo %s\n", host, port, demoCluster)
 	fmt.Fprintf(out, "Stop:       Ctrl-C\n\n")
 
-	done := make(chan error, 1)
-	go func() { done <- serve(cfg, log) }()
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		// serve has its own signal handler and shuts down on the same signal.
-		select {
-		case err := <-done:
-			return err
-		case <-time.After(10 * time.Second):
-			log.Warn("proxy did not stop in time")
-			return nil
-		}
-	}
+	return serve(ctx, cfg, log)
 }
 
 // demoConfig writes the demo's router.yaml: trust auth on loopback, one

@@ -1,8 +1,7 @@
 package main
 
 import (
-	"errors"
-	"os"
+	"context"
 	"os/signal"
 	"syscall"
 
@@ -36,7 +35,9 @@ func serveCmd() *cobra.Command {
 				}
 				defer stop()
 			}
-			return serve(cfg, log)
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return serve(ctx, cfg, log)
 		},
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "router.yaml", "config file")
@@ -44,27 +45,21 @@ func serveCmd() *cobra.Command {
 	return cmd
 }
 
-// serve runs a proxy until SIGINT or SIGTERM.
-func serve(cfg *config.Config, log *zap.Logger) error {
+// serve runs a proxy until ctx ends (SIGINT or SIGTERM for the command).
+func serve(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 	srv, err := proxy.NewServer(cfg, log)
 	if err != nil {
 		return err
 	}
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
 	served := make(chan error, 1)
 	go func() { served <- srv.ListenAndServe() }()
 	select {
 	case err := <-served:
 		_ = srv.Close()
 		return err
-	case sig := <-sigs:
-		log.Info("shutting down", zap.String("signal", sig.String()))
+	case <-ctx.Done():
+		log.Info("shutting down")
 		_ = srv.Close()
-		if err := <-served; err != nil && !errors.Is(err, os.ErrClosed) {
-			return err
-		}
-		return nil
+		return <-served
 	}
 }

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// syncBuffer collects the demo's output while it runs.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestDemo runs `pgrouter demo` in-process: it must start its shards, accept
+// the connection it prints (and a bare one with any database name), send
+// statements to shard s0, and stop everything when its context ends.
+func TestDemo(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- runDemo(ctx, &out, "", 2, addr) }()
+
+	host, port, _ := net.SplitHostPort(addr)
+	deadline := time.Now().Add(90 * time.Second)
+	var conn *pgx.Conn
+	for {
+		conn, err = pgx.Connect(context.Background(), fmt.Sprintf("postgres://demo@%s:%s/demo?sslmode=disable", host, port))
+		if err == nil {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("demo stopped: %v\n%s", err, out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("demo not reachable: %v\n%s", err, out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !strings.Contains(out.String(), "psql -h "+host+" -p "+port+" -U demo demo") {
+		t.Fatalf("demo does not print how to connect:\n%s", out.String())
+	}
+	var port0 int
+	if err := conn.QueryRow(context.Background(), "SELECT inet_server_port()").Scan(&port0); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), fmt.Sprintf("shard s0  127.0.0.1:%d", port0)) {
+		t.Fatalf("statement did not run on shard s0 (port %d):\n%s", port0, out.String())
+	}
+	conn.Close(context.Background())
+	other, err := pgx.Connect(context.Background(), fmt.Sprintf("postgres://root@%s:%s/root?sslmode=disable", host, port))
+	if err != nil {
+		t.Fatalf("a bare psql-style connection (user root, database root) is refused: %v", err)
+	}
+	other.Close(context.Background())
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("demo did not stop")
+	}
+}
