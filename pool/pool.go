@@ -24,8 +24,11 @@ import (
 )
 
 // checkAfterIdle is how long a connection may sit idle before it is checked
-// (one non-blocking peek at the socket) on its way out of the pool.
-const checkAfterIdle = time.Second
+// (one non-blocking peek at the socket) on its way out of the pool. Under
+// load connections come back within milliseconds and are not checked; after
+// a lull, one that the server terminated or a restart killed is replaced
+// instead of failing the client's statement.
+const checkAfterIdle = 100 * time.Millisecond
 
 // ErrClosed is returned by Acquire on a pool that has been closed.
 var ErrClosed = errors.New("pool is closed")

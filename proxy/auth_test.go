@@ -122,4 +122,3 @@ func TestAuthentication(t *testing.T) {
 		}
 	})
 }
-

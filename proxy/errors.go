@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -129,10 +127,23 @@ func (e *Error) response() *pgproto3.ErrorResponse {
 }
 
 // isClientGone reports whether err means the client socket is unusable.
-func isClientGone(err error) bool {
-	if errors.Is(err, errClientGone) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
-		return true
+// Only client I/O sites produce it (through clientIO), so a server's network
+// error can never be mistaken for a departed client.
+func isClientGone(err error) bool { return errors.Is(err, errClientGone) }
+
+// clientIO classifies an error from reading or writing the client socket:
+// framing violations stay what they are (the client gets a FATAL), anything
+// else means the client is gone.
+func clientIO(err error) error {
+	if err == nil || isProtocolViolation(err) {
+		return err
 	}
-	var opErr *net.OpError
-	return errors.As(err, &opErr)
+	return fmt.Errorf("%w: %w", errClientGone, err)
+}
+
+// isProtocolViolation reports a malformed or oversized message.
+func isProtocolViolation(err error) bool {
+	var tooLarge *wire.TooLargeError
+	var pgErr *Error
+	return errors.As(err, &tooLarge) || errors.Is(err, wire.ErrMalformed) || errors.As(err, &pgErr)
 }

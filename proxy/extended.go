@@ -255,7 +255,7 @@ func (s *session) sync(m wire.Message) error {
 	s.inBatch = false
 	if s.server == nil { // nothing went to a server: every reply is local
 		s.emitLocals()
-		return s.cw.SendReady(s.txStatus)
+		return clientIO(s.cw.SendReady(s.txStatus))
 	}
 	_ = s.server.W.Write(m.Raw)
 	s.queue.push(request{kind: reqSync})
@@ -271,13 +271,13 @@ func (s *session) sync(m wire.Message) error {
 func (s *session) flush(m wire.Message) error {
 	if s.server == nil {
 		s.emitLocals()
-		return s.cw.Flush()
+		return clientIO(s.cw.Flush())
 	}
 	_ = s.server.W.Write(m.Raw)
 	if _, err := s.exchange(); err != nil {
 		return err
 	}
-	return s.cw.Flush()
+	return clientIO(s.cw.Flush())
 }
 
 // answerLocally answers utility statements that only touch state pgrouter
@@ -293,7 +293,7 @@ func (s *session) answerLocally(u utility) (bool, error) {
 	delete(s.stmts, u.name)
 	s.emitLocals()
 	_ = s.cw.Send(&pgproto3.CommandComplete{CommandTag: []byte("DEALLOCATE")})
-	return true, s.cw.SendReady(s.txStatus)
+	return true, clientIO(s.cw.SendReady(s.txStatus))
 }
 
 // afterUtility applies what a successful utility statement did on server c

@@ -12,6 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgrouter/pgrouter/internal/pgtest"
 )
 
 func pgCode(err error) string {
@@ -354,5 +356,82 @@ func TestSettingsStayWithTheirClient(t *testing.T) {
 	}
 	if err := a.QueryRow(ctx, "SHOW application_name").Scan(&app); err != nil || app != "client_a2" {
 		t.Fatalf("a sees %q", app)
+	}
+}
+
+// TestShardDownAndBack stops the default shard: clients get ERROR 08001 and
+// stay connected (logins still work through the other shard), and once the
+// shard is back the pool serves again without a restart of pgrouter.
+func TestShardDownAndBack(t *testing.T) {
+	ctx := testContext(t, 2*time.Minute)
+	own, err := pgtest.Start(ctx, pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Stop()
+	p := startProxy(t, proxyOpts{servers: []*pgtest.Server{own, shards[1]}})
+	conn := p.connect(t, ctx)
+	var one int
+	if err := conn.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+		t.Fatal(err)
+	}
+	own.Halt()
+	// The first statement may meet the server's own FATAL 57P01 (shutdown),
+	// passed on as an ERROR since the client was outside a transaction.
+	_, err = conn.Exec(ctx, "SELECT 1")
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Severity != "ERROR" || (pgErr.Code != "08001" && pgErr.Code != "57P01") {
+		t.Fatalf("with the shard down: %v; want ERROR 08001 or 57P01", err)
+	}
+	_, err = conn.Exec(ctx, "SELECT 1")
+	if pgCode(err) != "08001" || !strings.Contains(err.Error(), "shard s0") {
+		t.Fatalf("second statement with the shard down: %v; want 08001 naming shard s0", err)
+	}
+	late := p.connect(t, ctx) // login still works: the other shard answers the greeting
+	if err := own.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*pgx.Conn{conn, late} {
+		if err := c.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+			t.Fatalf("after the shard came back: %v", err)
+		}
+	}
+}
+
+// TestServerFatalIsDowngradedOutsideTransactions terminates the client's own
+// backend: outside a transaction in transaction mode the client gets the
+// server's 57P01 as an ERROR and keeps working; inside a transaction, or in
+// session mode, it gets the FATAL and is disconnected, as PostgreSQL would.
+func TestServerFatalIsDowngradedOutsideTransactions(t *testing.T) {
+	const suicide = "SELECT pg_terminate_backend(pg_backend_pid())"
+	ctx := testContext(t, time.Minute)
+	p := startProxy(t, proxyOpts{size: 2})
+	conn := p.connect(t, ctx)
+	_, err := conn.Exec(ctx, suicide)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "57P01" || pgErr.Severity != "ERROR" {
+		t.Fatalf("outside a transaction: %v; want ERROR 57P01", err)
+	}
+	var one int
+	if err := conn.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+		t.Fatalf("connection unusable after a downgraded FATAL: %v", err)
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = tx.Exec(ctx, suicide)
+	if !errors.As(err, &pgErr) || pgErr.Code != "57P01" || pgErr.Severity != "FATAL" {
+		t.Fatalf("inside a transaction: %v; want FATAL 57P01", err)
+	}
+
+	sp := startProxy(t, proxyOpts{mode: "session", size: 2})
+	sconn := sp.connect(t, ctx)
+	_, err = sconn.Exec(ctx, suicide)
+	if !errors.As(err, &pgErr) || pgErr.Severity != "FATAL" {
+		t.Fatalf("session mode: %v; want FATAL", err)
+	}
+	if sconn.QueryRow(ctx, "SELECT 1").Scan(&one) == nil {
+		t.Fatal("session-mode client still connected after its server's FATAL")
 	}
 }

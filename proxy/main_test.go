@@ -52,6 +52,8 @@ type proxyOpts struct {
 	extra    string // extra lines appended under pool:
 	topLevel string // extra top-level YAML
 	quiet    bool   // discard the proxy's log (fuzzing)
+	// servers replaces the shared shards (s0, s1, ...) when set.
+	servers []*pgtest.Server
 }
 
 // testProxy is a running proxy in front of the shared shards.
@@ -87,8 +89,12 @@ func startProxy(t testing.TB, o proxyOpts) *testProxy {
 	if !strings.Contains(o.extra, "query_wait_timeout") {
 		b.WriteString("  query_wait_timeout: 10s\n")
 	}
-	fmt.Fprintf(&b, "clusters:\n  main:\n    partitions: 2\n    shards:\n")
-	for i, s := range shards {
+	servers := shards
+	if o.servers != nil {
+		servers = o.servers
+	}
+	fmt.Fprintf(&b, "clusters:\n  main:\n    partitions: %d\n    shards:\n", len(servers))
+	for i, s := range servers {
 		fmt.Fprintf(&b, "      - name: s%d\n        dsn: %s\n        partitions: \"%d\"\n", i, s.DSN("postgres"), i)
 	}
 	b.WriteString("default_route: s0\n")

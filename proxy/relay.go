@@ -6,6 +6,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/pool"
 	"github.com/pgrouter/pgrouter/wire"
 )
@@ -25,7 +26,7 @@ func (s *session) relay() (ok bool, err error) {
 		}
 		if !c.R.HasMessage() && s.cw.Len() > 0 { // about to wait for the server: pass on what we have
 			if err := s.cw.Flush(); err != nil {
-				return false, errClientGone
+				return false, clientIO(err)
 			}
 		}
 		m, err := c.R.Next()
@@ -104,7 +105,7 @@ func (s *session) relay() (ok bool, err error) {
 // forward passes a server message to the client unchanged.
 func (s *session) forward(m wire.Message) error {
 	if err := s.cw.Write(m.Raw); err != nil {
-		return errClientGone
+		return clientIO(err)
 	}
 	return nil
 }
@@ -139,6 +140,9 @@ func (s *session) ready(m wire.Message, head *request) error {
 // everything up to the next Sync, so those requests are dropped (and what
 // pgrouter recorded for them undone) without waiting for replies.
 func (s *session) serverError(m wire.Message, head *request) error {
+	if isFatal(m.Body()) {
+		return s.serverEnded(m)
+	}
 	switch head.kind {
 	case reqQuery, reqFunctionCall, reqSync: // an error at Sync is a failed implicit COMMIT
 		return s.forward(m)
@@ -154,6 +158,36 @@ func (s *session) serverError(m wire.Message, head *request) error {
 	return s.forward(m)
 }
 
+// isFatal reports whether an ErrorResponse body has severity FATAL or PANIC
+// (the first field is the severity, 'S').
+func isFatal(body []byte) bool {
+	return len(body) > 6 && body[0] == 'S' && (string(body[1:6]) == "FATAL" || string(body[1:6]) == "PANIC")
+}
+
+// serverEnded handles a FATAL from the server: the server connection is
+// closing (shutdown, termination, timeout), so it is dropped now. A client
+// outside a transaction in transaction mode loses nothing and gets the
+// server's error as an ERROR, keeping its connection, as PL/Proxy
+// downgrades remote FATALs; any other client is disconnected with it.
+func (s *session) serverEnded(m wire.Message) error {
+	var e pgproto3.ErrorResponse
+	_ = e.Decode(m.Body())
+	c := s.server
+	shard := c.Shard()
+	c.MarkBroken()
+	s.queue.clear()
+	s.inBatch = false
+	s.unlink()
+	out := &Error{Code: e.Code, Message: e.Message, Detail: e.Detail, Hint: e.Hint,
+		Err: fmt.Errorf("shard %s ended the server connection: %s", shard, e.Message)}
+	if s.mode == config.ModeSession || s.txStatus != wire.TxIdle {
+		out.Fatal = true
+		return out
+	}
+	out.Hint = "pgrouter: the server connection to shard " + shard + " ended; this connection stays open and the next statement gets a new server connection."
+	return out
+}
+
 // forwardRenamed forwards an error whose message names a server-side
 // statement, with the client's name in its place.
 func (s *session) forwardRenamed(m wire.Message, from, to string) error {
@@ -163,7 +197,7 @@ func (s *session) forwardRenamed(m wire.Message, from, to string) error {
 	}
 	e.Message = strings.ReplaceAll(e.Message, `"`+from+`"`, `"`+to+`"`)
 	if err := s.cw.Send(&e); err != nil {
-		return errClientGone
+		return clientIO(err)
 	}
 	return nil
 }
@@ -219,7 +253,7 @@ func (s *session) copyIn() error {
 		i++
 	}
 	if err := s.cw.Flush(); err != nil {
-		return errClientGone
+		return clientIO(err)
 	}
 	for {
 		if !s.cr.HasMessage() && c.W.Len() > 0 {
@@ -229,7 +263,7 @@ func (s *session) copyIn() error {
 		}
 		m, err := s.cr.Next()
 		if err != nil {
-			return err
+			return clientIO(err)
 		}
 		switch m.Type {
 		case wire.CopyData, wire.Flush, wire.Sync: // the server ignores Flush and Sync during COPY

@@ -93,7 +93,7 @@ func (s *session) run() {
 			}
 		}
 		m, err := s.readClient()
-		if err != nil {
+		if err = clientIO(err); err != nil {
 			if !isClientGone(err) {
 				s.sendFatal(toError(err))
 			}
@@ -172,7 +172,7 @@ func (s *session) fail(err error, typ byte) error {
 			return err
 		}
 		s.inBatch = false
-		return s.cw.SendReady(s.txStatus)
+		return clientIO(s.cw.SendReady(s.txStatus))
 	}
 	s.skipping = true
 	return s.emitError(e)
@@ -185,7 +185,7 @@ func (s *session) emitError(e *Error) error {
 		return nil
 	}
 	s.emitLocals()
-	return s.cw.Send(e.response())
+	return clientIO(s.cw.Send(e.response()))
 }
 
 // link makes sure a server is linked, acquiring one for the default route.

@@ -45,10 +45,11 @@ func (s *Server) handle(conn net.Conn) {
 
 	st, cancel, err := readStartup(conn, r)
 	if err != nil {
-		if !isClientGone(err) && !errors.Is(err, os.ErrDeadlineExceeded) {
+		switch {
+		case isProtocolViolation(err):
 			log.Debug("bad startup packet", zap.Error(err))
 			sendFatal(w, toError(err))
-		} else if errors.Is(err, os.ErrDeadlineExceeded) {
+		case errors.Is(err, os.ErrDeadlineExceeded):
 			log.Info("client_login_timeout: no startup packet in time")
 		}
 		return
@@ -71,7 +72,7 @@ func (s *Server) handle(conn net.Conn) {
 			log.Info("client_login_timeout: login not finished in time")
 			return
 		}
-		if !isClientGone(err) {
+		if isProtocolViolation(err) { // otherwise the client's socket failed: nobody to tell
 			e := toError(err)
 			log.Info("login refused", zap.String("sqlstate", e.Code), zap.String("reason", e.Message))
 			e.Fatal = true

@@ -126,4 +126,3 @@ func demoConfig(servers []*pgtest.Server, listen string) string {
 	fmt.Fprintf(&b, "default_route: s0\nfallback_cluster: %s\n", demoCluster)
 	return b.String()
 }
-
