@@ -60,8 +60,8 @@ type Conn struct {
 	Applied    ParamState
 	Statements *StatementCache
 	// Unnamed is the fingerprint of the query text and parameter types of the
-	// unnamed prepared statement on this server (0: none known), so a client
-	// whose Bind follows its Parse across a Sync can have it re-parsed.
+	// unnamed prepared statement on this server (0: none), so a client whose
+	// Bind follows its Parse across a Sync can have it re-parsed.
 	Unnamed  uint64
 	broken   bool
 	lastUsed time.Time // guarded by pool.mu once released
@@ -92,6 +92,19 @@ func (c *Conn) SetDeadline(t time.Time) error { return c.netConn.SetDeadline(t) 
 
 // SetReadDeadline bounds the next reads; a past time unblocks a pending read.
 func (c *Conn) SetReadDeadline(t time.Time) error { return c.netConn.SetReadDeadline(t) }
+
+// WriteRaw writes bytes taken from W (see wire.Writer.Take) to the server.
+func (c *Conn) WriteRaw(b []byte) error {
+	_, err := c.netConn.Write(b)
+	return err
+}
+
+// Abort closes the socket at once, unblocking any read or write on it; the
+// connection is marked broken and is not reused.
+func (c *Conn) Abort() {
+	c.broken = true
+	_ = c.netConn.Close()
+}
 
 // StartCancel registers a cancel request in flight for this connection. The
 // caller must have seen the connection linked to the client it cancels for

@@ -284,6 +284,7 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 		Statements: NewStatementCache(p.cfg.PreparedStatements),
 		state:      StateActive,
 	}
+	c.W.SetManual() // the session flushes, reading replies while it does when needed
 	params := make(map[string]string, len(hj.ParameterStatuses))
 	for k, v := range hj.ParameterStatuses {
 		c.Params.Set(k, v)

@@ -57,6 +57,22 @@ func (s *StatementCache) Remove(name string) {
 	}
 }
 
+// Restore puts back a statement whose Close the server skipped, as the least
+// recently used and without evicting anything.
+func (s *StatementCache) Restore(name string) {
+	if _, ok := s.index[name]; !ok {
+		s.index[name] = s.order.PushBack(name)
+	}
+}
+
+// Reset replaces the contents with what the server reports it has.
+func (s *StatementCache) Reset(names []string) {
+	s.Clear()
+	for _, n := range names {
+		s.Restore(n)
+	}
+}
+
 // Clear forgets everything (after DISCARD ALL or DEALLOCATE ALL on the server).
 func (s *StatementCache) Clear() {
 	s.index = map[string]*list.Element{}

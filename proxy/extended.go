@@ -7,29 +7,41 @@ import (
 	"github.com/pgrouter/pgrouter/wire"
 )
 
+// codeReservedName is SQLSTATE reserved_name.
+const codeReservedName = "42939"
+
+func reservedNameError() *Error {
+	return errorf(codeReservedName, "pgrouter: prepared statement names starting with %q are reserved for pgrouter", serverStmtPrefix).
+		withHint("Choose another name; protocol-level prepared statements (what drivers use) may have any name.")
+}
+
 // query handles a simple Query message.
 func (s *session) query(m wire.Message) error {
 	sql := trimNUL(m.Body())
-	util := classifyUtility(sql)
-	if handled, err := s.answerLocally(util); handled {
+	info := scanQuery(string(sql), s.standardStrings())
+	if info.effects&effReserved != 0 && !s.passthrough {
+		return reservedNameError()
+	}
+	if handled, err := s.answerLocally(info); handled {
 		return err
 	}
 	if err := s.link(); err != nil {
 		return err
 	}
 	c := s.server
-	s.unnamed.valid = false // a simple Query destroys the unnamed statement
+	s.unnamed.drop() // a simple Query destroys the unnamed statement
 	c.Unnamed = 0
 	_ = c.W.Write(m.Raw)
 	s.queue.push(request{kind: reqQuery})
-	ok, err := s.exchange()
-	if err != nil {
+	if info.effects&effStatements != 0 {
+		c.Statements.Clear()
+		s.queueStatementResync(c)
+	}
+	if err := s.exchange(); err != nil {
 		return err
 	}
-	if ok && util.kind != utilNone {
-		if err := s.afterUtility(util, c); err != nil {
-			return err
-		}
+	if err := s.applyEffects(info.effects); err != nil {
+		return err
 	}
 	s.maybeRelease()
 	return nil
@@ -42,20 +54,56 @@ func (s *session) functionCall(m wire.Message) error {
 	}
 	_ = s.server.W.Write(m.Raw)
 	s.queue.push(request{kind: reqFunctionCall})
-	if _, err := s.exchange(); err != nil {
+	if err := s.exchange(); err != nil {
 		return err
 	}
 	s.maybeRelease()
 	return nil
 }
 
-// exchange flushes what was queued for the server and relays the answers.
-// ok is false when the server reported an error.
-func (s *session) exchange() (ok bool, err error) {
-	if err := s.server.W.Flush(); err != nil {
-		return false, s.serverLost(err)
+// exchange writes what was queued for the server and relays the answers.
+func (s *session) exchange() error {
+	if err := s.flushServer(); err != nil {
+		return err
 	}
 	return s.relay()
+}
+
+// queueStatementResync asks the server, right after the client's request,
+// which pgrouter statements it still has, and makes its cache say exactly
+// that (after DEALLOCATE or DISCARD ALL, whose effect on a multi-statement
+// string or a failed transaction pgrouter cannot know for sure). If the
+// question fails (an aborted transaction), the connection is not reused.
+func (s *session) queueStatementResync(c *pool.Conn) {
+	_ = c.W.Send(&pgproto3.Query{String: "SELECT name FROM pg_catalog.pg_prepared_statements WHERE starts_with(name, '" + serverStmtPrefix + "')"})
+	c.Unnamed = 0
+	var names []string
+	s.queue.push(request{kind: reqQuery, internal: true,
+		onRow: func(v [][]byte) {
+			if len(v) == 1 {
+				names = append(names, string(v[0]))
+			}
+		},
+		onEnd: func(ok bool) {
+			if ok {
+				c.Statements.Reset(names)
+			} else {
+				c.MarkBroken()
+			}
+		},
+	})
+}
+
+// applyEffects mirrors, after a request, what its statements did.
+func (s *session) applyEffects(eff effects) error {
+	if eff&effResetAll == 0 || s.server == nil {
+		return nil
+	}
+	// The server went back to its defaults; PostgreSQL would have gone back
+	// to the startup packet's values, so those are applied again.
+	s.server.Applied = pool.ParamState{}
+	s.desired = s.startup.Clone()
+	return s.applySettings()
 }
 
 // parse handles Parse.
@@ -64,10 +112,11 @@ func (s *session) parse(m wire.Message) error {
 	if !ok {
 		return fatalf(codeProtocolViolation, "pgrouter: malformed Parse message")
 	}
+	query, _, _ := cutCString(definition)
 	if len(name) > 0 && !s.passthrough && s.server == nil && s.txStatus == wire.TxIdle && s.stmts[string(name)] == nil {
 		// A statement some server has already parsed needs no server now:
 		// it is prepared where it executes.
-		if st := newStatement(definition); s.srv.known.has(st.serverName) {
+		if st := newStatement(definition, s.standardStrings()); s.known.has(st.serverName) {
 			clientName := string(name)
 			s.stmts[clientName] = st
 			s.queue.push(request{kind: reqLocal, reply: wire.ParseComplete, clientStmt: clientName, serverStmt: st.serverName})
@@ -75,37 +124,41 @@ func (s *session) parse(m wire.Message) error {
 			return nil
 		}
 	}
+	if !s.passthrough && scanEffects(string(query), s.standardStrings())&effReserved != 0 {
+		return reservedNameError()
+	}
 	if err := s.link(); err != nil {
 		return err
 	}
 	c := s.server
 	s.inBatch = true
 	if len(name) == 0 {
-		c.Unnamed = s.unnamed.set(m.Raw, definition)
+		prev := c.Unnamed
+		c.Unnamed = s.unnamed.set(m.Raw, definition, scanEffects(string(query), s.standardStrings()))
 		_ = c.W.Write(m.Raw)
-		s.queue.push(request{kind: reqParse, unnamed: true})
-		return nil
+		s.queue.push(request{kind: reqParse, unnamed: true, prevUnnamed: prev})
+		return s.pushServer()
 	}
 	if s.passthrough {
 		_ = c.W.Write(m.Raw)
 		s.queue.push(request{kind: reqParse})
-		return nil
+		return s.pushServer()
 	}
 	if old := s.stmts[string(name)]; old != nil {
 		// PostgreSQL answers 42P05. Let the server say so in pipeline order:
-		// make sure it has the existing statement, then Parse that name again.
+		// make sure it has the existing statement, then Parse it again under
+		// its own name and text (never the new text: the name would then
+		// stand for different SQL on this server).
 		if !c.Statements.Has(old.serverName) {
 			s.prepareOn(c, old, true, "")
 		}
 		start := c.W.Begin(wire.Parse)
-		c.W.AppendString(old.serverName)
-		c.W.AppendByte(0)
-		c.W.AppendBytes(definition)
+		c.W.AppendBytes(old.parseBody)
 		_ = c.W.End(start)
 		s.queue.push(request{kind: reqParse, renameFrom: old.serverName, renameTo: string(name)})
-		return nil
+		return s.pushServer()
 	}
-	st := newStatement(definition)
+	st := newStatement(definition, s.standardStrings())
 	clientName := string(name)
 	s.stmts[clientName] = st
 	if c.Statements.Has(st.serverName) {
@@ -113,7 +166,7 @@ func (s *session) parse(m wire.Message) error {
 		return nil
 	}
 	s.prepareOn(c, st, false, clientName)
-	return nil
+	return s.pushServer()
 }
 
 // bind handles Bind, pointing it at the server-side statement name.
@@ -129,15 +182,21 @@ func (s *session) bind(m wire.Message) error {
 	c := s.server
 	s.inBatch = true
 	if len(name) == 0 || s.passthrough {
+		eff := effects(0)
 		if len(name) == 0 {
 			s.ensureUnnamed(c)
+			eff = s.unnamed.effects
 		}
+		s.bindEffects(portal, eff)
 		_ = c.W.Write(m.Raw)
 		s.queue.push(request{kind: reqBind})
-		return nil
+		return s.pushServer()
 	}
 	serverName, req := s.serverStatement(c, name)
 	req.kind = reqBind
+	if st := s.stmts[string(name)]; st != nil {
+		s.bindEffects(portal, st.effects)
+	}
 	start := c.W.Begin(wire.Bind)
 	c.W.AppendBytes(portal)
 	c.W.AppendByte(0)
@@ -146,7 +205,22 @@ func (s *session) bind(m wire.Message) error {
 	c.W.AppendBytes(params)
 	_ = c.W.End(start)
 	s.queue.push(req)
-	return nil
+	return s.pushServer()
+}
+
+// bindEffects remembers what executing a portal will do.
+func (s *session) bindEffects(portal []byte, eff effects) {
+	if len(portal) == 0 {
+		s.unnamedPortal = eff
+		return
+	}
+	if eff == 0 && s.portals == nil {
+		return
+	}
+	if s.portals == nil {
+		s.portals = map[string]effects{}
+	}
+	s.portals[string(portal)] = eff
 }
 
 // serverStatement returns the server-side name for a client's statement,
@@ -161,7 +235,7 @@ func (s *session) serverStatement(c *pool.Conn, name []byte) (string, request) {
 	if !c.Statements.Has(st.serverName) {
 		s.prepareOn(c, st, true, "")
 	}
-	return st.serverName, request{}
+	return st.serverName, request{serverStmt: st.serverName}
 }
 
 // describe handles Describe of a statement or a portal.
@@ -182,7 +256,7 @@ func (s *session) describe(m wire.Message) error {
 	if body[0] == 'P' {
 		_ = c.W.Write(m.Raw)
 		s.queue.push(request{kind: reqDescribePortal})
-		return nil
+		return s.pushServer()
 	}
 	if len(name) == 0 || s.passthrough {
 		if len(name) == 0 {
@@ -190,7 +264,7 @@ func (s *session) describe(m wire.Message) error {
 		}
 		_ = c.W.Write(m.Raw)
 		s.queue.push(request{kind: reqDescribeStatement})
-		return nil
+		return s.pushServer()
 	}
 	serverName, req := s.serverStatement(c, name)
 	req.kind = reqDescribeStatement
@@ -200,18 +274,31 @@ func (s *session) describe(m wire.Message) error {
 	c.W.AppendByte(0)
 	_ = c.W.End(start)
 	s.queue.push(req)
-	return nil
+	return s.pushServer()
 }
 
 // execute handles Execute.
 func (s *session) execute(m wire.Message) error {
+	portal, _, ok := cutCString(m.Body())
+	if !ok {
+		return fatalf(codeProtocolViolation, "pgrouter: malformed Execute message")
+	}
 	if err := s.link(); err != nil {
 		return err
 	}
+	c := s.server
 	s.inBatch = true
-	_ = s.server.W.Write(m.Raw)
+	eff := s.unnamedPortal
+	if len(portal) > 0 {
+		eff = s.portals[string(portal)]
+	}
+	if eff&effStatements != 0 {
+		c.Statements.Clear()
+	}
+	s.pending |= eff
+	_ = c.W.Write(m.Raw)
 	s.queue.push(request{kind: reqExecute})
-	return nil
+	return s.pushServer()
 }
 
 // closeStatement handles Close. Closing a named statement only forgets the
@@ -241,25 +328,36 @@ func (s *session) closeStatement(m wire.Message) error {
 	}
 	c := s.server
 	s.inBatch = true
+	r := request{kind: reqClose}
 	if body[0] == 'S' && len(name) == 0 {
-		s.unnamed.valid = false
+		s.unnamed.drop()
+		r.unnamed, r.prevUnnamed = true, c.Unnamed
 		c.Unnamed = 0
 	}
 	_ = c.W.Write(m.Raw)
-	s.queue.push(request{kind: reqClose})
-	return nil
+	s.queue.push(r)
+	return s.pushServer()
 }
 
 // sync handles Sync: the end of an extended-protocol batch.
 func (s *session) sync(m wire.Message) error {
 	s.inBatch = false
+	eff := s.pending
+	s.pending = 0
 	if s.server == nil { // nothing went to a server: every reply is local
 		s.emitLocals()
 		return clientIO(s.cw.SendReady(s.txStatus))
 	}
-	_ = s.server.W.Write(m.Raw)
+	c := s.server
+	_ = c.W.Write(m.Raw)
 	s.queue.push(request{kind: reqSync})
-	if _, err := s.exchange(); err != nil {
+	if eff&effStatements != 0 {
+		s.queueStatementResync(c)
+	}
+	if err := s.exchange(); err != nil {
+		return err
+	}
+	if err := s.applyEffects(eff); err != nil {
 		return err
 	}
 	s.maybeRelease()
@@ -274,53 +372,32 @@ func (s *session) flush(m wire.Message) error {
 		return clientIO(s.cw.Flush())
 	}
 	_ = s.server.W.Write(m.Raw)
-	if _, err := s.exchange(); err != nil {
+	if err := s.exchange(); err != nil {
 		return err
 	}
 	return clientIO(s.cw.Flush())
 }
 
-// answerLocally answers utility statements that only touch state pgrouter
-// keeps for the client: DEALLOCATE of a statement the client prepared
-// through the protocol (the server knows it under another name).
-func (s *session) answerLocally(u utility) (bool, error) {
-	if u.kind != utilDeallocate || s.passthrough || s.txStatus == wire.TxFailed {
+// answerLocally answers DEALLOCATE of a statement the client prepared
+// through the protocol (the server knows it under another name), when it
+// is the whole query and nothing else is in flight.
+func (s *session) answerLocally(info queryInfo) (bool, error) {
+	if info.deallocate == "" || s.passthrough || s.txStatus == wire.TxFailed || !s.queue.empty() || s.inBatch {
 		return false, nil
 	}
-	if _, ok := s.stmts[u.name]; !ok {
+	if _, ok := s.stmts[info.deallocate]; !ok {
 		return false, nil // maybe an SQL-level PREPARE on the server: let it answer
 	}
-	delete(s.stmts, u.name)
-	s.emitLocals()
+	delete(s.stmts, info.deallocate)
 	_ = s.cw.Send(&pgproto3.CommandComplete{CommandTag: []byte("DEALLOCATE")})
 	return true, clientIO(s.cw.SendReady(s.txStatus))
 }
 
-// afterUtility applies what a successful utility statement did on server c
-// to pgrouter's picture of the client and the server.
-func (s *session) afterUtility(u utility, c *pool.Conn) error {
-	switch u.kind {
-	case utilDeallocateAll:
-		if !s.passthrough {
-			clear(s.stmts)
-			c.Statements.Clear()
-		}
-	case utilDiscardAll:
-		clear(s.stmts)
-		s.unnamed.valid = false
-		c.Statements.Clear()
-		c.Unnamed = 0
-		fallthrough
-	case utilResetAll:
-		// The server went back to its defaults; PostgreSQL would have gone
-		// back to the startup packet's values, so those are applied again.
-		c.Applied = pool.ParamState{}
-		s.desired = s.startup.Clone()
-		if s.server != nil {
-			return s.applySettings()
-		}
-	}
-	return nil
+// standardStrings reports the client's standard_conforming_strings, which
+// decides how backslashes in '...' literals are read.
+func (s *session) standardStrings() bool {
+	v, ok := s.desired.Get("standard_conforming_strings")
+	return !ok || v != "off"
 }
 
 func trimNUL(b []byte) []byte {

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"hash/maphash"
+	"strings"
 	"sync"
 
 	"github.com/pgrouter/pgrouter/pool"
@@ -20,8 +21,15 @@ import (
 // name cannot collide. Before a Bind or Describe the statement is prepared
 // on the linked server if its cache lacks it; a Parse the server already has
 // is answered locally. PostgreSQL's own errors for name misuse are produced
-// by the server in pipeline order (see bind and parse) so that the
+// by the server in pipeline order (see parse and bind) so that the
 // transaction they abort is exactly the one PostgreSQL would abort.
+//
+// The "pgr_" prefix is reserved: SQL-level PREPARE, EXECUTE and DEALLOCATE
+// of such names are refused, so no client can plant or drop a statement
+// another client relies on.
+
+// serverStmtPrefix starts every server-side statement name pgrouter makes.
+const serverStmtPrefix = "pgr_"
 
 // missingStatement is sent in place of a statement name the client never
 // prepared; no real server-side name has this form, so the server answers
@@ -33,34 +41,66 @@ type statement struct {
 	serverName string
 	// parseBody is a Parse message body that prepares serverName.
 	parseBody []byte
+	// effects are what executing it does to state pgrouter mirrors.
+	effects effects
 }
 
-func newStatement(definition []byte) *statement {
+func newStatement(definition []byte, standard bool) *statement {
 	sum := sha256.Sum256(definition)
-	name := "pgr_" + hex.EncodeToString(sum[:16])
+	name := serverStmtPrefix + hex.EncodeToString(sum[:16])
 	body := make([]byte, 0, len(name)+1+len(definition))
 	body = append(body, name...)
 	body = append(body, 0)
 	body = append(body, definition...)
-	return &statement{serverName: name, parseBody: body}
+	query, _, _ := cutCString(definition)
+	return &statement{serverName: name, parseBody: body, effects: scanEffects(string(query), standard)}
 }
 
 // unnamedStatement is the client's latest unnamed statement. Drivers often
 // Parse it, Sync, then Bind it; in transaction mode the Bind may land on
-// another server, which then gets the Parse replayed first.
+// another server, which then gets the Parse replayed first. The previous one
+// is kept so a Parse or Close skipped after an error can be undone.
 type unnamedStatement struct {
-	valid bool
-	fp    uint64 // fingerprint of query text and parameter types, never 0
-	raw   []byte // the whole Parse message, buffer reused
+	valid   bool
+	fp      uint64 // fingerprint of query text and parameter types, never 0
+	raw     []byte // the whole Parse message, buffer reused
+	effects effects
+
+	prevValid bool
+	prevFp    uint64
+	prevRaw   []byte
+	prevEff   effects
 }
 
 var unnamedSeed = maphash.MakeSeed()
 
-func (u *unnamedStatement) set(raw []byte, definition []byte) uint64 {
+func (u *unnamedStatement) save() {
+	u.prevValid, u.prevFp, u.prevEff = u.valid, u.fp, u.effects
+	u.raw, u.prevRaw = u.prevRaw, u.raw
+}
+
+// set records a new unnamed statement, keeping the previous one.
+func (u *unnamedStatement) set(raw, definition []byte, eff effects) uint64 {
+	u.save()
 	u.raw = append(u.raw[:0], raw...)
 	u.fp = maphash.Bytes(unnamedSeed, definition) | 1
 	u.valid = true
+	u.effects = eff
 	return u.fp
+}
+
+// drop forgets the unnamed statement (Close, or a simple Query), keeping it
+// as the previous one.
+func (u *unnamedStatement) drop() {
+	u.save()
+	u.raw = append(u.raw[:0], u.prevRaw...)
+	u.valid = false
+}
+
+// restore brings back the previous unnamed statement.
+func (u *unnamedStatement) restore() {
+	u.valid, u.fp, u.effects = u.prevValid, u.prevFp, u.prevEff
+	u.raw, u.prevRaw = u.prevRaw, u.raw
 }
 
 // prepareOn sends a Parse for st to server c and records it in c's cache,
@@ -72,6 +112,7 @@ func (s *session) prepareOn(c *pool.Conn, st *statement, internal bool, clientNa
 	s.queue.push(request{kind: reqParse, internal: internal, serverStmt: st.serverName, clientStmt: clientName})
 	for _, victim := range c.Statements.Add(st.serverName) {
 		s.closeOn(c, 'S', victim)
+		s.queue.at(s.queue.len() - 1).serverStmt = victim
 	}
 }
 
@@ -93,53 +134,91 @@ func (s *session) ensureUnnamed(c *pool.Conn) {
 	switch {
 	case s.unnamed.valid && c.Unnamed != s.unnamed.fp:
 		_ = c.W.Write(s.unnamed.raw)
+		s.queue.push(request{kind: reqParse, internal: true, unnamed: true, prevUnnamed: c.Unnamed})
 		c.Unnamed = s.unnamed.fp
-		s.queue.push(request{kind: reqParse, internal: true, unnamed: true})
 	case !s.unnamed.valid && c.Unnamed != 0:
 		s.closeOn(c, 'S', "")
+		r := s.queue.at(s.queue.len() - 1)
+		r.unnamed, r.prevUnnamed = true, c.Unnamed
 		c.Unnamed = 0
 	}
 }
 
-// undo reverses the bookkeeping of a request the server did not carry out
-// (it failed, or an earlier message of its batch failed).
-func (s *session) undo(r request) {
+// undo reverses the bookkeeping of a request the server did not carry out:
+// failed is true for the request that got the error, false for the ones the
+// server then skipped.
+func (s *session) undo(r request, failed bool) {
 	c := s.server
 	switch r.kind {
-	case reqParse, reqLocal:
+	case reqParse:
 		if r.unnamed {
-			if c != nil {
+			if failed { // PostgreSQL dropped the old unnamed statement before failing
 				c.Unnamed = 0
-			}
-			if !r.internal {
-				s.unnamed.valid = false
+				if !r.internal {
+					s.unnamed.valid = false
+				}
+			} else {
+				c.Unnamed = r.prevUnnamed
+				if !r.internal {
+					s.unnamed.restore()
+				}
 			}
 			return
 		}
-		if r.serverStmt != "" && r.kind == reqParse && c != nil {
+		if r.serverStmt != "" {
 			c.Statements.Remove(r.serverStmt)
 		}
-		if r.clientStmt != "" {
-			if st := s.stmts[r.clientStmt]; st != nil && st.serverName == r.serverStmt {
-				delete(s.stmts, r.clientStmt)
-			}
+		s.forget(r.clientStmt, r.serverStmt)
+	case reqClose:
+		if failed {
+			return
 		}
-		if r.restore != nil && r.clientStmt != "" {
-			s.stmts[r.clientStmt] = r.restore
+		if r.unnamed {
+			c.Unnamed = r.prevUnnamed
+			if !r.internal {
+				s.unnamed.restore()
+			}
+		} else if r.internal && r.serverStmt != "" {
+			c.Statements.Restore(r.serverStmt) // an evicted statement the server kept
+		}
+	case reqLocal:
+		switch r.reply {
+		case wire.ParseComplete:
+			s.forget(r.clientStmt, r.serverStmt)
+		case wire.CloseComplete:
+			if r.restore != nil {
+				s.stmts[r.clientStmt] = r.restore
+			}
 		}
 	}
 }
 
-// knownLimit bounds the set of statements known to parse; past it the set
+// forget drops a client statement name if it still maps to serverName.
+func (s *session) forget(clientName, serverName string) {
+	if clientName == "" {
+		return
+	}
+	if st := s.stmts[clientName]; st != nil && st.serverName == serverName {
+		delete(s.stmts, clientName)
+	}
+}
+
+// reservedName reports a statement name pgrouter keeps for itself.
+func reservedName(name string) bool {
+	return strings.HasPrefix(strings.ToLower(name), serverStmtPrefix)
+}
+
+// knownLimit bounds a set of statements known to parse; past it the set
 // starts over (it is an optimisation, not a record).
 const knownLimit = 16384
 
-// knownStatements is the set of server-side statement names that some
-// server has parsed successfully. A Parse of one of them from a client with
-// no linked server is answered at once, without taking a server: the
-// statement is prepared where it executes, at Bind. This spares a round trip
-// and, with drivers that prepare synchronously while their other
-// connections hold servers (pgbench -M prepared), a pool-wide stall.
+// knownStatements is the set of server-side statement names that a server
+// of one cluster, for one server user, has parsed successfully. A Parse of
+// one of them from a client with no linked server is answered at once,
+// without taking a server: the statement is prepared where it executes, at
+// Bind. This spares a round trip and, with drivers that prepare
+// synchronously while their other connections hold servers (pgbench -M
+// prepared), a pool-wide stall.
 type knownStatements struct {
 	mu    sync.Mutex
 	names map[string]struct{}
@@ -159,4 +238,25 @@ func (k *knownStatements) has(name string) bool {
 	_, ok := k.names[name]
 	k.mu.Unlock()
 	return ok
+}
+
+// knownRegistry keeps one knownStatements per cluster and user.
+type knownRegistry struct {
+	mu   sync.Mutex
+	sets map[string]*knownStatements
+}
+
+func (r *knownRegistry) get(cluster, user string) *knownStatements {
+	key := cluster + "\x00" + user
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.sets == nil {
+		r.sets = map[string]*knownStatements{}
+	}
+	k := r.sets[key]
+	if k == nil {
+		k = &knownStatements{}
+		r.sets[key] = k
+	}
+	return k
 }

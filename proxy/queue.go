@@ -20,28 +20,44 @@ const (
 // request is one outstanding entry. Responses arrive in the order requests
 // were sent (pgbouncer's outstanding-request list), so a FIFO tells the relay
 // which request each response belongs to, what to swallow and when a server
-// has answered everything and may be released.
+// has answered everything and may be released. Whatever pgrouter recorded
+// when it queued a request is undone (see undo) if the server fails it or
+// skips it after an earlier error.
 type request struct {
 	kind requestKind
-	// internal marks a request pgrouter injected (a re-Parse, a Close of an
-	// evicted statement): its success replies are not forwarded.
+	// internal marks a request pgrouter sent for itself (a re-Parse, a Close
+	// of an evicted statement, a read-back query): its replies are not
+	// forwarded, except an error of a re-Parse, which is the client's.
 	internal bool
-	// reply is the message type a reqLocal entry emits; err is the error it
-	// emits when reply is ErrorResponse.
+	// reply is the message type a reqLocal entry emits.
 	reply byte
-	err   *Error
-	// serverStmt is the server-side statement a Parse creates.
+
+	// serverStmt is the server-side statement a Parse creates, a Close of an
+	// evicted statement removes, or a Bind or Describe uses.
 	serverStmt string
-	// clientStmt is the client's name for that statement, undone if the Parse fails.
+	// clientStmt is the client's name for a statement a Parse (or a local
+	// ParseComplete) defines or a local Close removes.
 	clientStmt string
-	// unnamed marks a Parse of the unnamed statement.
-	unnamed bool
-	// restore is a statement a local Close removed, put back if the Close is
-	// skipped because an earlier message of its batch failed.
+	// restore is the statement a local Close removed.
 	restore *statement
+	// unnamed marks a Parse or Close of the unnamed statement; prevUnnamed is
+	// what the server had before, restored if the request is skipped.
+	unnamed     bool
+	prevUnnamed uint64
 	// rename rewrites a server-side statement name in an error message back
 	// to the name the client used.
 	renameFrom, renameTo string
+
+	// replace is reported instead of the server's error for a statement
+	// pgrouter sent to fail in-band (see failInBand).
+	replace  *Error
+	replaced bool
+
+	// onRow receives the rows of an internal query; onEnd is called when it
+	// is done, with ok false if it failed.
+	onRow  func(values [][]byte)
+	onEnd  func(ok bool)
+	failed bool
 }
 
 // queue is a FIFO of outstanding requests that reuses its backing array.
@@ -83,6 +99,17 @@ func (q *queue) removeAt(i int) {
 		q.items = q.items[:0]
 		q.head = 0
 	}
+}
+
+// awaitingServer reports whether any request still expects a server reply
+// (as opposed to replies pgrouter produces itself).
+func (q *queue) awaitingServer() bool {
+	for i := q.head; i < len(q.items); i++ {
+		if q.items[i].kind != reqLocal {
+			return true
+		}
+	}
+	return false
 }
 
 func (q *queue) clear() {

@@ -1,8 +1,11 @@
 package proxy
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -12,94 +15,115 @@ import (
 )
 
 // relay forwards the linked server's replies to the client until every
-// queued request is answered. Replies are matched to requests in order; the
-// ones pgrouter asked for itself are swallowed, and replies pgrouter owes
-// from its own bookkeeping (reqLocal) are emitted where they belong. ok is
-// false when the server reported an error for a client request.
-func (s *session) relay() (ok bool, err error) {
-	c := s.server
-	ok = true
+// queued request is answered, or until a COPY FROM STDIN started by the
+// extended protocol has taken its data (its result comes after the client's
+// next Sync). Replies are matched to requests in order; the ones pgrouter
+// asked for itself are swallowed, and replies pgrouter owes from its own
+// bookkeeping (reqLocal) are emitted where they belong.
+func (s *session) relay() error {
 	for {
 		s.emitLocals()
 		if s.queue.empty() {
-			return ok, nil
+			return nil
 		}
+		c := s.server
 		if !c.R.HasMessage() && s.cw.Len() > 0 { // about to wait for the server: pass on what we have
 			if err := s.cw.Flush(); err != nil {
-				return false, clientIO(err)
+				return clientIO(err)
 			}
 		}
 		m, err := c.R.Next()
 		if err != nil {
-			return false, s.serverLost(err)
+			return s.serverLost(err)
 		}
-		head := s.queue.peek()
-		switch m.Type {
-		case wire.DataRow, wire.CopyData:
-			err = s.forward(m)
-		case wire.CommandComplete, wire.EmptyQueryResponse:
-			switch head.kind {
-			case reqExecute:
-				s.queue.pop()
-				err = s.forward(m)
-			case reqQuery, reqFunctionCall:
-				err = s.forward(m)
-			default:
-				err = s.unexpected(m, head)
-			}
-		case wire.RowDescription:
-			switch head.kind {
-			case reqDescribeStatement, reqDescribePortal:
-				s.queue.pop()
-				err = s.forward(m)
-			case reqQuery, reqExecute:
-				err = s.forward(m)
-			default:
-				err = s.unexpected(m, head)
-			}
-		case wire.NoData:
-			err = s.answer(m, head, reqDescribeStatement, reqDescribePortal)
-		case wire.ParameterDescription:
-			if head.kind != reqDescribeStatement {
-				err = s.unexpected(m, head)
-			} else {
-				err = s.forward(m)
-			}
-		case wire.ParseComplete:
-			if head.serverStmt != "" {
-				s.srv.known.add(head.serverStmt)
-			}
-			err = s.answer(m, head, reqParse, reqParse)
-		case wire.BindComplete:
-			err = s.answer(m, head, reqBind, reqBind)
-		case wire.CloseComplete:
-			err = s.answer(m, head, reqClose, reqClose)
-		case wire.PortalSuspended:
-			err = s.answer(m, head, reqExecute, reqExecute)
-		case wire.ReadyForQuery:
-			err = s.ready(m, head)
-		case wire.ErrorResponse:
-			ok = false
-			err = s.serverError(m, head)
-		case wire.NoticeResponse, wire.NotificationResponse:
-			if !head.internal {
-				err = s.forward(m)
-			}
-		case wire.ParameterStatus:
-			err = s.parameterStatus(m, head)
-		case wire.CopyOutResponse, wire.CopyDone, wire.FunctionCallResponse:
-			err = s.forward(m)
-		case wire.CopyInResponse:
-			if err = s.forward(m); err == nil {
-				err = s.copyIn()
-			}
-		default:
-			err = s.unexpected(m, head)
-		}
-		if err != nil {
-			return false, err
+		suspend, err := s.handleServerMessage(m, true)
+		if err != nil || suspend {
+			return err
 		}
 	}
+}
+
+// handleServerMessage processes one server reply against the head of the
+// queue. suspend reports an extended-protocol COPY FROM STDIN whose data has
+// been passed on. allowCopy is false while a batch is still being written.
+func (s *session) handleServerMessage(m wire.Message, allowCopy bool) (suspend bool, err error) {
+	head := s.queue.peek()
+	switch m.Type {
+	case wire.DataRow:
+		if head.internal && head.kind == reqQuery {
+			return false, s.internalRow(m, head)
+		}
+		return false, s.forward(m)
+	case wire.CopyData:
+		return false, s.forward(m)
+	case wire.CommandComplete, wire.EmptyQueryResponse:
+		switch head.kind {
+		case reqExecute:
+			s.queue.pop()
+			return false, s.forward(m)
+		case reqQuery, reqFunctionCall:
+			if head.internal {
+				return false, nil
+			}
+			return false, s.forward(m)
+		}
+		return false, s.unexpected(m, head)
+	case wire.RowDescription:
+		switch head.kind {
+		case reqDescribeStatement, reqDescribePortal:
+			s.queue.pop()
+			return false, s.forward(m)
+		case reqQuery, reqExecute:
+			if head.internal {
+				return false, nil
+			}
+			return false, s.forward(m)
+		}
+		return false, s.unexpected(m, head)
+	case wire.NoData:
+		return false, s.answer(m, head, reqDescribeStatement, reqDescribePortal)
+	case wire.ParameterDescription:
+		if head.kind != reqDescribeStatement {
+			return false, s.unexpected(m, head)
+		}
+		return false, s.forward(m)
+	case wire.ParseComplete:
+		if head.kind == reqParse && head.serverStmt != "" {
+			s.known.add(head.serverStmt)
+		}
+		return false, s.answer(m, head, reqParse, reqParse)
+	case wire.BindComplete:
+		return false, s.answer(m, head, reqBind, reqBind)
+	case wire.CloseComplete:
+		return false, s.answer(m, head, reqClose, reqClose)
+	case wire.PortalSuspended:
+		return false, s.answer(m, head, reqExecute, reqExecute)
+	case wire.ReadyForQuery:
+		return false, s.ready(m, head)
+	case wire.ErrorResponse:
+		return false, s.serverError(m, head)
+	case wire.NoticeResponse:
+		if head.internal {
+			return false, nil
+		}
+		return false, s.forward(m)
+	case wire.NotificationResponse:
+		return false, s.forward(m)
+	case wire.ParameterStatus:
+		return false, s.parameterStatus(m, head)
+	case wire.CopyOutResponse, wire.CopyDone, wire.FunctionCallResponse:
+		return false, s.forward(m)
+	case wire.CopyInResponse:
+		if !allowCopy {
+			s.server.MarkBroken()
+			return false, fatalf(codeProtocolViolation, "pgrouter: COPY FROM STDIN started in the middle of a pipelined batch; wait for CopyInResponse before sending more")
+		}
+		if err := s.forward(m); err != nil {
+			return false, err
+		}
+		return s.copyIn()
+	}
+	return false, s.unexpected(m, head)
 }
 
 // forward passes a server message to the client unchanged.
@@ -130,29 +154,71 @@ func (s *session) ready(m wire.Message, head *request) error {
 	if len(body) != 1 || (head.kind != reqSync && head.kind != reqQuery && head.kind != reqFunctionCall) {
 		return s.unexpected(m, head)
 	}
-	s.queue.pop()
+	r := s.queue.pop()
+	if r.internal {
+		if r.onEnd != nil {
+			r.onEnd(!r.failed)
+		}
+		return nil
+	}
 	s.txStatus = body[0]
 	return s.forward(m)
+}
+
+// internalRow hands a row of an internal query to its receiver.
+func (s *session) internalRow(m wire.Message, head *request) error {
+	if head.onRow == nil {
+		return nil
+	}
+	var row pgproto3.DataRow
+	if err := row.Decode(m.Body()); err != nil {
+		return s.unexpected(m, head)
+	}
+	head.onRow(row.Values)
+	return nil
 }
 
 // serverError handles an ErrorResponse. After a simple Query the server
 // goes on to ReadyForQuery; after an extended-protocol message it skips
 // everything up to the next Sync, so those requests are dropped (and what
-// pgrouter recorded for them undone) without waiting for replies.
+// pgrouter recorded for them undone) without waiting for replies. If no
+// Sync has been sent yet, the client's next messages are discarded up to
+// its Sync, as the server does.
 func (s *session) serverError(m wire.Message, head *request) error {
 	if isFatal(m.Body()) {
 		return s.serverEnded(m)
 	}
 	switch head.kind {
 	case reqQuery, reqFunctionCall, reqSync: // an error at Sync is a failed implicit COMMIT
+		switch {
+		case head.internal:
+			head.failed = true
+			return nil
+		case head.replace != nil:
+			if head.replaced {
+				return nil
+			}
+			head.replaced = true
+			return clientIO(s.cw.Send(head.replace.response()))
+		}
 		return s.forward(m)
 	}
 	failed := s.queue.pop()
-	s.undo(failed)
-	for !s.queue.empty() && s.queue.peek().kind != reqSync {
-		s.undo(s.queue.pop())
+	s.undo(failed, true)
+	if (failed.kind == reqBind || failed.kind == reqDescribeStatement) && failed.serverStmt != "" && errorCode(m.Body()) == "26000" {
+		// The server lacks a statement the cache said it had: believe the server.
+		s.server.Statements.Remove(failed.serverStmt)
 	}
-	if failed.renameFrom != "" {
+	for !s.queue.empty() && s.queue.peek().kind != reqSync {
+		s.undo(s.queue.pop(), false)
+	}
+	if s.queue.empty() {
+		s.skipping = true
+	}
+	switch {
+	case failed.replace != nil:
+		return clientIO(s.cw.Send(failed.replace.response()))
+	case failed.renameFrom != "":
 		return s.forwardRenamed(m, failed.renameFrom, failed.renameTo)
 	}
 	return s.forward(m)
@@ -164,8 +230,27 @@ func isFatal(body []byte) bool {
 	return len(body) > 6 && body[0] == 'S' && (string(body[1:6]) == "FATAL" || string(body[1:6]) == "PANIC")
 }
 
+// errorCode extracts the SQLSTATE field of an ErrorResponse body.
+func errorCode(body []byte) string {
+	for len(body) > 1 {
+		field := body[0]
+		end := 1
+		for end < len(body) && body[end] != 0 {
+			end++
+		}
+		if field == 'C' {
+			return string(body[1:end])
+		}
+		if end >= len(body) {
+			break
+		}
+		body = body[end+1:]
+	}
+	return ""
+}
+
 // serverEnded handles a FATAL from the server: the server connection is
-// closing (shutdown, termination, timeout), so it is dropped now. A client
+// closing (shutdown, termination, timeouts), so it is dropped now. A client
 // outside a transaction in transaction mode loses nothing and gets the
 // server's error as an ERROR, keeping its connection, as PL/Proxy
 // downgrades remote FATALs; any other client is disconnected with it.
@@ -227,24 +312,16 @@ func (s *session) parameterStatus(m wire.Message, head *request) error {
 func (s *session) emitLocals() {
 	for !s.queue.empty() && s.queue.peek().kind == reqLocal {
 		r := s.queue.pop()
-		switch r.reply {
-		case wire.ErrorResponse:
-			_ = s.cw.Send(r.err.response())
-			// A local error ends the batch like a server error does.
-			for !s.queue.empty() && s.queue.peek().kind != reqSync {
-				s.undo(s.queue.pop())
-			}
-		default:
-			_ = s.cw.SendEmpty(r.reply)
-		}
+		_ = s.cw.SendEmpty(r.reply)
 	}
 }
 
 // copyIn relays COPY FROM STDIN data from the client until CopyDone or
 // CopyFail. Syncs already sent after the COPY are ignored by the server
-// while it reads data, so they no longer expect a ReadyForQuery.
-func (s *session) copyIn() error {
-	c := s.server
+// while it reads data, so they no longer expect a ReadyForQuery. For a COPY
+// run by Execute, the server answers only after the client's next Sync, so
+// the relay is suspended (suspend true) and the batch stays open.
+func (s *session) copyIn() (suspend bool, err error) {
 	for i := 1; i < s.queue.len(); {
 		if s.queue.at(i).kind == reqSync {
 			s.queue.removeAt(i)
@@ -253,31 +330,115 @@ func (s *session) copyIn() error {
 		i++
 	}
 	if err := s.cw.Flush(); err != nil {
-		return clientIO(err)
+		return false, clientIO(err)
 	}
 	for {
+		c := s.server
+		if c == nil {
+			return false, nil
+		}
 		if !s.cr.HasMessage() && c.W.Len() > 0 {
-			if err := c.W.Flush(); err != nil {
-				return s.serverLost(err)
+			if err := s.flushServer(); err != nil {
+				return false, err
+			}
+			if c = s.server; c == nil {
+				return false, nil
 			}
 		}
 		m, err := s.cr.Next()
 		if err != nil {
-			return clientIO(err)
+			return false, clientIO(err)
 		}
 		switch m.Type {
 		case wire.CopyData, wire.Flush, wire.Sync: // the server ignores Flush and Sync during COPY
 			_ = c.W.Write(m.Raw)
+			if err := s.pushServer(); err != nil {
+				return false, err
+			}
 		case wire.Terminate:
-			return errTerminate
+			return false, errTerminate
 		default: // CopyDone, CopyFail, or a message that makes the server abort the COPY
 			_ = c.W.Write(m.Raw)
-			if err := c.W.Flush(); err != nil {
-				return s.serverLost(err)
+			if err := s.flushServer(); err != nil {
+				return false, err
 			}
-			return nil
+			if s.server != nil && !s.queue.empty() && s.queue.peek().kind == reqExecute {
+				s.inBatch = true
+				return true, nil
+			}
+			return false, nil
 		}
 	}
+}
+
+// pushServer writes out the server batch once it is large, reading the
+// server's replies meanwhile if it owes any.
+func (s *session) pushServer() error {
+	if s.server.W.Len() < wire.FlushThreshold {
+		return nil
+	}
+	return s.flushServer()
+}
+
+// flushServer writes the server batch. A large batch sent while the server
+// owes replies is written from a helper goroutine while this one relays
+// those replies: otherwise a long pipeline deadlocks, the server blocked
+// writing replies nobody reads and pgrouter blocked writing requests the
+// server no longer reads.
+func (s *session) flushServer() error {
+	c := s.server
+	if c.W.Len() < wire.FlushThreshold || !s.queue.awaitingServer() {
+		if err := c.W.Flush(); err != nil {
+			return s.serverLost(err)
+		}
+		return nil
+	}
+	buf := c.W.Take()
+	done := make(chan error, 1)
+	go func() {
+		err := c.WriteRaw(buf)
+		_ = c.SetReadDeadline(time.Unix(1, 0)) // wake the relay below
+		done <- err
+	}()
+	var relayErr error
+	for relayErr == nil && s.server == c {
+		s.emitLocals()
+		if !c.R.HasMessage() && s.cw.Len() > 0 {
+			if err := s.cw.Flush(); err != nil {
+				relayErr = clientIO(err)
+				break
+			}
+		}
+		m, err := c.R.Next()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			break // the batch is written
+		}
+		if err != nil {
+			relayErr = err
+			break
+		}
+		if s.queue.empty() {
+			relayErr = s.unexpected(m, &request{})
+			break
+		}
+		_, relayErr = s.handleServerMessage(m, false)
+	}
+	if relayErr != nil {
+		c.Abort() // unblock the writer: this connection is not reused
+	}
+	werr := <-done
+	_ = c.SetReadDeadline(time.Time{})
+	c.W.Restore(buf, werr)
+	var pgErr *Error
+	switch {
+	case relayErr != nil && s.server == c && !isClientGone(relayErr) && !errors.As(relayErr, &pgErr):
+		return s.serverLost(relayErr) // reading the server failed
+	case relayErr != nil:
+		return relayErr
+	case werr != nil:
+		return s.serverLost(werr)
+	}
+	return nil
 }
 
 // unexpected reports a server reply that fits no outstanding request: the

@@ -31,7 +31,7 @@ type Server struct {
 	log     *zap.Logger
 	pools   *pool.Set
 	cancels cancelRegistry
-	known   knownStatements
+	known   knownRegistry
 	ctx     context.Context // ends when the server closes
 	stop    context.CancelFunc
 	gen     atomic.Pointer[generation]

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
 	"github.com/pgrouter/pgrouter/config"
@@ -56,6 +57,12 @@ type session struct {
 	desired  pool.ParamState       // the client's run-time settings now
 	stmts    map[string]*statement // the client's named prepared statements
 	unnamed  unnamedStatement      // the client's unnamed prepared statement
+	known    *knownStatements      // statements a server of this cluster has parsed
+
+	// Effects of portals bound in the current batch, and of those executed.
+	unnamedPortal effects
+	portals       map[string]effects
+	pending       effects
 
 	// Guarded by mu: the cancel path reads which server serves the client.
 	mu     sync.Mutex
@@ -80,6 +87,7 @@ func newSession(srv *Server, gen *generation, conn net.Conn, r *wire.Reader, w *
 		pools:       map[string]*pool.Pool{},
 		txStatus:    wire.TxIdle,
 		stmts:       map[string]*statement{},
+		known:       srv.known.get(cl.Name, user),
 	}
 }
 
@@ -160,32 +168,59 @@ func (s *session) dispatch(m wire.Message) error {
 // fail reports a non-fatal error for a message of type typ: after a simple
 // Query, FunctionCall or Sync it is followed by ReadyForQuery; after any other
 // extended-protocol message the rest of the batch is discarded up to Sync.
+// With a server linked the error is raised in-band (see failInBand), so the
+// transaction it aborts is the one PostgreSQL would abort.
 func (s *session) fail(err error, typ byte) error {
 	e := toError(err)
 	if e.Fatal || isClientGone(err) {
 		return err
 	}
 	s.log.Debug("statement failed", zap.String("sqlstate", e.Code), zap.String("reason", e.Message), zap.NamedError("cause", e.Err))
+	if s.server != nil {
+		return s.failInBand(e, typ)
+	}
+	s.emitLocals()
+	if err := clientIO(s.cw.Send(e.response())); err != nil {
+		return err
+	}
 	switch typ {
 	case wire.Query, wire.FunctionCall, wire.Sync:
-		if err := s.emitError(e); err != nil {
-			return err
-		}
 		s.inBatch = false
 		return clientIO(s.cw.SendReady(s.txStatus))
 	}
 	s.skipping = true
-	return s.emitError(e)
+	return nil
 }
 
-// emitError sends an error after every reply still owed for earlier requests.
-func (s *session) emitError(e *Error) error {
-	if s.server != nil && !s.queue.empty() {
-		s.queue.push(request{kind: reqLocal, reply: wire.ErrorResponse, err: e})
+// refusedSQL is what pgrouter sends a server in place of a statement it
+// refuses: it fails to parse, which aborts the server's transaction exactly
+// as the refused statement's own error would have.
+const refusedSQL = "pgrouter refused this statement"
+
+// failInBand sends the linked server something that fails where the refused
+// message stood (a Query for a Query, an unnamed Parse for an extended
+// message), swallows the server's error and reports e in its place.
+func (s *session) failInBand(e *Error, typ byte) error {
+	c := s.server
+	switch typ {
+	case wire.Query, wire.FunctionCall, wire.Sync:
+		s.unnamed.drop()
+		c.Unnamed = 0
+		_ = c.W.Send(&pgproto3.Query{String: refusedSQL})
+		s.queue.push(request{kind: reqQuery, replace: e})
+		s.inBatch = false
+		if err := s.exchange(); err != nil {
+			return err
+		}
+		s.maybeRelease()
 		return nil
 	}
-	s.emitLocals()
-	return clientIO(s.cw.Send(e.response()))
+	_ = c.W.Send(&pgproto3.Parse{Query: refusedSQL})
+	s.queue.push(request{kind: reqParse, internal: true, unnamed: true, prevUnnamed: c.Unnamed, replace: e})
+	c.Unnamed = 0
+	s.inBatch = true
+	s.skipping = true // the server skips to Sync now, and so does the client's batch
+	return s.pushServer()
 }
 
 // link makes sure a server is linked, acquiring one for the default route.
@@ -249,7 +284,7 @@ func (s *session) unlink() {
 // maybeRelease returns the server to the pool in transaction mode once the
 // client is outside a transaction with nothing outstanding.
 func (s *session) maybeRelease() {
-	if s.server != nil && s.mode == config.ModeTransaction && s.txStatus == wire.TxIdle && s.queue.empty() && !s.inBatch {
+	if s.server != nil && s.mode == config.ModeTransaction && s.txStatus == wire.TxIdle && s.queue.empty() && !s.inBatch && !s.skipping {
 		s.unlink()
 	}
 }
@@ -262,7 +297,7 @@ func (s *session) finish() {
 	if c == nil {
 		return
 	}
-	if c.Broken() || !s.queue.empty() {
+	if c.Broken() || s.queue.awaitingServer() {
 		s.abandonServer()
 		return
 	}
@@ -310,7 +345,7 @@ func (s *session) resetServer(ctx context.Context) error {
 // costs the server a fork) while the socket is closed at once.
 func (s *session) abandonServer() {
 	c := s.server
-	if !s.queue.empty() && !c.Broken() {
+	if s.queue.awaitingServer() && !c.Broken() {
 		s.srv.wg.Add(1) // the session's own count keeps the group above zero
 		go func() {
 			defer s.srv.wg.Done()

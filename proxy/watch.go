@@ -19,15 +19,21 @@ import (
 // the wire.Reader survives without losing framing.
 func (s *session) readClient() (wire.Message, error) {
 	c := s.server
-	if c == nil || s.mode != config.ModeSession || s.cr.HasMessage() {
+	if c == nil || s.mode != config.ModeSession || s.cr.HasMessage() ||
+		!s.queue.empty() || s.inBatch || c.W.Len() > 0 { // the server may still be answering the client
 		return s.cr.Next()
 	}
 	done := make(chan error, 1)
 	go func() { done <- s.watch(c) }()
 	m, err := s.cr.Next()
+	// Stop the watcher: wake its read, and a write to a client that is not
+	// reading (the interrupted write leaves the client writer failed, which
+	// ends the session: its stream can no longer be trusted).
 	_ = c.SetReadDeadline(time.Unix(1, 0))
+	_ = s.conn.SetWriteDeadline(time.Unix(1, 0))
 	werr := <-done
 	_ = c.SetReadDeadline(time.Time{})
+	_ = s.conn.SetWriteDeadline(time.Time{})
 	if werr != nil {
 		c.MarkBroken()
 		s.log.Info("server connection ended while the client was idle", zap.String("shard", c.Shard()), zap.Error(werr))

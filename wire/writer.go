@@ -7,16 +7,39 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
-// flushThreshold bounds how much output is batched before it is written, so a
-// large result streams through instead of piling up in memory.
-const flushThreshold = 32 << 10
+// FlushThreshold bounds how much output is batched before it is written, so
+// a large result streams through instead of piling up in memory.
+const FlushThreshold = 32 << 10
+
+const flushThreshold = FlushThreshold
 
 // Writer batches outgoing messages. The first write error is sticky: every
 // later call returns it, so a caller may check once, at Flush.
 type Writer struct {
-	dst io.Writer
-	buf []byte
-	err error
+	dst    io.Writer
+	buf    []byte
+	err    error
+	manual bool // never flush on its own: the owner decides when (and how) to write
+}
+
+// SetManual stops the Writer from flushing when its batch grows, for an
+// owner that must read replies while it writes (a server connection fed a
+// long pipeline would otherwise deadlock with a server blocked writing).
+func (w *Writer) SetManual() { w.manual = true }
+
+// Take hands the batch to the caller, who writes it elsewhere and returns
+// the buffer with Restore; meanwhile the Writer must not be used.
+func (w *Writer) Take() []byte { return w.buf }
+
+// Restore takes back a buffer from Take after it was written, recording err.
+func (w *Writer) Restore(buf []byte, err error) {
+	if cap(buf) > idleBufLimit {
+		buf = nil
+	}
+	w.buf = buf[:0]
+	if err != nil && w.err == nil {
+		w.err = err
+	}
 }
 
 // NewWriter returns a Writer on dst.
@@ -33,7 +56,7 @@ func (w *Writer) Write(raw []byte) error {
 	if w.err != nil {
 		return w.err
 	}
-	if len(w.buf)+len(raw) > flushThreshold {
+	if !w.manual && len(w.buf)+len(raw) > flushThreshold {
 		if err := w.Flush(); err != nil {
 			return err
 		}
@@ -56,7 +79,7 @@ func (w *Writer) Send(msg pgproto3.Message) error {
 		return err
 	}
 	w.buf = buf
-	if len(w.buf) > flushThreshold {
+	if !w.manual && len(w.buf) > flushThreshold {
 		return w.Flush()
 	}
 	return nil
@@ -129,7 +152,7 @@ func (w *Writer) End(start int) error {
 		return w.err
 	}
 	binary.BigEndian.PutUint32(w.buf[start+1:], uint32(len(w.buf)-start-1))
-	if len(w.buf) > flushThreshold {
+	if !w.manual && len(w.buf) > flushThreshold {
 		return w.Flush()
 	}
 	return nil

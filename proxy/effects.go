@@ -1,0 +1,63 @@
+package proxy
+
+import (
+	"github.com/pgrouter/pgrouter/router"
+)
+
+// effects are what running a statement does to state pgrouter mirrors.
+type effects uint8
+
+const (
+	// effStatements: DEALLOCATE or DISCARD ALL change the server's prepared
+	// statements, so its cache is cleared and then re-read from the server.
+	effStatements effects = 1 << iota
+	// effResetAll: RESET ALL or DISCARD ALL put settings back to the
+	// server's defaults, so the client's startup settings are re-applied.
+	effResetAll
+	// effReserved: the statement names a statement with pgrouter's reserved
+	// "pgr_" prefix in SQL (PREPARE, EXECUTE, DEALLOCATE) and is refused.
+	effReserved
+)
+
+// queryInfo is what pgrouter learns from the text of a simple Query or of a
+// prepared statement before running it.
+type queryInfo struct {
+	effects effects
+	// deallocate is set when the whole text is DEALLOCATE of one name.
+	deallocate string
+}
+
+// scanQuery reads a statement string. It allocates only for the statements
+// it has to act on.
+func scanQuery(sql string, standard bool) queryInfo {
+	var info queryInfo
+	count := 0
+	router.Scan(sql, standard, func(st router.Statement) {
+		count++
+		switch st.Kind {
+		case router.KindDeallocate:
+			info.effects |= effStatements
+			if reservedName(st.Names[0]) {
+				info.effects |= effReserved
+			}
+			info.deallocate = st.Names[0]
+		case router.KindDeallocateAll:
+			info.effects |= effStatements
+		case router.KindDiscardAll:
+			info.effects |= effStatements | effResetAll
+		case router.KindResetAll:
+			info.effects |= effResetAll
+		case router.KindPrepare, router.KindExecute:
+			if reservedName(st.Names[0]) {
+				info.effects |= effReserved
+			}
+		}
+	})
+	if count != 1 || !router.Single(sql, standard) {
+		info.deallocate = ""
+	}
+	return info
+}
+
+// scanEffects returns only the effects of a statement string.
+func scanEffects(sql string, standard bool) effects { return scanQuery(sql, standard).effects }
