@@ -25,6 +25,11 @@ type queryInfo struct {
 	effects effects
 	// deallocate is set when the whole text is DEALLOCATE of one name.
 	deallocate string
+	// settings are the run-time parameters its SET, RESET and
+	// set_config(..., false) change for the session; resets are those it
+	// RESETs, which PostgreSQL returns to the startup packet's value.
+	settings []string
+	resets   []string
 }
 
 // scanQuery reads a statement string. It allocates only for the statements
@@ -51,6 +56,11 @@ func scanQuery(sql string, standard bool) queryInfo {
 			if reservedName(st.Names[0]) {
 				info.effects |= effReserved
 			}
+		case router.KindSet:
+			info.settings = append(info.settings, st.Names...)
+		case router.KindReset:
+			info.settings = append(info.settings, st.Names...)
+			info.resets = append(info.resets, st.Names...)
 		}
 	})
 	if count != 1 || !router.Single(sql, standard) {
@@ -61,3 +71,6 @@ func scanQuery(sql string, standard bool) queryInfo {
 
 // scanEffects returns only the effects of a statement string.
 func scanEffects(sql string, standard bool) effects { return scanQuery(sql, standard).effects }
+
+// changesState reports whether running the statement needs any follow-up.
+func (q *queryInfo) changesState() bool { return q.effects != 0 || len(q.settings) > 0 }

@@ -37,10 +37,15 @@ func (s *session) query(m wire.Message) error {
 		c.Statements.Clear()
 		s.queueStatementResync(c)
 	}
+	s.noteSettings(&info)
+	s.queueSettingsReadBack(c)
 	if err := s.exchange(); err != nil {
 		return err
 	}
 	if err := s.applyEffects(info.effects); err != nil {
+		return err
+	}
+	if err := s.settle(); err != nil {
 		return err
 	}
 	s.maybeRelease()
@@ -134,7 +139,7 @@ func (s *session) parse(m wire.Message) error {
 	s.inBatch = true
 	if len(name) == 0 {
 		prev := c.Unnamed
-		c.Unnamed = s.unnamed.set(m.Raw, definition, scanEffects(string(query), s.standardStrings()))
+		c.Unnamed = s.unnamed.set(m.Raw, definition, scanQuery(string(query), s.standardStrings()))
 		_ = c.W.Write(m.Raw)
 		s.queue.push(request{kind: reqParse, unnamed: true, prevUnnamed: prev})
 		return s.pushServer()
@@ -182,12 +187,12 @@ func (s *session) bind(m wire.Message) error {
 	c := s.server
 	s.inBatch = true
 	if len(name) == 0 || s.passthrough {
-		eff := effects(0)
+		var info queryInfo
 		if len(name) == 0 {
 			s.ensureUnnamed(c)
-			eff = s.unnamed.effects
+			info = s.unnamed.info
 		}
-		s.bindEffects(portal, eff)
+		s.bindPortal(portal, info)
 		_ = c.W.Write(m.Raw)
 		s.queue.push(request{kind: reqBind})
 		return s.pushServer()
@@ -195,7 +200,7 @@ func (s *session) bind(m wire.Message) error {
 	serverName, req := s.serverStatement(c, name)
 	req.kind = reqBind
 	if st := s.stmts[string(name)]; st != nil {
-		s.bindEffects(portal, st.effects)
+		s.bindPortal(portal, st.info)
 	}
 	start := c.W.Begin(wire.Bind)
 	c.W.AppendBytes(portal)
@@ -208,19 +213,19 @@ func (s *session) bind(m wire.Message) error {
 	return s.pushServer()
 }
 
-// bindEffects remembers what executing a portal will do.
-func (s *session) bindEffects(portal []byte, eff effects) {
+// bindPortal remembers what executing a portal will do.
+func (s *session) bindPortal(portal []byte, info queryInfo) {
 	if len(portal) == 0 {
-		s.unnamedPortal = eff
+		s.unnamedPortal = info
 		return
 	}
-	if eff == 0 && s.portals == nil {
+	if !info.changesState() && s.portals == nil {
 		return
 	}
 	if s.portals == nil {
-		s.portals = map[string]effects{}
+		s.portals = map[string]queryInfo{}
 	}
-	s.portals[string(portal)] = eff
+	s.portals[string(portal)] = info
 }
 
 // serverStatement returns the server-side name for a client's statement,
@@ -288,14 +293,15 @@ func (s *session) execute(m wire.Message) error {
 	}
 	c := s.server
 	s.inBatch = true
-	eff := s.unnamedPortal
+	info := s.unnamedPortal
 	if len(portal) > 0 {
-		eff = s.portals[string(portal)]
+		info = s.portals[string(portal)]
 	}
-	if eff&effStatements != 0 {
+	if info.effects&effStatements != 0 {
 		c.Statements.Clear()
 	}
-	s.pending |= eff
+	s.pending |= info.effects
+	s.noteSettings(&info)
 	_ = c.W.Write(m.Raw)
 	s.queue.push(request{kind: reqExecute})
 	return s.pushServer()
@@ -354,10 +360,14 @@ func (s *session) sync(m wire.Message) error {
 	if eff&effStatements != 0 {
 		s.queueStatementResync(c)
 	}
+	s.queueSettingsReadBack(c)
 	if err := s.exchange(); err != nil {
 		return err
 	}
 	if err := s.applyEffects(eff); err != nil {
+		return err
+	}
+	if err := s.settle(); err != nil {
 		return err
 	}
 	s.maybeRelease()

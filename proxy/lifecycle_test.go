@@ -435,3 +435,78 @@ func TestServerFatalIsDowngradedOutsideTransactions(t *testing.T) {
 		t.Fatal("session-mode client still connected after its server's FATAL")
 	}
 }
+
+// TestSetFollowsItsClient: in transaction mode with two server connections,
+// client A's SET search_path / SET TimeZone never reach client B on the same
+// server, A keeps them when it lands on the other server, and PostgreSQL's
+// transaction rules hold (ROLLBACK undoes SET, COMMIT keeps it, SET LOCAL
+// ends with its transaction, RESET goes back to the startup value).
+func TestSetFollowsItsClient(t *testing.T) {
+	shardExec(t, 0, "CREATE SCHEMA IF NOT EXISTS app_a")
+	p := startProxy(t, proxyOpts{size: 2})
+	ctx := testContext(t, time.Minute)
+	a := p.connect(t, ctx, func(c *pgx.ConnConfig) { c.RuntimeParams["TimeZone"] = "Asia/Tokyo" })
+	b := p.connect(t, ctx)
+	show := func(conn *pgx.Conn) (path, tz, wm string) {
+		t.Helper()
+		if err := conn.QueryRow(ctx, "SELECT current_setting('search_path'), current_setting('TimeZone'), current_setting('work_mem')").Scan(&path, &tz, &wm); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	_, bTZ, bWM := show(b)
+	mustExec := func(conn *pgx.Conn, sql string, args ...any) {
+		t.Helper()
+		if _, err := conn.Exec(ctx, sql, args...); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	mustExec(a, "SET search_path = app_a, public")
+	mustExec(a, "SET TIME ZONE 'Europe/Rome'")
+	mustExec(a, "SELECT set_config('work_mem', $1, false)", "7MB") // extended protocol, function form
+
+	// B takes the server A used; A gets the other one.
+	tx, err := b.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if path, tz, wm := show(a); path != "app_a, public" || tz != "Europe/Rome" || wm != "7MB" {
+		t.Fatalf("A on another server: search_path=%q TimeZone=%q work_mem=%q", path, tz, wm)
+	}
+	var path, tz, wm string
+	if err := tx.QueryRow(ctx, "SELECT current_setting('search_path'), current_setting('TimeZone'), current_setting('work_mem')").Scan(&path, &tz, &wm); err != nil {
+		t.Fatal(err)
+	}
+	if path != `"$user", public` || tz != bTZ || wm != bWM {
+		t.Fatalf("B sees A's settings: search_path=%q TimeZone=%q work_mem=%q", path, tz, wm)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// Transaction rules.
+	mustExec(a, "BEGIN")
+	mustExec(a, "SET search_path = public")
+	mustExec(a, "ROLLBACK")
+	if path, _, _ := show(a); path != "app_a, public" {
+		t.Fatalf("after ROLLBACK of a SET: %q", path)
+	}
+	mustExec(a, "BEGIN")
+	mustExec(a, "SET search_path = public")
+	mustExec(a, "SET LOCAL work_mem = '9MB'")
+	mustExec(a, "COMMIT")
+	if path, _, wm := show(a); path != "public" || wm != "7MB" {
+		t.Fatalf("after COMMIT: search_path=%q work_mem=%q", path, wm)
+	}
+	mustExec(a, "RESET TimeZone")
+	if _, tz, _ := show(a); tz != "Asia/Tokyo" {
+		t.Fatalf("RESET should return to the startup value, got %q", tz)
+	}
+	mustExec(a, "RESET ALL")
+	if path, tz, wm := show(a); path != `"$user", public` || tz != "Asia/Tokyo" || wm != bWM {
+		t.Fatalf("after RESET ALL: search_path=%q TimeZone=%q work_mem=%q", path, tz, wm)
+	}
+	if path, tz, wm := show(b); path != `"$user", public` || tz != bTZ || wm != bWM {
+		t.Fatalf("B at the end: search_path=%q TimeZone=%q work_mem=%q", path, tz, wm)
+	}
+}

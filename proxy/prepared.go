@@ -41,8 +41,8 @@ type statement struct {
 	serverName string
 	// parseBody is a Parse message body that prepares serverName.
 	parseBody []byte
-	// effects are what executing it does to state pgrouter mirrors.
-	effects effects
+	// info is what executing it does to state pgrouter mirrors.
+	info queryInfo
 }
 
 func newStatement(definition []byte, standard bool) *statement {
@@ -53,7 +53,7 @@ func newStatement(definition []byte, standard bool) *statement {
 	body = append(body, 0)
 	body = append(body, definition...)
 	query, _, _ := cutCString(definition)
-	return &statement{serverName: name, parseBody: body, effects: scanEffects(string(query), standard)}
+	return &statement{serverName: name, parseBody: body, info: scanQuery(string(query), standard)}
 }
 
 // unnamedStatement is the client's latest unnamed statement. Drivers often
@@ -64,28 +64,28 @@ type unnamedStatement struct {
 	valid   bool
 	fp      uint64 // fingerprint of query text and parameter types, never 0
 	raw     []byte // the whole Parse message, buffer reused
-	effects effects
+	info    queryInfo
 
 	prevValid bool
 	prevFp    uint64
 	prevRaw   []byte
-	prevEff   effects
+	prevInfo  queryInfo
 }
 
 var unnamedSeed = maphash.MakeSeed()
 
 func (u *unnamedStatement) save() {
-	u.prevValid, u.prevFp, u.prevEff = u.valid, u.fp, u.effects
+	u.prevValid, u.prevFp, u.prevInfo = u.valid, u.fp, u.info
 	u.raw, u.prevRaw = u.prevRaw, u.raw
 }
 
 // set records a new unnamed statement, keeping the previous one.
-func (u *unnamedStatement) set(raw, definition []byte, eff effects) uint64 {
+func (u *unnamedStatement) set(raw, definition []byte, info queryInfo) uint64 {
 	u.save()
 	u.raw = append(u.raw[:0], raw...)
 	u.fp = maphash.Bytes(unnamedSeed, definition) | 1
 	u.valid = true
-	u.effects = eff
+	u.info = info
 	return u.fp
 }
 
@@ -99,7 +99,7 @@ func (u *unnamedStatement) drop() {
 
 // restore brings back the previous unnamed statement.
 func (u *unnamedStatement) restore() {
-	u.valid, u.fp, u.effects = u.prevValid, u.prevFp, u.prevEff
+	u.valid, u.fp, u.info = u.prevValid, u.prevFp, u.prevInfo
 	u.raw, u.prevRaw = u.prevRaw, u.raw
 }
 

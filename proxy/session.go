@@ -59,10 +59,15 @@ type session struct {
 	unnamed  unnamedStatement      // the client's unnamed prepared statement
 	known    *knownStatements      // statements a server of this cluster has parsed
 
-	// Effects of portals bound in the current batch, and of those executed.
-	unnamedPortal effects
-	portals       map[string]effects
+	// What portals bound in the current batch will do, and what the
+	// executed ones did.
+	unnamedPortal queryInfo
+	portals       map[string]queryInfo
 	pending       effects
+	// Settings changed by the client's statements and not yet read back from
+	// the server (inside a transaction they may still roll back).
+	dirty, dirtyResets []string
+	needApply          bool
 
 	// Guarded by mu: the cancel path reads which server serves the client.
 	mu     sync.Mutex

@@ -5,7 +5,10 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/jackc/pgx/v5/pgproto3"
+
 	"github.com/pgrouter/pgrouter/pool"
+	"github.com/pgrouter/pgrouter/wire"
 )
 
 // applySettings makes the linked server's session settings equal the
@@ -61,7 +64,14 @@ func settingsSQL(applied, want *pool.ParamState) string {
 		}
 	})
 	sort.Strings(resets)
-	sort.Strings(sets)
+	sort.Slice(sets, func(i, j int) bool { // SET SESSION AUTHORIZATION resets role: it goes first
+		ai := strings.Contains(sets[i], "'session_authorization'")
+		aj := strings.Contains(sets[j], "'session_authorization'")
+		if ai != aj {
+			return ai
+		}
+		return sets[i] < sets[j]
+	})
 	var b strings.Builder
 	for _, r := range resets {
 		b.WriteString(r)
@@ -84,4 +94,92 @@ func quoteLiteral(s string) string {
 
 func quoteIdent(s string) string {
 	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+}
+
+// noteSettings records the settings a request's statements change.
+func (s *session) noteSettings(info *queryInfo) {
+	s.dirty = appendNew(s.dirty, info.settings)
+	s.dirtyResets = appendNew(s.dirtyResets, info.resets)
+}
+
+func appendNew(list, names []string) []string {
+	for _, n := range names {
+		found := false
+		for _, have := range list {
+			if have == n {
+				found = true
+				break
+			}
+		}
+		if !found {
+			list = append(list, n)
+		}
+	}
+	return list
+}
+
+// queueSettingsReadBack asks the server, right after the client's request
+// and in the same round trip, for the current value of every setting the
+// client changed with SET, RESET or set_config. The server's answer is the
+// truth whatever the syntax (SET x TO DEFAULT, SET TIME ZONE LOCAL, lists,
+// a statement that failed): it becomes the client's setting and what the
+// server has applied. Inside a transaction the answer is not final (a
+// ROLLBACK undoes SET), so it is asked again when the transaction ends.
+func (s *session) queueSettingsReadBack(c *pool.Conn) {
+	if len(s.dirty) == 0 {
+		return
+	}
+	names := append([]string(nil), s.dirty...)
+	var b strings.Builder
+	b.WriteString("SELECT ")
+	for i, n := range names {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("pg_catalog.current_setting(" + quoteLiteral(n) + ", true)")
+	}
+	_ = c.W.Send(&pgproto3.Query{String: b.String()})
+	c.Unnamed = 0
+	var values [][]byte
+	s.queue.push(request{kind: reqQuery, internal: true,
+		onRow: func(v [][]byte) {
+			values = make([][]byte, len(v))
+			for i := range v {
+				if v[i] != nil {
+					values[i] = append([]byte{}, v[i]...)
+				}
+			}
+		},
+		onEnd: func(ok bool) {
+			if !ok || s.txStatus != wire.TxIdle || len(values) != len(names) {
+				return // not final yet: asked again after the transaction
+			}
+			for i, n := range names {
+				if values[i] == nil {
+					s.desired.Delete(n)
+					c.Applied.Delete(n)
+				} else {
+					s.desired.Set(n, string(values[i]))
+					c.Applied.Set(n, string(values[i]))
+				}
+			}
+			for _, n := range s.dirtyResets { // RESET goes back to the startup value in PostgreSQL
+				if v, ok := s.startup.Get(n); ok {
+					s.desired.Set(n, v)
+					s.needApply = true
+				}
+			}
+			s.dirty, s.dirtyResets = s.dirty[:0], s.dirtyResets[:0]
+		},
+	})
+}
+
+// settle runs after a client request: it re-applies settings a RESET took
+// back to the server default, once the client is outside a transaction.
+func (s *session) settle() error {
+	if !s.needApply || s.server == nil || s.txStatus != wire.TxIdle {
+		return nil
+	}
+	s.needApply = false
+	return s.applySettings()
 }

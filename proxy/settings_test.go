@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"reflect"
 	"testing"
 
 	"github.com/pgrouter/pgrouter/pool"
@@ -22,9 +23,11 @@ func TestScanQuery(t *testing.T) {
 		{"DEALLOCATE pgr_x", queryInfo{effects: effStatements | effReserved, deallocate: "pgr_x"}},
 		{"PREPARE mine AS SELECT 1", queryInfo{}},
 		{"SELECT 'DEALLOCATE ALL'", queryInfo{}},
+		{"SET search_path = a; RESET TimeZone; SELECT set_config('x.y', '1', false)", queryInfo{settings: []string{"search_path", "timezone", "x.y"}, resets: []string{"timezone"}}},
+		{"SET LOCAL work_mem = '1MB'", queryInfo{}},
 	}
 	for _, tc := range cases {
-		if got := scanQuery(tc.sql, true); got != tc.want {
+		if got := scanQuery(tc.sql, true); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("%q: got %+v want %+v", tc.sql, got, tc.want)
 		}
 	}
