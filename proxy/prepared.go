@@ -61,10 +61,10 @@ func newStatement(definition []byte, standard bool) *statement {
 // another server, which then gets the Parse replayed first. The previous one
 // is kept so a Parse or Close skipped after an error can be undone.
 type unnamedStatement struct {
-	valid   bool
-	fp      uint64 // fingerprint of query text and parameter types, never 0
-	raw     []byte // the whole Parse message, buffer reused
-	info    queryInfo
+	valid bool
+	fp    uint64 // fingerprint of query text and parameter types, never 0
+	raw   []byte // the whole Parse message, buffer reused
+	info  queryInfo
 
 	prevValid bool
 	prevFp    uint64

@@ -84,7 +84,7 @@ func settingsSQL(applied, want *pool.ParamState) string {
 	return b.String()
 }
 
-// quoteLiteral quotes a string as an E” literal, which reads the same
+// quoteLiteral quotes a string as an E-string literal, which reads the same
 // whatever standard_conforming_strings is.
 func quoteLiteral(s string) string {
 	s = strings.ReplaceAll(s, `\`, `\\`)

@@ -5,16 +5,16 @@ type TokenKind uint8
 
 // Token kinds. Whitespace and comments are skipped, never returned.
 const (
-	EOF        TokenKind = iota
-	Ident                // unquoted identifier or keyword; compare with EqualFold
-	QuotedIdent          // "..." (or U&"...")
-	String               // '...', E'...', U&'...', N'...', $tag$...$tag$
-	BitString            // B'...' or X'...'
-	Number               // 42, 3.14, 1e5, 0x1F, 1_000
-	Param                // $1
-	Op                   // any other operator, including :: => := and .
-	Punct                // ( ) [ ] , ;
-	Invalid              // an unterminated string, quoted identifier or comment
+	EOF         TokenKind = iota
+	Ident                 // unquoted identifier or keyword; compare with EqualFold
+	QuotedIdent           // "..." (or U&"...")
+	String                // '...', E'...', U&'...', N'...', $tag$...$tag$
+	BitString             // B'...' or X'...'
+	Number                // 42, 3.14, 1e5, 0x1F, 1_000
+	Param                 // $1
+	Op                    // any other operator, including :: => := and .
+	Punct                 // ( ) [ ] , ;
+	Invalid               // an unterminated string, quoted identifier or comment
 )
 
 // Token is a span of the source; it holds no copy of the text.

@@ -12,7 +12,7 @@ var errBadEscape = errors.New("invalid escape sequence in string literal")
 
 // Value returns the value of a string literal token. Plain literals are
 // returned as a slice of the source without allocating; escaped ones are
-// decoded. uescape is the U&'' escape character (normally '\\'; a following
+// decoded. uescape is the escape character of a U&-string (normally '\\'; a following
 // UESCAPE clause changes it).
 func (l *Lexer) Value(t Token, uescape byte) (string, error) {
 	raw := l.src[t.Start:t.End]
@@ -49,7 +49,10 @@ func (l *Lexer) Value(t Token, uescape byte) (string, error) {
 	}
 	var b strings.Builder
 	backslashes := t.Form == 'E' || (!l.StandardStrings && (t.Form == 0 || t.Form == 'N'))
-	for _, part := range splitContinued(body) {
+	for _, part := range splitContinued(body, backslashes) {
+		if len(part) < 2 {
+			return "", errBadEscape
+		}
 		inner := part[1 : len(part)-1]
 		switch {
 		case t.Form == 'U':
@@ -69,8 +72,9 @@ func (l *Lexer) Value(t Token, uescape byte) (string, error) {
 	return b.String(), nil
 }
 
-// splitContinued splits 'a'\n'b' into its quoted parts.
-func splitContinued(s string) []string {
+// splitContinued splits 'a'\n'b' into its quoted parts; backslashes says
+// whether \' escapes a quote (E-strings, or standard_conforming_strings off).
+func splitContinued(s string, backslashes bool) []string {
 	var parts []string
 	for len(s) > 0 {
 		if s[0] != '\'' {
@@ -79,7 +83,7 @@ func splitContinued(s string) []string {
 		}
 		i := 1
 		for i < len(s) {
-			if s[i] == '\\' && i+1 < len(s) {
+			if backslashes && s[i] == '\\' && i+1 < len(s) {
 				i += 2
 				continue
 			}
@@ -99,7 +103,7 @@ func splitContinued(s string) []string {
 	return parts
 }
 
-// decodeBackslashes decodes an E'' body: '' and \' quotes, \b \f \n \r \t,
+// decodeBackslashes decodes an E-string body: doubled and \' quotes, \b \f \n \r \t,
 // octal \ooo, hex \xhh, \uXXXX and \UXXXXXXXX.
 func decodeBackslashes(b *strings.Builder, s string) error {
 	for i := 0; i < len(s); i++ {
@@ -168,7 +172,7 @@ func decodeBackslashes(b *strings.Builder, s string) error {
 	return nil
 }
 
-// decodeUnicode decodes a U&'' body: esc + 4 hex digits, esc + '+' + 6 hex
+// decodeUnicode decodes a U&-string body: esc + 4 hex digits, esc + '+' + 6 hex
 // digits, and esc esc for the escape character itself.
 func decodeUnicode(s string, esc byte) (string, error) {
 	var b strings.Builder
