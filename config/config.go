@@ -34,17 +34,23 @@ type Auth struct {
 
 // Pool holds the pooling limits and timeouts, pgbouncer's names where they exist.
 type Pool struct {
-	Mode                 string   `yaml:"mode"` // session | transaction
-	Size                 int      `yaml:"size"`
-	MinIdle              int      `yaml:"min_idle"`
-	MaxClientConn        int      `yaml:"max_client_conn"`
-	ServerLifetime       Duration `yaml:"server_lifetime"`
-	ServerIdleTimeout    Duration `yaml:"server_idle_timeout"`
-	ServerConnectTimeout Duration `yaml:"server_connect_timeout"`
-	QueryWaitTimeout     Duration `yaml:"query_wait_timeout"`
-	ClientLoginTimeout   Duration `yaml:"client_login_timeout"`
-	PreparedStatements   int      `yaml:"prepared_statements"`
-	MaxMessageSize       ByteSize `yaml:"max_message_size"`
+	Mode                   string   `yaml:"mode"` // session | transaction | statement
+	Size                   int      `yaml:"size"`
+	MinIdle                int      `yaml:"min_idle"`
+	ReservePoolSize        int      `yaml:"reserve_pool_size"`
+	ReservePoolTimeout     Duration `yaml:"reserve_pool_timeout"`
+	MaxClientConn          int      `yaml:"max_client_conn"`
+	ServerLifetime         Duration `yaml:"server_lifetime"`
+	ServerIdleTimeout      Duration `yaml:"server_idle_timeout"`
+	ServerConnectTimeout   Duration `yaml:"server_connect_timeout"`
+	ServerCheckDelay       Duration `yaml:"server_check_delay"`
+	ServerCheckQuery       string   `yaml:"server_check_query"`
+	QueryWaitTimeout       Duration `yaml:"query_wait_timeout"`
+	IdleTransactionTimeout Duration `yaml:"idle_transaction_timeout"`
+	ClientIdleTimeout      Duration `yaml:"client_idle_timeout"`
+	ClientLoginTimeout     Duration `yaml:"client_login_timeout"`
+	PreparedStatements     int      `yaml:"prepared_statements"`
+	MaxMessageSize         ByteSize `yaml:"max_message_size"`
 }
 
 // Log configures the process log.
@@ -77,6 +83,7 @@ type Shard struct {
 const (
 	ModeSession     = "session"
 	ModeTransaction = "transaction"
+	ModeStatement   = "statement"
 )
 
 // Auth types.
@@ -105,6 +112,9 @@ func Defaults() Config {
 			ServerLifetime:       Duration(time.Hour),
 			ServerIdleTimeout:    Duration(10 * time.Minute),
 			ServerConnectTimeout: Duration(5 * time.Second),
+			ServerCheckDelay:     Duration(30 * time.Second),
+			ServerCheckQuery:     "SELECT 1",
+			ReservePoolTimeout:   Duration(5 * time.Second),
 			QueryWaitTimeout:     Duration(30 * time.Second),
 			ClientLoginTimeout:   Duration(60 * time.Second),
 			PreparedStatements:   256,

@@ -97,7 +97,7 @@ func TestValidationErrorsNameTheKey(t *testing.T) {
 		{"bad route", minimal + "default_route: s9\n",
 			`default_route: "s9" is not error, any, or a shard of cluster main`},
 		{"mode", minimal + "pool:\n  mode: statment\n",
-			`pool.mode: "statment" is not one of session, transaction`},
+			`pool.mode: "statment" is not one of session, transaction, statement`},
 		{"users file required", strings.Replace(minimal, "type: trust", "type: md5", 1),
 			"auth.users_file: required when auth.type is md5"},
 		{"missing env", strings.Replace(minimal, "port=5433", "port=5433 password=${PGROUTER_TEST_UNSET}", 1),

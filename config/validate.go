@@ -66,9 +66,12 @@ func (c *Config) validateAuth(l *errorList) {
 func (c *Config) validatePool(l *errorList) {
 	p := &c.Pool
 	switch p.Mode {
-	case ModeSession, ModeTransaction:
+	case ModeSession, ModeTransaction, ModeStatement:
 	default:
-		l.add("pool.mode", "%q is not one of session, transaction", p.Mode)
+		l.add("pool.mode", "%q is not one of session, transaction, statement", p.Mode)
+	}
+	if p.ReservePoolSize < 0 {
+		l.add("pool.reserve_pool_size", "%d must not be negative", p.ReservePoolSize)
 	}
 	if p.Size < 1 {
 		l.add("pool.size", "%d must be at least 1", p.Size)

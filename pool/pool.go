@@ -63,9 +63,13 @@ type Config struct {
 	Conn               *pgconn.Config // parsed DSN, user and password filled in
 	Size               int
 	MinIdle            int
+	Reserve            int           // extra connections for a client that waited ReserveTimeout
+	ReserveTimeout     time.Duration //
 	Lifetime           time.Duration // 0: unlimited
 	IdleTimeout        time.Duration // 0: never close idle connections
 	ConnectTimeout     time.Duration
+	CheckDelay         time.Duration // idle longer than this: run CheckQuery before reuse
+	CheckQuery         string        // "": the socket check only
 	PreparedStatements int
 	MaxMessageSize     int
 	Log                *zap.Logger
@@ -83,6 +87,8 @@ type Pool struct {
 	waiters []*waiter
 	closed  bool
 	params  map[string]string // ParameterStatus values of the newest connection
+
+	counters counters
 }
 
 // waiter is a client queued for a connection. It receives a connection, or
@@ -109,10 +115,18 @@ func (p *Pool) Shard() string { return p.cfg.Shard }
 func (p *Pool) User() string { return p.cfg.User }
 
 // Acquire returns a connection for the caller's exclusive use. While the pool
-// is full it waits up to wait (then *WaitTimeoutError) or until ctx ends.
-// No timer is created unless the caller actually has to wait.
+// is full it waits up to wait (then *WaitTimeoutError) or until ctx ends;
+// after ReserveTimeout of waiting it may open up to Reserve extra
+// connections. No timer is created unless the caller actually has to wait.
 func (p *Pool) Acquire(ctx context.Context, wait time.Duration) (*Conn, error) {
 	start := time.Now()
+	waited := false
+	defer func() {
+		if waited {
+			p.counters.waitCount.Add(1)
+			p.counters.waitTime.Add(time.Since(start).Microseconds())
+		}
+	}()
 	for {
 		p.mu.Lock()
 		if p.closed {
@@ -121,14 +135,18 @@ func (p *Pool) Acquire(ctx context.Context, wait time.Duration) (*Conn, error) {
 		}
 		if c := p.popIdleLocked(); c != nil {
 			p.mu.Unlock()
-			if start.Sub(c.lastUsed) >= checkAfterIdle && !c.alive() {
+			if !p.check(ctx, c, start) {
 				c.broken = true
 				p.Release(c)
 				continue
 			}
 			return c, nil
 		}
-		if p.open < p.cfg.Size {
+		limit := p.cfg.Size
+		if p.cfg.Reserve > 0 && time.Since(start) >= p.cfg.ReserveTimeout {
+			limit += p.cfg.Reserve
+		}
+		if p.open < limit {
 			p.open++
 			p.mu.Unlock()
 			c, err := p.dial(ctx)
@@ -141,14 +159,19 @@ func (p *Pool) Acquire(ctx context.Context, wait time.Duration) (*Conn, error) {
 			}
 			return c, nil
 		}
-		remaining := wait - time.Since(start)
+		elapsed := time.Since(start)
+		remaining := wait - elapsed
 		if remaining <= 0 {
 			p.mu.Unlock()
-			return nil, &WaitTimeoutError{Shard: p.cfg.Shard, Size: p.cfg.Size, Waited: time.Since(start)}
+			return nil, &WaitTimeoutError{Shard: p.cfg.Shard, Size: p.cfg.Size, Waited: elapsed}
+		}
+		if p.cfg.Reserve > 0 && elapsed < p.cfg.ReserveTimeout {
+			remaining = min(remaining, p.cfg.ReserveTimeout-elapsed)
 		}
 		w := &waiter{ch: make(chan *Conn, 1)}
 		p.waiters = append(p.waiters, w)
 		p.mu.Unlock()
+		waited = true
 
 		timer := time.NewTimer(remaining)
 		select {
@@ -165,8 +188,11 @@ func (p *Pool) Acquire(ctx context.Context, wait time.Duration) (*Conn, error) {
 		p.mu.Lock()
 		queued := p.removeWaiterLocked(w)
 		p.mu.Unlock()
-		if !queued { // a connection or a slot was handed to us meanwhile: pass it on
+		if !queued { // a connection or a slot was handed to us meanwhile
 			if c := <-w.ch; c != nil {
+				if ctx.Err() == nil {
+					return c, nil
+				}
 				p.Release(c)
 			} else {
 				p.mu.Lock()
@@ -177,8 +203,28 @@ func (p *Pool) Acquire(ctx context.Context, wait time.Duration) (*Conn, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		return nil, &WaitTimeoutError{Shard: p.cfg.Shard, Size: p.cfg.Size, Waited: time.Since(start)}
+		// Either the wait is over (checked at the top) or the reserve opens.
 	}
+}
+
+// check decides whether an idle connection may be handed out: after
+// checkAfterIdle a free non-blocking peek at its socket, after CheckDelay
+// the CheckQuery as well.
+func (p *Pool) check(ctx context.Context, c *Conn, now time.Time) bool {
+	idle := now.Sub(c.lastUsed)
+	if idle < checkAfterIdle {
+		return true
+	}
+	if !c.alive() {
+		return false
+	}
+	if p.cfg.CheckQuery == "" || idle < p.cfg.CheckDelay {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
+	defer cancel()
+	status, err := c.Exec(ctx, p.cfg.CheckQuery)
+	return err == nil && status == wire.TxIdle
 }
 
 // popIdleLocked takes the most recently used idle connection. Expired ones
@@ -321,6 +367,53 @@ func (p *Pool) ServerParams(ctx context.Context, wait time.Duration) (map[string
 // Stats is a snapshot of a pool's occupancy.
 type Stats struct {
 	Active, Idle, Waiting, Open int
+}
+
+// counters accumulate what went through a pool since it was created.
+type counters struct {
+	xactCount, queryCount atomic.Int64
+	xactTime, queryTime   atomic.Int64 // microseconds
+	waitCount, waitTime   atomic.Int64 // clients that had to wait, and for how long (µs)
+	received, sent        atomic.Int64 // bytes from clients to servers, and back
+}
+
+// Counters is a snapshot of a pool's totals (pgbouncer's SHOW STATS).
+type Counters struct {
+	XactCount, QueryCount int64
+	XactTime, QueryTime   time.Duration
+	WaitCount             int64
+	WaitTime              time.Duration
+	Received, Sent        int64
+}
+
+// Counters returns the pool's totals.
+func (p *Pool) Counters() Counters {
+	c := &p.counters
+	return Counters{
+		XactCount:  c.xactCount.Load(),
+		QueryCount: c.queryCount.Load(),
+		XactTime:   time.Duration(c.xactTime.Load()) * time.Microsecond,
+		QueryTime:  time.Duration(c.queryTime.Load()) * time.Microsecond,
+		WaitCount:  c.waitCount.Load(),
+		WaitTime:   time.Duration(c.waitTime.Load()) * time.Microsecond,
+		Received:   c.received.Load(),
+		Sent:       c.sent.Load(),
+	}
+}
+
+// RecordQuery adds one finished request (a Query, or a batch up to Sync)
+// of duration d, with the bytes it moved each way.
+func (p *Pool) RecordQuery(d time.Duration, received, sent int64) {
+	p.counters.queryCount.Add(1)
+	p.counters.queryTime.Add(d.Microseconds())
+	p.counters.received.Add(received)
+	p.counters.sent.Add(sent)
+}
+
+// RecordXact adds one finished transaction of duration d.
+func (p *Pool) RecordXact(d time.Duration) {
+	p.counters.xactCount.Add(1)
+	p.counters.xactTime.Add(d.Microseconds())
 }
 
 // Stats returns the pool's current occupancy.

@@ -23,9 +23,13 @@ const janitorInterval = time.Second
 type Settings struct {
 	Size               int
 	MinIdle            int
+	Reserve            int
+	ReserveTimeout     time.Duration
 	Lifetime           time.Duration
 	IdleTimeout        time.Duration
 	ConnectTimeout     time.Duration
+	CheckDelay         time.Duration
+	CheckQuery         string
 	PreparedStatements int
 	MaxMessageSize     int
 }
@@ -59,6 +63,7 @@ type Set struct {
 
 	stop chan struct{}
 	done chan struct{}
+	kick chan struct{} // asks the janitor for a pass now
 }
 
 // NewSet starts a Set and its janitor; Close stops both.
@@ -66,7 +71,7 @@ func NewSet(cfg SetConfig) *Set {
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
-	s := &Set{cfg: cfg, pools: map[Key]*Pool{}, stop: make(chan struct{}), done: make(chan struct{})}
+	s := &Set{cfg: cfg, pools: map[Key]*Pool{}, stop: make(chan struct{}), done: make(chan struct{}), kick: make(chan struct{}, 1)}
 	go s.janitor()
 	return s
 }
@@ -106,15 +111,34 @@ func (s *Set) Get(shard *shardmap.Shard, clientUser string) (*Pool, error) {
 		Conn:               cc,
 		Size:               s.cfg.Size,
 		MinIdle:            s.cfg.MinIdle,
+		Reserve:            s.cfg.Reserve,
+		ReserveTimeout:     s.cfg.ReserveTimeout,
 		Lifetime:           s.cfg.Lifetime,
 		IdleTimeout:        s.cfg.IdleTimeout,
 		ConnectTimeout:     s.cfg.ConnectTimeout,
+		CheckDelay:         s.cfg.CheckDelay,
+		CheckQuery:         s.cfg.CheckQuery,
 		PreparedStatements: s.cfg.PreparedStatements,
 		MaxMessageSize:     s.cfg.MaxMessageSize,
 		Log:                s.cfg.Log,
 	}, &s.ids)
 	s.pools[key] = p
 	return p, nil
+}
+
+// Warm creates the pools of shards whose DSN names the server user (they do
+// not wait for a client) and has the janitor open their min_idle
+// connections now.
+func (s *Set) Warm(shards []*shardmap.Shard) {
+	for _, sh := range shards {
+		if _, ok := dsnUser(sh.DSN); ok {
+			_, _ = s.Get(sh, "")
+		}
+	}
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
 }
 
 // Pools returns every pool, ordered by shard and user.
@@ -168,6 +192,10 @@ func (s *Set) janitor() {
 		case now := <-t.C:
 			for _, p := range s.Pools() {
 				p.maintain(ctx, now)
+			}
+		case <-s.kick:
+			for _, p := range s.Pools() {
+				p.maintain(ctx, time.Now())
 			}
 		}
 	}

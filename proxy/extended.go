@@ -42,14 +42,7 @@ func (s *session) query(m wire.Message) error {
 	if err := s.exchange(); err != nil {
 		return err
 	}
-	if err := s.applyEffects(info.effects); err != nil {
-		return err
-	}
-	if err := s.settle(); err != nil {
-		return err
-	}
-	s.maybeRelease()
-	return nil
+	return s.afterRequest(info.effects)
 }
 
 // functionCall handles the legacy FunctionCall message.
@@ -62,8 +55,7 @@ func (s *session) functionCall(m wire.Message) error {
 	if err := s.exchange(); err != nil {
 		return err
 	}
-	s.maybeRelease()
-	return nil
+	return s.afterRequest(0)
 }
 
 // exchange writes what was queued for the server and relays the answers.
@@ -364,14 +356,7 @@ func (s *session) sync(m wire.Message) error {
 	if err := s.exchange(); err != nil {
 		return err
 	}
-	if err := s.applyEffects(eff); err != nil {
-		return err
-	}
-	if err := s.settle(); err != nil {
-		return err
-	}
-	s.maybeRelease()
-	return nil
+	return s.afterRequest(eff)
 }
 
 // flush handles Flush: the client wants every reply owed so far, without

@@ -128,6 +128,7 @@ func (s *session) handleServerMessage(m wire.Message, allowCopy bool) (suspend b
 
 // forward passes a server message to the client unchanged.
 func (s *session) forward(m wire.Message) error {
+	s.bytesOut += int64(len(m.Raw))
 	if err := s.cw.Write(m.Raw); err != nil {
 		return clientIO(err)
 	}
@@ -161,8 +162,31 @@ func (s *session) ready(m wire.Message, head *request) error {
 		}
 		return nil
 	}
+	s.account(body[0])
 	s.txStatus = body[0]
+	if s.mode == config.ModeStatement && body[0] != wire.TxIdle {
+		s.stmtViolation = true // ReadyForQuery is held back: afterRequest rolls back and says why
+		return nil
+	}
 	return s.forward(m)
+}
+
+// account adds a finished request, and a finished transaction, to the
+// pool's counters.
+func (s *session) account(status byte) {
+	now := time.Now()
+	p := s.server.Pool()
+	p.RecordQuery(now.Sub(s.reqStart), s.bytesIn, s.bytesOut)
+	switch {
+	case s.txStatus == wire.TxIdle && status == wire.TxIdle:
+		p.RecordXact(now.Sub(s.reqStart))
+	case s.txStatus == wire.TxIdle:
+		s.xactStart = s.reqStart
+	case status == wire.TxIdle:
+		p.RecordXact(now.Sub(s.xactStart))
+	}
+	s.reqStart = time.Time{}
+	s.bytesIn, s.bytesOut = 0, 0
 }
 
 // internalRow hands a row of an internal query to its receiver.

@@ -68,15 +68,24 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		Settings: pool.Settings{
 			Size:               p.Size,
 			MinIdle:            p.MinIdle,
+			Reserve:            p.ReservePoolSize,
+			ReserveTimeout:     p.ReservePoolTimeout.D(),
 			Lifetime:           p.ServerLifetime.D(),
 			IdleTimeout:        p.ServerIdleTimeout.D(),
 			ConnectTimeout:     p.ServerConnectTimeout.D(),
+			CheckDelay:         p.ServerCheckDelay.D(),
+			CheckQuery:         p.ServerCheckQuery,
 			PreparedStatements: p.PreparedStatements,
 			MaxMessageSize:     int(p.MaxMessageSize),
 		},
 		Log:      log,
 		Password: s.plainPassword,
 	})
+	var all []*shardmap.Shard
+	for _, cl := range gen.shards.Clusters() {
+		all = append(all, cl.Shards...)
+	}
+	s.pools.Warm(all) // min_idle connections open at start, not at the first client
 	return s, nil
 }
 

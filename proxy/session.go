@@ -40,7 +40,9 @@ type session struct {
 	cluster     *shardmap.Cluster
 	mode        string
 	waitTimeout time.Duration
-	passthrough bool // pool.prepared_statements is 0: statement names go to servers untouched
+	idleTxLimit time.Duration // idle_transaction_timeout (0: none)
+	idleLimit   time.Duration // client_idle_timeout (0: none)
+	passthrough bool          // pool.prepared_statements is 0: statement names go to servers untouched
 	pid         uint32
 	secret      [4]byte
 
@@ -69,6 +71,13 @@ type session struct {
 	dirty, dirtyResets []string
 	needApply          bool
 
+	// Accounting for the pool's counters: when the current request and
+	// transaction began, and the bytes moved by the request.
+	reqStart, xactStart time.Time
+	bytesIn, bytesOut   int64
+	// stmtViolation: in statement mode a request left a transaction open.
+	stmtViolation bool
+
 	// Guarded by mu: the cancel path reads which server serves the client.
 	mu     sync.Mutex
 	linked *pool.Conn
@@ -86,6 +95,8 @@ func newSession(srv *Server, gen *generation, conn net.Conn, r *wire.Reader, w *
 		cluster:     cl,
 		mode:        cfg.Pool.Mode,
 		waitTimeout: cfg.Pool.QueryWaitTimeout.D(),
+		idleTxLimit: cfg.Pool.IdleTransactionTimeout.D(),
+		idleLimit:   cfg.Pool.ClientIdleTimeout.D(),
 		passthrough: cfg.Pool.PreparedStatements == 0,
 		cr:          r,
 		cw:          w,
@@ -136,6 +147,10 @@ func (s *session) dispatch(m wire.Message) error {
 		default:
 			return nil // discarded, as PostgreSQL does after an error
 		}
+	}
+	s.bytesIn += int64(len(m.Raw))
+	if s.reqStart.IsZero() {
+		s.reqStart = time.Now()
 	}
 	var err error
 	switch m.Type {
@@ -217,8 +232,7 @@ func (s *session) failInBand(e *Error, typ byte) error {
 		if err := s.exchange(); err != nil {
 			return err
 		}
-		s.maybeRelease()
-		return nil
+		return s.afterRequest(0)
 	}
 	_ = c.W.Send(&pgproto3.Parse{Query: refusedSQL})
 	s.queue.push(request{kind: reqParse, internal: true, unnamed: true, prevUnnamed: c.Unnamed, replace: e})
@@ -286,10 +300,49 @@ func (s *session) unlink() {
 	c.Pool().Release(c)
 }
 
-// maybeRelease returns the server to the pool in transaction mode once the
-// client is outside a transaction with nothing outstanding.
+// afterRequest runs once a request (a Query, FunctionCall or batch up to
+// Sync) is fully answered: it mirrors what the request did, enforces
+// statement mode, and releases the server when the mode allows.
+func (s *session) afterRequest(eff effects) error {
+	if err := s.applyEffects(eff); err != nil {
+		return err
+	}
+	if err := s.settle(); err != nil {
+		return err
+	}
+	if s.stmtViolation {
+		if err := s.refuseTransaction(); err != nil {
+			return err
+		}
+	}
+	s.maybeRelease()
+	return nil
+}
+
+// refuseTransaction rolls back a transaction a statement-mode client opened
+// and tells it so (its ReadyForQuery was held back).
+func (s *session) refuseTransaction() error {
+	s.stmtViolation = false
+	c := s.server
+	ctx, cancel := context.WithTimeout(s.srv.ctx, resetTimeout)
+	status, err := c.Exec(ctx, "ROLLBACK")
+	cancel()
+	if err != nil || status != wire.TxIdle {
+		c.MarkBroken()
+	}
+	s.txStatus = wire.TxIdle
+	e := errorf(codeFeatureNotSupported, "pgrouter: transactions are not allowed in statement pooling mode; the transaction was rolled back").
+		withHint("Use pool.mode: transaction for clients that open transactions.")
+	if err := clientIO(s.cw.Send(e.response())); err != nil {
+		return err
+	}
+	return clientIO(s.cw.SendReady(wire.TxIdle))
+}
+
+// maybeRelease returns the server to the pool in transaction and statement
+// mode once the client is outside a transaction with nothing outstanding.
 func (s *session) maybeRelease() {
-	if s.server != nil && s.mode == config.ModeTransaction && s.txStatus == wire.TxIdle && s.queue.empty() && !s.inBatch && !s.skipping {
+	if s.server != nil && s.mode != config.ModeSession && s.txStatus == wire.TxIdle && s.queue.empty() && !s.inBatch && !s.skipping {
 		s.unlink()
 	}
 }

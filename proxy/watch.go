@@ -18,6 +18,33 @@ import (
 // until the client sends something; it is stopped with a read deadline, which
 // the wire.Reader survives without losing framing.
 func (s *session) readClient() (wire.Message, error) {
+	limit, code, what := s.idleLimitNow()
+	if limit <= 0 || s.cr.HasMessage() {
+		return s.readClientWatching()
+	}
+	_ = s.conn.SetReadDeadline(time.Now().Add(limit))
+	m, err := s.readClientWatching()
+	_ = s.conn.SetReadDeadline(time.Time{})
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return m, fatalf(code, "pgrouter: terminating connection: %s (%s) expired", what, limit).
+			withHint("The limit is pool.%s in router.yaml.", what)
+	}
+	return m, err
+}
+
+// idleLimitNow returns the idle limit that applies while waiting for the
+// client: idle_transaction_timeout inside a transaction, client_idle_timeout
+// outside one.
+func (s *session) idleLimitNow() (time.Duration, string, string) {
+	if s.server != nil && s.txStatus != wire.TxIdle {
+		return s.idleTxLimit, "25P03", "idle_transaction_timeout"
+	}
+	return s.idleLimit, "57P05", "client_idle_timeout"
+}
+
+// readClientWatching reads the client's next message, relaying what a linked
+// session-mode server says meanwhile.
+func (s *session) readClientWatching() (wire.Message, error) {
 	c := s.server
 	if c == nil || s.mode != config.ModeSession || s.cr.HasMessage() ||
 		!s.queue.empty() || s.inBatch || c.W.Len() > 0 { // the server may still be answering the client
