@@ -17,6 +17,7 @@ type Config struct {
 	Listen          string              `yaml:"listen"`
 	Auth            Auth                `yaml:"auth"`
 	Pool            Pool                `yaml:"pool"`
+	TLS             TLS                 `yaml:"tls"`
 	Log             Log                 `yaml:"log"`
 	Clusters        map[string]*Cluster `yaml:"clusters"`
 	DefaultRoute    string              `yaml:"default_route"`
@@ -52,6 +53,21 @@ type Pool struct {
 	PreparedStatements     int      `yaml:"prepared_statements"`
 	MaxMessageSize         ByteSize `yaml:"max_message_size"`
 }
+
+// TLS configures encryption between clients and pgrouter. Connections from
+// pgrouter to shards use TLS as their DSN's sslmode says.
+type TLS struct {
+	Mode string `yaml:"mode"` // disable | allow | require; default allow with cert and key, else disable
+	Cert string `yaml:"cert"` // PEM certificate chain, relative to the config file
+	Key  string `yaml:"key"`  // PEM private key
+}
+
+// TLS modes.
+const (
+	TLSDisable = "disable"
+	TLSAllow   = "allow"
+	TLSRequire = "require"
+)
 
 // Log configures the process log.
 type Log struct {

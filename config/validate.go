@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -30,6 +31,7 @@ func (c *Config) validate() error {
 		l.add("listen", "%q is not host:port", c.Listen)
 	}
 	c.validateAuth(l)
+	c.validateTLS(l)
 	c.validatePool(l)
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
@@ -60,6 +62,32 @@ func (c *Config) validateAuth(l *errorList) {
 		if _, err := os.Stat(c.Auth.UsersFile); err != nil {
 			l.add("auth.users_file", "%v", err)
 		}
+	}
+}
+
+func (c *Config) validateTLS(l *errorList) {
+	t := &c.TLS
+	if t.Mode == "" {
+		t.Mode = TLSDisable
+		if t.Cert != "" || t.Key != "" {
+			t.Mode = TLSAllow
+		}
+	}
+	switch t.Mode {
+	case TLSDisable:
+		return
+	case TLSAllow, TLSRequire:
+	default:
+		l.add("tls.mode", "%q is not one of disable, allow, require", t.Mode)
+		return
+	}
+	if t.Cert == "" || t.Key == "" {
+		l.add("tls", "mode %s needs both cert and key", t.Mode)
+		return
+	}
+	t.Cert, t.Key = c.resolve(t.Cert), c.resolve(t.Key)
+	if _, err := tls.LoadX509KeyPair(t.Cert, t.Key); err != nil {
+		l.add("tls.cert", "cannot load the certificate and key: %v", err)
 	}
 }
 

@@ -54,6 +54,8 @@ type proxyOpts struct {
 	quiet    bool   // discard the proxy's log (fuzzing)
 	// servers replaces the shared shards (s0, s1, ...) when set.
 	servers []*pgtest.Server
+	// dsnQuery replaces every shard DSN's query string (sslmode=disable).
+	dsnQuery string
 }
 
 // testProxy is a running proxy in front of the shared shards.
@@ -95,7 +97,11 @@ func startProxy(t testing.TB, o proxyOpts) *testProxy {
 	}
 	fmt.Fprintf(&b, "clusters:\n  main:\n    partitions: %d\n    shards:\n", len(servers))
 	for i, s := range servers {
-		fmt.Fprintf(&b, "      - name: s%d\n        dsn: %s\n        partitions: \"%d\"\n", i, s.DSN("postgres"), i)
+		dsn := s.DSN("postgres")
+		if o.dsnQuery != "" {
+			dsn = strings.Replace(dsn, "?sslmode=disable", "?"+o.dsnQuery, 1)
+		}
+		fmt.Fprintf(&b, "      - name: s%d\n        dsn: %s\n        partitions: \"%d\"\n", i, dsn, i)
 	}
 	b.WriteString("default_route: s0\n")
 	b.WriteString(o.topLevel)

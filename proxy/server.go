@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -23,6 +24,7 @@ type generation struct {
 	cfg    *config.Config
 	shards *shardmap.Map
 	users  *auth.Users // nil with trust and no users file
+	tls    *tls.Config // nil when tls.mode is disable
 }
 
 // Server accepts client connections and runs one session per client.
@@ -99,6 +101,13 @@ func loadGeneration(cfg *config.Config) (*generation, error) {
 		if g.users, err = auth.LoadUsers(cfg.Auth.UsersFile); err != nil {
 			return nil, err
 		}
+	}
+	if cfg.TLS.Mode != config.TLSDisable {
+		cert, err := tls.LoadX509KeyPair(cfg.TLS.Cert, cfg.TLS.Key)
+		if err != nil {
+			return nil, fmt.Errorf("tls: %w", err)
+		}
+		g.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	return g, nil
 }

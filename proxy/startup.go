@@ -3,8 +3,10 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"sort"
@@ -14,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
+	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/pool"
 	"github.com/pgrouter/pgrouter/shardmap"
 	"github.com/pgrouter/pgrouter/wire"
@@ -40,10 +43,11 @@ func (s *Server) handle(conn net.Conn) {
 	id := s.clientIDs.Add(1)
 	log := s.log.With(zap.Uint64("client_id", id), zap.String("remote", conn.RemoteAddr().String()))
 	_ = conn.SetDeadline(time.Now().Add(cfg.Pool.ClientLoginTimeout.D()))
-	r := wire.NewReader(conn, int(cfg.Pool.MaxMessageSize))
-	w := wire.NewWriter(conn)
+	cc := &clientConn{conn: conn, maxMessage: int(cfg.Pool.MaxMessageSize)}
+	cc.r, cc.w = wire.NewReader(conn, cc.maxMessage), wire.NewWriter(conn)
 
-	st, cancel, err := readStartup(conn, r)
+	st, cancel, err := cc.readStartup(gen.tls)
+	conn, r, w := cc.conn, cc.r, cc.w // the TLS connection, if the client asked for one
 	if err != nil {
 		switch {
 		case isProtocolViolation(err):
@@ -56,6 +60,12 @@ func (s *Server) handle(conn net.Conn) {
 	}
 	if cancel != nil {
 		s.forwardCancel(cancel, log)
+		return
+	}
+	if cfg.TLS.Mode == config.TLSRequire && !cc.encrypted {
+		log.Info("refusing a client without TLS (tls.mode: require)")
+		sendFatal(w, fatalf(codeInvalidAuthorization, "pgrouter: TLS is required (tls.mode: require)").
+			withHint("Connect with sslmode=require (or verify-full)."))
 		return
 	}
 	if !s.admit() {
@@ -84,24 +94,46 @@ func (s *Server) handle(conn net.Conn) {
 	sess.run()
 }
 
-// readStartup reads the startup packet, answering SSLRequest and
-// GSSENCRequest with 'N' (no encryption) on the way. It returns either a
-// startup message or a cancel request.
-func readStartup(conn net.Conn, r *wire.Reader) (*startup, *pgproto3.CancelRequest, error) {
+// clientConn is a client connection during startup: TLS may replace the
+// socket, and with it the reader and writer.
+type clientConn struct {
+	conn       net.Conn
+	r          *wire.Reader
+	w          *wire.Writer
+	maxMessage int
+	encrypted  bool
+}
+
+// readStartup reads the startup packet, answering SSLRequest with 'S' and a
+// TLS handshake when TLS is configured ('N' otherwise) and GSSENCRequest with
+// 'N'. It returns either a startup message or a cancel request.
+func (cc *clientConn) readStartup(tlsConfig *tls.Config) (*startup, *pgproto3.CancelRequest, error) {
 	for range 3 {
-		body, err := r.NextStartup()
+		body, err := cc.r.NextStartup()
 		if err != nil {
 			return nil, nil, err
 		}
 		code := binary.BigEndian.Uint32(body)
 		switch code {
 		case codeSSLRequest, codeGSSENCRequest:
-			if r.Buffered() > 0 { // the client must wait for our answer before sending more
+			if cc.r.Buffered() > 0 { // the client must wait for our answer: bytes now would be injected (CVE-2021-23222)
 				return nil, nil, fatalf(codeProtocolViolation, "pgrouter: unexpected data after encryption request")
 			}
-			if _, err := conn.Write([]byte{'N'}); err != nil {
+			if code == codeGSSENCRequest || tlsConfig == nil || cc.encrypted {
+				if _, err := cc.conn.Write([]byte{'N'}); err != nil {
+					return nil, nil, err
+				}
+				continue
+			}
+			if _, err := cc.conn.Write([]byte{'S'}); err != nil {
 				return nil, nil, err
 			}
+			tc := tls.Server(cc.conn, tlsConfig)
+			if err := tc.Handshake(); err != nil {
+				return nil, nil, fmt.Errorf("tls handshake: %w", err)
+			}
+			cc.conn, cc.encrypted = tc, true
+			cc.r, cc.w = wire.NewReader(tc, cc.maxMessage), wire.NewWriter(tc)
 			continue
 		case codeCancelRequest:
 			var req pgproto3.CancelRequest

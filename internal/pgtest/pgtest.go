@@ -40,6 +40,9 @@ type Options struct {
 	Port int
 	// Settings are extra postgresql.conf settings (-c name=value).
 	Settings map[string]string
+	// TLS turns on ssl with a certificate for localhost signed by a
+	// throwaway CA (Server.Certs).
+	TLS bool
 }
 
 // Server is one running PostgreSQL server.
@@ -48,6 +51,9 @@ type Server struct {
 	Port    int
 	Dir     string
 	DataDir string
+
+	// Certs are the TLS files when Options.TLS is set.
+	Certs Certs
 
 	bin     string
 	owner   *credential
@@ -90,6 +96,17 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	if err := s.prepareDir(); err != nil {
 		s.cleanup()
 		return nil, err
+	}
+	if opts.TLS {
+		certs, err := WriteCerts(s.Dir)
+		if err == nil {
+			err = s.chown(s.Dir)
+		}
+		if err != nil {
+			s.cleanup()
+			return nil, err
+		}
+		s.Certs = certs
 	}
 	for attempt := 0; ; attempt++ {
 		s.Port = opts.Port
@@ -231,6 +248,11 @@ func (s *Server) start(ctx context.Context) error {
 		"shared_buffers":          "32MB",
 		"log_min_messages":        "warning",
 		"logging_collector":       "off",
+	}
+	if s.opts.TLS {
+		settings["ssl"] = "on"
+		settings["ssl_cert_file"] = s.Certs.Cert
+		settings["ssl_key_file"] = s.Certs.Key
 	}
 	for k, v := range s.opts.Settings {
 		settings[k] = v
