@@ -42,13 +42,7 @@ func authMD5(r *wire.Reader, w *wire.Writer, user string, secret *auth.Secret, k
 	if _, err := rand.Read(salt[:]); err != nil {
 		return err
 	}
-	if err := w.Send(&pgproto3.AuthenticationMD5Password{Salt: salt}); err != nil {
-		return err
-	}
-	if err := w.Flush(); err != nil {
-		return err
-	}
-	body, err := readPassword(r)
+	body, err := challenge(r, w, &pgproto3.AuthenticationMD5Password{Salt: salt})
 	if err != nil {
 		return err
 	}
@@ -79,13 +73,7 @@ func authSCRAM(r *wire.Reader, w *wire.Writer, users *auth.Users, user string, s
 	}
 	conv := server.NewConversation()
 
-	if err := w.Send(&pgproto3.AuthenticationSASL{AuthMechanisms: []string{scramMechanism}}); err != nil {
-		return err
-	}
-	if err := w.Flush(); err != nil {
-		return err
-	}
-	body, err := readPassword(r)
+	body, err := challenge(r, w, &pgproto3.AuthenticationSASL{AuthMechanisms: []string{scramMechanism}})
 	if err != nil {
 		return err
 	}
@@ -100,13 +88,7 @@ func authSCRAM(r *wire.Reader, w *wire.Writer, users *auth.Users, user string, s
 	if err != nil {
 		return passwordFailed(user).because(err)
 	}
-	if err := w.Send(&pgproto3.AuthenticationSASLContinue{Data: []byte(first)}); err != nil {
-		return err
-	}
-	if err := w.Flush(); err != nil {
-		return err
-	}
-	body, err = readPassword(r)
+	body, err = challenge(r, w, &pgproto3.AuthenticationSASLContinue{Data: []byte(first)})
 	if err != nil {
 		return err
 	}
@@ -119,6 +101,18 @@ func authSCRAM(r *wire.Reader, w *wire.Writer, users *auth.Users, user string, s
 		return passwordFailed(user).because(err)
 	}
 	return w.Send(&pgproto3.AuthenticationSASLFinal{Data: []byte(final)})
+}
+
+// challenge sends an authentication request and returns the body of the
+// client's answer.
+func challenge(r *wire.Reader, w *wire.Writer, msg pgproto3.BackendMessage) ([]byte, error) {
+	if err := w.Send(msg); err != nil {
+		return nil, err
+	}
+	if err := w.Flush(); err != nil {
+		return nil, err
+	}
+	return readPassword(r)
 }
 
 // readPassword reads the client's next authentication message.
