@@ -20,6 +20,7 @@ type Config struct {
 	TLS             TLS                 `yaml:"tls"`
 	Log             Log                 `yaml:"log"`
 	Clusters        map[string]*Cluster `yaml:"clusters"`
+	Functions       []*Function         `yaml:"functions"`
 	DefaultRoute    string              `yaml:"default_route"`
 	FallbackCluster string              `yaml:"fallback_cluster"`
 
@@ -77,6 +78,7 @@ type Log struct {
 
 // Cluster is one set of shards that share a schema and a partition space.
 type Cluster struct {
+	Hash         string   `yaml:"hash"` // xxhash64 | hashtext
 	Partitions   int      `yaml:"partitions"`
 	Shards       []*Shard `yaml:"shards"`
 	DefaultRoute string   `yaml:"default_route"`
@@ -94,6 +96,29 @@ type Shard struct {
 	// PartitionList is Partitions parsed, sorted and de-duplicated by validation.
 	PartitionList []int `yaml:"-"`
 }
+
+// Function declares a server-side function whose calls pgrouter routes.
+type Function struct {
+	Name    string `yaml:"name"`    // [schema.]name; unqualified means public
+	Cluster string `yaml:"cluster"` // optional when there is one cluster
+	RunOn   string `yaml:"run_on"`  // hash | partition | any | all (default: hash with a key, else any)
+	Key     string `yaml:"key"`     // argument name or 1-based position (hash, partition)
+	Merge   string `yaml:"merge"`   // all only: concat | sum | min | max | bool_and | bool_or
+
+	// Schema and Proc are Name split and case-folded by validation.
+	Schema string `yaml:"-"`
+	Proc   string `yaml:"-"`
+	// KeyPos is Key when it is a position (1-based), else 0.
+	KeyPos int `yaml:"-"`
+}
+
+// run_on values.
+const (
+	RunOnHash      = "hash"
+	RunOnPartition = "partition"
+	RunOnAny       = "any"
+	RunOnAll       = "all"
+)
 
 // Pool modes.
 const (

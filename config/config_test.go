@@ -107,6 +107,11 @@ func TestValidationErrorsNameTheKey(t *testing.T) {
 		{"fallback", minimal + "fallback_cluster: other\n",
 			`fallback_cluster: "other" is not a cluster`},
 		{"yaml syntax", "clusters: [", "router.yaml: "},
+		{"hash", strings.Replace(minimal, "partitions: 4", "partitions: 4\n    hash: md5", 1), `clusters.main.hash: "md5" is not one of xxhash64, hashtext`},
+		{"function key missing", minimal + "functions:\n  - {name: get_user, run_on: hash}\n", "functions[0].key: required with run_on: hash"},
+		{"function merge", minimal + "functions:\n  - {name: f, run_on: any, merge: sum}\n", "functions[0].merge: only with run_on: all"},
+		{"function twice", minimal + "functions:\n  - {name: f, key: a}\n  - {name: public.F, key: a}\n", "functions[1].name: public.f is already declared at functions[0]"},
+		{"function run_on", minimal + "functions:\n  - {name: f, run_on: some}\n", `functions[0].run_on: "some" is not one of hash, partition, any, all`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -122,6 +127,33 @@ func TestAllErrorsReportedAtOnce(t *testing.T) {
 	_, err := Parse("r.yaml", []byte(minimal+"pool:\n  size: 0\n  max_client_conn: 0\n"))
 	if err == nil || !strings.Contains(err.Error(), "pool.size") || !strings.Contains(err.Error(), "pool.max_client_conn") {
 		t.Fatalf("want both errors, got %v", err)
+	}
+}
+
+func TestFunctions(t *testing.T) {
+	cfg, err := Parse("router.yaml", []byte(minimal+`
+functions:
+  - name: get_user
+    key: i_username
+  - name: app."Count"
+    run_on: all
+    merge: sum
+  - name: by_pos
+    run_on: partition
+    key: 2
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := cfg.Functions
+	if f[0].Schema != "public" || f[0].Proc != "get_user" || f[0].RunOn != RunOnHash || f[0].Cluster != "main" || f[0].Key != "i_username" {
+		t.Fatalf("%+v", f[0])
+	}
+	if f[1].Schema != "app" || f[1].Proc != "Count" || f[1].Merge != "sum" {
+		t.Fatalf("%+v", f[1])
+	}
+	if f[2].KeyPos != 2 || f[2].RunOn != RunOnPartition {
+		t.Fatalf("%+v", f[2])
 	}
 }
 

@@ -150,6 +150,13 @@ func (c *Config) validateClusters(l *errorList) {
 		if cl.Partitions == 0 {
 			cl.Partitions = 1
 		}
+		switch cl.Hash {
+		case "":
+			cl.Hash = "xxhash64"
+		case "xxhash64", "hashtext":
+		default:
+			l.add(path+".hash", "%q is not one of xxhash64, hashtext", cl.Hash)
+		}
 		if cl.Partitions < 1 || cl.Partitions > 1<<16 || cl.Partitions&(cl.Partitions-1) != 0 {
 			l.add(path+".partitions", "%d is not a power of two between 1 and 65536", cl.Partitions)
 			continue
@@ -216,6 +223,104 @@ func (c *Config) validateClusters(l *errorList) {
 			l.add("fallback_cluster", "%q is not a cluster", c.FallbackCluster)
 		}
 	}
+	c.validateFunctions(l)
+}
+
+func (c *Config) validateFunctions(l *errorList) {
+	seen := map[string]string{}
+	for i, f := range c.Functions {
+		path := fmt.Sprintf("functions[%d]", i)
+		if f == nil {
+			l.add(path, "is empty")
+			continue
+		}
+		schema, proc, err := splitFunctionName(f.Name)
+		if err != nil {
+			l.add(path+".name", "%v", err)
+			continue
+		}
+		f.Schema, f.Proc = schema, proc
+		full := schema + "." + proc
+		if prev, dup := seen[full]; dup {
+			l.add(path+".name", "%s is already declared at %s", full, prev)
+		}
+		seen[full] = path
+		switch {
+		case f.Cluster == "" && len(c.Clusters) == 1:
+			for name := range c.Clusters {
+				f.Cluster = name
+			}
+		case f.Cluster == "":
+			l.add(path+".cluster", "required when there are several clusters")
+		default:
+			if _, ok := c.Clusters[f.Cluster]; !ok {
+				l.add(path+".cluster", "%q is not a cluster", f.Cluster)
+			}
+		}
+		if f.RunOn == "" {
+			f.RunOn = RunOnAny
+			if f.Key != "" {
+				f.RunOn = RunOnHash
+			}
+		}
+		switch f.RunOn {
+		case RunOnHash, RunOnPartition:
+			if f.Key == "" {
+				l.add(path+".key", "required with run_on: %s (an argument name or 1-based position)", f.RunOn)
+			}
+		case RunOnAny, RunOnAll:
+			if f.Key != "" {
+				l.add(path+".key", "not used with run_on: %s", f.RunOn)
+			}
+		default:
+			l.add(path+".run_on", "%q is not one of hash, partition, any, all", f.RunOn)
+		}
+		if pos, err := strconv.Atoi(f.Key); err == nil {
+			if pos < 1 || pos > 100 {
+				l.add(path+".key", "position %d must be between 1 and 100", pos)
+			}
+			f.KeyPos = pos
+		} else if f.Key != "" {
+			f.Key = foldName(f.Key)
+		}
+		switch f.Merge {
+		case "", "concat":
+			f.Merge = "concat"
+		case "sum", "min", "max", "bool_and", "bool_or":
+			if f.RunOn != RunOnAll {
+				l.add(path+".merge", "only with run_on: all")
+			}
+		default:
+			l.add(path+".merge", "%q is not one of concat, sum, min, max, bool_and, bool_or", f.Merge)
+		}
+	}
+}
+
+// splitFunctionName splits [schema.]name, folding unquoted parts to lower
+// case as PostgreSQL does; "Quoted" parts keep their case.
+func splitFunctionName(name string) (schema, proc string, err error) {
+	parts := strings.Split(name, ".")
+	if len(parts) > 2 || name == "" {
+		return "", "", fmt.Errorf("%q is not [schema.]name", name)
+	}
+	for i, p := range parts {
+		if p == "" {
+			return "", "", fmt.Errorf("%q is not [schema.]name", name)
+		}
+		parts[i] = foldName(p)
+	}
+	if len(parts) == 1 {
+		return "public", parts[0], nil
+	}
+	return parts[0], parts[1], nil
+}
+
+// foldName lower-cases an identifier unless it is double-quoted.
+func foldName(s string) string {
+	if len(s) >= 2 && s[0] == '"' && s[len(s)-1] == '"' {
+		return strings.ReplaceAll(s[1:len(s)-1], `""`, `"`)
+	}
+	return strings.ToLower(s)
 }
 
 func (c *Config) validateShard(l *errorList, path string, sh *Shard) {

@@ -18,12 +18,51 @@ type Map struct {
 	fallback *Cluster
 }
 
+// RunOn says where a routed function's call goes.
+type RunOn uint8
+
+// RunOn values (PL/Proxy's RUN ON forms).
+const (
+	RunHash      RunOn = iota // the shard owning hash(key)'s partition
+	RunPartition              // the shard owning partition key
+	RunAny                    // any one shard
+	RunAll                    // every shard once, results combined
+)
+
+// Merge says how the results of a RunAll call are combined.
+type Merge uint8
+
+// Merge values.
+const (
+	MergeConcat Merge = iota // rows of every shard, in shard order
+	MergeSum
+	MergeMin
+	MergeMax
+	MergeBoolAnd
+	MergeBoolOr
+)
+
+// Function is a declared routed function.
+type Function struct {
+	Schema, Name string
+	Cluster      *Cluster
+	RunOn        RunOn
+	KeyName      string // argument name, or "" with KeyPos
+	KeyPos       int    // 1-based argument position, or 0 with KeyName
+	Merge        Merge
+}
+
+// FullName is schema.name as declared.
+func (f *Function) FullName() string { return f.Schema + "." + f.Name }
+
 // Cluster is a set of shards sharing one partition space.
 type Cluster struct {
 	Name       string
+	Hash       HashFunc
 	Partitions int
 	Shards     []*Shard
 	Default    Route
+	Functions  []*Function
 	owner      []*Shard // partition -> shard
 }
 
@@ -57,7 +96,11 @@ func New(cfg *config.Config) (*Map, error) {
 	m := &Map{clusters: map[string]*Cluster{}, shards: map[string]*Shard{}}
 	for _, name := range cfg.ClusterNames() {
 		cc := cfg.Clusters[name]
-		cl := &Cluster{Name: name, Partitions: cc.Partitions, owner: make([]*Shard, cc.Partitions)}
+		hash, ok := ParseHashFunc(cc.Hash)
+		if !ok {
+			return nil, fmt.Errorf("cluster %s: unknown hash %q", name, cc.Hash)
+		}
+		cl := &Cluster{Name: name, Hash: hash, Partitions: cc.Partitions, owner: make([]*Shard, cc.Partitions)}
 		for i, sc := range cc.Shards {
 			sh := &Shard{Name: sc.Name, DSN: sc.DSN, Cluster: name, Index: i, Partitions: sc.PartitionList}
 			for _, p := range sc.PartitionList {
@@ -88,6 +131,28 @@ func New(cfg *config.Config) (*Map, error) {
 	}
 	if cfg.FallbackCluster != "" {
 		m.fallback = m.clusters[cfg.FallbackCluster]
+	}
+	for _, fc := range cfg.Functions {
+		cl := m.clusters[fc.Cluster]
+		if cl == nil {
+			return nil, fmt.Errorf("function %s: unknown cluster %q", fc.Name, fc.Cluster)
+		}
+		f := &Function{Schema: fc.Schema, Name: fc.Proc, Cluster: cl, KeyName: fc.Key, KeyPos: fc.KeyPos}
+		if fc.KeyPos > 0 {
+			f.KeyName = ""
+		}
+		switch fc.RunOn {
+		case config.RunOnHash:
+			f.RunOn = RunHash
+		case config.RunOnPartition:
+			f.RunOn = RunPartition
+		case config.RunOnAll:
+			f.RunOn = RunAll
+		default:
+			f.RunOn = RunAny
+		}
+		f.Merge = map[string]Merge{"sum": MergeSum, "min": MergeMin, "max": MergeMax, "bool_and": MergeBoolAnd, "bool_or": MergeBoolOr}[fc.Merge]
+		cl.Functions = append(cl.Functions, f)
 	}
 	return m, nil
 }
@@ -121,3 +186,16 @@ func (m *Map) Shard(name string) (*Shard, bool) {
 
 // ShardOf returns the shard that owns a partition.
 func (c *Cluster) ShardOf(partition int) *Shard { return c.owner[partition] }
+
+// ShardOfHash returns the shard that owns a hash value's partition.
+func (c *Cluster) ShardOfHash(hash uint64) *Shard { return c.owner[Partition(hash, c.Partitions)] }
+
+// ShardNamed returns one of the cluster's shards by name.
+func (c *Cluster) ShardNamed(name string) (*Shard, bool) {
+	for _, sh := range c.Shards {
+		if sh.Name == name {
+			return sh, true
+		}
+	}
+	return nil, false
+}

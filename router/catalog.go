@@ -1,0 +1,268 @@
+package router
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgrouter/pgrouter/shardmap"
+)
+
+// Type OIDs pgrouter canonicalizes routing keys for.
+const (
+	OIDBool    = 16
+	OIDName    = 19
+	OIDInt8    = 20
+	OIDInt2    = 21
+	OIDInt4    = 23
+	OIDText    = 25
+	OIDFloat4  = 700
+	OIDFloat8  = 701
+	OIDUnknown = 705
+	OIDBpchar  = 1042
+	OIDVarchar = 1043
+	OIDNumeric = 1700
+	OIDUUID    = 2950
+)
+
+// Signature is one overload of a routed function as pg_proc describes it.
+type Signature struct {
+	ArgNames    []string // input arguments; "" where unnamed
+	ArgTypes    []uint32 // input argument type OIDs
+	NumDefaults int      // trailing input arguments with defaults
+	ReturnsSet  bool
+	ReturnType  uint32
+	// KeyIndex is the key's 0-based input position (-1: no key).
+	KeyIndex int
+}
+
+// KeyType is the key argument's declared type.
+func (s *Signature) KeyType() uint32 {
+	if s.KeyIndex < 0 {
+		return 0
+	}
+	return s.ArgTypes[s.KeyIndex]
+}
+
+// String writes the signature as name(type, ...) for messages.
+func (s *Signature) String(f *shardmap.Function) string {
+	var b strings.Builder
+	b.WriteString(f.FullName())
+	b.WriteByte('(')
+	for i, t := range s.ArgTypes {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		if s.ArgNames[i] != "" {
+			b.WriteString(s.ArgNames[i] + " ")
+		}
+		b.WriteString(typeName(t))
+	}
+	b.WriteByte(')')
+	return b.String()
+}
+
+// Catalog holds the signatures of a cluster's routed functions.
+type Catalog struct {
+	sigs map[*shardmap.Function][]*Signature
+}
+
+// Signatures returns a function's overloads.
+func (c *Catalog) Signatures(f *shardmap.Function) []*Signature {
+	if c == nil {
+		return nil
+	}
+	return c.sigs[f]
+}
+
+const catalogQuery = `
+SELECT coalesce(p.proargnames, '{}'::text[]), p.proargtypes::oid[], coalesce(p.proargmodes::text[], '{}'::text[]),
+       p.pronargdefaults, p.proretset, p.prorettype
+FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname = $1 AND p.proname = $2 AND p.prokind IN ('f', 'p')
+ORDER BY p.oid`
+
+// LoadCatalog reads the signatures of fns (all of one cluster) from a shard.
+// A function that is missing, or whose key argument cannot be found, is an
+// error naming it; the other functions still load.
+func LoadCatalog(ctx context.Context, conn *pgx.Conn, fns []*shardmap.Function) (*Catalog, error) {
+	c := &Catalog{sigs: map[*shardmap.Function][]*Signature{}}
+	var problems []string
+	for _, f := range fns {
+		sigs, err := loadSignatures(ctx, conn, f)
+		if err != nil {
+			return nil, fmt.Errorf("load signature of %s: %w", f.FullName(), err)
+		}
+		if len(sigs) == 0 {
+			problems = append(problems, fmt.Sprintf("function %s does not exist", f.FullName()))
+			continue
+		}
+		var bad []string
+		for _, s := range sigs {
+			if err := resolveKey(f, s); err != nil {
+				bad = append(bad, err.Error())
+			}
+		}
+		if len(bad) > 0 {
+			problems = append(problems, bad...)
+			continue
+		}
+		c.sigs[f] = sigs
+	}
+	if len(problems) > 0 {
+		return c, fmt.Errorf("%s", strings.Join(problems, "; "))
+	}
+	return c, nil
+}
+
+func loadSignatures(ctx context.Context, conn *pgx.Conn, f *shardmap.Function) ([]*Signature, error) {
+	rows, err := conn.Query(ctx, catalogQuery, f.Schema, f.Name)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []*Signature
+	for rows.Next() {
+		var names, modes []string
+		var types []uint32
+		s := &Signature{}
+		if err := rows.Scan(&names, &types, &modes, &s.NumDefaults, &s.ReturnsSet, &s.ReturnType); err != nil {
+			return nil, err
+		}
+		// proargnames covers every argument (OUT ones too) when proargmodes is
+		// set; proargtypes lists input arguments only.
+		s.ArgTypes = types
+		s.ArgNames = make([]string, len(types))
+		in := 0
+		for i, n := range names {
+			mode := "i"
+			if i < len(modes) {
+				mode = modes[i]
+			}
+			if mode == "o" || mode == "t" {
+				continue
+			}
+			if in < len(s.ArgNames) {
+				s.ArgNames[in] = n
+			}
+			in++
+		}
+		out = append(out, s)
+	}
+	return out, rows.Err()
+}
+
+// resolveKey finds the key argument of a signature.
+func resolveKey(f *shardmap.Function, s *Signature) error {
+	s.KeyIndex = -1
+	switch {
+	case f.RunOn != shardmap.RunHash && f.RunOn != shardmap.RunPartition:
+		return nil
+	case f.KeyPos > 0:
+		if f.KeyPos > len(s.ArgTypes) {
+			return fmt.Errorf("%s has no argument %d (key)", s.String(f), f.KeyPos)
+		}
+		s.KeyIndex = f.KeyPos - 1
+	default:
+		s.KeyIndex = slices.Index(s.ArgNames, f.KeyName)
+		if s.KeyIndex < 0 {
+			return fmt.Errorf("%s has no argument named %s (key)", s.String(f), f.KeyName)
+		}
+	}
+	if f.RunOn == shardmap.RunPartition && !isIntType(s.KeyType()) {
+		return fmt.Errorf("%s: the partition number %s must be an integer type", s.String(f), f.KeyName)
+	}
+	return nil
+}
+
+// SameSignatures reports whether two catalogs describe the same functions
+// identically, for `pgrouter check` across shards.
+func SameSignatures(a, b []*Signature) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := a[i], b[i]
+		if !slices.Equal(x.ArgTypes, y.ArgTypes) || !slices.Equal(x.ArgNames, y.ArgNames) ||
+			x.ReturnsSet != y.ReturnsSet || x.ReturnType != y.ReturnType || x.NumDefaults != y.NumDefaults {
+			return false
+		}
+	}
+	return true
+}
+
+func isIntType(oid uint32) bool { return oid == OIDInt2 || oid == OIDInt4 || oid == OIDInt8 }
+
+func isTextType(oid uint32) bool {
+	switch oid {
+	case OIDText, OIDVarchar, OIDBpchar, OIDName, OIDUnknown:
+		return true
+	}
+	return false
+}
+
+// typeName names the types pgrouter knows, for messages.
+func typeName(oid uint32) string {
+	switch oid {
+	case OIDBool:
+		return "boolean"
+	case OIDName:
+		return "name"
+	case OIDInt8:
+		return "bigint"
+	case OIDInt2:
+		return "smallint"
+	case OIDInt4:
+		return "integer"
+	case OIDText:
+		return "text"
+	case OIDFloat4:
+		return "real"
+	case OIDFloat8:
+		return "double precision"
+	case OIDBpchar:
+		return "character"
+	case OIDVarchar:
+		return "character varying"
+	case OIDNumeric:
+		return "numeric"
+	case OIDUUID:
+		return "uuid"
+	}
+	return fmt.Sprintf("oid %d", oid)
+}
+
+// castType maps a type name written in a cast to its OID (0 when pgrouter
+// does not know it: such a key is hashed in its text form).
+func castType(name string) uint32 {
+	switch name {
+	case "int2", "smallint":
+		return OIDInt2
+	case "int4", "int", "integer":
+		return OIDInt4
+	case "int8", "bigint":
+		return OIDInt8
+	case "text":
+		return OIDText
+	case "varchar", "character varying":
+		return OIDVarchar
+	case "char", "character", "bpchar":
+		return OIDBpchar
+	case "name":
+		return OIDName
+	case "uuid":
+		return OIDUUID
+	case "bool", "boolean":
+		return OIDBool
+	case "numeric", "decimal":
+		return OIDNumeric
+	case "float4", "real":
+		return OIDFloat4
+	case "float8", "double precision":
+		return OIDFloat8
+	}
+	return 0
+}

@@ -1,0 +1,173 @@
+package router
+
+import (
+	"encoding/binary"
+	"errors"
+	"math"
+	"unsafe"
+
+	"github.com/pgrouter/pgrouter/shardmap"
+)
+
+// Keys are canonicalized by the key argument's declared type before
+// hashing, so every way a client can send the same value routes alike:
+// text '42', a constant 42 and binary int8 42 for an integer key; text and
+// binary forms of a uuid; a bpchar without its trailing blanks.
+
+var (
+	errNotInteger   = errors.New("not an integer")
+	errOutOfRange   = errors.New("out of range for its type")
+	errBinaryFormat = errors.New("sent in binary format, which pgrouter can only read for integer, text and uuid keys; send it as text")
+	errNotUUID      = errors.New("not a uuid")
+)
+
+// hashKey canonicalizes a key value and hashes it.
+func hashKey(h shardmap.HashFunc, keyType, paramType uint32, value []byte, bin bool) (uint64, error) {
+	switch {
+	case isIntType(keyType):
+		v, err := intKey(value, bin, paramType)
+		if err != nil {
+			return 0, err
+		}
+		size := 8
+		switch keyType {
+		case OIDInt2:
+			if v < math.MinInt16 || v > math.MaxInt16 {
+				return 0, errOutOfRange
+			}
+			size = 2
+		case OIDInt4:
+			if v < math.MinInt32 || v > math.MaxInt32 {
+				return 0, errOutOfRange
+			}
+			size = 4
+		}
+		return h.Int(v, size), nil
+	case keyType == OIDUUID:
+		var buf [36]byte
+		s, err := uuidKey(&buf, value, bin)
+		if err != nil {
+			return 0, err
+		}
+		return h.Text(s), nil
+	case keyType == OIDBpchar:
+		for len(value) > 0 && value[len(value)-1] == ' ' {
+			value = value[:len(value)-1]
+		}
+		return h.Text(value), nil
+	case isTextType(keyType) || !bin:
+		return h.Text(value), nil
+	}
+	return 0, errBinaryFormat
+}
+
+// intKey reads an integer key in text or binary form.
+func intKey(value []byte, bin bool, paramType uint32) (int64, error) {
+	if bin {
+		switch len(value) {
+		case 2:
+			return int64(int16(binary.BigEndian.Uint16(value))), nil
+		case 4:
+			return int64(int32(binary.BigEndian.Uint32(value))), nil
+		case 8:
+			return int64(binary.BigEndian.Uint64(value)), nil
+		}
+		if isTextType(paramType) {
+			return parseInt(value)
+		}
+		return 0, errNotInteger
+	}
+	return parseInt(value)
+}
+
+// parseInt parses a decimal integer with optional sign and surrounding
+// blanks (as int8in does) without allocating.
+func parseInt(b []byte) (int64, error) {
+	for len(b) > 0 && isSpace(b[0]) {
+		b = b[1:]
+	}
+	for len(b) > 0 && isSpace(b[len(b)-1]) {
+		b = b[:len(b)-1]
+	}
+	neg := false
+	if len(b) > 0 && (b[0] == '-' || b[0] == '+') {
+		neg = b[0] == '-'
+		b = b[1:]
+	}
+	if len(b) == 0 {
+		return 0, errNotInteger
+	}
+	var v uint64
+	for _, c := range b {
+		if c == '_' {
+			continue
+		}
+		if c < '0' || c > '9' {
+			return 0, errNotInteger
+		}
+		if v > (math.MaxUint64-9)/10 {
+			return 0, errOutOfRange
+		}
+		v = v*10 + uint64(c-'0')
+	}
+	if neg {
+		if v > 1<<63 {
+			return 0, errOutOfRange
+		}
+		return -int64(v), nil
+	}
+	if v > math.MaxInt64 {
+		return 0, errOutOfRange
+	}
+	return int64(v), nil
+}
+
+// uuidKey writes a uuid's canonical text form (lower case, hyphenated) into buf.
+func uuidKey(buf *[36]byte, value []byte, bin bool) ([]byte, error) {
+	const hexDigits = "0123456789abcdef"
+	var raw [16]byte
+	if bin {
+		if len(value) != 16 {
+			return nil, errNotUUID
+		}
+		copy(raw[:], value)
+	} else {
+		n := 0
+		for _, c := range value {
+			var d byte
+			switch {
+			case c >= '0' && c <= '9':
+				d = c - '0'
+			case c|0x20 >= 'a' && c|0x20 <= 'f':
+				d = c | 0x20 - 'a' + 10
+			case c == '-' || c == '{' || c == '}':
+				continue
+			default:
+				return nil, errNotUUID
+			}
+			if n >= 32 {
+				return nil, errNotUUID
+			}
+			raw[n/2] |= d << (4 * (1 - n%2))
+			n++
+		}
+		if n != 32 {
+			return nil, errNotUUID
+		}
+	}
+	j := 0
+	for i, x := range raw {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			buf[j] = '-'
+			j++
+		}
+		buf[j], buf[j+1] = hexDigits[x>>4], hexDigits[x&15]
+		j += 2
+	}
+	return buf[:], nil
+}
+
+// unsafeBytes views a string's bytes without copying; they must not be changed.
+func unsafeBytes(s string) []byte {
+	return unsafe.Slice(unsafe.StringData(s), len(s))
+}

@@ -1,0 +1,501 @@
+package router
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/pgrouter/pgrouter/shardmap"
+)
+
+// KeyKind says where a routed call's key comes from.
+type KeyKind uint8
+
+// Key kinds.
+const (
+	KeyNone  KeyKind = iota // run_on any or all: no key
+	KeyConst                // a constant in the statement text
+	KeyNull                 // the constant NULL
+	KeyParam                // a Bind parameter
+)
+
+// Key is where a call's routing key comes from and how to read it.
+type Key struct {
+	Kind  KeyKind
+	Const string // KeyConst: the constant's text
+	Param int    // KeyParam: 0-based parameter index
+	// Type is the key argument's declared type, which decides how the value
+	// is canonicalized before hashing (text '42' and int8 42 alike).
+	Type uint32
+	// ParamType is the type the parameter is sent as: the innermost cast
+	// applied to it, else Type. It decides how a binary value is read.
+	ParamType uint32
+	// Arg names the key argument, for messages.
+	Arg string
+}
+
+// Call is a recognized call of a routed function.
+type Call struct {
+	Fn  *shardmap.Function
+	Sig *Signature
+	Key Key
+}
+
+// Plan is what pgrouter knows about a statement string before running it.
+// Plans are immutable and cached by text.
+type Plan struct {
+	// Statements are the statements pgrouter must mirror (see Scan).
+	Statements []Statement
+	// Calls are the routed calls found, in text order.
+	Calls []Call
+	// AnyShard: without routed calls, the string may run on any shard
+	// (constant-only SELECTs without FROM, SHOW, SET, RESET, DISCARD,
+	// DEALLOCATE, transaction control, empty).
+	AnyShard bool
+	// Override is a leading /* pgrouter: shard=... */ or key=... comment.
+	Override Override
+	// Err is a reason the string cannot be routed, reported when it runs.
+	Err *Error
+	// catalog is the catalog version the plan was made with.
+	catalog uint64
+}
+
+// Override is an operator's explicit placement of one statement.
+type Override struct {
+	Shard string
+	Key   string
+	Set   bool
+}
+
+// Error is a routing error with its SQLSTATE.
+type Error struct {
+	Code    string
+	Message string
+	Hint    string
+}
+
+func (e *Error) Error() string { return e.Message }
+
+func planError(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: "pgrouter: " + fmt.Sprintf(format, args...)}
+}
+
+// functionIndex finds declared functions by their unqualified name.
+type functionIndex map[string][]*shardmap.Function
+
+func newFunctionIndex(fns []*shardmap.Function) functionIndex {
+	idx := functionIndex{}
+	for _, f := range fns {
+		idx[f.Name] = append(idx[f.Name], f)
+	}
+	return idx
+}
+
+// lookup returns the declared function a (schema-qualified or not) name
+// calls. An unqualified name matches a declared function of that name,
+// preferring schema public when several schemas declare it.
+func (idx functionIndex) lookup(schema, name string) *shardmap.Function {
+	fns := idx[name]
+	if len(fns) == 0 {
+		return nil
+	}
+	if schema != "" {
+		for _, f := range fns {
+			if f.Schema == schema {
+				return f
+			}
+		}
+		return nil
+	}
+	if len(fns) == 1 {
+		return fns[0]
+	}
+	for _, f := range fns {
+		if f.Schema == "public" {
+			return f
+		}
+	}
+	return fns[0]
+}
+
+// analyze reads a statement string once: the statements pgrouter mirrors,
+// the routed calls and whether the string may run on any shard.
+func analyze(sql string, standard bool, idx functionIndex, cat *Catalog) *Plan {
+	p := &Plan{AnyShard: true, Override: parseOverride(sql)}
+	l := NewLexer(sql)
+	l.StandardStrings = standard
+	for {
+		t := l.Next()
+		for l.IsOp(t, ";") {
+			t = l.Next()
+		}
+		if t.Kind == EOF {
+			return p
+		}
+		if t.Kind == Invalid {
+			p.AnyShard = false
+			return p
+		}
+		st, classified := classify(&l, t)
+		if classified && st.Kind != KindOther {
+			p.Statements = append(p.Statements, st)
+		}
+		anyShard := classified || l.EqualFold(t, "show") || l.EqualFold(t, "savepoint") || l.EqualFold(t, "release") || l.EqualFold(t, "values")
+		selectWithoutFrom := l.EqualFold(t, "select")
+		// Walk to the end of the statement: routed calls, set_config, and
+		// whatever makes a SELECT more than constants.
+		var prev, prev2 Token
+		for t = l.Next(); t.Kind != EOF && t.Kind != Invalid && !l.IsOp(t, ";"); prev2, prev, t = prev, t, l.Next() {
+			switch t.Kind {
+			case Ident, QuotedIdent:
+				if t.Kind == Ident && isConstantKeyword(&l, t) {
+					continue
+				}
+				if l.IsOp(prev, "::") || l.EqualFold(prev, "as") {
+					continue // a type name, or an alias
+				}
+				selectWithoutFrom = false
+				save := l
+				if open := l.Next(); !l.IsOp(open, "(") {
+					l = save
+					continue
+				}
+				l = save
+				schema := ""
+				if l.IsOp(prev, ".") && (prev2.Kind == Ident || prev2.Kind == QuotedIdent) {
+					schema, _ = l.Value(prev2, '\\')
+				}
+				name, _ := l.Value(t, '\\')
+				if name == "set_config" {
+					if n, ok := setConfigName(&l); ok {
+						p.Statements = append(p.Statements, Statement{Kind: KindSet, Names: []string{n}})
+					}
+					continue
+				}
+				f := idx.lookup(schema, name)
+				if f == nil {
+					continue
+				}
+				call, err := parseCall(&l, f, cat)
+				if err != nil && p.Err == nil {
+					p.Err = err
+				}
+				if err == nil {
+					p.Calls = append(p.Calls, call)
+				}
+			case String, BitString, Number, Param, Punct, Op:
+			}
+		}
+		if !(anyShard || selectWithoutFrom) {
+			p.AnyShard = false
+		}
+		if t.Kind != Punct {
+			if t.Kind == Invalid {
+				p.AnyShard = false
+			}
+			return p
+		}
+	}
+}
+
+// isConstantKeyword reports words a constant-only SELECT may contain.
+func isConstantKeyword(l *Lexer, t Token) bool {
+	for _, kw := range [...]string{"select", "as", "null", "true", "false", "and", "or", "not", "is", "cast", "case", "when", "then", "else", "end"} {
+		if l.EqualFold(t, kw) {
+			return true
+		}
+	}
+	return false
+}
+
+// parseCall reads the argument list of a call whose name the lexer has
+// just passed, and finds the key.
+func parseCall(l *Lexer, f *shardmap.Function, cat *Catalog) (Call, *Error) {
+	l.Next() // (
+	var args [][]Token
+	var cur []Token
+	depth := 0
+	for t := l.Next(); ; t = l.Next() {
+		if t.Kind == EOF || t.Kind == Invalid || (depth == 0 && l.IsOp(t, ";")) {
+			return Call{}, planError("0A000", "unterminated call of %s", f.FullName())
+		}
+		switch {
+		case l.IsOp(t, "(") || l.IsOp(t, "["):
+			depth++
+		case l.IsOp(t, ")") || l.IsOp(t, "]"):
+			if depth == 0 {
+				if len(cur) > 0 || len(args) > 0 {
+					args = append(args, cur)
+				}
+				return resolveCall(l, f, cat, args)
+			}
+			depth--
+		case depth == 0 && l.IsOp(t, ","):
+			args = append(args, cur)
+			cur = nil
+			continue
+		}
+		cur = append(cur, t)
+	}
+}
+
+// resolveCall matches the arguments against the function's signatures and
+// reads the key argument.
+func resolveCall(l *Lexer, f *shardmap.Function, cat *Catalog, args [][]Token) (Call, *Error) {
+	call := Call{Fn: f}
+	if f.RunOn == shardmap.RunAny || f.RunOn == shardmap.RunAll {
+		return call, nil
+	}
+	positional := 0
+	named := map[string][]Token{}
+	for _, a := range args {
+		if len(a) >= 2 && (a[0].Kind == Ident || a[0].Kind == QuotedIdent) && (l.IsOp(a[1], "=>") || l.IsOp(a[1], ":=")) {
+			name, _ := l.Value(a[0], '\\')
+			named[name] = a[2:]
+			continue
+		}
+		if len(named) > 0 {
+			return call, planError("42601", "positional argument after a named one in a call of %s", f.FullName())
+		}
+		positional++
+	}
+	sig := chooseSignature(cat.Signatures(f), positional, named)
+	if sig == nil {
+		if cat == nil || len(cat.Signatures(f)) == 0 {
+			return call, &Error{Code: "55000", Message: fmt.Sprintf("pgrouter: the signature of %s is not loaded yet, so its key cannot be found", f.FullName()),
+				Hint: "pgrouter reads function signatures from the first reachable shard at start; check that the function exists there (pgrouter check)."}
+		}
+		return call, planError("42883", "no declared signature of %s takes %d positional and %d named arguments", f.FullName(), positional, len(named))
+	}
+	call.Sig = sig
+	argName := sig.ArgNames[sig.KeyIndex]
+	if argName == "" {
+		argName = fmt.Sprintf("$%d", sig.KeyIndex+1)
+	}
+	var keyToks []Token
+	if sig.KeyIndex < positional {
+		keyToks = args[sig.KeyIndex]
+	} else if toks, ok := named[sig.ArgNames[sig.KeyIndex]]; ok {
+		keyToks = toks
+	} else {
+		return call, planError("0A000", "the key argument %s of %s is omitted, so it takes its default; pass it explicitly", argName, f.FullName())
+	}
+	key, err := readKey(l, keyToks)
+	if err != nil {
+		return call, planError("0A000", "the key argument %s of %s is an expression; routing needs a constant or a parameter ($n)", argName, f.FullName())
+	}
+	key.Type = sig.KeyType()
+	if key.ParamType == 0 {
+		key.ParamType = key.Type
+	}
+	key.Arg = argName
+	call.Key = key
+	return call, nil
+}
+
+// chooseSignature picks the overload a call with these arguments resolves to.
+func chooseSignature(sigs []*Signature, positional int, named map[string][]Token) *Signature {
+	var found *Signature
+	for _, s := range sigs {
+		n := positional + len(named)
+		if n > len(s.ArgTypes) || n < len(s.ArgTypes)-s.NumDefaults {
+			continue
+		}
+		ok := true
+		for name := range named {
+			i := indexOf(s.ArgNames, name)
+			if i < positional {
+				ok = false
+				break
+			}
+		}
+		if !ok {
+			continue
+		}
+		if found != nil && (found.KeyIndex != s.KeyIndex || found.KeyType() != s.KeyType()) {
+			return nil // ambiguous in a way that matters for routing
+		}
+		if found == nil {
+			found = s
+		}
+	}
+	return found
+}
+
+func indexOf(list []string, s string) int {
+	for i, x := range list {
+		if x == s {
+			return i
+		}
+	}
+	return -1
+}
+
+// errExpression means an argument is not a constant or parameter.
+var errExpression = fmt.Errorf("expression")
+
+// readKey reads a key argument: a constant, NULL, a parameter, or one of
+// those in parentheses, cast (x::type, CAST(x AS type)) or typed ('x' as
+// text 'x').
+func readKey(l *Lexer, toks []Token) (Key, error) {
+	// Parentheses around the whole argument.
+	for len(toks) >= 2 && l.IsOp(toks[0], "(") && l.IsOp(toks[len(toks)-1], ")") && matching(l, toks) {
+		toks = toks[1 : len(toks)-1]
+	}
+	// x::type: the last top-level cast; the innermost cast types the parameter.
+	if i := lastTopLevel(l, toks, "::"); i > 0 {
+		inner, err := readKey(l, toks[:i])
+		if err != nil {
+			return Key{}, err
+		}
+		if inner.ParamType == 0 {
+			inner.ParamType = castType(typeText(l, toks[i+1:]))
+		}
+		return inner, nil
+	}
+	// CAST(x AS type)
+	if len(toks) >= 5 && l.EqualFold(toks[0], "cast") && l.IsOp(toks[1], "(") && l.IsOp(toks[len(toks)-1], ")") {
+		body := toks[2 : len(toks)-1]
+		for i := len(body) - 1; i > 0; i-- {
+			if l.EqualFold(body[i], "as") {
+				inner, err := readKey(l, body[:i])
+				if err != nil {
+					return Key{}, err
+				}
+				if inner.ParamType == 0 {
+					inner.ParamType = castType(typeText(l, body[i+1:]))
+				}
+				return inner, nil
+			}
+		}
+		return Key{}, errExpression
+	}
+	switch len(toks) {
+	case 1:
+		t := toks[0]
+		switch t.Kind {
+		case String, BitString:
+			v, err := l.Value(t, '\\')
+			if err != nil {
+				return Key{}, err
+			}
+			return Key{Kind: KeyConst, Const: v}, nil
+		case Number:
+			return Key{Kind: KeyConst, Const: l.Text(t)}, nil
+		case Param:
+			n := 0
+			for _, c := range l.Text(t)[1:] {
+				n = n*10 + int(c-'0')
+				if n > 65535 {
+					return Key{}, errExpression
+				}
+			}
+			if n < 1 {
+				return Key{}, errExpression
+			}
+			return Key{Kind: KeyParam, Param: n - 1}, nil
+		case Ident:
+			switch {
+			case l.EqualFold(t, "null"):
+				return Key{Kind: KeyNull}, nil
+			case l.EqualFold(t, "true"), l.EqualFold(t, "false"):
+				return Key{Kind: KeyConst, Const: strings.ToLower(l.Text(t))}, nil
+			}
+		}
+	case 2:
+		if (l.IsOp(toks[0], "-") || l.IsOp(toks[0], "+")) && toks[1].Kind == Number {
+			v := l.Text(toks[1])
+			if l.IsOp(toks[0], "-") {
+				v = "-" + v
+			}
+			return Key{Kind: KeyConst, Const: v}, nil
+		}
+	}
+	// type 'literal'
+	if n := len(toks); n >= 2 && toks[n-1].Kind == String {
+		if oid := castType(typeText(l, toks[:n-1])); oid != 0 {
+			v, err := l.Value(toks[n-1], '\\')
+			if err != nil {
+				return Key{}, err
+			}
+			return Key{Kind: KeyConst, Const: v, ParamType: oid}, nil
+		}
+	}
+	return Key{}, errExpression
+}
+
+// matching reports whether toks[0] is the parenthesis closed by the last token.
+func matching(l *Lexer, toks []Token) bool {
+	depth := 0
+	for i, t := range toks {
+		switch {
+		case l.IsOp(t, "("):
+			depth++
+		case l.IsOp(t, ")"):
+			depth--
+			if depth == 0 && i != len(toks)-1 {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func lastTopLevel(l *Lexer, toks []Token, op string) int {
+	depth, last := 0, -1
+	for i, t := range toks {
+		switch {
+		case l.IsOp(t, "(") || l.IsOp(t, "["):
+			depth++
+		case l.IsOp(t, ")") || l.IsOp(t, "]"):
+			depth--
+		case depth == 0 && l.IsOp(t, op):
+			last = i
+		}
+	}
+	return last
+}
+
+// typeText turns the tokens of a type name into its lower-case spelling
+// without modifiers or schema (pg_catalog.int8, character varying(10), text[]).
+func typeText(l *Lexer, toks []Token) string {
+	var words []string
+	for _, t := range toks {
+		if t.Kind == Ident || t.Kind == QuotedIdent {
+			v, _ := l.Value(t, '\\')
+			words = append(words, v)
+		}
+		if l.IsOp(t, "(") || l.IsOp(t, "[") {
+			break
+		}
+		if l.IsOp(t, ".") {
+			words = words[:0]
+		}
+	}
+	return strings.Join(words, " ")
+}
+
+// parseOverride reads a leading /* pgrouter: shard=NAME */ or
+// /* pgrouter: key=VALUE */ comment.
+func parseOverride(sql string) Override {
+	s := strings.TrimLeft(sql, " \t\r\n")
+	if !strings.HasPrefix(s, "/*") {
+		return Override{}
+	}
+	end := strings.Index(s, "*/")
+	if end < 0 {
+		return Override{}
+	}
+	body := strings.TrimSpace(s[2:end])
+	rest, ok := strings.CutPrefix(body, "pgrouter:")
+	if !ok {
+		return Override{}
+	}
+	rest = strings.TrimSpace(rest)
+	if v, ok := strings.CutPrefix(rest, "shard="); ok {
+		return Override{Shard: strings.TrimSpace(v), Set: true}
+	}
+	if v, ok := strings.CutPrefix(rest, "key="); ok {
+		return Override{Key: strings.TrimSpace(v), Set: true}
+	}
+	return Override{}
+}

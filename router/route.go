@@ -1,0 +1,251 @@
+package router
+
+import (
+	"encoding/binary"
+	"sync"
+	"sync/atomic"
+
+	"github.com/pgrouter/pgrouter/shardmap"
+)
+
+// Router plans and routes statements for one cluster. It is safe for
+// concurrent use; plans are cached by statement text.
+type Router struct {
+	Cluster *shardmap.Cluster
+	index   functionIndex
+
+	catalog atomic.Pointer[Catalog]
+	version atomic.Uint64 // bumped when the catalog changes
+
+	mu    sync.RWMutex
+	cache map[planKey]*Plan
+}
+
+type planKey struct {
+	sql      string
+	standard bool
+}
+
+// planCacheLimit bounds the shared plan cache; past it the cache starts
+// over (statements are usually a small fixed set).
+const planCacheLimit = 8192
+
+// New returns a Router for a cluster; its catalog is loaded separately.
+func New(cl *shardmap.Cluster) *Router {
+	return &Router{Cluster: cl, index: newFunctionIndex(cl.Functions), cache: map[planKey]*Plan{}}
+}
+
+// SetCatalog installs function signatures and drops plans made without them.
+func (r *Router) SetCatalog(c *Catalog) {
+	r.catalog.Store(c)
+	r.version.Add(1)
+	r.mu.Lock()
+	r.cache = map[planKey]*Plan{}
+	r.mu.Unlock()
+}
+
+// Catalog returns the loaded signatures (nil before the first load).
+func (r *Router) Catalog() *Catalog { return r.catalog.Load() }
+
+// Stale reports whether a plan was made with an older catalog.
+func (r *Router) Stale(p *Plan) bool { return p.catalog != r.version.Load() }
+
+// HasFunctions reports whether the cluster declares routed functions.
+func (r *Router) HasFunctions() bool { return len(r.index) > 0 }
+
+// Plan returns the plan of a statement string, from the cache when it has
+// been seen before.
+func (r *Router) Plan(sql string, standard bool) *Plan {
+	key := planKey{sql, standard}
+	r.mu.RLock()
+	p := r.cache[key]
+	r.mu.RUnlock()
+	if p != nil {
+		return p
+	}
+	version := r.version.Load()
+	p = analyze(sql, standard, r.index, r.catalog.Load())
+	p.catalog = version
+	r.mu.Lock()
+	if len(r.cache) >= planCacheLimit {
+		r.cache = map[planKey]*Plan{}
+	}
+	r.cache[key] = p
+	r.mu.Unlock()
+	return p
+}
+
+// Target says where a statement goes.
+type Target uint8
+
+// Targets.
+const (
+	TargetDefault Target = iota // no routed call: the unrouted rules apply
+	TargetAny                   // any shard will do
+	TargetShard                 // one shard
+	TargetAll                   // every shard (a run_on all call)
+)
+
+// Route is a routing decision.
+type Route struct {
+	Target Target
+	Shard  *shardmap.Shard // TargetShard
+	Call   *Call           // TargetAll: the call whose results are combined
+}
+
+// Params gives a routing decision access to a Bind's parameter values
+// without copying them.
+type Params struct {
+	body []byte // the Bind message body
+}
+
+// BindParams wraps a Bind message body.
+func BindParams(body []byte) Params { return Params{body: body} }
+
+// Param returns parameter i's value and format; null reports SQL NULL.
+func (p Params) Param(i int) (value []byte, binaryFormat, null, ok bool) {
+	b := p.body
+	for range 2 { // portal and statement names
+		j := indexByte(b, 0)
+		if j < 0 {
+			return nil, false, false, false
+		}
+		b = b[j+1:]
+	}
+	if len(b) < 2 {
+		return nil, false, false, false
+	}
+	nFormats := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	if len(b) < 2*nFormats+2 {
+		return nil, false, false, false
+	}
+	format := uint16(0)
+	switch {
+	case nFormats == 1:
+		format = binary.BigEndian.Uint16(b)
+	case i < nFormats:
+		format = binary.BigEndian.Uint16(b[2*i:])
+	}
+	b = b[2*nFormats:]
+	nParams := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	if i >= nParams {
+		return nil, false, false, false
+	}
+	for k := 0; ; k++ {
+		if len(b) < 4 {
+			return nil, false, false, false
+		}
+		n := int32(binary.BigEndian.Uint32(b))
+		b = b[4:]
+		if n < 0 {
+			if k == i {
+				return nil, format == 1, true, true
+			}
+			continue
+		}
+		if int(n) > len(b) {
+			return nil, false, false, false
+		}
+		if k == i {
+			return b[:n], format == 1, false, true
+		}
+		b = b[n:]
+	}
+}
+
+func indexByte(b []byte, c byte) int {
+	for i, x := range b {
+		if x == c {
+			return i
+		}
+	}
+	return -1
+}
+
+// Route decides where a planned statement goes; params are the Bind's
+// (zero for a simple Query). For a cached plan it does not allocate on
+// success.
+func (r *Router) Route(p *Plan, params Params) (Route, *Error) {
+	if p.Err != nil {
+		return Route{}, p.Err
+	}
+	var route Route
+	sawAny := false
+	for i := range p.Calls {
+		c := &p.Calls[i]
+		switch c.Fn.RunOn {
+		case shardmap.RunAll:
+			if len(p.Calls) > 1 || len(p.Statements) > 0 {
+				return Route{}, planError("0A000", "a call of %s (run_on: all) must be alone in its statement", c.Fn.FullName())
+			}
+			return Route{Target: TargetAll, Call: c}, nil
+		case shardmap.RunAny:
+			sawAny = true
+			continue
+		}
+		sh, err := r.shardFor(c, params)
+		if err != nil {
+			return Route{}, err
+		}
+		if route.Shard != nil && route.Shard != sh {
+			return Route{}, planError("0A000", "the statement calls %s for shard %s and for shard %s; one statement must stay on one shard", c.Fn.FullName(), route.Shard.Name, sh.Name)
+		}
+		route = Route{Target: TargetShard, Shard: sh}
+	}
+	switch {
+	case route.Shard != nil:
+		return route, nil
+	case sawAny || p.AnyShard:
+		return Route{Target: TargetAny}, nil
+	}
+	return Route{Target: TargetDefault}, nil
+}
+
+// shardFor computes the shard owning a call's key.
+func (r *Router) shardFor(c *Call, params Params) (*shardmap.Shard, *Error) {
+	var value []byte
+	var bin, null bool
+	switch c.Key.Kind {
+	case KeyNull:
+		null = true
+	case KeyConst:
+		value = unsafeBytes(c.Key.Const)
+	case KeyParam:
+		var ok bool
+		value, bin, null, ok = params.Param(c.Key.Param)
+		if !ok {
+			return nil, planError("08P01", "the Bind for %s has no parameter $%d (its key %s)", c.Fn.FullName(), c.Key.Param+1, c.Key.Arg)
+		}
+	}
+	if null {
+		return nil, &Error{Code: "22004", Message: "pgrouter: shard key " + c.Key.Arg + " of " + c.Fn.FullName() + " is NULL"}
+	}
+	cl := r.Cluster
+	if c.Fn.RunOn == shardmap.RunPartition {
+		n, err := intKey(value, bin, c.Key.ParamType)
+		if err != nil {
+			return nil, keyError(c, err)
+		}
+		if n < 0 || n >= int64(cl.Partitions) {
+			return nil, planError("22003", "partition %d for %s is out of range 0-%d", n, c.Fn.FullName(), cl.Partitions-1)
+		}
+		return cl.ShardOf(int(n)), nil
+	}
+	h, err := hashKey(cl.Hash, c.Key.Type, c.Key.ParamType, value, bin)
+	if err != nil {
+		return nil, keyError(c, err)
+	}
+	return cl.ShardOfHash(h), nil
+}
+
+func keyError(c *Call, err error) *Error {
+	return &Error{Code: "22P02", Message: "pgrouter: shard key " + c.Key.Arg + " of " + c.Fn.FullName() + ": " + err.Error()}
+}
+
+// KeyShard returns the shard a text key belongs to, for SET pgrouter.key
+// and /* pgrouter: key=... */.
+func (r *Router) KeyShard(key string) *shardmap.Shard {
+	return r.Cluster.ShardOfHash(r.Cluster.Hash.Text([]byte(key)))
+}
