@@ -55,6 +55,11 @@ type Plan struct {
 	Override Override
 	// Err is a reason the string cannot be routed, reported when it runs.
 	Err *Error
+	// SQL is the statement string.
+	SQL string
+	// Command is set when the session answers or holds back the string
+	// itself (see ParseCommand).
+	Command Command
 	// catalog is the catalog version the plan was made with.
 	catalog uint64
 }
@@ -120,7 +125,7 @@ func (idx functionIndex) lookup(schema, name string) *shardmap.Function {
 // analyze reads a statement string once: the statements pgrouter mirrors,
 // the routed calls and whether the string may run on any shard.
 func analyze(sql string, standard bool, idx functionIndex, cat *Catalog) *Plan {
-	p := &Plan{AnyShard: true, Override: parseOverride(sql)}
+	p := &Plan{AnyShard: true, Override: parseOverride(sql), SQL: sql, Command: ParseCommand(sql, standard)}
 	l := NewLexer(sql)
 	l.StandardStrings = standard
 	for {

@@ -1,0 +1,99 @@
+package router
+
+import (
+	"slices"
+	"testing"
+
+	"github.com/pgrouter/pgrouter/shardmap"
+)
+
+func TestParseCommand(t *testing.T) {
+	cases := []struct {
+		sql  string
+		want Command
+	}{
+		{"SET pgrouter.shard = 's1'", Command{Kind: CmdSetOver, Name: OverShard, Value: "s1"}},
+		{"set session pgrouter.key to 'bob';", Command{Kind: CmdSetOver, Name: OverKey, Value: "bob"}},
+		{"SET pgrouter.shard TO s2", Command{Kind: CmdSetOver, Name: OverShard, Value: "s2"}},
+		{"SET pgrouter.shard = DEFAULT", Command{Kind: CmdResetOver, Name: OverShard, Value: "default"}},
+		{"RESET pgrouter.shard", Command{Kind: CmdResetOver, Name: OverShard}},
+		{"show pgrouter.key", Command{Kind: CmdShowOver, Name: OverKey}},
+		{"SET pgrouter.shard = 's1'; SELECT 1", Command{}},
+		{"SHOW search_path", Command{}},
+		{"BEGIN", Command{Kind: CmdBegin, Text: "BEGIN"}},
+		{" begin isolation level serializable ; ", Command{Kind: CmdBegin, Text: "begin isolation level serializable"}},
+		{"START TRANSACTION READ ONLY", Command{Kind: CmdBegin, Text: "START TRANSACTION READ ONLY"}},
+		{"BEGIN; SELECT 1", Command{}},
+		{"COMMIT", Command{Kind: CmdCommit, Text: "COMMIT"}},
+		{"end", Command{Kind: CmdCommit, Text: "end"}},
+		{"COMMIT AND CHAIN", Command{}},
+		{"COMMIT PREPARED 'x'", Command{}},
+		{"ROLLBACK", Command{Kind: CmdRollback, Text: "ROLLBACK"}},
+		{"ROLLBACK TO SAVEPOINT a", Command{}},
+		{"SET LOCAL statement_timeout = 5; SET search_path = app", Command{Kind: CmdSets, Tags: []string{"SET", "SET"}}},
+		{"RESET work_mem", Command{Kind: CmdSets, Tags: []string{"RESET"}}},
+		{"SET CONSTRAINTS ALL DEFERRED", Command{}},
+		{"SET ROLE app", Command{}},
+		{"RESET ALL", Command{}},
+		{"SET x.y = 1; SELECT 2", Command{}},
+		{"", Command{}},
+	}
+	for _, c := range cases {
+		got := ParseCommand(c.sql, true)
+		if got.Kind != c.want.Kind || got.Name != c.want.Name || got.Value != c.want.Value || got.Text != c.want.Text || !slices.Equal(got.Tags, c.want.Tags) {
+			t.Errorf("ParseCommand(%q) = %+v, want %+v", c.sql, got, c.want)
+		}
+	}
+}
+
+func TestReduce(t *testing.T) {
+	vals := func(s ...string) [][]byte {
+		var out [][]byte
+		for _, v := range s {
+			if v == "NULL" {
+				out = append(out, nil)
+			} else {
+				out = append(out, []byte(v))
+			}
+		}
+		return out
+	}
+	cases := []struct {
+		m    shardmap.Merge
+		in   [][]byte
+		want string
+	}{
+		{shardmap.MergeSum, vals("1", "2", "NULL", "39"), "42"},
+		{shardmap.MergeSum, vals("9223372036854775807", "1"), "9223372036854775808"},
+		{shardmap.MergeSum, vals("1.5", "-0.25", "3"), "4.25"},
+		{shardmap.MergeSum, vals("-0.5", "0.25"), "-0.25"},
+		{shardmap.MergeSum, vals("1e3", "1"), "1001"},
+		{shardmap.MergeSum, vals("NULL", "NULL"), "NULL"},
+		{shardmap.MergeMin, vals("10", "9", "NULL", "11"), "9"},
+		{shardmap.MergeMax, vals("10", "9.5", "100"), "100"},
+		{shardmap.MergeMax, vals("b", "abc"), "b"},
+		{shardmap.MergeBoolAnd, vals("t", "t", "f"), "f"},
+		{shardmap.MergeBoolAnd, vals("t", "NULL"), "t"},
+		{shardmap.MergeBoolOr, vals("f", "f", "t"), "t"},
+	}
+	for _, c := range cases {
+		got, err := Reduce(c.m, c.in)
+		if err != nil {
+			t.Errorf("Reduce(%d, %q): %v", c.m, c.in, err)
+			continue
+		}
+		s := string(got)
+		if got == nil {
+			s = "NULL"
+		}
+		if s != c.want {
+			t.Errorf("Reduce(%d, %q) = %s, want %s", c.m, c.in, s, c.want)
+		}
+	}
+	if _, err := Reduce(shardmap.MergeSum, vals("1", "x")); err == nil {
+		t.Error("sum of a non-number succeeded")
+	}
+	if _, err := Reduce(shardmap.MergeBoolOr, vals("1")); err == nil {
+		t.Error("bool_or of a non-boolean succeeded")
+	}
+}
