@@ -10,6 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
+
+	"github.com/pgrouter/pgrouter/pool"
 )
 
 // cancelTimeout bounds the delivery of one cancel request to a server.
@@ -85,17 +87,22 @@ func (s *Server) forwardCancel(req *pgproto3.CancelRequest, log *zap.Logger) {
 // only hit this client's statement.
 func (s *session) cancelRunning(ctx context.Context) {
 	s.mu.Lock()
-	c := s.linked
-	if c == nil {
-		s.mu.Unlock()
-		return
+	var targets []*pool.Conn
+	if s.linked != nil {
+		targets = append(targets, s.linked)
 	}
-	done := c.StartCancel()
+	targets = append(targets, s.fanConns...)
+	dones := make([]func(), len(targets))
+	for i, c := range targets {
+		dones[i] = c.StartCancel()
+	}
 	s.mu.Unlock()
-	defer done()
-	if err := c.SendCancel(ctx); err != nil {
-		s.log.Info("cancel request not delivered", zap.String("shard", c.Shard()), zap.Error(err))
-		return
+	for i, c := range targets {
+		if err := c.SendCancel(ctx); err != nil {
+			s.log.Info("cancel request not delivered", zap.String("shard", c.Shard()), zap.Error(err))
+		} else {
+			s.log.Debug("cancel request forwarded", zap.String("shard", c.Shard()), zap.Uint32("backend_pid", c.PID))
+		}
+		dones[i]()
 	}
-	s.log.Debug("cancel request forwarded", zap.String("shard", c.Shard()), zap.Uint32("backend_pid", c.PID))
 }

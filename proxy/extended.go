@@ -4,6 +4,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgrouter/pgrouter/pool"
+	"github.com/pgrouter/pgrouter/router"
 	"github.com/pgrouter/pgrouter/wire"
 )
 
@@ -25,6 +26,18 @@ func (s *session) query(m wire.Message) error {
 	if handled, err := s.answerLocally(info); handled {
 		return err
 	}
+	plan := s.router.Plan(string(sql), s.standardStrings())
+	if handled, err := s.sessionCommand(plan); handled {
+		return err
+	}
+	dest, all, err := s.place(plan, router.Params{})
+	if err != nil {
+		return err
+	}
+	if all != nil {
+		return s.fanoutQuery(m, plan, all)
+	}
+	s.dest = dest
 	if err := s.link(); err != nil {
 		return err
 	}
@@ -47,6 +60,11 @@ func (s *session) query(m wire.Message) error {
 
 // functionCall handles the legacy FunctionCall message.
 func (s *session) functionCall(m wire.Message) error {
+	dest, _, err := s.place(&unroutedPlan, router.Params{})
+	if err != nil {
+		return err
+	}
+	s.dest = dest
 	if err := s.link(); err != nil {
 		return err
 	}
@@ -57,6 +75,10 @@ func (s *session) functionCall(m wire.Message) error {
 	}
 	return s.afterRequest(0)
 }
+
+// unroutedPlan places a message that carries no statement text
+// (FunctionCall) by the unrouted rules.
+var unroutedPlan router.Plan
 
 // exchange writes what was queued for the server and relays the answers.
 func (s *session) exchange() error {
@@ -124,6 +146,11 @@ func (s *session) parse(m wire.Message) error {
 	if !s.passthrough && scanEffects(string(query), s.standardStrings())&effReserved != 0 {
 		return reservedNameError()
 	}
+	if !s.replaying && len(s.cluster.Shards) == 1 {
+		if err := extendedOverride(s.router.Plan(string(query), s.standardStrings())); err != nil {
+			return err
+		}
+	}
 	if err := s.link(); err != nil {
 		return err
 	}
@@ -172,6 +199,16 @@ func (s *session) bind(m wire.Message) error {
 	name, params, ok2 := cutCString(rest)
 	if !ok1 || !ok2 {
 		return fatalf(codeProtocolViolation, "pgrouter: malformed Bind message")
+	}
+	if p := s.stmtPlan(name); p != nil {
+		dest, all, err := s.place(p, router.BindParams(m.Body()))
+		if err != nil {
+			return err
+		}
+		if all != nil { // the pipeline was placed on one shard before this Bind
+			return errorf(codeFeatureNotSupported, "pgrouter: %s runs on all shards and must be alone in its pipeline", all.Fn.FullName())
+		}
+		s.dest = dest
 	}
 	if err := s.link(); err != nil {
 		return err

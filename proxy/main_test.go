@@ -18,20 +18,22 @@ import (
 	"github.com/pgrouter/pgrouter/internal/pgtest"
 )
 
-// shards are real PostgreSQL servers shared by every test of the package.
-var shards []*pgtest.Server
+// allShards are real PostgreSQL servers shared by every test of the
+// package; most tests use the first two (shards), the routing tests all four.
+var allShards, shards []*pgtest.Server
 
 func TestMain(m *testing.M) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	var err error
-	shards, err = pgtest.StartN(ctx, 2, pgtest.Options{})
+	allShards, err = pgtest.StartN(ctx, 4, pgtest.Options{})
 	cancel()
+	shards = allShards[:2]
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start PostgreSQL:", err)
 		os.Exit(1)
 	}
 	code := m.Run()
-	for _, s := range shards {
+	for _, s := range allShards {
 		_ = s.Stop()
 	}
 	if code == 0 {
@@ -56,6 +58,12 @@ type proxyOpts struct {
 	servers []*pgtest.Server
 	// dsnQuery replaces every shard DSN's query string (sslmode=disable).
 	dsnQuery string
+	// partitions is the cluster's partition count (default one per shard),
+	// split into equal ranges; hash is clusters.main.hash.
+	partitions int
+	hash       string
+	// defaultRoute is default_route (default s0).
+	defaultRoute string
 }
 
 // testProxy is a running proxy in front of the shared shards.
@@ -95,15 +103,25 @@ func startProxy(t testing.TB, o proxyOpts) *testProxy {
 	if o.servers != nil {
 		servers = o.servers
 	}
-	fmt.Fprintf(&b, "clusters:\n  main:\n    partitions: %d\n    shards:\n", len(servers))
+	if o.partitions == 0 {
+		o.partitions = len(servers)
+	}
+	if o.hash == "" {
+		o.hash = "xxhash64"
+	}
+	if o.defaultRoute == "" {
+		o.defaultRoute = "s0"
+	}
+	fmt.Fprintf(&b, "clusters:\n  main:\n    hash: %s\n    partitions: %d\n    shards:\n", o.hash, o.partitions)
+	per := o.partitions / len(servers)
 	for i, s := range servers {
 		dsn := s.DSN("postgres")
 		if o.dsnQuery != "" {
 			dsn = strings.Replace(dsn, "?sslmode=disable", "?"+o.dsnQuery, 1)
 		}
-		fmt.Fprintf(&b, "      - name: s%d\n        dsn: %s\n        partitions: \"%d\"\n", i, dsn, i)
+		fmt.Fprintf(&b, "      - name: s%d\n        dsn: %s\n        partitions: \"%d-%d\"\n", i, dsn, i*per, (i+1)*per-1)
 	}
-	b.WriteString("default_route: s0\n")
+	fmt.Fprintf(&b, "default_route: %s\n", o.defaultRoute)
 	b.WriteString(o.topLevel)
 	path := dir + "/router.yaml"
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
@@ -170,7 +188,7 @@ func shardExec(t testing.TB, i int, sql string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := shards[i].Exec(ctx, "postgres", sql); err != nil {
+	if err := allShards[i].Exec(ctx, "postgres", sql); err != nil {
 		t.Fatalf("shard %d: %s: %v", i, sql, err)
 	}
 }
@@ -180,7 +198,7 @@ func shardQueryInt(t testing.TB, i int, sql string) int64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, shards[i].DSN("postgres"))
+	conn, err := pgx.Connect(ctx, allShards[i].DSN("postgres"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/pgrouter/pgrouter/pool"
+	"github.com/pgrouter/pgrouter/router"
 	"github.com/pgrouter/pgrouter/wire"
 )
 
@@ -43,6 +44,8 @@ type statement struct {
 	parseBody []byte
 	// info is what executing it does to state pgrouter mirrors.
 	info queryInfo
+	// plan is where it routes (filled in at its first Bind).
+	plan *router.Plan
 }
 
 func newStatement(definition []byte, standard bool) *statement {
@@ -65,6 +68,7 @@ type unnamedStatement struct {
 	fp    uint64 // fingerprint of query text and parameter types, never 0
 	raw   []byte // the whole Parse message, buffer reused
 	info  queryInfo
+	plan  *router.Plan // filled in at its first Bind
 
 	prevValid bool
 	prevFp    uint64
@@ -86,6 +90,7 @@ func (u *unnamedStatement) set(raw, definition []byte, info queryInfo) uint64 {
 	u.fp = maphash.Bytes(unnamedSeed, definition) | 1
 	u.valid = true
 	u.info = info
+	u.plan = nil
 	return u.fp
 }
 
@@ -95,11 +100,13 @@ func (u *unnamedStatement) drop() {
 	u.save()
 	u.raw = append(u.raw[:0], u.prevRaw...)
 	u.valid = false
+	u.plan = nil
 }
 
 // restore brings back the previous unnamed statement.
 func (u *unnamedStatement) restore() {
 	u.valid, u.fp, u.info = u.prevValid, u.prevFp, u.prevInfo
+	u.plan = nil
 	u.raw, u.prevRaw = u.prevRaw, u.raw
 }
 

@@ -162,6 +162,9 @@ func (s *session) ready(m wire.Message, head *request) error {
 		}
 		return nil
 	}
+	if s.virtualTx { // the server ran a prepare outside the client's unpinned transaction
+		return clientIO(s.cw.SendReady(s.txStatus))
+	}
 	s.account(body[0])
 	s.txStatus = body[0]
 	if s.mode == config.ModeStatement && body[0] != wire.TxIdle {
@@ -227,6 +230,7 @@ func (s *session) serverError(m wire.Message, head *request) error {
 		}
 		return s.forward(m)
 	}
+	s.batchErr = true
 	failed := s.queue.pop()
 	s.undo(failed, true)
 	if (failed.kind == reqBind || failed.kind == reqDescribeStatement) && failed.serverStmt != "" && errorCode(m.Body()) == "26000" {

@@ -15,6 +15,7 @@ import (
 	"github.com/pgrouter/pgrouter/auth"
 	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/pool"
+	"github.com/pgrouter/pgrouter/router"
 	"github.com/pgrouter/pgrouter/shardmap"
 )
 
@@ -25,6 +26,8 @@ type generation struct {
 	shards *shardmap.Map
 	users  *auth.Users // nil with trust and no users file
 	tls    *tls.Config // nil when tls.mode is disable
+	// routers place statements, one per cluster.
+	routers map[string]*router.Router
 }
 
 // Server accepts client connections and runs one session per client.
@@ -88,6 +91,7 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		all = append(all, cl.Shards...)
 	}
 	s.pools.Warm(all) // min_idle connections open at start, not at the first client
+	s.startCatalogs(gen)
 	return s, nil
 }
 
@@ -96,7 +100,10 @@ func loadGeneration(cfg *config.Config) (*generation, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &generation{cfg: cfg, shards: shards}
+	g := &generation{cfg: cfg, shards: shards, routers: map[string]*router.Router{}}
+	for _, cl := range shards.Clusters() {
+		g.routers[cl.Name] = router.New(cl)
+	}
 	if cfg.Auth.UsersFile != "" {
 		if g.users, err = auth.LoadUsers(cfg.Auth.UsersFile); err != nil {
 			return nil, err

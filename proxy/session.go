@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/pool"
+	"github.com/pgrouter/pgrouter/router"
 	"github.com/pgrouter/pgrouter/shardmap"
 	"github.com/pgrouter/pgrouter/wire"
 )
@@ -61,6 +62,22 @@ type session struct {
 	unnamed  unnamedStatement      // the client's unnamed prepared statement
 	known    *knownStatements      // statements a server of this cluster has parsed
 
+	// Routing (see route.go).
+	router    *router.Router
+	held      hold                  // a pipeline waiting for its shard
+	replaying bool                  // the held pipeline is being run
+	noPin     bool                  // the replayed pipeline does not pin an unpinned transaction
+	dest      *shardmap.Shard       // where link gets a server
+	parked    map[string]*pool.Conn // session mode: the client's servers on other shards
+	fan       *fanBatch             // a run_on all Bind waiting for its Sync
+	batchErr  bool                  // an extended-protocol message failed on the server
+	// An unpinned transaction: BEGIN and the SETs after it wait for the
+	// first routed statement (virtualTx) to be sent to its shard.
+	virtualTx          bool
+	beginSQL           string
+	deferred           []*router.Plan
+	overShard, overKey string // SET pgrouter.shard / pgrouter.key
+
 	// What portals bound in the current batch will do, and what the
 	// executed ones did.
 	unnamedPortal queryInfo
@@ -79,8 +96,9 @@ type session struct {
 	stmtViolation bool
 
 	// Guarded by mu: the cancel path reads which server serves the client.
-	mu     sync.Mutex
-	linked *pool.Conn
+	mu       sync.Mutex
+	linked   *pool.Conn
+	fanConns []*pool.Conn // the servers running a fan-out
 }
 
 func newSession(srv *Server, gen *generation, conn net.Conn, r *wire.Reader, w *wire.Writer, id uint64, user string, cl *shardmap.Cluster, log *zap.Logger) *session {
@@ -104,6 +122,7 @@ func newSession(srv *Server, gen *generation, conn net.Conn, r *wire.Reader, w *
 		txStatus:    wire.TxIdle,
 		stmts:       map[string]*statement{},
 		known:       srv.known.get(cl.Name, user),
+		router:      gen.routers[cl.Name],
 	}
 }
 
@@ -152,6 +171,36 @@ func (s *session) dispatch(m wire.Message) error {
 	if s.reqStart.IsZero() {
 		s.reqStart = time.Now()
 	}
+	switch m.Type {
+	case wire.Parse, wire.Bind, wire.Describe, wire.Execute, wire.Close, wire.Sync, wire.Flush:
+		if s.virtualTx && s.txStatus == wire.TxFailed && m.Type != wire.Sync && m.Type != wire.Flush {
+			return s.fail(errorf("25P02", "current transaction is aborted, commands ignored until end of transaction block"), m.Type)
+		}
+		if s.fan != nil {
+			return s.fanMessage(m)
+		}
+		if s.holding() && (m.Type != wire.Sync && m.Type != wire.Flush || !s.held.empty()) {
+			if err := s.holdMessage(m); err != nil {
+				return s.fail(err, m.Type)
+			}
+			return nil
+		}
+	}
+	return s.handle(m)
+}
+
+// handle handles one client message whose shard is settled.
+func (s *session) handle(m wire.Message) error {
+	if s.skipping {
+		switch m.Type {
+		case wire.Sync:
+			s.skipping = false
+		case wire.Terminate:
+			return errTerminate
+		default:
+			return nil
+		}
+	}
 	var err error
 	switch m.Type {
 	case wire.Query:
@@ -196,8 +245,11 @@ func (s *session) fail(err error, typ byte) error {
 		return err
 	}
 	s.log.Debug("statement failed", zap.String("sqlstate", e.Code), zap.String("reason", e.Message), zap.NamedError("cause", e.Err))
-	if s.server != nil {
+	if s.server != nil && !s.switchable() {
 		return s.failInBand(e, typ)
+	}
+	if s.virtualTx {
+		s.txStatus = wire.TxFailed // as PostgreSQL, an error aborts the transaction
 	}
 	s.emitLocals()
 	if err := clientIO(s.cw.Send(e.response())); err != nil {
@@ -242,25 +294,37 @@ func (s *session) failInBand(e *Error, typ byte) error {
 	return s.pushServer()
 }
 
-// link makes sure a server is linked, acquiring one for the default route.
+// link makes sure a server of the destination shard (s.dest, else any
+// shard) is linked. A session-mode client between transactions switches to
+// its server on that shard; the pin of an unpinned transaction is queued.
 func (s *session) link() error {
+	dest := s.dest
 	if s.server != nil {
-		return nil
+		if dest == nil || s.server.Shard() == dest.Name {
+			if s.virtualTx && !s.noPin {
+				return s.pin()
+			}
+			return nil
+		}
+		if !s.switchable() { // place refuses this; never send to the wrong shard
+			return errorf(codeFeatureNotSupported, "pgrouter: this transaction runs on shard %s, not %s", s.server.Shard(), dest.Name)
+		}
+		s.park()
 	}
-	shard, err := s.defaultShard()
-	if err != nil {
-		return err
+	if dest == nil {
+		dest = s.anyShard()
 	}
-	p := s.pools[shard.Name]
-	if p == nil {
-		if p, err = s.srv.pools.Get(shard, s.user); err != nil {
+	c := s.parked[dest.Name]
+	if c != nil {
+		delete(s.parked, dest.Name)
+	} else {
+		p, err := s.poolFor(dest)
+		if err != nil {
 			return err
 		}
-		s.pools[shard.Name] = p
-	}
-	c, err := p.Acquire(s.srv.ctx, s.waitTimeout)
-	if err != nil {
-		return err
+		if c, err = p.Acquire(s.srv.ctx, s.waitTimeout); err != nil {
+			return err
+		}
 	}
 	s.mu.Lock()
 	s.linked = c
@@ -270,20 +334,23 @@ func (s *session) link() error {
 		s.unlink()
 		return err
 	}
+	if s.virtualTx && !s.noPin {
+		return s.pin()
+	}
 	return nil
 }
 
-// defaultShard picks the shard for a statement without a routing key.
-func (s *session) defaultShard() (*shardmap.Shard, error) {
-	route := s.cluster.Default
-	switch route.Kind {
-	case shardmap.RouteShard:
-		return route.Shard, nil
-	case shardmap.RouteAny:
-		return s.cluster.Shards[int(s.id)%len(s.cluster.Shards)], nil
+// poolFor returns the pool of the client's user on a shard.
+func (s *session) poolFor(sh *shardmap.Shard) (*pool.Pool, error) {
+	p := s.pools[sh.Name]
+	if p == nil {
+		var err error
+		if p, err = s.srv.pools.Get(sh, s.user); err != nil {
+			return nil, err
+		}
+		s.pools[sh.Name] = p
 	}
-	return nil, errorf(codeFeatureNotSupported, "pgrouter: cannot route this statement: it calls no routed function and default_route is %q", config.RouteError).
-		withHint("Set default_route (or clusters.%s.default_route) in router.yaml to a shard name or to any.", s.cluster.Name)
+	return p, nil
 }
 
 // unlink hands the linked server back to its pool. The caller has made sure
@@ -315,6 +382,7 @@ func (s *session) afterRequest(eff effects) error {
 			return err
 		}
 	}
+	s.dest = nil
 	s.maybeRelease()
 	return nil
 }
@@ -342,7 +410,7 @@ func (s *session) refuseTransaction() error {
 // maybeRelease returns the server to the pool in transaction and statement
 // mode once the client is outside a transaction with nothing outstanding.
 func (s *session) maybeRelease() {
-	if s.server != nil && s.mode != config.ModeSession && s.txStatus == wire.TxIdle && s.queue.empty() && !s.inBatch && !s.skipping {
+	if s.server != nil && s.mode != config.ModeSession && (s.txStatus == wire.TxIdle || s.virtualTx) && s.queue.empty() && !s.inBatch && !s.skipping {
 		s.unlink()
 	}
 }
@@ -351,6 +419,7 @@ func (s *session) maybeRelease() {
 // in session mode) before anyone else can get it, or closed if that fails.
 func (s *session) finish() {
 	s.srv.cancels.unregister(s)
+	s.releaseParked()
 	c := s.server
 	if c == nil {
 		return
@@ -366,6 +435,25 @@ func (s *session) finish() {
 		c.MarkBroken()
 	}
 	s.unlink()
+}
+
+// releaseParked resets and returns the servers a session-mode client held
+// on other shards; they are idle, so DISCARD ALL is all they need.
+func (s *session) releaseParked() {
+	for name, c := range s.parked {
+		delete(s.parked, name)
+		ctx, cancel := context.WithTimeout(context.Background(), resetTimeout)
+		status, err := c.Exec(ctx, "DISCARD ALL")
+		cancel()
+		if err != nil || status != wire.TxIdle {
+			c.MarkBroken()
+		} else {
+			c.Statements.Clear()
+			c.Unnamed = 0
+			c.Applied = pool.ParamState{}
+		}
+		c.Pool().Release(c)
+	}
 }
 
 // resetServer ends whatever the departed client left open on its server.

@@ -1,0 +1,93 @@
+package proxy
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/zap"
+
+	"github.com/pgrouter/pgrouter/router"
+)
+
+// Function signatures (argument names and types, which say where a call's
+// key is and how to read it) come from pg_proc on the cluster's shards. The
+// first load is waited for briefly at start, so clients that connect right
+// away find them; a cluster whose shards are not reachable yet, or that lack
+// a declared function, is retried in the background until it loads.
+
+// catalogRetryMax caps the wait between load attempts.
+const catalogRetryMax = 10 * time.Second
+
+// startCatalogs loads every cluster's signatures, waiting up to
+// server_connect_timeout for the first attempt.
+func (s *Server) startCatalogs(gen *generation) {
+	timeout := gen.cfg.Pool.ServerConnectTimeout.D()
+	for _, cl := range gen.shards.Clusters() {
+		r := gen.routers[cl.Name]
+		if !r.HasFunctions() {
+			continue
+		}
+		first := make(chan struct{})
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.keepLoading(r, first)
+		}()
+		select {
+		case <-first:
+		case <-time.After(timeout):
+			s.log.Warn("function signatures not loaded yet; routed calls fail with 55000 until they are", zap.String("cluster", cl.Name))
+		}
+	}
+}
+
+// keepLoading loads a router's catalog until it succeeds completely or the
+// server closes; first is closed after the first attempt.
+func (s *Server) keepLoading(r *router.Router, first chan struct{}) {
+	wait := 250 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		err := s.loadCatalog(r)
+		if attempt == 0 {
+			close(first)
+		}
+		if err == nil {
+			return
+		}
+		s.log.Warn("loading function signatures failed; retrying", zap.String("cluster", r.Cluster.Name), zap.Error(err), zap.Duration("retry_in", wait))
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, catalogRetryMax)
+	}
+}
+
+// loadCatalog reads the signatures from the first shard that answers. A
+// catalog that lacks some functions is installed (the others route) and
+// reported as an error, so loading goes on.
+func (s *Server) loadCatalog(r *router.Router) error {
+	var lastErr error
+	for _, sh := range r.Cluster.Shards {
+		ctx, cancel := context.WithTimeout(s.ctx, s.gen.Load().cfg.Pool.ServerConnectTimeout.D()+5*time.Second)
+		cat, err := func() (*router.Catalog, error) {
+			conn, err := pgx.Connect(ctx, sh.DSN)
+			if err != nil {
+				return nil, err
+			}
+			defer conn.Close(context.Background())
+			return router.LoadCatalog(ctx, conn, r.Cluster.Functions)
+		}()
+		cancel()
+		if cat != nil {
+			r.SetCatalog(cat)
+			if err == nil {
+				s.log.Info("function signatures loaded", zap.String("cluster", r.Cluster.Name), zap.String("shard", sh.Name))
+			}
+			return err
+		}
+		lastErr = err
+	}
+	return lastErr
+}

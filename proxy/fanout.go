@@ -1,0 +1,501 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgrouter/pgrouter/pool"
+	"github.com/pgrouter/pgrouter/router"
+	"github.com/pgrouter/pgrouter/shardmap"
+	"github.com/pgrouter/pgrouter/wire"
+)
+
+// Fan-out: a call of a run_on all function runs once on every shard of the
+// cluster, in parallel, each on its own server connection taken from that
+// shard's pool for the duration of the statement. The client gets one
+// result: the first shard's RowDescription, every shard's rows in shard
+// order (or one row reduced by the function's merge) and a CommandComplete
+// with the total. A failure on any shard fails the statement; its error
+// keeps its SQLSTATE and names the shard. Fan-outs run outside
+// transactions only, so nothing partial is ever left open on a shard.
+
+// fanBatch is an extended-protocol run_on all call between its Bind and the
+// Sync that ends its pipeline.
+type fanBatch struct {
+	call     *router.Call
+	bind     []byte // the client's Bind message body
+	portal   string
+	describe bool // Describe of the portal was sent
+	execute  bool // Execute of the portal was sent
+}
+
+// shardResult is what one shard answered.
+type shardResult struct {
+	shard *shardmap.Shard
+	msgs  []wire.Message // copies, up to (not including) ReadyForQuery
+	err   error          // the shard could not be reached or failed mid-answer
+}
+
+// runOnAll sends every shard what write puts on its connection (ending with
+// Query or Sync) and collects the replies up to ReadyForQuery. While it
+// runs, the connections are registered for cancel requests.
+func (s *session) runOnAll(write func(c *pool.Conn)) []shardResult {
+	shards := s.cluster.Shards
+	results := make([]shardResult, len(shards))
+	conns := make([]*pool.Conn, len(shards))
+	var wg sync.WaitGroup
+	for i, sh := range shards {
+		results[i].shard = sh
+		p, err := s.poolFor(sh)
+		if err != nil {
+			results[i].err = err
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := p.Acquire(s.srv.ctx, s.waitTimeout)
+			if err != nil {
+				results[i].err = err
+				return
+			}
+			conns[i] = c
+			s.mu.Lock()
+			s.fanConns = append(s.fanConns, c)
+			s.mu.Unlock()
+			if err := s.applySettingsOn(c); err != nil {
+				results[i].err = err
+				return
+			}
+			write(c)
+			if err := c.W.Flush(); err != nil {
+				c.MarkBroken()
+				results[i].err = err
+				return
+			}
+			results[i].msgs, results[i].err = readUntilReady(c)
+		}()
+	}
+	wg.Wait()
+	s.mu.Lock()
+	s.fanConns = nil
+	s.mu.Unlock()
+	for _, c := range conns {
+		if c != nil {
+			c.Pool().Release(c)
+		}
+	}
+	return results
+}
+
+// applySettingsOn makes a fan-out connection's settings the client's.
+func (s *session) applySettingsOn(c *pool.Conn) error {
+	if c.Applied.Fingerprint() == s.desired.Fingerprint() && c.Applied.Len() == s.desired.Len() {
+		return nil
+	}
+	if sql := settingsSQL(&c.Applied, &s.desired); sql != "" {
+		ctx, cancel := context.WithTimeout(s.srv.ctx, s.waitTimeout)
+		defer cancel()
+		if _, err := c.Exec(ctx, sql); err != nil {
+			c.MarkBroken()
+			return err
+		}
+	}
+	c.Applied = s.desired.Clone()
+	return nil
+}
+
+// readUntilReady collects a server's replies up to ReadyForQuery. A server
+// that ends anywhere but idle is not reused.
+func readUntilReady(c *pool.Conn) ([]wire.Message, error) {
+	var msgs []wire.Message
+	for {
+		m, err := c.R.Next()
+		if err != nil {
+			c.MarkBroken()
+			return msgs, err
+		}
+		switch m.Type {
+		case wire.ReadyForQuery:
+			if body := m.Body(); len(body) != 1 || body[0] != wire.TxIdle {
+				c.MarkBroken()
+			}
+			return msgs, nil
+		case wire.ParameterStatus:
+			c.Params.NoteStatus(m.Body())
+			continue
+		case wire.ErrorResponse:
+			if isFatal(m.Body()) {
+				c.MarkBroken()
+			}
+		case wire.CopyInResponse, wire.CopyOutResponse:
+			c.MarkBroken()
+			return msgs, fmt.Errorf("COPY is not supported in a run_on all call")
+		}
+		msgs = append(msgs, wire.Message{Type: m.Type, Raw: bytes.Clone(m.Raw)})
+	}
+}
+
+// fanoutQuery runs a simple Query that calls a run_on all function.
+func (s *session) fanoutQuery(m wire.Message, plan *router.Plan, call *router.Call) error {
+	if !router.Single(plan.SQL, s.standardStrings()) {
+		return errorf(codeFeatureNotSupported, "pgrouter: %s runs on all shards and must be the only statement of its query", call.Fn.FullName())
+	}
+	results := s.runOnAll(func(c *pool.Conn) {
+		_ = c.W.Write(m.Raw)
+		c.Unnamed = 0
+	})
+	s.reqStart = time.Time{}
+	if err := s.emitFanout(results, call, nil); err != nil {
+		return err
+	}
+	return clientIO(s.cw.SendReady(s.txStatus))
+}
+
+// startFanout begins an extended-protocol run_on all call at its Bind (the
+// last held message): what was held before it runs on any shard, and the
+// call waits for its Sync.
+func (s *session) startFanout(call *router.Call) error {
+	n := len(s.held.ends)
+	start := 0
+	if n > 1 {
+		start = s.held.ends[n-2]
+	}
+	bind := bytes.Clone(s.held.buf[start+wire.HeaderLen : s.held.ends[n-1]])
+	s.held.ends = s.held.ends[:n-1]
+	s.held.buf = s.held.buf[:start]
+	portal, _, _ := cutCString(bind)
+	if !s.held.empty() {
+		if err := s.replay(s.anyShard(), nil); err != nil {
+			return err
+		}
+	}
+	s.held.reset()
+	s.batchErr = false
+	s.fan = &fanBatch{call: call, bind: bind, portal: string(portal)}
+	return nil
+}
+
+// fanMessage takes the messages after a run_on all Bind up to Sync.
+func (s *session) fanMessage(m wire.Message) error {
+	f := s.fan
+	body := m.Body()
+	switch m.Type {
+	case wire.Describe:
+		if len(body) > 1 && body[0] == 'P' {
+			if name, _, ok := cutCString(body[1:]); ok && string(name) == f.portal && !f.execute {
+				f.describe = true
+				return nil
+			}
+		}
+	case wire.Execute:
+		name, rest, ok := cutCString(body)
+		if ok && string(name) == f.portal && !f.execute && len(rest) == 4 {
+			if binary.BigEndian.Uint32(rest) != 0 {
+				s.fan = nil
+				return s.fail(errorf(codeFeatureNotSupported, "pgrouter: %s runs on all shards; fetching its rows in parts (Execute with a row limit) is not supported", f.call.Fn.FullName()), m.Type)
+			}
+			f.execute = true
+			return nil
+		}
+	case wire.Flush:
+		return nil // everything is answered at Sync
+	case wire.Sync:
+		return s.finishFanout(m)
+	}
+	s.fan = nil
+	return s.fail(errorf(codeFeatureNotSupported, "pgrouter: %s runs on all shards and must be alone in its pipeline (Bind, Describe, Execute, Sync)", f.call.Fn.FullName()), m.Type)
+}
+
+// finishFanout runs an extended-protocol run_on all call at its Sync.
+func (s *session) finishFanout(sync wire.Message) error {
+	f := s.fan
+	s.fan = nil
+	s.inBatch = false
+	if s.server != nil { // the pipeline's earlier messages ran on one shard: finish them first
+		c := s.server
+		_ = c.W.Write(sync.Raw)
+		s.queue.push(request{kind: reqSync, internal: true})
+		if err := s.exchange(); err != nil {
+			return err
+		}
+		if err := s.afterRequest(0); err != nil {
+			return err
+		}
+		if s.batchErr {
+			s.batchErr = false
+			return clientIO(s.cw.SendReady(s.txStatus))
+		}
+	}
+	portal, rest, _ := cutCString(f.bind)
+	_ = portal
+	stmtName, params, _ := cutCString(rest)
+	def, err := s.definition(stmtName)
+	if err != nil {
+		if err := clientIO(s.cw.Send(toError(err).response())); err != nil {
+			return err
+		}
+		return clientIO(s.cw.SendReady(s.txStatus))
+	}
+	reduce := f.call.Fn.Merge != shardmap.MergeConcat
+	paramPart, resultFormats, ok := splitBindParams(params)
+	if !ok {
+		return fatalf(codeProtocolViolation, "pgrouter: malformed Bind message")
+	}
+	results := s.runOnAll(func(c *pool.Conn) {
+		w := c.W
+		start := w.Begin(wire.Parse)
+		w.AppendByte(0)
+		w.AppendBytes(def)
+		_ = w.End(start)
+		start = w.Begin(wire.Bind)
+		w.AppendByte(0)
+		w.AppendByte(0)
+		w.AppendBytes(paramPart)
+		if reduce { // reduce text values; the result is encoded as the client asked
+			w.AppendBytes([]byte{0, 0})
+		} else {
+			w.AppendBytes(params[len(paramPart):])
+		}
+		_ = w.End(start)
+		if f.describe || reduce {
+			start = w.Begin(wire.Describe)
+			w.AppendByte('P')
+			w.AppendByte(0)
+			_ = w.End(start)
+		}
+		if f.execute {
+			start = w.Begin(wire.Execute)
+			w.AppendByte(0)
+			w.AppendBytes([]byte{0, 0, 0, 0})
+			_ = w.End(start)
+		}
+		_ = w.Write(sync.Raw)
+		c.Unnamed = 0
+	})
+	s.reqStart = time.Time{}
+	if err := s.emitFanout(results, f.call, &fanShape{describe: f.describe, execute: f.execute, formats: resultFormats}); err != nil {
+		return err
+	}
+	return clientIO(s.cw.SendReady(s.txStatus))
+}
+
+// fanShape is what the client asked of an extended-protocol fan-out.
+type fanShape struct {
+	describe, execute bool
+	formats           []uint16 // the Bind's result format codes
+}
+
+// definition returns the Parse definition (query, parameter types) of a
+// client's statement.
+func (s *session) definition(name []byte) ([]byte, error) {
+	if len(name) == 0 {
+		if !s.unnamed.valid {
+			return nil, errorf("26000", "unnamed prepared statement does not exist")
+		}
+		_, def, _ := cutCString(s.unnamed.raw[wire.HeaderLen:])
+		return def, nil
+	}
+	st := s.stmts[string(name)]
+	if st == nil {
+		return nil, errorf("26000", "prepared statement %q does not exist", name)
+	}
+	_, def, _ := cutCString(st.parseBody)
+	return def, nil
+}
+
+// splitBindParams splits what follows the statement name in a Bind body
+// into the parameter part and the result format codes.
+func splitBindParams(b []byte) ([]byte, []uint16, bool) {
+	orig := b
+	if len(b) < 2 {
+		return nil, nil, false
+	}
+	nf := int(binary.BigEndian.Uint16(b))
+	if len(b) < 2+2*nf+2 {
+		return nil, nil, false
+	}
+	b = b[2+2*nf:]
+	np := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	for range np {
+		if len(b) < 4 {
+			return nil, nil, false
+		}
+		n := int32(binary.BigEndian.Uint32(b))
+		b = b[4:]
+		if n > 0 {
+			if int(n) > len(b) {
+				return nil, nil, false
+			}
+			b = b[n:]
+		}
+	}
+	paramPart := orig[:len(orig)-len(b)]
+	if len(b) < 2 {
+		return nil, nil, false
+	}
+	nr := int(binary.BigEndian.Uint16(b))
+	if len(b) != 2+2*nr {
+		return nil, nil, false
+	}
+	formats := make([]uint16, nr)
+	for i := range formats {
+		formats[i] = binary.BigEndian.Uint16(b[2+2*i:])
+	}
+	return paramPart, formats, true
+}
+
+// emitFanout sends the client the combined result of a fan-out. shape is
+// nil for a simple Query.
+func (s *session) emitFanout(results []shardResult, call *router.Call, shape *fanShape) error {
+	for _, r := range results {
+		if r.err != nil {
+			e := errorf(codeConnectionFailure, "pgrouter: shard %s: %s failed: %v", r.shard.Name, call.Fn.FullName(), r.err).because(r.err)
+			if pe, ok := r.err.(*Error); ok {
+				e = pe
+				e.Message = "pgrouter: shard " + r.shard.Name + ": " + pe.Message
+			}
+			return clientIO(s.cw.Send(e.response()))
+		}
+		for _, m := range r.msgs {
+			if m.Type == wire.ErrorResponse {
+				var e pgproto3.ErrorResponse
+				_ = e.Decode(m.Body())
+				e.Message = "shard " + r.shard.Name + ": " + e.Message
+				return clientIO(s.cw.Send(&e))
+			}
+		}
+	}
+	for _, r := range results { // notices from every shard, in shard order
+		for _, m := range r.msgs {
+			if m.Type == wire.NoticeResponse {
+				if err := s.forward(m); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if call.Fn.Merge != shardmap.MergeConcat {
+		return s.emitReduced(results, call, shape)
+	}
+	for _, m := range results[0].msgs {
+		switch m.Type {
+		case wire.BindComplete, wire.NoData, wire.EmptyQueryResponse:
+			if err := s.forward(m); err != nil {
+				return err
+			}
+		case wire.RowDescription:
+			if shape == nil || shape.describe {
+				if err := s.forward(m); err != nil {
+					return err
+				}
+			}
+		case wire.CommandComplete:
+			total := int64(0)
+			for _, r := range results {
+				for _, rm := range r.msgs {
+					switch rm.Type {
+					case wire.DataRow:
+						if err := s.forward(rm); err != nil {
+							return err
+						}
+					case wire.CommandComplete:
+						total += tagCount(rm.Body())
+					}
+				}
+			}
+			if err := s.cw.Send(&pgproto3.CommandComplete{CommandTag: retag(m.Body(), total)}); err != nil {
+				return clientIO(err)
+			}
+		}
+	}
+	return nil
+}
+
+// emitReduced sends the one-row result of a merge.
+func (s *session) emitReduced(results []shardResult, call *router.Call, shape *fanShape) error {
+	var values [][]byte
+	var desc *pgproto3.RowDescription
+	for _, r := range results {
+		for _, m := range r.msgs {
+			switch m.Type {
+			case wire.RowDescription:
+				if desc == nil {
+					desc = &pgproto3.RowDescription{}
+					if err := desc.Decode(m.Body()); err != nil {
+						return fatalf(codeProtocolViolation, "pgrouter: malformed RowDescription from shard %s", r.shard.Name)
+					}
+				}
+			case wire.DataRow:
+				var row pgproto3.DataRow
+				if err := row.Decode(m.Body()); err != nil || len(row.Values) != 1 {
+					return clientIO(s.cw.Send(errorf("42804", "pgrouter: %s merges its results, so it must return one column", call.Fn.FullName()).response()))
+				}
+				values = append(values, row.Values[0])
+			}
+		}
+	}
+	if desc == nil || len(desc.Fields) != 1 {
+		return clientIO(s.cw.Send(errorf("42804", "pgrouter: %s merges its results, so it must return one column", call.Fn.FullName()).response()))
+	}
+	v, err := router.Reduce(call.Fn.Merge, values)
+	if err != nil {
+		return clientIO(s.cw.Send(errorf("42804", "pgrouter: %s: %v", call.Fn.FullName(), err).response()))
+	}
+	format := uint16(0)
+	if shape != nil && len(shape.formats) > 0 {
+		format = shape.formats[0]
+	}
+	if format == 1 && v != nil {
+		if v, err = router.EncodeBinary(desc.Fields[0].DataTypeOID, v); err != nil {
+			return clientIO(s.cw.Send(errorf(codeFeatureNotSupported, "pgrouter: %s: %v", call.Fn.FullName(), err).
+				withHint("Ask for the result in text format, or cast it to bigint, numeric or text.").response()))
+		}
+	}
+	desc.Fields[0].Format = int16(format)
+	if shape != nil {
+		_ = s.cw.Send(&pgproto3.BindComplete{})
+	}
+	if shape == nil || shape.describe {
+		_ = s.cw.Send(desc)
+	}
+	if shape == nil || shape.execute {
+		_ = s.cw.Send(&pgproto3.DataRow{Values: [][]byte{v}})
+		if err := s.cw.Send(&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}); err != nil {
+			return clientIO(err)
+		}
+	}
+	return nil
+}
+
+// tagCount returns the row count at the end of a CommandComplete tag.
+func tagCount(body []byte) int64 {
+	tag := string(trimNUL(body))
+	i := bytes.LastIndexByte([]byte(tag), ' ')
+	if i < 0 {
+		return 0
+	}
+	n, _ := strconv.ParseInt(tag[i+1:], 10, 64)
+	return n
+}
+
+// retag puts a total row count into a CommandComplete tag that has one.
+func retag(body []byte, total int64) []byte {
+	tag := trimNUL(body)
+	i := bytes.LastIndexByte(tag, ' ')
+	if i < 0 {
+		return bytes.Clone(tag)
+	}
+	if _, err := strconv.ParseInt(string(tag[i+1:]), 10, 64); err != nil {
+		return bytes.Clone(tag)
+	}
+	return strconv.AppendInt(bytes.Clone(tag[:i+1]), total, 10)
+}

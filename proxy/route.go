@@ -1,0 +1,475 @@
+package proxy
+
+import (
+	"context"
+	"math/rand/v2"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgrouter/pgrouter/config"
+	"github.com/pgrouter/pgrouter/pool"
+	"github.com/pgrouter/pgrouter/router"
+	"github.com/pgrouter/pgrouter/shardmap"
+	"github.com/pgrouter/pgrouter/wire"
+)
+
+// Routing in the session.
+//
+// A statement's shard is known from its text and, for the extended
+// protocol, from its Bind parameters. So a pipeline's messages are held
+// (copied, unanswered) until a Bind names its shard, or until Sync or Flush
+// ends the pipeline without one; then they are replayed through the normal
+// handlers on a server of that shard. Parse and Describe before any Bind may
+// run on any shard: every shard has the same schema.
+//
+// A transaction is pinned to the shard of its first routed statement: BEGIN
+// (simple protocol, the form every driver uses) is answered locally and sent
+// later, together with the SET statements that came between, right before
+// that statement on that shard. Until then the transaction exists only in
+// pgrouter, so COMMIT and ROLLBACK of an unpinned transaction are answered
+// locally too.
+
+// codeUndefinedObject is SQLSTATE undefined_object (an unknown shard).
+const codeUndefinedObject = "42704"
+
+// holdLimit bounds the bytes of a pipeline held before its shard is known;
+// past it the pipeline is placed as if it had ended there.
+const holdLimit = 1 << 20
+
+// hold is a pipeline's messages waiting for their shard.
+type hold struct {
+	buf    []byte
+	ends   []int // end offset of each message in buf
+	parsed []heldParse
+	// executes counts held Execute messages.
+	executes int
+}
+
+// heldParse is a held Parse's statement name and plan, for a later Bind of
+// that statement in the same pipeline.
+type heldParse struct {
+	name string
+	plan *router.Plan
+}
+
+func (h *hold) empty() bool { return len(h.ends) == 0 }
+
+func (h *hold) add(raw []byte) {
+	h.buf = append(h.buf, raw...)
+	h.ends = append(h.ends, len(h.buf))
+}
+
+func (h *hold) reset() {
+	h.buf = h.buf[:0]
+	h.ends = h.ends[:0]
+	h.parsed = h.parsed[:0]
+	h.executes = 0
+	if cap(h.buf) > 4*holdLimit {
+		h.buf = nil
+	}
+}
+
+// planOf returns the plan of a statement string, planning it again if the
+// function catalog changed since.
+func (s *session) planOf(p *router.Plan, sql string) *router.Plan {
+	if p != nil && !s.router.Stale(p) {
+		return p
+	}
+	return s.router.Plan(sql, s.standardStrings())
+}
+
+// stmtPlan returns the plan of the statement a Bind names, or nil when the
+// client has no such statement (the server will say so).
+func (s *session) stmtPlan(name []byte) *router.Plan {
+	for i := len(s.held.parsed) - 1; i >= 0; i-- {
+		if s.held.parsed[i].name == string(name) {
+			return s.held.parsed[i].plan
+		}
+	}
+	if len(name) == 0 {
+		if !s.unnamed.valid {
+			return nil
+		}
+		s.unnamed.plan = s.planOf(s.unnamed.plan, parseQuery(s.unnamed.raw[wire.HeaderLen:]))
+		return s.unnamed.plan
+	}
+	st := s.stmts[string(name)]
+	if st == nil {
+		return nil
+	}
+	st.plan = s.planOf(st.plan, parseQuery(st.parseBody))
+	return st.plan
+}
+
+// parseQuery returns the query text of a Parse body.
+func parseQuery(body []byte) string {
+	_, def, _ := cutCString(body)
+	q, _, _ := cutCString(def)
+	return string(q)
+}
+
+// switchable reports whether a session-mode client is between
+// transactions, so its next statement may use a server on another shard.
+func (s *session) switchable() bool {
+	return s.mode == config.ModeSession && (s.txStatus == wire.TxIdle || s.virtualTx) && s.queue.empty() && !s.inBatch && !s.skipping
+}
+
+// pinned returns the shard the session's current transaction or pipeline
+// is bound to, or nil.
+func (s *session) pinned() *shardmap.Shard {
+	if s.server == nil || s.switchable() {
+		return nil
+	}
+	sh, _ := s.cluster.ShardNamed(s.server.Shard())
+	return sh
+}
+
+// place decides where a statement runs: one shard, or every shard (all is
+// the run_on all call) for a fan-out.
+func (s *session) place(p *router.Plan, params router.Params) (*shardmap.Shard, *router.Call, error) {
+	route, rerr := s.router.Route(p, params)
+	if rerr != nil {
+		return nil, nil, &Error{Code: rerr.Code, Message: rerr.Message, Hint: rerr.Hint}
+	}
+	pinned := s.pinned()
+	var sh *shardmap.Shard
+	switch route.Target {
+	case router.TargetAll:
+		switch {
+		case s.txStatus != wire.TxIdle:
+			return nil, nil, errorf(codeFeatureNotSupported, "pgrouter: %s runs on all shards and cannot run inside a transaction", route.Call.Fn.FullName()).
+				withHint("Call it outside BEGIN ... COMMIT.")
+		case pinned != nil || s.inBatch:
+			return nil, nil, errorf(codeFeatureNotSupported, "pgrouter: %s runs on all shards and must be alone in its pipeline", route.Call.Fn.FullName()).
+				withHint("Send a Sync before and after it.")
+		}
+		return nil, route.Call, nil
+	case router.TargetShard:
+		sh = route.Shard
+	default:
+		var err error
+		if sh, err = s.unrouted(p, route.Target == router.TargetAny, pinned); err != nil {
+			return nil, nil, err
+		}
+	}
+	if pinned != nil && sh != pinned {
+		what := "transaction"
+		if s.txStatus == wire.TxIdle {
+			what = "pipeline"
+		}
+		return nil, nil, errorf(codeFeatureNotSupported, "pgrouter: this %s runs on shard %s; the statement belongs to shard %s", what, pinned.Name, sh.Name).
+			withHint("A transaction (or a pipeline up to Sync) must stay on one shard; split it per key.")
+	}
+	return sh, nil, nil
+}
+
+// unrouted places a statement that calls no routed function: an override
+// first, then the pinned shard, then any shard for statements any shard can
+// answer, then default_route.
+func (s *session) unrouted(p *router.Plan, anyShard bool, pinned *shardmap.Shard) (*shardmap.Shard, error) {
+	if p != nil && p.Override.Set {
+		return s.overrideShard(p.Override.Shard, p.Override.Key)
+	}
+	if s.overShard != "" || s.overKey != "" {
+		return s.overrideShard(s.overShard, s.overKey)
+	}
+	if pinned != nil {
+		return pinned, nil
+	}
+	if anyShard {
+		return s.anyShard(), nil
+	}
+	switch s.cluster.Default.Kind {
+	case shardmap.RouteShard:
+		return s.cluster.Default.Shard, nil
+	case shardmap.RouteAny:
+		return s.anyShard(), nil
+	}
+	return nil, errorf(codeFeatureNotSupported, "pgrouter: cannot route this statement: it calls no routed function and default_route is %q", config.RouteError).
+		withHint("Call a function declared in router.yaml, name a shard with SET pgrouter.shard or /* pgrouter: shard=NAME */, or set default_route.")
+}
+
+// overrideShard resolves an explicit shard name or key.
+func (s *session) overrideShard(name, key string) (*shardmap.Shard, error) {
+	if name == "" {
+		return s.router.KeyShard(key), nil
+	}
+	sh, ok := s.cluster.ShardNamed(name)
+	if !ok {
+		return nil, errorf(codeUndefinedObject, "pgrouter: cluster %s has no shard %q", s.cluster.Name, name).
+			withHint("SHOW pgrouter.shard, or the admin console's SHOW SHARDS, lists the shards.")
+	}
+	return sh, nil
+}
+
+// anyShard picks a shard for a statement any shard can run: the server the
+// session holds, else the default route's shard, else a random one.
+func (s *session) anyShard() *shardmap.Shard {
+	if s.server != nil {
+		if sh, ok := s.cluster.ShardNamed(s.server.Shard()); ok {
+			return sh
+		}
+	}
+	if s.cluster.Default.Kind == shardmap.RouteShard {
+		return s.cluster.Default.Shard
+	}
+	return s.cluster.Shards[rand.IntN(len(s.cluster.Shards))]
+}
+
+// holding reports whether an extended-protocol message must wait for its
+// pipeline's shard.
+func (s *session) holding() bool {
+	return len(s.cluster.Shards) > 1 && !s.replaying && s.fan == nil && (s.server == nil || s.switchable())
+}
+
+// holdMessage keeps an extended-protocol message until its pipeline's
+// shard is known, and replays the pipeline once it is.
+func (s *session) holdMessage(m wire.Message) error {
+	s.held.add(m.Raw)
+	switch m.Type {
+	case wire.Parse:
+		name, def, ok := cutCString(m.Body())
+		if !ok {
+			return fatalf(codeProtocolViolation, "pgrouter: malformed Parse message")
+		}
+		q, _, _ := cutCString(def)
+		plan := s.router.Plan(string(q), s.standardStrings())
+		if err := extendedOverride(plan); err != nil {
+			return s.replay(s.anyShard(), err)
+		}
+		s.held.parsed = append(s.held.parsed, heldParse{name: string(name), plan: plan})
+	case wire.Bind:
+		_, rest, ok1 := cutCString(m.Body())
+		name, _, ok2 := cutCString(rest)
+		if !ok1 || !ok2 {
+			return fatalf(codeProtocolViolation, "pgrouter: malformed Bind message")
+		}
+		p := s.stmtPlan(name)
+		if p == nil {
+			break // no such statement: any shard will say so
+		}
+		sh, all, err := s.place(p, router.BindParams(m.Body()))
+		switch {
+		case err != nil:
+			// The messages before this Bind run anywhere; the Bind fails.
+			return s.replay(s.anyShard(), err)
+		case all != nil:
+			return s.startFanout(all)
+		case sh != nil:
+			return s.replay(sh, nil)
+		}
+	case wire.Execute:
+		s.held.executes++
+	case wire.Sync, wire.Flush:
+		return s.replaySoft()
+	}
+	if len(s.held.buf) > holdLimit {
+		return s.replaySoft()
+	}
+	return nil
+}
+
+// replaySoft runs a pipeline that named no shard on any shard. Inside an
+// unpinned transaction, a pipeline that executes nothing (a driver preparing
+// a statement: Parse, Describe, Sync) does not pin the transaction.
+func (s *session) replaySoft() error {
+	s.noPin = s.held.executes == 0
+	defer func() { s.noPin = false }()
+	return s.replay(s.anyShard(), nil)
+}
+
+// extendedOverride refuses SET, RESET and SHOW of pgrouter.shard or
+// pgrouter.key through the extended protocol: a shard would take them for a
+// custom setting and nothing would be routed by them.
+func extendedOverride(p *router.Plan) error {
+	switch p.Command.Kind {
+	case router.CmdSetOver, router.CmdResetOver, router.CmdShowOver:
+		return errorf(codeFeatureNotSupported, "pgrouter: %s is a pgrouter session command and needs the simple query protocol", p.Command.Name).
+			withHint("Send it as a plain query without parameters (psql, or your driver's simple-protocol mode).")
+	}
+	return nil
+}
+
+// replay runs the held messages on a server of shard sh. With failAt set,
+// the last held message (a Bind) is not run but fails with that error.
+func (s *session) replay(sh *shardmap.Shard, failAt error) error {
+	s.dest = sh
+	if s.server != nil && s.server.Shard() != sh.Name {
+		s.park()
+	}
+	s.replaying = true
+	defer func() { s.replaying = false }()
+	start := 0
+	n := len(s.held.ends)
+	for i, end := range s.held.ends {
+		raw := s.held.buf[start:end]
+		start = end
+		m := wire.Message{Type: raw[0], Raw: raw}
+		if i == n-1 && failAt != nil {
+			s.held.reset()
+			return s.fail(failAt, m.Type)
+		}
+		if err := s.handle(m); err != nil {
+			s.held.reset()
+			return err
+		}
+	}
+	s.held.reset()
+	return nil
+}
+
+// park sets aside a session-mode client's idle server on one shard to use
+// a server on another; the session keeps it for when it comes back.
+func (s *session) park() {
+	c := s.server
+	s.mu.Lock()
+	s.linked = nil
+	s.mu.Unlock()
+	s.server = nil
+	if s.parked == nil {
+		s.parked = map[string]*pool.Conn{}
+	}
+	s.parked[c.Shard()] = c
+}
+
+// sessionCommand answers the commands the session handles itself. It
+// reports whether it handled the query.
+func (s *session) sessionCommand(p *router.Plan) (bool, error) {
+	cmd := &p.Command
+	switch cmd.Kind {
+	case router.CmdSetOver, router.CmdResetOver, router.CmdShowOver:
+		return true, s.overrideCommand(cmd)
+	case router.CmdBegin:
+		if len(s.cluster.Shards) < 2 || !s.router.HasFunctions() || s.mode == config.ModeStatement || s.txStatus != wire.TxIdle ||
+			!(s.server == nil || s.switchable()) || !s.queue.empty() || s.inBatch {
+			return false, nil
+		}
+		s.virtualTx = true
+		s.beginSQL = cmd.Text
+		s.txStatus = wire.TxActive
+		s.xactStart = time.Now()
+		return true, s.localComplete(wire.TxActive, "BEGIN")
+	case router.CmdCommit, router.CmdRollback:
+		if !s.virtualTx {
+			return false, nil
+		}
+		if cmd.Kind == router.CmdCommit && s.txStatus == wire.TxActive && len(s.deferred) > 0 {
+			return false, nil // its SETs outlive it: COMMIT runs on a shard (any will do)
+		}
+		tag := "ROLLBACK"
+		if cmd.Kind == router.CmdCommit && s.txStatus == wire.TxActive {
+			tag = "COMMIT"
+		}
+		s.endVirtual()
+		return true, s.localComplete(wire.TxIdle, tag)
+	case router.CmdSets:
+		if !s.virtualTx || s.txStatus != wire.TxActive {
+			return false, nil
+		}
+		s.deferred = append(s.deferred, p)
+		return true, s.localComplete(wire.TxActive, cmd.Tags...)
+	}
+	if s.virtualTx && s.txStatus == wire.TxFailed {
+		return true, errorf("25P02", "current transaction is aborted, commands ignored until end of transaction block")
+	}
+	return false, nil
+}
+
+// endVirtual forgets an unpinned transaction.
+func (s *session) endVirtual() {
+	s.virtualTx = false
+	s.beginSQL = ""
+	s.deferred = s.deferred[:0]
+	s.txStatus = wire.TxIdle
+	s.reqStart = time.Time{}
+}
+
+// localComplete answers a simple Query with CommandCompletes and
+// ReadyForQuery.
+func (s *session) localComplete(status byte, tags ...string) error {
+	for _, tag := range tags {
+		_ = s.cw.Send(&pgproto3.CommandComplete{CommandTag: []byte(tag)})
+	}
+	s.reqStart = time.Time{}
+	return clientIO(s.cw.SendReady(status))
+}
+
+// overrideCommand runs SET, RESET or SHOW of pgrouter.shard or pgrouter.key.
+func (s *session) overrideCommand(cmd *router.Command) error {
+	switch cmd.Kind {
+	case router.CmdSetOver:
+		if cmd.Name == router.OverShard {
+			if _, err := s.overrideShard(cmd.Value, ""); err != nil {
+				return err
+			}
+			s.overShard, s.overKey = cmd.Value, ""
+		} else {
+			s.overShard, s.overKey = "", cmd.Value
+		}
+		return s.localComplete(s.txStatus, "SET")
+	case router.CmdResetOver:
+		if cmd.Name == router.OverShard {
+			s.overShard = ""
+		} else {
+			s.overKey = ""
+		}
+		if cmd.Value != "" { // SET ... = DEFAULT
+			return s.localComplete(s.txStatus, "SET")
+		}
+		return s.localComplete(s.txStatus, "RESET")
+	}
+	value := s.overShard
+	if cmd.Name == router.OverKey {
+		value = s.overKey
+	}
+	_ = s.cw.Send(&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{
+		Name: []byte(cmd.Name), DataTypeOID: router.OIDText, DataTypeSize: -1, TypeModifier: -1,
+	}}})
+	_ = s.cw.Send(&pgproto3.DataRow{Values: [][]byte{[]byte(value)}})
+	return s.localComplete(s.txStatus, "SHOW")
+}
+
+// pin starts the client's unpinned transaction on the server just linked:
+// its BEGIN and the SETs made in it, in one round trip before anything of
+// the client's is sent (if BEGIN failed, the client's statements must not
+// run outside the transaction it asked for). A failure is the client's
+// statement's error and leaves the transaction aborted; the server, back
+// to idle, returns to the pool.
+func (s *session) pin() error {
+	c := s.server
+	sql := s.beginSQL
+	for _, p := range s.deferred {
+		sql += "; " + p.SQL
+	}
+	ctx, cancel := context.WithTimeout(s.srv.ctx, s.waitTimeout)
+	status, err := c.Exec(ctx, sql)
+	cancel()
+	if err == nil && status == wire.TxActive {
+		for _, p := range s.deferred {
+			info := scanQuery(p.SQL, s.standardStrings())
+			s.noteSettings(&info)
+		}
+		s.virtualTx = false
+		s.beginSQL = ""
+		s.deferred = s.deferred[:0]
+		return nil
+	}
+	if c.Broken() {
+		return s.serverLostBeforeUse(err)
+	}
+	if status != wire.TxIdle {
+		ctx, cancel := context.WithTimeout(s.srv.ctx, resetTimeout)
+		if st, rerr := c.Exec(ctx, "ROLLBACK"); rerr != nil || st != wire.TxIdle {
+			c.MarkBroken()
+		}
+		cancel()
+	}
+	if s.mode != config.ModeSession { // a session-mode server keeps the client's session state
+		s.unlink()
+	}
+	if err == nil {
+		err = errorf(codeProtocolViolation, "pgrouter: %q did not open a transaction on shard %s", s.beginSQL, c.Shard())
+	}
+	return err
+}

@@ -1,0 +1,617 @@
+package proxy
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
+)
+
+// The routing tests run a cluster of four real shards with 16 partitions
+// (four per shard) hashed with hashtext, so PostgreSQL itself is the oracle
+// for where a key belongs: on shard i, (hashtext(key) & 15) / 4 = i.
+
+const routingSchema = `
+DROP TABLE IF EXISTS rt_users, rt_counters, rt_shard CASCADE;
+CREATE TABLE rt_shard AS SELECT '%[1]s'::text AS name;
+CREATE TABLE rt_users (username text PRIMARY KEY, email text NOT NULL);
+CREATE TABLE rt_counters (no bigint PRIMARY KEY, visits bigint NOT NULL DEFAULT 0);
+CREATE OR REPLACE FUNCTION rt_add_user(i_username text, i_email text) RETURNS text LANGUAGE sql AS
+  $$ INSERT INTO rt_users (username, email) VALUES (i_username, i_email) RETURNING (SELECT name FROM rt_shard) $$;
+CREATE OR REPLACE FUNCTION rt_get_user(i_username text, OUT username text, OUT email text, OUT shard text) RETURNS SETOF record LANGUAGE sql AS
+  $$ SELECT u.username, u.email, s.name FROM rt_users u, rt_shard s WHERE u.username = i_username $$;
+CREATE OR REPLACE FUNCTION rt_where(i_username text) RETURNS text LANGUAGE sql AS $$ SELECT name FROM rt_shard $$;
+CREATE OR REPLACE FUNCTION rt_where_no(i_no bigint) RETURNS text LANGUAGE sql AS $$ SELECT name FROM rt_shard $$;
+CREATE OR REPLACE FUNCTION rt_add_counter(i_no bigint) RETURNS void LANGUAGE sql AS $$ INSERT INTO rt_counters (no) VALUES (i_no) $$;
+CREATE OR REPLACE FUNCTION rt_visit(i_no bigint) RETURNS bigint LANGUAGE sql AS
+  $$ UPDATE rt_counters SET visits = visits + 1 WHERE no = i_no RETURNING visits $$;
+CREATE OR REPLACE FUNCTION rt_count_users() RETURNS bigint LANGUAGE sql AS $$ SELECT count(*) FROM rt_users $$;
+CREATE OR REPLACE FUNCTION rt_total_visits() RETURNS numeric LANGUAGE sql AS $$ SELECT coalesce(sum(visits), 0) FROM rt_counters $$;
+CREATE OR REPLACE FUNCTION rt_list_users() RETURNS SETOF text LANGUAGE sql AS $$ SELECT username FROM rt_users ORDER BY username $$;
+CREATE OR REPLACE FUNCTION rt_all_have_users() RETURNS boolean LANGUAGE sql AS $$ SELECT count(*) > 0 FROM rt_users $$;
+CREATE OR REPLACE FUNCTION rt_fail_on(i_shard text) RETURNS int LANGUAGE plpgsql AS
+  $$ BEGIN IF (SELECT name FROM rt_shard) = i_shard THEN RAISE EXCEPTION 'boom on %%', i_shard USING ERRCODE = '22012'; END IF; RETURN 1; END $$;
+CREATE OR REPLACE FUNCTION rt_by_part(i_part int) RETURNS text LANGUAGE sql AS $$ SELECT name FROM rt_shard $$;
+CREATE OR REPLACE FUNCTION rt_any() RETURNS text LANGUAGE sql AS $$ SELECT name FROM rt_shard $$;
+`
+
+const routingFunctions = `functions:
+  - {name: rt_add_user, key: i_username}
+  - {name: rt_get_user, key: i_username}
+  - {name: rt_where, key: i_username}
+  - {name: rt_where_no, key: 1}
+  - {name: rt_add_counter, key: i_no}
+  - {name: rt_visit, key: i_no}
+  - {name: rt_count_users, run_on: all, merge: sum}
+  - {name: rt_total_visits, run_on: all, merge: sum}
+  - {name: rt_list_users, run_on: all}
+  - {name: rt_all_have_users, run_on: all, merge: bool_and}
+  - {name: rt_fail_on, run_on: all}
+  - {name: rt_by_part, run_on: partition, key: i_part}
+  - {name: rt_any, run_on: any}
+`
+
+// startRouting creates the routing schema on the four shards and starts a
+// proxy over them.
+func startRouting(t *testing.T, o proxyOpts) *testProxy {
+	t.Helper()
+	for i := range allShards {
+		shardExec(t, i, fmt.Sprintf(routingSchema, "s"+strconv.Itoa(i)))
+	}
+	o.servers = allShards
+	o.partitions = 16
+	o.hash = "hashtext"
+	if o.defaultRoute == "" {
+		o.defaultRoute = "error"
+	}
+	o.topLevel += routingFunctions
+	return startProxy(t, o)
+}
+
+// misplaced counts a shard's rows whose key hashes to another shard.
+func misplaced(t *testing.T, i int, table, key, hashFn string) int64 {
+	return shardQueryInt(t, i, fmt.Sprintf("SELECT count(*) FROM %s WHERE (%s(%s) & 15) / 4 <> %d", table, hashFn, key, i))
+}
+
+func userName(i int) string {
+	switch i % 3 {
+	case 1:
+		return fmt.Sprintf("ユーザー%d", i)
+	case 2:
+		return fmt.Sprintf("Zoë-%d", i)
+	}
+	return fmt.Sprintf("user%d", i)
+}
+
+// TestRoutingPlacesEveryKey inserts 10,000 users by key through pgx (in its
+// default statement-cache mode), then checks on the shards themselves that
+// each landed where PostgreSQL's hashtext puts it, finds every one again
+// through pgx, lib/pq and psql, and counts them with a run_on all call.
+func TestRoutingPlacesEveryKey(t *testing.T) {
+	p := startRouting(t, proxyOpts{size: 4})
+	ctx := testContext(t, 3*time.Minute)
+	const users = 10000
+	const workers = 8
+	g, gctx := errgroup.WithContext(ctx)
+	for w := range workers {
+		g.Go(func() error {
+			conn, err := pgx.Connect(gctx, p.url("postgres", "main"))
+			if err != nil {
+				return err
+			}
+			defer conn.Close(context.Background())
+			for i := w; i < users; i += workers {
+				var shard string
+				if err := conn.QueryRow(gctx, "SELECT rt_add_user($1, $2)", userName(i), fmt.Sprintf("u%d@example.com", i)).Scan(&shard); err != nil {
+					return fmt.Errorf("add %s: %w", userName(i), err)
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	var total int64
+	for i := range allShards {
+		n := shardQueryInt(t, i, "SELECT count(*) FROM rt_users")
+		if n == 0 {
+			t.Errorf("shard %d got no users", i)
+		}
+		total += n
+		if bad := misplaced(t, i, "rt_users", "username", "hashtext"); bad != 0 {
+			t.Errorf("shard %d holds %d users that hashtext places elsewhere", i, bad)
+		}
+	}
+	if total != users {
+		t.Fatalf("shards hold %d users, want %d", total, users)
+	}
+
+	// Every user is found again, on the shard hashtext names.
+	g, gctx = errgroup.WithContext(ctx)
+	for w := range workers {
+		g.Go(func() error {
+			conn, err := pgx.Connect(gctx, p.url("postgres", "main"))
+			if err != nil {
+				return err
+			}
+			defer conn.Close(context.Background())
+			for i := w; i < users; i += workers {
+				var name, email, shard string
+				if err := conn.QueryRow(gctx, "SELECT username, email, shard FROM rt_get_user(i_username => $1)", userName(i)).Scan(&name, &email, &shard); err != nil {
+					return fmt.Errorf("get %s: %w", userName(i), err)
+				}
+				if name != userName(i) || email != fmt.Sprintf("u%d@example.com", i) {
+					return fmt.Errorf("get %s: got %s %s", userName(i), name, email)
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+
+	// lib/pq: prepared statements and one-off queries.
+	host, port := p.hostPort()
+	db, err := sql.Open("postgres", fmt.Sprintf("host=%s port=%s user=postgres dbname=main sslmode=disable", host, port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	stmt, err := db.PrepareContext(ctx, "SELECT email FROM rt_get_user($1)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stmt.Close()
+	for i := 0; i < users; i += 7 {
+		var email string
+		if err := stmt.QueryRowContext(ctx, userName(i)).Scan(&email); err != nil || email != fmt.Sprintf("u%d@example.com", i) {
+			t.Fatalf("lib/pq prepared get %s: %q %v", userName(i), email, err)
+		}
+		var count int64
+		if i%70 == 0 {
+			if err := db.QueryRowContext(ctx, "SELECT rt_count_users()").Scan(&count); err != nil || count != users {
+				t.Fatalf("lib/pq count: %d %v", count, err)
+			}
+		}
+	}
+
+	// run_on all: sum merge over text (simple protocol) and binary (pgx).
+	conn := p.connect(t, ctx)
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec} {
+		var n int64
+		if err := conn.QueryRow(ctx, "SELECT rt_count_users()", mode).Scan(&n); err != nil || n != users {
+			t.Fatalf("count (%v): %d %v", mode, n, err)
+		}
+		var all bool
+		if err := conn.QueryRow(ctx, "SELECT rt_all_have_users()", mode).Scan(&all); err != nil || !all {
+			t.Fatalf("bool_and (%v): %v %v", mode, all, err)
+		}
+	}
+	// Concatenated rows: every user once, shard after shard.
+	rows, err := conn.Query(ctx, "SELECT * FROM rt_list_users()")
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || len(names) != users {
+		t.Fatalf("list: %d rows, %v", len(names), err)
+	}
+	seen := map[string]bool{}
+	for _, n := range names {
+		seen[n] = true
+	}
+	if len(seen) != users {
+		t.Fatalf("list: %d distinct users", len(seen))
+	}
+	ct, err := conn.Exec(ctx, "SELECT * FROM rt_list_users()", pgx.QueryExecModeSimpleProtocol)
+	if err != nil || ct.RowsAffected() != users {
+		t.Fatalf("list tag: %v %v", ct, err)
+	}
+
+	// psql: a routed call and a fan-out.
+	out := p.tool(t, ctx, "SELECT rt_where('user42');\nSELECT rt_count_users();\n", "psql", "-X", "-At", "-v", "ON_ERROR_STOP=1")
+	want := fmt.Sprintf("%s\n%d\n", expectShard(t, "user42"), users)
+	if out != want {
+		t.Fatalf("psql printed %q, want %q", out, want)
+	}
+}
+
+// expectShard asks PostgreSQL which shard hashtext puts a key on.
+func expectShard(t *testing.T, key string) string {
+	t.Helper()
+	h := shardQueryInt(t, 0, fmt.Sprintf("SELECT (hashtext(%s) & 15) / 4", quoteLiteral(key)))
+	return "s" + strconv.FormatInt(h, 10)
+}
+
+// twoKeysOnDifferentShards returns usernames that hash to different shards.
+func twoKeysOnDifferentShards(t *testing.T) (string, string) {
+	a := "alice"
+	for i := range 100 {
+		b := fmt.Sprintf("bob%d", i)
+		if expectShard(t, b) != expectShard(t, a) {
+			return a, b
+		}
+	}
+	t.Fatal("no two keys on different shards")
+	return "", ""
+}
+
+// userCount counts a username on every shard.
+func userCount(t *testing.T, names ...string) int64 {
+	var n int64
+	for i := range allShards {
+		for _, name := range names {
+			n += shardQueryInt(t, i, "SELECT count(*) FROM rt_users WHERE username = "+quoteLiteral(name))
+		}
+	}
+	return n
+}
+
+// TestRoutingRefusesCrossShard checks that transactions and pipelines that
+// would span shards fail with 0A000 and leave nothing behind, and the other
+// routing errors: NULL key, expression key, unroutable statement, unknown
+// shard, fan-out inside a transaction, partition out of range.
+func TestRoutingRefusesCrossShard(t *testing.T) {
+	for _, mode := range []string{"transaction", "session"} {
+		t.Run(mode, func(t *testing.T) {
+			p := startRouting(t, proxyOpts{mode: mode, size: 2})
+			ctx := testContext(t, time.Minute)
+			conn := p.connect(t, ctx)
+			a, b := twoKeysOnDifferentShards(t)
+
+			tx, err := conn.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec(ctx, "SELECT rt_add_user($1, 'a@x')", a); err != nil {
+				t.Fatal(err)
+			}
+			_, err = tx.Exec(ctx, "SELECT rt_add_user($1, 'b@x')", b)
+			if pgCode(err) != "0A000" || !strings.Contains(err.Error(), "belongs to shard") {
+				t.Fatalf("second shard in a transaction: %v; want 0A000", err)
+			}
+			if err := tx.Commit(ctx); !errors.Is(err, pgx.ErrTxCommitRollback) {
+				t.Fatalf("commit after 0A000: %v; want rollback", err)
+			}
+			if n := userCount(t, a, b); n != 0 {
+				t.Fatalf("%d rows left by the refused transaction", n)
+			}
+
+			// A pipeline (one Sync) over two shards.
+			batch := &pgx.Batch{}
+			batch.Queue("SELECT rt_add_user($1, 'a@x')", a)
+			batch.Queue("SELECT rt_add_user($1, 'b@x')", b)
+			err = conn.SendBatch(ctx, batch).Close()
+			if pgCode(err) != "0A000" {
+				t.Fatalf("pipeline over two shards: %v; want 0A000", err)
+			}
+			if n := userCount(t, a, b); n != 0 {
+				t.Fatalf("%d rows left by the refused pipeline", n)
+			}
+			// One simple Query over two shards.
+			_, err = conn.Exec(ctx, fmt.Sprintf("SELECT rt_add_user(%s, 'a@x'); SELECT rt_add_user(%s, 'b@x')", quoteLiteral(a), quoteLiteral(b)))
+			if pgCode(err) != "0A000" {
+				t.Fatalf("query over two shards: %v; want 0A000", err)
+			}
+			if n := userCount(t, a, b); n != 0 {
+				t.Fatalf("%d rows left by the refused query", n)
+			}
+			// The same pipeline on one shard works, and lands there.
+			batch = &pgx.Batch{}
+			batch.Queue("SELECT rt_add_user($1, 'a@x')", a)
+			batch.Queue("SELECT rt_where($1)", a)
+			if err := conn.SendBatch(ctx, batch).Close(); err != nil {
+				t.Fatal(err)
+			}
+			want := expectShard(t, a)
+			idx, _ := strconv.Atoi(want[1:])
+			if n := shardQueryInt(t, idx, "SELECT count(*) FROM rt_users WHERE username = "+quoteLiteral(a)); n != 1 {
+				t.Fatalf("%s not on %s", a, want)
+			}
+			shardExec(t, idx, "DELETE FROM rt_users WHERE username = "+quoteLiteral(a))
+
+			expectCode := func(code, contains, sql string, args ...any) {
+				t.Helper()
+				_, err := conn.Exec(ctx, sql, args...)
+				if pgCode(err) != code || !strings.Contains(err.Error(), contains) {
+					t.Fatalf("%s: %v; want %s mentioning %q", sql, err, code, contains)
+				}
+			}
+			expectCode("22004", "i_username", "SELECT rt_where($1)", nil)
+			expectCode("22004", "i_username", "SELECT rt_where(NULL)")
+			expectCode("0A000", "i_username", "SELECT rt_where('a' || 'b')")
+			expectCode("0A000", "default_route", "SELECT count(*) FROM rt_users")
+			expectCode("42704", "nope", "SET pgrouter.shard = 'nope'")
+			expectCode("22003", "out of range", "SELECT rt_by_part(16)")
+			tx, err = conn.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec(ctx, "SELECT rt_count_users()"); pgCode(err) != "0A000" {
+				t.Fatalf("fan-out in a transaction: %v", err)
+			}
+			_ = tx.Rollback(ctx)
+			// The connection is still good.
+			var s string
+			if err := conn.QueryRow(ctx, "SELECT rt_where($1)", a).Scan(&s); err != nil || s != want {
+				t.Fatalf("after errors: %q %v", s, err)
+			}
+		})
+	}
+}
+
+// TestRoutingOverridesAndTransactions covers SET pgrouter.shard/key, the
+// comment override, partition and any routing, a transaction pinned by its
+// first call with its SET LOCAL carried along, and the error of a BEGIN
+// that the shard refuses.
+func TestRoutingOverridesAndTransactions(t *testing.T) {
+	for _, mode := range []string{"transaction", "session"} {
+		t.Run(mode, func(t *testing.T) {
+			p := startRouting(t, proxyOpts{mode: mode, size: 2})
+			ctx := testContext(t, time.Minute)
+			conn := p.connect(t, ctx)
+			one := func(sql string, args ...any) string {
+				t.Helper()
+				var v string
+				if err := conn.QueryRow(ctx, sql, args...).Scan(&v); err != nil {
+					t.Fatalf("%s: %v", sql, err)
+				}
+				return v
+			}
+			must := func(sql string) {
+				t.Helper()
+				if _, err := conn.Exec(ctx, sql); err != nil {
+					t.Fatalf("%s: %v", sql, err)
+				}
+			}
+			must("SET pgrouter.shard = 's2'")
+			if got := one("SELECT name FROM rt_shard"); got != "s2" {
+				t.Fatalf("SET pgrouter.shard: ran on %s", got)
+			}
+			if got := one("SHOW pgrouter.shard", pgx.QueryExecModeSimpleProtocol); got != "s2" {
+				t.Fatalf("SHOW pgrouter.shard = %q", got)
+			}
+			rows, _ := conn.Query(ctx, "SET pgrouter.shard = 's1'") // Query always uses the extended protocol
+			rows.Close()
+			if err := rows.Err(); pgCode(err) != "0A000" {
+				t.Fatalf("SET pgrouter.shard through the extended protocol: %v; want 0A000", err)
+			}
+			if got := one("/* pgrouter: shard=s3 */ SELECT name FROM rt_shard"); got != "s3" {
+				t.Fatalf("comment override ran on %s", got)
+			}
+			must("RESET pgrouter.shard")
+			must("SET pgrouter.key = 'user42'")
+			if got, want := one("SELECT name FROM rt_shard"), expectShard(t, "user42"); got != want {
+				t.Fatalf("SET pgrouter.key ran on %s, want %s", got, want)
+			}
+			must("RESET pgrouter.key")
+			if got := one("/* pgrouter: key=user7 */ SELECT name FROM rt_shard"); got != expectShard(t, "user7") {
+				t.Fatalf("key comment ran on %s", got)
+			}
+			if got := one("SELECT rt_by_part(5)"); got != "s1" {
+				t.Fatalf("partition 5 ran on %s, want s1", got)
+			}
+			if got := one("SELECT rt_by_part($1)", 13); got != "s3" {
+				t.Fatalf("partition 13 ran on %s, want s3", got)
+			}
+			if got := one("SELECT rt_any()"); !regexp.MustCompile(`^s[0-3]$`).MatchString(got) {
+				t.Fatalf("any ran on %q", got)
+			}
+			if got := one("SELECT rt_where_no(42)"); got != "s"+strconv.FormatInt(shardQueryInt(t, 0, "SELECT (hashint8(42) & 15) / 4"), 10) {
+				t.Fatalf("int8 key 42 ran on %s", got)
+			}
+
+			// A transaction pinned by its first routed statement.
+			key := "pinned-user"
+			want := expectShard(t, key)
+			must("BEGIN")
+			must("SET LOCAL statement_timeout = '7s'")
+			if got := one("SELECT rt_add_user($1, 'p@x')", key); got != want {
+				t.Fatalf("pinned insert ran on %s, want %s", got, want)
+			}
+			if got := one("SHOW statement_timeout"); got != "7s" {
+				t.Fatalf("SET LOCAL before the pin: statement_timeout = %q", got)
+			}
+			if got := one("SELECT name FROM rt_shard"); got != want {
+				t.Fatalf("unrouted statement in the pinned transaction ran on %s", got)
+			}
+			must("COMMIT")
+			if n := userCount(t, key); n != 1 {
+				t.Fatalf("committed user found %d times", n)
+			}
+			if got := one("SHOW statement_timeout"); got != "0" {
+				t.Fatalf("SET LOCAL outlived its transaction: %q", got)
+			}
+			// ROLLBACK of a pinned transaction undoes it.
+			must("BEGIN")
+			one("SELECT rt_add_user($1, 'q@x')", "rolled-back")
+			must("ROLLBACK")
+			if n := userCount(t, "rolled-back"); n != 0 {
+				t.Fatal("rolled back insert is there")
+			}
+			// An unpinned transaction commits locally; a SET in it survives COMMIT.
+			must("BEGIN")
+			must("SET application_name = 'routed-app'")
+			must("COMMIT")
+			if got := one("SHOW application_name"); got != "routed-app" {
+				t.Fatalf("SET in a committed transaction: application_name = %q", got)
+			}
+			// A BEGIN the shard refuses fails at its first statement, with its own error.
+			must("BEGIN ISOLATION LEVEL sideways")
+			_, err := conn.Exec(ctx, "SELECT rt_where('x')")
+			if pgCode(err) != "42601" {
+				t.Fatalf("bad BEGIN: %v; want 42601", err)
+			}
+			must("ROLLBACK")
+			if got := one("SELECT rt_where($1)", "x"); got != expectShard(t, "x") {
+				t.Fatalf("after bad BEGIN: %s", got)
+			}
+			// An error in an unpinned transaction aborts it, as PostgreSQL would.
+			must("BEGIN")
+			if _, err := conn.Exec(ctx, "SELECT rt_where(NULL)"); pgCode(err) != "22004" {
+				t.Fatalf("NULL key: %v", err)
+			}
+			if _, err := conn.Exec(ctx, "SELECT rt_where('x')"); pgCode(err) != "25P02" {
+				t.Fatalf("in an aborted transaction: %v; want 25P02", err)
+			}
+			if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestRoutingFanoutErrors: a shard's error fails a run_on all call, names
+// the shard and keeps the SQLSTATE; the connection stays usable.
+func TestRoutingFanoutErrors(t *testing.T) {
+	p := startRouting(t, proxyOpts{size: 2})
+	ctx := testContext(t, time.Minute)
+	conn := p.connect(t, ctx)
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol} {
+		_, err := conn.Exec(ctx, "SELECT * FROM rt_fail_on($1)", mode, "s2")
+		if pgCode(err) != "22012" || !strings.Contains(err.Error(), "shard s2") {
+			t.Fatalf("fan-out error (%v): %v", mode, err)
+		}
+		rows, err := conn.Query(ctx, "SELECT * FROM rt_fail_on($1)", mode, "none")
+		if err != nil {
+			t.Fatal(err)
+		}
+		vals, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+		if err != nil || len(vals) != 4 {
+			t.Fatalf("fan-out rows (%v): %v %v", mode, vals, err)
+		}
+	}
+}
+
+// TestRoutingPgbench runs pgbench with routed calls for 30 s at 32 clients
+// and checks the shards: every counter on the shard hashint8 names, and the
+// visits recorded equal the transactions pgbench reports.
+func TestRoutingPgbench(t *testing.T) {
+	p := startRouting(t, proxyOpts{size: 8})
+	ctx := testContext(t, 2*time.Minute)
+	conn := p.connect(t, ctx)
+	const counters = 10000
+	for no := 1; no <= counters; no++ {
+		if _, err := conn.Exec(ctx, "SELECT rt_add_counter($1)", no); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	script := dir + "/routed.sql"
+	writeFile(t, script, "\\set n random(1, 10000)\nSELECT rt_visit(:n);\nSELECT rt_where_no(:n);\n")
+	out := p.tool(t, ctx, "", "pgbench", "-n", "-M", "prepared", "-c", "32", "-j", "2", "-T", "30", "-f", script)
+	m := regexp.MustCompile(`number of transactions actually processed: (\d+)`).FindStringSubmatch(out)
+	if m == nil || !strings.Contains(out, "number of failed transactions: 0") {
+		t.Fatalf("pgbench:\n%s", out)
+	}
+	txns, _ := strconv.ParseInt(m[1], 10, 64)
+	var visits int64
+	for i := range allShards {
+		visits += shardQueryInt(t, i, "SELECT coalesce(sum(visits), 0) FROM rt_counters")
+		if bad := misplaced(t, i, "rt_counters", "no", "hashint8"); bad != 0 {
+			t.Errorf("shard %d: %d misplaced counters", i, bad)
+		}
+	}
+	if visits != txns {
+		t.Fatalf("shards recorded %d visits; pgbench processed %d transactions", visits, txns)
+	}
+	var total string
+	if err := conn.QueryRow(ctx, "SELECT rt_total_visits()").Scan(&total); err != nil || total != strconv.FormatInt(txns, 10) {
+		t.Fatalf("rt_total_visits() = %s %v, want %d", total, err, txns)
+	}
+	t.Logf("pgbench: %d routed transactions, tps line: %s", txns, tpsLine(out))
+	// The simple protocol too, briefly.
+	out = p.tool(t, ctx, "", "pgbench", "-n", "-M", "simple", "-c", "8", "-j", "2", "-T", "3", "-f", script)
+	if !strings.Contains(out, "number of failed transactions: 0") {
+		t.Fatalf("pgbench simple:\n%s", out)
+	}
+}
+
+func tpsLine(out string) string {
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "tps") {
+			return l
+		}
+	}
+	return ""
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRoutingMatchesPLProxy sends the same keys through PL/Proxy (RUN ON
+// hashtext(key) and RUN ON hashint8(key), over a cluster whose partitions
+// are the same 16 connection strings) and through pgrouter, and checks that
+// both reach the same shard for every key.
+func TestRoutingMatchesPLProxy(t *testing.T) {
+	if shardQueryInt(t, 0, "SELECT count(*) FROM pg_available_extensions WHERE name = 'plproxy'") == 0 {
+		t.Skip("the plproxy extension is not installed (apt-get install postgresql-15-plproxy; .ci/run does)")
+	}
+	p := startRouting(t, proxyOpts{size: 2})
+	ctx := testContext(t, 2*time.Minute)
+	var opts []string
+	for part := range 16 {
+		sh := allShards[part/4]
+		opts = append(opts, fmt.Sprintf("p%d 'host=%s port=%d dbname=postgres user=postgres'", part, sh.Host, sh.Port))
+	}
+	setup := fmt.Sprintf(`
+CREATE EXTENSION IF NOT EXISTS plproxy;
+DROP SERVER IF EXISTS rt_cluster CASCADE;
+CREATE SERVER rt_cluster FOREIGN DATA WRAPPER plproxy OPTIONS (%s);
+CREATE USER MAPPING FOR PUBLIC SERVER rt_cluster;
+CREATE OR REPLACE FUNCTION plp_where(i_username text) RETURNS text LANGUAGE plproxy AS
+  $$ CLUSTER 'rt_cluster'; RUN ON hashtext(i_username); SELECT rt_where(i_username); $$;
+CREATE OR REPLACE FUNCTION plp_where_no(i_no bigint) RETURNS text LANGUAGE plproxy AS
+  $$ CLUSTER 'rt_cluster'; RUN ON hashint8(i_no); SELECT rt_where_no(i_no); $$;
+`, strings.Join(opts, ", "))
+	shardExec(t, 0, setup)
+	direct, err := pgx.Connect(ctx, allShards[0].DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close(context.Background())
+	conn := p.connect(t, ctx)
+	perShard := map[string]int{}
+	for i := range 2000 {
+		key := userName(i)
+		var viaPLProxy, viaRouter string
+		if err := direct.QueryRow(ctx, "SELECT plp_where($1)", key).Scan(&viaPLProxy); err != nil {
+			t.Fatal(err)
+		}
+		if err := conn.QueryRow(ctx, "SELECT rt_where($1)", key).Scan(&viaRouter); err != nil {
+			t.Fatal(err)
+		}
+		if viaPLProxy != viaRouter {
+			t.Fatalf("key %q: PL/Proxy runs it on %s, pgrouter on %s", key, viaPLProxy, viaRouter)
+		}
+		perShard[viaRouter]++
+		no := int64(i)*7919 - 5000
+		if err := direct.QueryRow(ctx, "SELECT plp_where_no($1)", no).Scan(&viaPLProxy); err != nil {
+			t.Fatal(err)
+		}
+		if err := conn.QueryRow(ctx, "SELECT rt_where_no($1)", no).Scan(&viaRouter); err != nil {
+			t.Fatal(err)
+		}
+		if viaPLProxy != viaRouter {
+			t.Fatalf("key %d: PL/Proxy runs it on %s, pgrouter on %s", no, viaPLProxy, viaRouter)
+		}
+	}
+	if len(perShard) != 4 {
+		t.Fatalf("keys reached only %v", perShard)
+	}
+}
