@@ -85,6 +85,11 @@ func runDemo(ctx context.Context, out io.Writer, dir string, n int, listen strin
 		servers = append(servers, s)
 	}
 
+	for i, s := range servers {
+		if err := s.Exec(startCtx, "postgres", demoSchema); err != nil {
+			return fmt.Errorf("create the demo schema on shard s%d: %w", i, err)
+		}
+	}
 	path := filepath.Join(dir, "router.yaml")
 	if err := os.WriteFile(path, []byte(demoConfig(servers, listen)), 0o644); err != nil {
 		return err
@@ -100,10 +105,30 @@ func runDemo(ctx context.Context, out io.Writer, dir string, n int, listen strin
 	}
 	fmt.Fprintf(out, "  config    %s\n\n", path)
 	fmt.Fprintf(out, "Connect:    psql -h %s -p %s -U demo %s\n", host, port, demoCluster)
+	fmt.Fprintf(out, "Try:        SELECT add_user('bob', 'bob@example.com');   -- runs on the shard that owns 'bob'\n")
+	fmt.Fprintf(out, "            SELECT * FROM get_user('bob');\n")
+	fmt.Fprintf(out, "            SELECT count_users();                          -- runs on every shard, summed\n")
 	fmt.Fprintf(out, "Stop:       Ctrl-C\n\n")
 
 	return serve(ctx, cfg, log)
 }
+
+// demoSchema is the same on every shard: users placed by username, with
+// the functions that reach them.
+const demoSchema = `
+CREATE TABLE IF NOT EXISTS users (username text PRIMARY KEY, email text NOT NULL, created timestamptz NOT NULL DEFAULT now());
+CREATE OR REPLACE FUNCTION add_user(i_username text, i_email text) RETURNS text LANGUAGE sql AS
+  $$ INSERT INTO users (username, email) VALUES (i_username, i_email) RETURNING 'stored on port ' || inet_server_port() $$;
+CREATE OR REPLACE FUNCTION get_user(i_username text, OUT username text, OUT email text, OUT created timestamptz) RETURNS SETOF record
+  LANGUAGE sql AS $$ SELECT username, email, created FROM users WHERE username = i_username $$;
+CREATE OR REPLACE FUNCTION count_users() RETURNS bigint LANGUAGE sql AS $$ SELECT count(*) FROM users $$;
+`
+
+const demoFunctions = `functions:
+  - {name: add_user, key: i_username}
+  - {name: get_user, key: i_username}
+  - {name: count_users, run_on: all, merge: sum}
+`
 
 // demoConfig writes the demo's router.yaml: trust auth on loopback, one
 // cluster over every shard, statements without a routing key to s0, and any
@@ -124,5 +149,6 @@ func demoConfig(servers []*pgtest.Server, listen string) string {
 		fmt.Fprintf(&b, "      - name: s%d\n        dsn: %s\n        partitions: \"%d-%d\"\n", i, s.DSN("postgres"), lo, hi)
 	}
 	fmt.Fprintf(&b, "default_route: s0\nfallback_cluster: %s\n", demoCluster)
+	b.WriteString(demoFunctions)
 	return b.String()
 }

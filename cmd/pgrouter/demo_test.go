@@ -78,6 +78,22 @@ func TestDemo(t *testing.T) {
 	if !strings.Contains(out.String(), fmt.Sprintf("shard s0  127.0.0.1:%d", port0)) {
 		t.Fatalf("statement did not run on shard s0 (port %d):\n%s", port0, out.String())
 	}
+	// Routed calls: users land on the shards that own them, the count sums all shards.
+	ports := map[string]bool{}
+	for i := range 40 {
+		var where string
+		if err := conn.QueryRow(context.Background(), "SELECT add_user($1, $2)", fmt.Sprintf("user%d", i), "x@example.com").Scan(&where); err != nil {
+			t.Fatal(err)
+		}
+		ports[where] = true
+	}
+	if len(ports) != 2 {
+		t.Fatalf("40 users landed on %v; want both shards", ports)
+	}
+	var n int64
+	if err := conn.QueryRow(context.Background(), "SELECT count_users()").Scan(&n); err != nil || n != 40 {
+		t.Fatalf("count_users() = %d, %v", n, err)
+	}
 	conn.Close(context.Background())
 	other, err := pgx.Connect(context.Background(), fmt.Sprintf("postgres://root@%s:%s/root?sslmode=disable", host, port))
 	if err != nil {
