@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/pool"
 	"github.com/pgrouter/pgrouter/router"
 	"github.com/pgrouter/pgrouter/shardmap"
@@ -58,6 +59,22 @@ func (s *session) runOnAll(write func(c *pool.Conn)) []shardResult {
 			results[i].err = err
 			continue
 		}
+		if c := s.heldOn(sh); c != nil {
+			// A session-mode client's own server: its session state is
+			// there, and taking a second one could wait on itself.
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				write(c)
+				if err := c.W.Flush(); err != nil {
+					c.MarkBroken()
+					results[i].err = err
+					return
+				}
+				results[i].msgs, results[i].err = readUntilReady(c)
+			}()
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -93,6 +110,17 @@ func (s *session) runOnAll(write func(c *pool.Conn)) []shardResult {
 		}
 	}
 	return results
+}
+
+// heldOn returns the idle server a session-mode client holds on a shard.
+func (s *session) heldOn(sh *shardmap.Shard) *pool.Conn {
+	if s.mode != config.ModeSession {
+		return nil
+	}
+	if s.server != nil && s.server.Shard() == sh.Name {
+		return s.server
+	}
+	return s.parked[sh.Name]
 }
 
 // applySettingsOn makes a fan-out connection's settings the client's.
