@@ -32,13 +32,12 @@ type queryInfo struct {
 	resets   []string
 }
 
-// scanQuery reads a statement string. It allocates only for the statements
-// it has to act on.
-func scanQuery(sql string, standard bool) queryInfo {
+// planInfo derives what a statement string does to mirrored state from its
+// cached plan, so a statement seen before is not lexed again. It allocates
+// only for the statements it has to act on.
+func planInfo(p *router.Plan) queryInfo {
 	var info queryInfo
-	count := 0
-	router.Scan(sql, standard, func(st router.Statement) {
-		count++
+	for _, st := range p.Statements {
 		switch st.Kind {
 		case router.KindDeallocate:
 			info.effects |= effStatements
@@ -62,15 +61,12 @@ func scanQuery(sql string, standard bool) queryInfo {
 			info.settings = append(info.settings, st.Names...)
 			info.resets = append(info.resets, st.Names...)
 		}
-	})
-	if count != 1 || !router.Single(sql, standard) {
+	}
+	if len(p.Statements) != 1 || !p.Single {
 		info.deallocate = ""
 	}
 	return info
 }
-
-// scanEffects returns only the effects of a statement string.
-func scanEffects(sql string, standard bool) effects { return scanQuery(sql, standard).effects }
 
 // changesState reports whether running the statement needs any follow-up.
 func (q *queryInfo) changesState() bool { return q.effects != 0 || len(q.settings) > 0 }

@@ -18,15 +18,14 @@ func reservedNameError() *Error {
 
 // query handles a simple Query message.
 func (s *session) query(m wire.Message) error {
-	sql := trimNUL(m.Body())
-	info := scanQuery(string(sql), s.standardStrings())
+	plan := s.router.Plan(string(trimNUL(m.Body())), s.standardStrings())
+	info := planInfo(plan)
 	if info.effects&effReserved != 0 && !s.passthrough {
 		return reservedNameError()
 	}
 	if handled, err := s.answerLocally(info); handled {
 		return err
 	}
-	plan := s.router.Plan(string(sql), s.standardStrings())
 	if handled, err := s.sessionCommand(plan); handled {
 		return err
 	}
@@ -132,10 +131,12 @@ func (s *session) parse(m wire.Message) error {
 		return fatalf(codeProtocolViolation, "pgrouter: malformed Parse message")
 	}
 	query, _, _ := cutCString(definition)
+	plan := s.router.Plan(string(query), s.standardStrings())
+	info := planInfo(plan)
 	if len(name) > 0 && !s.passthrough && s.server == nil && s.txStatus == wire.TxIdle && s.stmts[string(name)] == nil {
 		// A statement some server has already parsed needs no server now:
 		// it is prepared where it executes.
-		if st := newStatement(definition, s.standardStrings()); s.known.has(st.serverName) {
+		if st := newStatement(definition, info, plan); s.known.has(st.serverName) {
 			clientName := string(name)
 			s.stmts[clientName] = st
 			s.queue.push(request{kind: reqLocal, reply: wire.ParseComplete, clientStmt: clientName, serverStmt: st.serverName})
@@ -143,13 +144,11 @@ func (s *session) parse(m wire.Message) error {
 			return nil
 		}
 	}
-	if !s.passthrough && scanEffects(string(query), s.standardStrings())&effReserved != 0 {
+	if !s.passthrough && info.effects&effReserved != 0 {
 		return reservedNameError()
 	}
-	if !s.replaying && len(s.cluster.Shards) == 1 {
-		if err := extendedOverride(s.router.Plan(string(query), s.standardStrings())); err != nil {
-			return err
-		}
+	if err := extendedOverride(plan); err != nil {
+		return err
 	}
 	if err := s.link(); err != nil {
 		return err
@@ -158,7 +157,7 @@ func (s *session) parse(m wire.Message) error {
 	s.inBatch = true
 	if len(name) == 0 {
 		prev := c.Unnamed
-		c.Unnamed = s.unnamed.set(m.Raw, definition, scanQuery(string(query), s.standardStrings()))
+		c.Unnamed = s.unnamed.set(m.Raw, definition, info, plan)
 		_ = c.W.Write(m.Raw)
 		s.queue.push(request{kind: reqParse, unnamed: true, prevUnnamed: prev})
 		return s.pushServer()
@@ -182,7 +181,7 @@ func (s *session) parse(m wire.Message) error {
 		s.queue.push(request{kind: reqParse, renameFrom: old.serverName, renameTo: string(name)})
 		return s.pushServer()
 	}
-	st := newStatement(definition, s.standardStrings())
+	st := newStatement(definition, info, plan)
 	clientName := string(name)
 	s.stmts[clientName] = st
 	if c.Statements.Has(st.serverName) {

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"fmt"
 	"strconv"
@@ -45,51 +44,43 @@ type shardResult struct {
 }
 
 // runOnAll sends every shard what write puts on its connection (ending with
-// Query or Sync) and collects the replies up to ReadyForQuery. While it
-// runs, the connections are registered for cancel requests.
+// Query or Sync) and collects the replies up to ReadyForQuery. Each shard
+// runs on a server taken from its pool (or, in session mode, the one the
+// client holds there: its session state is there, and taking a second one
+// could wait on itself). While it runs, the servers are registered for
+// cancel requests.
 func (s *session) runOnAll(write func(c *pool.Conn)) []shardResult {
 	shards := s.cluster.Shards
 	results := make([]shardResult, len(shards))
-	conns := make([]*pool.Conn, len(shards))
+	taken := make([]*pool.Conn, len(shards)) // servers to give back
 	var wg sync.WaitGroup
 	for i, sh := range shards {
 		results[i].shard = sh
+		held := s.heldOn(sh)
 		p, err := s.poolFor(sh)
-		if err != nil {
+		if err != nil && held == nil {
 			results[i].err = err
-			continue
-		}
-		if c := s.heldOn(sh); c != nil {
-			// A session-mode client's own server: its session state is
-			// there, and taking a second one could wait on itself.
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				write(c)
-				if err := c.W.Flush(); err != nil {
-					c.MarkBroken()
-					results[i].err = err
-					return
-				}
-				results[i].msgs, results[i].err = readUntilReady(c)
-			}()
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := p.Acquire(s.srv.ctx, s.waitTimeout)
-			if err != nil {
-				results[i].err = err
-				return
-			}
-			conns[i] = c
-			s.mu.Lock()
-			s.fanConns = append(s.fanConns, c)
-			s.mu.Unlock()
-			if err := s.applySettingsOn(c); err != nil {
-				results[i].err = err
-				return
+			c := held
+			if c == nil {
+				var err error
+				if c, err = p.Acquire(s.srv.ctx, s.waitTimeout); err != nil {
+					results[i].err = err
+					return
+				}
+				taken[i] = c
+				s.mu.Lock()
+				s.fanConns = append(s.fanConns, c)
+				s.mu.Unlock()
+				if err := s.syncSettings(c); err != nil {
+					c.MarkBroken()
+					results[i].err = err
+					return
+				}
 			}
 			write(c)
 			if err := c.W.Flush(); err != nil {
@@ -104,7 +95,7 @@ func (s *session) runOnAll(write func(c *pool.Conn)) []shardResult {
 	s.mu.Lock()
 	s.fanConns = nil
 	s.mu.Unlock()
-	for _, c := range conns {
+	for _, c := range taken {
 		if c != nil {
 			c.Pool().Release(c)
 		}
@@ -121,23 +112,6 @@ func (s *session) heldOn(sh *shardmap.Shard) *pool.Conn {
 		return s.server
 	}
 	return s.parked[sh.Name]
-}
-
-// applySettingsOn makes a fan-out connection's settings the client's.
-func (s *session) applySettingsOn(c *pool.Conn) error {
-	if c.Applied.Fingerprint() == s.desired.Fingerprint() && c.Applied.Len() == s.desired.Len() {
-		return nil
-	}
-	if sql := settingsSQL(&c.Applied, &s.desired); sql != "" {
-		ctx, cancel := context.WithTimeout(s.srv.ctx, s.waitTimeout)
-		defer cancel()
-		if _, err := c.Exec(ctx, sql); err != nil {
-			c.MarkBroken()
-			return err
-		}
-	}
-	c.Applied = s.desired.Clone()
-	return nil
 }
 
 // readUntilReady collects a server's replies up to ReadyForQuery. A server
@@ -205,7 +179,6 @@ func (s *session) startFanout(call *router.Call) error {
 			return err
 		}
 	}
-	s.held.reset()
 	s.batchErr = false
 	s.fan = &fanBatch{call: call, bind: bind, portal: string(portal)}
 	return nil
@@ -262,8 +235,7 @@ func (s *session) finishFanout(sync wire.Message) error {
 			return clientIO(s.cw.SendReady(s.txStatus))
 		}
 	}
-	portal, rest, _ := cutCString(f.bind)
-	_ = portal
+	_, rest, _ := cutCString(f.bind)
 	stmtName, params, _ := cutCString(rest)
 	def, err := s.definition(stmtName)
 	if err != nil {
@@ -386,10 +358,13 @@ func splitBindParams(b []byte) ([]byte, []uint16, bool) {
 func (s *session) emitFanout(results []shardResult, call *router.Call, shape *fanShape) error {
 	for _, r := range results {
 		if r.err != nil {
-			e := errorf(codeConnectionFailure, "pgrouter: shard %s: %s failed: %v", r.shard.Name, call.Fn.FullName(), r.err).because(r.err)
-			if pe, ok := r.err.(*Error); ok {
-				e = pe
-				e.Message = "pgrouter: shard " + r.shard.Name + ": " + pe.Message
+			// Pool errors keep their SQLSTATE (53300 wait, 08001 connect);
+			// anything else broke the server connection mid-statement.
+			e := toError(r.err)
+			if e.Fatal {
+				e = errorf(codeConnectionFailure, "pgrouter: lost the connection to shard %s while running %s", r.shard.Name, call.Fn.FullName()).because(r.err)
+			} else {
+				e.Message = "shard " + r.shard.Name + ": " + e.Message
 			}
 			return clientIO(s.cw.Send(e.response()))
 		}
@@ -436,11 +411,16 @@ func (s *session) emitFanout(results []shardResult, call *router.Call, shape *fa
 							return err
 						}
 					case wire.CommandComplete:
-						total += tagCount(rm.Body())
+						_, n, _ := splitTag(rm.Body())
+						total += n
 					}
 				}
 			}
-			if err := s.cw.Send(&pgproto3.CommandComplete{CommandTag: retag(m.Body(), total)}); err != nil {
+			tag := trimNUL(m.Body())
+			if prefix, _, ok := splitTag(m.Body()); ok {
+				tag = strconv.AppendInt(bytes.Clone(prefix), total, 10)
+			}
+			if err := s.cw.Send(&pgproto3.CommandComplete{CommandTag: tag}); err != nil {
 				return clientIO(err)
 			}
 		}
@@ -504,26 +484,17 @@ func (s *session) emitReduced(results []shardResult, call *router.Call, shape *f
 	return nil
 }
 
-// tagCount returns the row count at the end of a CommandComplete tag.
-func tagCount(body []byte) int64 {
-	tag := string(trimNUL(body))
-	i := bytes.LastIndexByte([]byte(tag), ' ')
-	if i < 0 {
-		return 0
-	}
-	n, _ := strconv.ParseInt(tag[i+1:], 10, 64)
-	return n
-}
-
-// retag puts a total row count into a CommandComplete tag that has one.
-func retag(body []byte, total int64) []byte {
+// splitTag splits a CommandComplete tag that ends in a row count ("SELECT
+// 42") into the part before the count and the count.
+func splitTag(body []byte) (prefix []byte, n int64, ok bool) {
 	tag := trimNUL(body)
 	i := bytes.LastIndexByte(tag, ' ')
 	if i < 0 {
-		return bytes.Clone(tag)
+		return nil, 0, false
 	}
-	if _, err := strconv.ParseInt(string(tag[i+1:]), 10, 64); err != nil {
-		return bytes.Clone(tag)
+	n, err := strconv.ParseInt(string(tag[i+1:]), 10, 64)
+	if err != nil {
+		return nil, 0, false
 	}
-	return strconv.AppendInt(bytes.Clone(tag[:i+1]), total, 10)
+	return tag[:i+1], n, true
 }

@@ -44,19 +44,18 @@ type statement struct {
 	parseBody []byte
 	// info is what executing it does to state pgrouter mirrors.
 	info queryInfo
-	// plan is where it routes (filled in at its first Bind).
+	// plan is where it routes (planned again if the catalog changes).
 	plan *router.Plan
 }
 
-func newStatement(definition []byte, standard bool) *statement {
+func newStatement(definition []byte, info queryInfo, plan *router.Plan) *statement {
 	sum := sha256.Sum256(definition)
 	name := serverStmtPrefix + hex.EncodeToString(sum[:16])
 	body := make([]byte, 0, len(name)+1+len(definition))
 	body = append(body, name...)
 	body = append(body, 0)
 	body = append(body, definition...)
-	query, _, _ := cutCString(definition)
-	return &statement{serverName: name, parseBody: body, info: scanQuery(string(query), standard)}
+	return &statement{serverName: name, parseBody: body, info: info, plan: plan}
 }
 
 // unnamedStatement is the client's latest unnamed statement. Drivers often
@@ -68,7 +67,7 @@ type unnamedStatement struct {
 	fp    uint64 // fingerprint of query text and parameter types, never 0
 	raw   []byte // the whole Parse message, buffer reused
 	info  queryInfo
-	plan  *router.Plan // filled in at its first Bind
+	plan  *router.Plan
 
 	prevValid bool
 	prevFp    uint64
@@ -84,13 +83,13 @@ func (u *unnamedStatement) save() {
 }
 
 // set records a new unnamed statement, keeping the previous one.
-func (u *unnamedStatement) set(raw, definition []byte, info queryInfo) uint64 {
+func (u *unnamedStatement) set(raw, definition []byte, info queryInfo, plan *router.Plan) uint64 {
 	u.save()
 	u.raw = append(u.raw[:0], raw...)
 	u.fp = maphash.Bytes(unnamedSeed, definition) | 1
 	u.valid = true
 	u.info = info
-	u.plan = nil
+	u.plan = plan
 	return u.fp
 }
 

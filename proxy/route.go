@@ -70,13 +70,15 @@ func (h *hold) reset() {
 	}
 }
 
-// planOf returns the plan of a statement string, planning it again if the
-// function catalog changed since.
-func (s *session) planOf(p *router.Plan, sql string) *router.Plan {
+// planOf returns a statement's plan, planning its Parse body again only if
+// there is none yet or the function catalog changed since.
+func (s *session) planOf(p *router.Plan, parseBody []byte) *router.Plan {
 	if p != nil && !s.router.Stale(p) {
 		return p
 	}
-	return s.router.Plan(sql, s.standardStrings())
+	_, def, _ := cutCString(parseBody)
+	q, _, _ := cutCString(def)
+	return s.router.Plan(string(q), s.standardStrings())
 }
 
 // stmtPlan returns the plan of the statement a Bind names, or nil when the
@@ -91,22 +93,15 @@ func (s *session) stmtPlan(name []byte) *router.Plan {
 		if !s.unnamed.valid {
 			return nil
 		}
-		s.unnamed.plan = s.planOf(s.unnamed.plan, parseQuery(s.unnamed.raw[wire.HeaderLen:]))
+		s.unnamed.plan = s.planOf(s.unnamed.plan, s.unnamed.raw[wire.HeaderLen:])
 		return s.unnamed.plan
 	}
 	st := s.stmts[string(name)]
 	if st == nil {
 		return nil
 	}
-	st.plan = s.planOf(st.plan, parseQuery(st.parseBody))
+	st.plan = s.planOf(st.plan, st.parseBody)
 	return st.plan
-}
-
-// parseQuery returns the query text of a Parse body.
-func parseQuery(body []byte) string {
-	_, def, _ := cutCString(body)
-	q, _, _ := cutCString(def)
-	return string(q)
 }
 
 // switchable reports whether a session-mode client is between
@@ -234,11 +229,7 @@ func (s *session) holdMessage(m wire.Message) error {
 			return fatalf(codeProtocolViolation, "pgrouter: malformed Parse message")
 		}
 		q, _, _ := cutCString(def)
-		plan := s.router.Plan(string(q), s.standardStrings())
-		if err := extendedOverride(plan); err != nil {
-			return s.replay(s.anyShard(), err)
-		}
-		s.held.parsed = append(s.held.parsed, heldParse{name: string(name), plan: plan})
+		s.held.parsed = append(s.held.parsed, heldParse{name: string(name), plan: s.router.Plan(string(q), s.standardStrings())})
 	case wire.Bind:
 		_, rest, ok1 := cutCString(m.Body())
 		name, _, ok2 := cutCString(rest)
@@ -299,23 +290,26 @@ func (s *session) replay(sh *shardmap.Shard, failAt error) error {
 		s.park()
 	}
 	s.replaying = true
-	defer func() { s.replaying = false }()
+	defer func() {
+		s.replaying = false
+		s.held.reset()
+	}()
 	start := 0
 	n := len(s.held.ends)
 	for i, end := range s.held.ends {
 		raw := s.held.buf[start:end]
 		start = end
 		m := wire.Message{Type: raw[0], Raw: raw}
+		if skip, _ := s.skipped(m); skip { // Terminate is never held
+			continue
+		}
 		if i == n-1 && failAt != nil {
-			s.held.reset()
 			return s.fail(failAt, m.Type)
 		}
 		if err := s.handle(m); err != nil {
-			s.held.reset()
 			return err
 		}
 	}
-	s.held.reset()
 	return nil
 }
 
@@ -447,7 +441,7 @@ func (s *session) pin() error {
 	cancel()
 	if err == nil && status == wire.TxActive {
 		for _, p := range s.deferred {
-			info := scanQuery(p.SQL, s.standardStrings())
+			info := planInfo(p)
 			s.noteSettings(&info)
 		}
 		s.virtualTx = false

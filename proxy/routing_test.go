@@ -100,27 +100,13 @@ func TestRoutingPlacesEveryKey(t *testing.T) {
 	p := startRouting(t, proxyOpts{size: 4})
 	ctx := testContext(t, 3*time.Minute)
 	const users = 10000
-	const workers = 8
-	g, gctx := errgroup.WithContext(ctx)
-	for w := range workers {
-		g.Go(func() error {
-			conn, err := pgx.Connect(gctx, p.url("postgres", "main"))
-			if err != nil {
-				return err
-			}
-			defer conn.Close(context.Background())
-			for i := w; i < users; i += workers {
-				var shard string
-				if err := conn.QueryRow(gctx, "SELECT rt_add_user($1, $2)", userName(i), fmt.Sprintf("u%d@example.com", i)).Scan(&shard); err != nil {
-					return fmt.Errorf("add %s: %w", userName(i), err)
-				}
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		t.Fatal(err)
-	}
+	overUsers(t, ctx, p, users, func(ctx context.Context, conn *pgx.Conn, i int) error {
+		var shard string
+		if err := conn.QueryRow(ctx, "SELECT rt_add_user($1, $2)", userName(i), fmt.Sprintf("u%d@example.com", i)).Scan(&shard); err != nil {
+			return fmt.Errorf("add %s: %w", userName(i), err)
+		}
+		return nil
+	})
 	var total int64
 	for i := range allShards {
 		n := shardQueryInt(t, i, "SELECT count(*) FROM rt_users")
@@ -137,29 +123,16 @@ func TestRoutingPlacesEveryKey(t *testing.T) {
 	}
 
 	// Every user is found again, on the shard hashtext names.
-	g, gctx = errgroup.WithContext(ctx)
-	for w := range workers {
-		g.Go(func() error {
-			conn, err := pgx.Connect(gctx, p.url("postgres", "main"))
-			if err != nil {
-				return err
-			}
-			defer conn.Close(context.Background())
-			for i := w; i < users; i += workers {
-				var name, email, shard string
-				if err := conn.QueryRow(gctx, "SELECT username, email, shard FROM rt_get_user(i_username => $1)", userName(i)).Scan(&name, &email, &shard); err != nil {
-					return fmt.Errorf("get %s: %w", userName(i), err)
-				}
-				if name != userName(i) || email != fmt.Sprintf("u%d@example.com", i) {
-					return fmt.Errorf("get %s: got %s %s", userName(i), name, email)
-				}
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		t.Fatal(err)
-	}
+	overUsers(t, ctx, p, users, func(ctx context.Context, conn *pgx.Conn, i int) error {
+		var name, email, shard string
+		if err := conn.QueryRow(ctx, "SELECT username, email, shard FROM rt_get_user(i_username => $1)", userName(i)).Scan(&name, &email, &shard); err != nil {
+			return fmt.Errorf("get %s: %w", userName(i), err)
+		}
+		if name != userName(i) || email != fmt.Sprintf("u%d@example.com", i) {
+			return fmt.Errorf("get %s: got %s %s", userName(i), name, email)
+		}
+		return nil
+	})
 
 	// lib/pq: prepared statements and one-off queries.
 	host, port := p.hostPort()
@@ -224,6 +197,31 @@ func TestRoutingPlacesEveryKey(t *testing.T) {
 	want := fmt.Sprintf("%s\n%d\n", expectShard(t, "user42"), users)
 	if out != want {
 		t.Fatalf("psql printed %q, want %q", out, want)
+	}
+}
+
+// overUsers runs fn for users 0..n-1 over 8 pgx connections in parallel.
+func overUsers(t *testing.T, ctx context.Context, p *testProxy, n int, fn func(ctx context.Context, conn *pgx.Conn, i int) error) {
+	t.Helper()
+	const workers = 8
+	g, gctx := errgroup.WithContext(ctx)
+	for w := range workers {
+		g.Go(func() error {
+			conn, err := pgx.Connect(gctx, p.url("postgres", "main"))
+			if err != nil {
+				return err
+			}
+			defer conn.Close(context.Background())
+			for i := w; i < n; i += workers {
+				if err := fn(gctx, conn, i); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -408,8 +406,23 @@ func TestRoutingOverridesAndTransactions(t *testing.T) {
 			if got := one("SELECT rt_any()"); !regexp.MustCompile(`^s[0-3]$`).MatchString(got) {
 				t.Fatalf("any ran on %q", got)
 			}
-			if got := one("SELECT rt_where_no(42)"); got != "s"+strconv.FormatInt(shardQueryInt(t, 0, "SELECT (hashint8(42) & 15) / 4"), 10) {
-				t.Fatalf("int8 key 42 ran on %s", got)
+			// An int8 key routes by value: literal, text constant, binary
+			// parameter and text parameter all reach hashint8(42)'s shard.
+			want42 := "s" + strconv.FormatInt(shardQueryInt(t, 0, "SELECT (hashint8(42) & 15) / 4"), 10)
+			for _, q := range []struct {
+				sql  string
+				args []any
+			}{
+				{"SELECT rt_where_no(42)", nil},
+				{"SELECT rt_where_no('42')", nil},
+				{"SELECT rt_where_no($1)", []any{int64(42)}},                                  // binary int8
+				{"SELECT rt_where_no($1::text::bigint)", []any{"42"}},                         // a text parameter, cast
+				{"SELECT rt_where_no($1)", []any{pgx.QueryExecModeSimpleProtocol, int64(42)}}, // inlined by pgx
+				{"SELECT rt_where_no(i_no => $1)", []any{pgx.QueryExecModeExec, "42"}},        // text format
+			} {
+				if got := one(q.sql, q.args...); got != want42 {
+					t.Fatalf("%s %v ran on %s, want %s", q.sql, q.args, got, want42)
+				}
 			}
 
 			// A transaction pinned by its first routed statement.

@@ -157,15 +157,8 @@ func (s *session) run() {
 // dispatch handles one client message. A non-fatal failure is reported here
 // in the protocol state the client expects; only fatal errors are returned.
 func (s *session) dispatch(m wire.Message) error {
-	if s.skipping {
-		switch m.Type {
-		case wire.Sync:
-			s.skipping = false
-		case wire.Terminate:
-			return errTerminate
-		default:
-			return nil // discarded, as PostgreSQL does after an error
-		}
+	if skip, err := s.skipped(m); skip {
+		return err
 	}
 	s.bytesIn += int64(len(m.Raw))
 	if s.reqStart.IsZero() {
@@ -189,18 +182,24 @@ func (s *session) dispatch(m wire.Message) error {
 	return s.handle(m)
 }
 
+// skipped reports whether a message is discarded because an earlier one of
+// its batch failed, as PostgreSQL discards everything up to Sync.
+func (s *session) skipped(m wire.Message) (bool, error) {
+	if !s.skipping {
+		return false, nil
+	}
+	switch m.Type {
+	case wire.Sync:
+		s.skipping = false
+		return false, nil
+	case wire.Terminate:
+		return true, errTerminate
+	}
+	return true, nil
+}
+
 // handle handles one client message whose shard is settled.
 func (s *session) handle(m wire.Message) error {
-	if s.skipping {
-		switch m.Type {
-		case wire.Sync:
-			s.skipping = false
-		case wire.Terminate:
-			return errTerminate
-		default:
-			return nil
-		}
-	}
 	var err error
 	switch m.Type {
 	case wire.Query:

@@ -17,23 +17,31 @@ import (
 // is the common case, nothing is sent.
 func (s *session) applySettings() error {
 	c := s.server
+	if err := s.syncSettings(c); err != nil {
+		if c.Broken() {
+			return s.serverLostBeforeUse(err)
+		}
+		// A value the server refuses came from the client's own startup
+		// packet or SET: PostgreSQL would have refused the login.
+		e := toError(err)
+		e.Fatal = true
+		e.Message = "pgrouter: cannot apply the session's settings on shard " + c.Shard() + ": " + e.Message
+		return e
+	}
+	return nil
+}
+
+// syncSettings sets and resets what differs between a server's applied
+// settings and the client's.
+func (s *session) syncSettings(c *pool.Conn) error {
 	if c.Applied.Fingerprint() == s.desired.Fingerprint() && c.Applied.Len() == s.desired.Len() {
 		return nil
 	}
-	sql := settingsSQL(&c.Applied, &s.desired)
-	if sql != "" {
+	if sql := settingsSQL(&c.Applied, &s.desired); sql != "" {
 		ctx, cancel := context.WithTimeout(s.srv.ctx, s.waitTimeout)
 		defer cancel()
 		if _, err := c.Exec(ctx, sql); err != nil {
-			if c.Broken() {
-				return s.serverLostBeforeUse(err)
-			}
-			// A value the server refuses came from the client's own startup
-			// packet or SET: PostgreSQL would have refused the login.
-			e := toError(err)
-			e.Fatal = true
-			e.Message = "pgrouter: cannot apply the session's settings on shard " + c.Shard() + ": " + e.Message
-			return e
+			return err
 		}
 	}
 	c.Applied = s.desired.Clone()

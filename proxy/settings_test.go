@@ -5,9 +5,11 @@ import (
 	"testing"
 
 	"github.com/pgrouter/pgrouter/pool"
+	"github.com/pgrouter/pgrouter/router"
+	"github.com/pgrouter/pgrouter/shardmap"
 )
 
-func TestScanQuery(t *testing.T) {
+func TestPlanInfo(t *testing.T) {
 	cases := []struct {
 		sql  string
 		want queryInfo
@@ -26,16 +28,18 @@ func TestScanQuery(t *testing.T) {
 		{"SET search_path = a; RESET TimeZone; SELECT set_config('x.y', '1', false)", queryInfo{settings: []string{"search_path", "timezone", "x.y"}, resets: []string{"timezone"}}},
 		{"SET LOCAL work_mem = '1MB'", queryInfo{}},
 	}
+	r := router.New(&shardmap.Cluster{Name: "t"})
 	for _, tc := range cases {
-		if got := scanQuery(tc.sql, true); !reflect.DeepEqual(got, tc.want) {
+		if got := planInfo(r.Plan(tc.sql, true)); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("%q: got %+v want %+v", tc.sql, got, tc.want)
 		}
 	}
 }
 
-func TestScanQueryDoesNotAllocateForOrdinaryQueries(t *testing.T) {
+func TestPlanInfoDoesNotAllocateForOrdinaryQueries(t *testing.T) {
 	q := "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
-	if n := testing.AllocsPerRun(100, func() { scanQuery(q, true) }); n != 0 {
+	r := router.New(&shardmap.Cluster{Name: "t"})
+	if n := testing.AllocsPerRun(100, func() { planInfo(r.Plan(q, true)) }); n != 0 {
 		t.Fatalf("%v allocations per ordinary query", n)
 	}
 }

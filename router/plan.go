@@ -57,6 +57,8 @@ type Plan struct {
 	Err *Error
 	// SQL is the statement string.
 	SQL string
+	// Single: the string holds at most one statement.
+	Single bool
 	// Command is set when the session answers or holds back the string
 	// itself (see ParseCommand).
 	Command Command
@@ -125,7 +127,7 @@ func (idx functionIndex) lookup(schema, name string) *shardmap.Function {
 // analyze reads a statement string once: the statements pgrouter mirrors,
 // the routed calls and whether the string may run on any shard.
 func analyze(sql string, standard bool, idx functionIndex, cat *Catalog) *Plan {
-	p := &Plan{AnyShard: true, Override: parseOverride(sql), SQL: sql, Command: ParseCommand(sql, standard)}
+	p := &Plan{AnyShard: true, Override: parseOverride(sql), SQL: sql, Command: ParseCommand(sql, standard), Single: Single(sql, standard)}
 	l := NewLexer(sql)
 	l.StandardStrings = standard
 	for {
