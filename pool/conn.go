@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -68,6 +69,9 @@ type Conn struct {
 
 	// state is guarded by pool.mu.
 	state State
+	// holder is the id of the client the connection serves (0: none), for
+	// SHOW SERVERS and SHOW CLIENTS.
+	holder atomic.Uint64
 
 	// cancels counts cancel requests being forwarded for this connection;
 	// the connection is not handed to anyone else until they finish.
@@ -76,6 +80,14 @@ type Conn struct {
 
 // Shard returns the name of the shard this connection belongs to.
 func (c *Conn) Shard() string { return c.pool.cfg.Shard }
+
+// SetHolder records which client the connection now serves.
+func (c *Conn) SetHolder(client uint64) { c.holder.Store(client) }
+
+func (c *Conn) tls() bool {
+	_, ok := c.netConn.(*tls.Conn)
+	return ok
+}
 
 // Pool returns the pool that owns the connection.
 func (c *Conn) Pool() *Pool { return c.pool }

@@ -13,6 +13,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,9 +40,13 @@ type WaitTimeoutError struct {
 	Shard  string
 	Size   int
 	Waited time.Duration
+	Paused bool // the shard was paused (PAUSE in the admin console)
 }
 
 func (e *WaitTimeoutError) Error() string {
+	if e.Paused {
+		return fmt.Sprintf("shard %s is paused (PAUSE in the admin console) and was not resumed within %s", e.Shard, e.Waited.Round(time.Millisecond))
+	}
 	return fmt.Sprintf("no server connection to shard %s became free within %s (all %d in use)", e.Shard, e.Waited.Round(time.Millisecond), e.Size)
 }
 
@@ -58,27 +64,19 @@ func (e *ConnectError) Unwrap() error { return e.Err }
 
 // Config describes one pool.
 type Config struct {
-	Shard              string
-	User               string
-	Conn               *pgconn.Config // parsed DSN, user and password filled in
-	Size               int
-	MinIdle            int
-	Reserve            int           // extra connections for a client that waited ReserveTimeout
-	ReserveTimeout     time.Duration //
-	Lifetime           time.Duration // 0: unlimited
-	IdleTimeout        time.Duration // 0: never close idle connections
-	ConnectTimeout     time.Duration
-	CheckDelay         time.Duration // idle longer than this: run CheckQuery before reuse
-	CheckQuery         string        // "": the socket check only
-	PreparedStatements int
-	MaxMessageSize     int
-	Log                *zap.Logger
+	Shard string
+	User  string
+	Conn  *pgconn.Config // parsed DSN, user and password filled in
+	Settings
+	Log *zap.Logger
 }
 
 // Pool is the set of server connections for one (shard, server user).
 type Pool struct {
-	cfg    Config
+	cfg    Config // Settings in it are the first ones; see settings
 	nextID *atomic.Uint64
+	// settings are the limits now in force; a reload swaps them.
+	settings atomic.Pointer[Settings]
 
 	mu      sync.Mutex
 	idle    []*Conn // stack: the most recently used is reused first
@@ -86,7 +84,10 @@ type Pool struct {
 	active  int
 	waiters []*waiter
 	closed  bool
-	params  map[string]string // ParameterStatus values of the newest connection
+	paused  bool               // PAUSE: nobody gets a connection until Resume
+	conns   map[*Conn]struct{} // every open connection, for SHOW SERVERS
+	dsn     string             // the shard DSN the pool was made from (Set.Retire compares it)
+	params  map[string]string  // ParameterStatus values of the newest connection
 
 	counters counters
 }
@@ -94,7 +95,8 @@ type Pool struct {
 // waiter is a client queued for a connection. It receives a connection, or
 // nil meaning "a slot is free: dial one yourself".
 type waiter struct {
-	ch chan *Conn
+	ch    chan *Conn
+	since time.Time
 }
 
 // New returns an empty pool.
@@ -105,7 +107,31 @@ func New(cfg Config, ids *atomic.Uint64) *Pool {
 	if ids == nil {
 		ids = new(atomic.Uint64)
 	}
-	return &Pool{cfg: cfg, nextID: ids}
+	p := &Pool{cfg: cfg, nextID: ids, conns: map[*Conn]struct{}{}}
+	st := cfg.Settings
+	p.settings.Store(&st)
+	return p
+}
+
+// Settings returns the limits now in force.
+func (p *Pool) Settings() Settings { return *p.settings.Load() }
+
+// Reconfigure puts new limits in force. Connections beyond a smaller size
+// are closed as they come back; new connections use the new settings.
+func (p *Pool) Reconfigure(st Settings) {
+	p.settings.Store(&st)
+	p.mu.Lock()
+	for range p.waiters { // a larger size may let waiters dial now
+		p.wakeLocked()
+	}
+	p.mu.Unlock()
+}
+
+// Closed reports whether the pool was closed (a reload retired it).
+func (p *Pool) Closed() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closed
 }
 
 // Shard returns the pool's shard name.
@@ -133,6 +159,7 @@ func (p *Pool) Acquire(ctx context.Context, wait time.Duration) (*Conn, error) {
 			p.mu.Unlock()
 			return nil, ErrClosed
 		}
+		st := p.settings.Load()
 		if c := p.popIdleLocked(); c != nil {
 			p.mu.Unlock()
 			if !p.check(ctx, c, start) {
@@ -142,11 +169,11 @@ func (p *Pool) Acquire(ctx context.Context, wait time.Duration) (*Conn, error) {
 			}
 			return c, nil
 		}
-		limit := p.cfg.Size
-		if p.cfg.Reserve > 0 && time.Since(start) >= p.cfg.ReserveTimeout {
-			limit += p.cfg.Reserve
+		limit := st.Size
+		if st.Reserve > 0 && time.Since(start) >= st.ReserveTimeout {
+			limit += st.Reserve
 		}
-		if p.open < limit {
+		if p.open < limit && !p.paused {
 			p.open++
 			p.mu.Unlock()
 			c, err := p.dial(ctx)
@@ -163,12 +190,12 @@ func (p *Pool) Acquire(ctx context.Context, wait time.Duration) (*Conn, error) {
 		remaining := wait - elapsed
 		if remaining <= 0 {
 			p.mu.Unlock()
-			return nil, &WaitTimeoutError{Shard: p.cfg.Shard, Size: p.cfg.Size, Waited: elapsed}
+			return nil, &WaitTimeoutError{Shard: p.cfg.Shard, Size: st.Size, Waited: elapsed, Paused: p.paused}
 		}
-		if p.cfg.Reserve > 0 && elapsed < p.cfg.ReserveTimeout {
-			remaining = min(remaining, p.cfg.ReserveTimeout-elapsed)
+		if st.Reserve > 0 && elapsed < st.ReserveTimeout {
+			remaining = min(remaining, st.ReserveTimeout-elapsed)
 		}
-		w := &waiter{ch: make(chan *Conn, 1)}
+		w := &waiter{ch: make(chan *Conn, 1), since: start}
 		p.waiters = append(p.waiters, w)
 		p.mu.Unlock()
 		waited = true
@@ -218,12 +245,13 @@ func (p *Pool) check(ctx context.Context, c *Conn, now time.Time) bool {
 	if !c.alive() {
 		return false
 	}
-	if p.cfg.CheckQuery == "" || idle < p.cfg.CheckDelay {
+	st := p.settings.Load()
+	if st.CheckQuery == "" || idle < st.CheckDelay {
 		return true
 	}
-	ctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
+	ctx, cancel := context.WithTimeout(ctx, st.ConnectTimeout)
 	defer cancel()
-	status, err := c.Exec(ctx, p.cfg.CheckQuery)
+	status, err := c.Exec(ctx, st.CheckQuery)
 	return err == nil && status == wire.TxIdle
 }
 
@@ -231,7 +259,7 @@ func (p *Pool) check(ctx context.Context, c *Conn, now time.Time) bool {
 // are closed by Release and the janitor, not here, to keep this path short.
 func (p *Pool) popIdleLocked() *Conn {
 	n := len(p.idle)
-	if n == 0 {
+	if n == 0 || p.paused {
 		return nil
 	}
 	c := p.idle[n-1]
@@ -255,15 +283,16 @@ func (p *Pool) Release(c *Conn) {
 	}
 	p.active--
 	c.lastUsed = now
-	if p.closed || c.broken || (p.cfg.Lifetime > 0 && now.Sub(c.created) >= p.cfg.Lifetime) {
-		p.open--
-		c.state = StateClosed
+	c.holder.Store(0)
+	st := p.settings.Load()
+	if p.closed || c.broken || (st.Lifetime > 0 && now.Sub(c.created) >= st.Lifetime) || p.open > st.Size+st.Reserve {
+		p.dropLocked(c)
 		p.wakeLocked()
 		p.mu.Unlock()
 		c.close()
 		return
 	}
-	if len(p.waiters) > 0 {
+	if len(p.waiters) > 0 && !p.paused {
 		w := p.waiters[0]
 		p.waiters = p.waiters[1:]
 		p.active++
@@ -276,9 +305,17 @@ func (p *Pool) Release(c *Conn) {
 	p.mu.Unlock()
 }
 
-// wakeLocked tells the first waiter that a slot is free.
+// dropLocked forgets a connection that is being closed.
+func (p *Pool) dropLocked(c *Conn) {
+	c.state = StateClosed
+	p.open--
+	delete(p.conns, c)
+}
+
+// wakeLocked tells the first waiter that a slot is free. While the pool is
+// paused nobody is woken: Resume wakes them all.
 func (p *Pool) wakeLocked() {
-	if len(p.waiters) == 0 {
+	if len(p.waiters) == 0 || p.paused {
 		return
 	}
 	w := p.waiters[0]
@@ -298,12 +335,13 @@ func (p *Pool) removeWaiterLocked(w *waiter) bool {
 
 // dial opens a new server connection through pgconn and takes over its socket.
 func (p *Pool) dial(ctx context.Context) (*Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
+	st := p.settings.Load()
+	ctx, cancel := context.WithTimeout(ctx, st.ConnectTimeout)
 	defer cancel()
 	pc, err := pgconn.ConnectConfig(ctx, p.cfg.Conn)
 	if err != nil {
 		if ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded) {
-			err = fmt.Errorf("no answer within server_connect_timeout (%s): %w", p.cfg.ConnectTimeout, err)
+			err = fmt.Errorf("no answer within server_connect_timeout (%s): %w", st.ConnectTimeout, err)
 		}
 		return nil, &ConnectError{Shard: p.cfg.Shard, Err: err}
 	}
@@ -325,9 +363,9 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 		secret:     hj.SecretKey,
 		created:    now,
 		lastUsed:   now,
-		R:          wire.NewReader(hj.Conn, p.cfg.MaxMessageSize),
+		R:          wire.NewReader(hj.Conn, st.MaxMessageSize),
 		W:          wire.NewWriter(hj.Conn),
-		Statements: NewStatementCache(p.cfg.PreparedStatements),
+		Statements: NewStatementCache(st.PreparedStatements),
 		state:      StateActive,
 	}
 	c.W.SetManual() // the session flushes, reading replies while it does when needed
@@ -339,6 +377,7 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 	p.mu.Lock()
 	p.active++
 	p.params = params
+	p.conns[c] = struct{}{}
 	p.mu.Unlock()
 	p.cfg.Log.Debug("server connection opened", zap.String("shard", p.cfg.Shard), zap.String("server_user", p.cfg.User), zap.Uint64("server_id", c.ID), zap.Uint32("backend_pid", c.PID))
 	return c, nil
@@ -364,9 +403,55 @@ func (p *Pool) ServerParams(ctx context.Context, wait time.Duration) (map[string
 	return p.params, nil
 }
 
+// setPaused pauses or resumes the pool; resuming wakes every waiter.
+func (p *Pool) setPaused(paused bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.paused == paused || p.closed {
+		return
+	}
+	p.paused = paused
+	if !paused {
+		for len(p.waiters) > 0 {
+			p.wakeLocked()
+		}
+	}
+}
+
 // Stats is a snapshot of a pool's occupancy.
 type Stats struct {
 	Active, Idle, Waiting, Open int
+	Paused                      bool
+	// MaxWait is how long the longest-waiting client has waited.
+	MaxWait time.Duration
+}
+
+// ServerInfo describes one server connection (SHOW SERVERS).
+type ServerInfo struct {
+	ID       uint64
+	PID      uint32
+	State    State
+	Client   uint64 // the client it serves, 0 when idle
+	Created  time.Time
+	LastUsed time.Time // when it last came back to the pool
+	Local    net.Addr
+	Remote   net.Addr
+	TLS      bool
+}
+
+// Servers describes the pool's open connections, oldest first.
+func (p *Pool) Servers() []ServerInfo {
+	p.mu.Lock()
+	out := make([]ServerInfo, 0, len(p.conns))
+	for c := range p.conns {
+		out = append(out, ServerInfo{
+			ID: c.ID, PID: c.PID, State: c.state, Client: c.holder.Load(), Created: c.created, LastUsed: c.lastUsed,
+			Local: c.netConn.LocalAddr(), Remote: c.netConn.RemoteAddr(), TLS: c.tls(),
+		})
+	}
+	p.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
 }
 
 // counters accumulate what went through a pool since it was created.
@@ -375,6 +460,7 @@ type counters struct {
 	xactTime, queryTime   atomic.Int64 // microseconds
 	waitCount, waitTime   atomic.Int64 // clients that had to wait, and for how long (µs)
 	received, sent        atomic.Int64 // bytes from clients to servers, and back
+	latency               latency
 }
 
 // Counters is a snapshot of a pool's totals (pgbouncer's SHOW STATS).
@@ -406,6 +492,7 @@ func (p *Pool) Counters() Counters {
 func (p *Pool) RecordQuery(d time.Duration, received, sent int64) {
 	p.counters.queryCount.Add(1)
 	p.counters.queryTime.Add(d.Microseconds())
+	p.counters.latency.observe(d)
 	p.counters.received.Add(received)
 	p.counters.sent.Add(sent)
 }
@@ -420,7 +507,11 @@ func (p *Pool) RecordXact(d time.Duration) {
 func (p *Pool) Stats() Stats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return Stats{Active: p.active, Idle: len(p.idle), Waiting: len(p.waiters), Open: p.open}
+	st := Stats{Active: p.active, Idle: len(p.idle), Waiting: len(p.waiters), Open: p.open, Paused: p.paused}
+	for _, w := range p.waiters {
+		st.MaxWait = max(st.MaxWait, time.Since(w.since))
+	}
+	return st
 }
 
 // maintain closes connections idle past their timeout or lifetime (keeping
@@ -432,14 +523,15 @@ func (p *Pool) maintain(ctx context.Context, now time.Time) {
 		p.mu.Unlock()
 		return
 	}
+	st := p.settings.Load()
 	kept := p.idle[:0] // idle[0] is the least recently used, so it goes first
 	remaining := len(p.idle)
 	for _, c := range p.idle {
-		tooOld := p.cfg.Lifetime > 0 && now.Sub(c.created) >= p.cfg.Lifetime
-		idleTooLong := p.cfg.IdleTimeout > 0 && now.Sub(c.lastUsed) >= p.cfg.IdleTimeout && remaining > p.cfg.MinIdle
-		if tooOld || idleTooLong {
-			c.state = StateClosed
-			p.open--
+		tooOld := st.Lifetime > 0 && now.Sub(c.created) >= st.Lifetime
+		idleTooLong := st.IdleTimeout > 0 && now.Sub(c.lastUsed) >= st.IdleTimeout && remaining > st.MinIdle
+		tooMany := p.open > st.Size
+		if tooOld || idleTooLong || tooMany {
+			p.dropLocked(c)
 			remaining--
 			expired = append(expired, c)
 			continue
@@ -450,8 +542,11 @@ func (p *Pool) maintain(ctx context.Context, now time.Time) {
 		p.idle[i] = nil
 	}
 	p.idle = kept
-	missing := p.cfg.MinIdle - len(p.idle)
-	if room := p.cfg.Size - p.open; missing > room {
+	missing := st.MinIdle - len(p.idle)
+	if p.paused {
+		missing = 0
+	}
+	if room := st.Size - p.open; missing > room {
 		missing = room
 	}
 	p.open += max(missing, 0)
@@ -490,11 +585,11 @@ func (p *Pool) Close() {
 		return
 	}
 	p.closed = true
+	p.paused = false
 	idle := p.idle
 	p.idle = nil
-	p.open -= len(idle)
 	for _, c := range idle {
-		c.state = StateClosed
+		p.dropLocked(c)
 	}
 	for len(p.waiters) > 0 {
 		p.wakeLocked()

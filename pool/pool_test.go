@@ -42,8 +42,8 @@ func newPool(t *testing.T, size, minIdle int) *Pool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := New(Config{Shard: "s0", User: "postgres", Conn: cc, Size: size, MinIdle: minIdle,
-		ConnectTimeout: 5 * time.Second, IdleTimeout: time.Minute, PreparedStatements: 8, MaxMessageSize: 1 << 20}, nil)
+	p := New(Config{Shard: "s0", User: "postgres", Conn: cc, Settings: Settings{Size: size, MinIdle: minIdle,
+		ConnectTimeout: 5 * time.Second, IdleTimeout: time.Minute, PreparedStatements: 8, MaxMessageSize: 1 << 20}}, nil)
 	t.Cleanup(p.Close)
 	return p
 }
@@ -172,7 +172,7 @@ func TestMaintainEnforcesIdleTimeoutLifetimeAndMinIdle(t *testing.T) {
 
 func TestConnectErrorNamesTheShard(t *testing.T) {
 	cc, _ := pgconn.ParseConfig("postgres://postgres@127.0.0.1:1/postgres?sslmode=disable")
-	p := New(Config{Shard: "gone", Conn: cc, Size: 1, ConnectTimeout: time.Second, MaxMessageSize: 1 << 20}, nil)
+	p := New(Config{Shard: "gone", Conn: cc, Settings: Settings{Size: 1, ConnectTimeout: time.Second, MaxMessageSize: 1 << 20}}, nil)
 	defer p.Close()
 	_, err := p.Acquire(context.Background(), time.Second)
 	var ce *ConnectError

@@ -57,9 +57,11 @@ type Set struct {
 	cfg SetConfig
 	ids atomic.Uint64
 
-	mu     sync.Mutex
-	pools  map[Key]*Pool
-	closed bool
+	mu       sync.Mutex
+	pools    map[Key]*Pool
+	paused   map[string]bool     // by shard name; kept across reloads
+	checkers map[string]*checker // health checks, by shard name
+	closed   bool
 
 	stop chan struct{}
 	done chan struct{}
@@ -71,7 +73,7 @@ func NewSet(cfg SetConfig) *Set {
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
-	s := &Set{cfg: cfg, pools: map[Key]*Pool{}, stop: make(chan struct{}), done: make(chan struct{}), kick: make(chan struct{}, 1)}
+	s := &Set{cfg: cfg, pools: map[Key]*Pool{}, paused: map[string]bool{}, checkers: map[string]*checker{}, stop: make(chan struct{}), done: make(chan struct{}), kick: make(chan struct{}, 1)}
 	go s.janitor()
 	return s
 }
@@ -105,25 +107,105 @@ func (s *Set) Get(shard *shardmap.Shard, clientUser string) (*Pool, error) {
 		}
 	}
 	cc.ConnectTimeout = s.cfg.ConnectTimeout
-	p := New(Config{
-		Shard:              shard.Name,
-		User:               user,
-		Conn:               cc,
-		Size:               s.cfg.Size,
-		MinIdle:            s.cfg.MinIdle,
-		Reserve:            s.cfg.Reserve,
-		ReserveTimeout:     s.cfg.ReserveTimeout,
-		Lifetime:           s.cfg.Lifetime,
-		IdleTimeout:        s.cfg.IdleTimeout,
-		ConnectTimeout:     s.cfg.ConnectTimeout,
-		CheckDelay:         s.cfg.CheckDelay,
-		CheckQuery:         s.cfg.CheckQuery,
-		PreparedStatements: s.cfg.PreparedStatements,
-		MaxMessageSize:     s.cfg.MaxMessageSize,
-		Log:                s.cfg.Log,
-	}, &s.ids)
+	p := New(Config{Shard: shard.Name, User: user, Conn: cc, Settings: s.cfg.Settings, Log: s.cfg.Log}, &s.ids)
+	p.paused = s.paused[shard.Name]
+	p.dsn = shard.DSN
 	s.pools[key] = p
 	return p, nil
+}
+
+// Configure puts new limits in force on every pool, now and for pools
+// created later.
+func (s *Set) Configure(st Settings) {
+	s.mu.Lock()
+	s.cfg.Settings = st
+	pools := make([]*Pool, 0, len(s.pools))
+	for _, p := range s.pools {
+		pools = append(pools, p)
+	}
+	s.mu.Unlock()
+	for _, p := range pools {
+		p.Reconfigure(st)
+	}
+}
+
+// Retire drains the pools of shards that are no longer in shards, or whose
+// DSN changed: they are forgotten (the next Get makes a fresh pool), their
+// idle connections close now and the busy ones when their clients release
+// them, so no transaction is cut short.
+func (s *Set) Retire(shards []*shardmap.Shard) {
+	keep := make(map[string]string, len(shards))
+	for _, sh := range shards {
+		keep[sh.Name] = sh.DSN
+	}
+	var gone []*Pool
+	s.mu.Lock()
+	for key, p := range s.pools {
+		if dsn, ok := keep[key.Shard]; !ok || dsn != p.dsn {
+			delete(s.pools, key)
+			gone = append(gone, p)
+		}
+	}
+	for name := range s.paused {
+		if _, ok := keep[name]; !ok {
+			delete(s.paused, name)
+		}
+	}
+	s.mu.Unlock()
+	for _, p := range gone {
+		s.cfg.Log.Info("draining the pool of a shard removed or changed by reload", zap.String("shard", p.cfg.Shard), zap.String("server_user", p.cfg.User))
+		p.Close()
+	}
+}
+
+// Pause stops handing out connections of a shard (PAUSE): clients that need
+// one wait, up to their query_wait_timeout, until Resume. Pools created
+// while the shard is paused start paused.
+func (s *Set) Pause(shard string) {
+	s.setPaused(shard, true)
+}
+
+// Resume lets a paused shard's waiting clients go on.
+func (s *Set) Resume(shard string) {
+	s.setPaused(shard, false)
+}
+
+func (s *Set) setPaused(shard string, paused bool) {
+	s.mu.Lock()
+	if paused {
+		s.paused[shard] = true
+	} else {
+		delete(s.paused, shard)
+	}
+	var pools []*Pool
+	for key, p := range s.pools {
+		if key.Shard == shard {
+			pools = append(pools, p)
+		}
+	}
+	s.mu.Unlock()
+	for _, p := range pools {
+		p.setPaused(paused)
+	}
+}
+
+// Paused reports whether a shard is paused.
+func (s *Set) Paused(shard string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.paused[shard]
+}
+
+// Busy returns how many connections of a shard are in use; a PAUSE is
+// complete when it reaches zero.
+func (s *Set) Busy(shard string) int {
+	n := 0
+	for _, p := range s.Pools() {
+		if p.cfg.Shard == shard {
+			n += p.Stats().Active
+		}
+	}
+	return n
 }
 
 // Warm creates the pools of shards whose DSN names the server user (they do
@@ -167,9 +249,15 @@ func (s *Set) Close() {
 	}
 	s.closed = true
 	pools := s.pools
+	checkers := s.checkers
+	s.checkers = map[string]*checker{}
 	s.mu.Unlock()
 	close(s.stop)
 	<-s.done
+	for _, c := range checkers {
+		close(c.stop)
+		<-c.done
+	}
 	for _, p := range pools {
 		p.Close()
 	}
