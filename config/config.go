@@ -15,6 +15,10 @@ import (
 // Config is the parsed and validated router.yaml.
 type Config struct {
 	Listen          string              `yaml:"listen"`
+	MetricsListen   string              `yaml:"metrics_listen"` // Prometheus /metrics; "" disables
+	AdminUsers      []string            `yaml:"admin_users"`    // users allowed into the admin console
+	ShutdownTimeout Duration            `yaml:"shutdown_timeout"`
+	Health          Health              `yaml:"health"`
 	Auth            Auth                `yaml:"auth"`
 	Pool            Pool                `yaml:"pool"`
 	TLS             TLS                 `yaml:"tls"`
@@ -53,6 +57,25 @@ type Pool struct {
 	ClientLoginTimeout     Duration `yaml:"client_login_timeout"`
 	PreparedStatements     int      `yaml:"prepared_statements"`
 	MaxMessageSize         ByteSize `yaml:"max_message_size"`
+}
+
+// Health configures the periodic check of every shard that SHOW SHARDS and
+// run_on any rely on.
+type Health struct {
+	Interval Duration `yaml:"interval"` // 0 disables the checks
+	Timeout  Duration `yaml:"timeout"`  // per check, connect included
+	Failures int      `yaml:"failures"` // consecutive failed checks that mark a shard down
+	Query    string   `yaml:"query"`
+}
+
+// IsAdmin reports whether user may use the admin console.
+func (c *Config) IsAdmin(user string) bool {
+	for _, u := range c.AdminUsers {
+		if u == user {
+			return true
+		}
+	}
+	return false
 }
 
 // TLS configures encryption between clients and pgrouter. Connections from
@@ -161,8 +184,10 @@ func Defaults() Config {
 			PreparedStatements:   256,
 			MaxMessageSize:       64 << 20,
 		},
-		Log:          Log{Level: "info", Format: "auto"},
-		DefaultRoute: RouteError,
+		Log:             Log{Level: "info", Format: "auto"},
+		DefaultRoute:    RouteError,
+		ShutdownTimeout: Duration(30 * time.Second),
+		Health:          Health{Interval: Duration(5 * time.Second), Timeout: Duration(2 * time.Second), Failures: 2, Query: "SELECT 1"},
 	}
 }
 

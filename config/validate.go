@@ -30,6 +30,33 @@ func (c *Config) validate() error {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		l.add("listen", "%q is not host:port", c.Listen)
 	}
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			l.add("metrics_listen", "%q is not host:port", c.MetricsListen)
+		}
+	}
+	for i, u := range c.AdminUsers {
+		if u == "" {
+			l.add(fmt.Sprintf("admin_users[%d]", i), "is empty")
+		}
+	}
+	if c.ShutdownTimeout < 0 {
+		l.add("shutdown_timeout", "must not be negative")
+	}
+	if c.Health.Interval < 0 {
+		l.add("health.interval", "must not be negative (0 disables the checks)")
+	}
+	if c.Health.Interval > 0 {
+		if c.Health.Timeout <= 0 {
+			l.add("health.timeout", "must be above zero")
+		}
+		if c.Health.Failures < 1 {
+			l.add("health.failures", "%d must be at least 1", c.Health.Failures)
+		}
+		if strings.TrimSpace(c.Health.Query) == "" {
+			l.add("health.query", "must not be empty")
+		}
+	}
 	c.validateAuth(l)
 	c.validateTLS(l)
 	c.validatePool(l)

@@ -32,7 +32,7 @@ func (s *Server) startCatalogs(gen *generation) {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.keepLoading(r, first)
+			s.keepLoading(gen.ctx, r, first)
 		}()
 		select {
 		case <-first:
@@ -44,10 +44,10 @@ func (s *Server) startCatalogs(gen *generation) {
 
 // keepLoading loads a router's catalog until it succeeds completely or the
 // server closes; first is closed after the first attempt.
-func (s *Server) keepLoading(r *router.Router, first chan struct{}) {
+func (s *Server) keepLoading(ctx context.Context, r *router.Router, first chan struct{}) {
 	wait := 250 * time.Millisecond
 	for attempt := 0; ; attempt++ {
-		err := s.loadCatalog(r)
+		err := s.loadCatalog(ctx, r)
 		if attempt == 0 {
 			close(first)
 		}
@@ -56,6 +56,8 @@ func (s *Server) keepLoading(r *router.Router, first chan struct{}) {
 		}
 		s.log.Warn("loading function signatures failed; retrying", zap.String("cluster", r.Cluster.Name), zap.Error(err), zap.Duration("retry_in", wait))
 		select {
+		case <-ctx.Done():
+			return
 		case <-s.ctx.Done():
 			return
 		case <-time.After(wait):
@@ -67,10 +69,10 @@ func (s *Server) keepLoading(r *router.Router, first chan struct{}) {
 // loadCatalog reads the signatures from the first shard that answers. A
 // catalog that lacks some functions is installed (the others route) and
 // reported as an error, so loading goes on.
-func (s *Server) loadCatalog(r *router.Router) error {
+func (s *Server) loadCatalog(ctx context.Context, r *router.Router) error {
 	var lastErr error
 	for _, sh := range r.Cluster.Shards {
-		ctx, cancel := context.WithTimeout(s.ctx, s.gen.Load().cfg.Pool.ServerConnectTimeout.D()+5*time.Second)
+		ctx, cancel := context.WithTimeout(ctx, s.gen.Load().cfg.Pool.ServerConnectTimeout.D()+5*time.Second)
 		cat, err := func() (*router.Catalog, error) {
 			conn, err := pgx.Connect(ctx, sh.DSN)
 			if err != nil {

@@ -23,6 +23,10 @@ const (
 	codeFeatureNotSupported  = "0A000"
 	codeInvalidCatalogName   = "3D000"
 	codeInternalError        = "XX000"
+	codeInsufficientPriv     = "42501"
+	codeSyntaxError          = "42601"
+	codeObjectInUse          = "55006"
+	codeConfigFile           = "F0000"
 )
 
 // Error is what a client is told: one ErrorResponse. Errors from inside
@@ -77,6 +81,11 @@ func toError(err error) *Error {
 		return e
 	}
 	var waitErr *pool.WaitTimeoutError
+	if errors.As(err, &waitErr) && waitErr.Paused {
+		return errorf(codeTooManyConnections, "pgrouter: query_wait_timeout: %s", waitErr.Error()).
+			withHint("An operator paused the shard (PAUSE in the admin console); retry after RESUME.").
+			because(err)
+	}
 	if errors.As(err, &waitErr) {
 		return errorf(codeTooManyConnections, "pgrouter: query_wait_timeout: %s", waitErr.Error()).
 			withHint("Raise pool.size or pool.query_wait_timeout in router.yaml, or look for long transactions holding server connections.").

@@ -72,6 +72,7 @@ func (s *session) runOnAll(write func(c *pool.Conn)) []shardResult {
 					results[i].err = err
 					return
 				}
+				c.SetHolder(s.id)
 				taken[i] = c
 				s.mu.Lock()
 				s.fanConns = append(s.fanConns, c)

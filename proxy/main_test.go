@@ -127,12 +127,19 @@ func startProxy(t testing.TB, o proxyOpts) *testProxy {
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	return startProxyFile(t, path, o.quiet)
+}
+
+// startProxyFile starts a proxy from a config file.
+func startProxyFile(t testing.TB, path string, quiet bool) *testProxy {
+	t.Helper()
 	cfg, err := config.Load(path)
 	if err != nil {
-		t.Fatalf("config: %v\n%s", err, b.String())
+		data, _ := os.ReadFile(path)
+		t.Fatalf("config: %v\n%s", err, data)
 	}
 	log := zap.NewNop()
-	if !o.quiet {
+	if !quiet {
 		log = zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
 	}
 	srv, err := NewServer(cfg, log)

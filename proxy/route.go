@@ -209,7 +209,19 @@ func (s *session) anyShard() *shardmap.Shard {
 	if s.cluster.Default.Kind == shardmap.RouteShard {
 		return s.cluster.Default.Shard
 	}
-	return s.cluster.Shards[rand.IntN(len(s.cluster.Shards))]
+	return pickUp(s.cluster.Shards, s.srv.pools.Down)
+}
+
+// pickUp picks a random shard that the health checks do not report down
+// (any shard when all are).
+func pickUp(shards []*shardmap.Shard, down func(string) bool) *shardmap.Shard {
+	start := rand.IntN(len(shards))
+	for i := range shards {
+		if sh := shards[(start+i)%len(shards)]; !down(sh.Name) {
+			return sh
+		}
+	}
+	return shards[start]
 }
 
 // holding reports whether an extended-protocol message must wait for its

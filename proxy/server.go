@@ -28,6 +28,19 @@ type generation struct {
 	tls    *tls.Config // nil when tls.mode is disable
 	// routers place statements, one per cluster.
 	routers map[string]*router.Router
+	// ctx ends when a reload replaces the generation, stopping its
+	// background catalog loads.
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// allShards lists every shard of every cluster.
+func (g *generation) allShards() []*shardmap.Shard {
+	var all []*shardmap.Shard
+	for _, cl := range g.shards.Clusters() {
+		all = append(all, cl.Shards...)
+	}
+	return all
 }
 
 // Server accepts client connections and runs one session per client.
@@ -43,11 +56,20 @@ type Server struct {
 
 	clientIDs atomic.Uint64
 	clients   atomic.Int64 // admitted connections, for max_client_conn
+	started   time.Time
+	// draining is set by Shutdown: clients are told 57P01 as soon as they
+	// are between transactions.
+	draining atomic.Bool
+	reloadMu sync.Mutex // one reload at a time
+	reloads  reloadCounters
+	stats    statsSampler
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[net.Conn]struct{}
+	sessions  map[*session]struct{} // logged-in clients, for SHOW CLIENTS
 	closed    bool
+	done      chan struct{} // closed when Close has finished
 
 	wg sync.WaitGroup // one per connection goroutine
 }
@@ -63,36 +85,53 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	}
 	s := &Server{
 		log:       log,
+		started:   time.Now(),
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[net.Conn]struct{}{},
+		sessions:  map[*session]struct{}{},
+		done:      make(chan struct{}),
 	}
 	s.ctx, s.stop = context.WithCancel(context.Background())
 	s.gen.Store(gen)
-	p := cfg.Pool
 	s.pools = pool.NewSet(pool.SetConfig{
-		Settings: pool.Settings{
-			Size:               p.Size,
-			MinIdle:            p.MinIdle,
-			Reserve:            p.ReservePoolSize,
-			ReserveTimeout:     p.ReservePoolTimeout.D(),
-			Lifetime:           p.ServerLifetime.D(),
-			IdleTimeout:        p.ServerIdleTimeout.D(),
-			ConnectTimeout:     p.ServerConnectTimeout.D(),
-			CheckDelay:         p.ServerCheckDelay.D(),
-			CheckQuery:         p.ServerCheckQuery,
-			PreparedStatements: p.PreparedStatements,
-			MaxMessageSize:     int(p.MaxMessageSize),
-		},
+		Settings: poolSettings(cfg),
 		Log:      log,
 		Password: s.plainPassword,
 	})
-	var all []*shardmap.Shard
-	for _, cl := range gen.shards.Clusters() {
-		all = append(all, cl.Shards...)
-	}
+	all := gen.allShards()
 	s.pools.Warm(all) // min_idle connections open at start, not at the first client
+	s.pools.Watch(all, healthConfig(cfg))
 	s.startCatalogs(gen)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.stats.run(s.ctx, s.pools)
+	}()
 	return s, nil
+}
+
+// poolSettings are the pool limits of a config.
+func poolSettings(cfg *config.Config) pool.Settings {
+	p := cfg.Pool
+	return pool.Settings{
+		Size:               p.Size,
+		MinIdle:            p.MinIdle,
+		Reserve:            p.ReservePoolSize,
+		ReserveTimeout:     p.ReservePoolTimeout.D(),
+		Lifetime:           p.ServerLifetime.D(),
+		IdleTimeout:        p.ServerIdleTimeout.D(),
+		ConnectTimeout:     p.ServerConnectTimeout.D(),
+		CheckDelay:         p.ServerCheckDelay.D(),
+		CheckQuery:         p.ServerCheckQuery,
+		PreparedStatements: p.PreparedStatements,
+		MaxMessageSize:     int(p.MaxMessageSize),
+	}
+}
+
+// healthConfig is how a config asks shards to be checked.
+func healthConfig(cfg *config.Config) pool.HealthConfig {
+	h := cfg.Health
+	return pool.HealthConfig{Interval: h.Interval.D(), Timeout: min(h.Timeout.D(), max(h.Interval.D(), time.Millisecond)), Failures: h.Failures, Query: h.Query}
 }
 
 func loadGeneration(cfg *config.Config) (*generation, error) {
@@ -101,6 +140,7 @@ func loadGeneration(cfg *config.Config) (*generation, error) {
 		return nil, err
 	}
 	g := &generation{cfg: cfg, shards: shards, routers: map[string]*router.Router{}}
+	g.ctx, g.cancel = context.WithCancel(context.Background())
 	for _, cl := range shards.Clusters() {
 		g.routers[cl.Name] = router.New(cl)
 	}
@@ -157,7 +197,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
-			if s.isClosed() {
+			if s.isClosed() || s.draining.Load() {
 				return nil
 			}
 			var ne net.Error
@@ -217,7 +257,7 @@ func (s *Server) Close() error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		s.wg.Wait()
+		<-s.done
 		return nil
 	}
 	s.closed = true
@@ -229,10 +269,16 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	s.stop()
+	s.gen.Load().cancel()
 	s.wg.Wait()
 	s.pools.Close()
+	close(s.done)
 	return nil
 }
+
+// Done is closed once the server has shut down (Close, or the end of a
+// Shutdown, which the SHUTDOWN command and SIGTERM start).
+func (s *Server) Done() <-chan struct{} { return s.done }
 
 // admit counts a client against max_client_conn.
 func (s *Server) admit() bool {

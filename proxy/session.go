@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -99,6 +100,13 @@ type session struct {
 	mu       sync.Mutex
 	linked   *pool.Conn
 	fanConns []*pool.Conn // the servers running a fan-out
+
+	// Read by SHOW CLIENTS from other goroutines.
+	connected   time.Time
+	dbName      string       // the cluster's name
+	appName     string       // application_name from the startup packet
+	waiting     atomic.Bool  // queued for a server connection
+	lastRequest atomic.Int64 // unix nanoseconds when the latest request began
 }
 
 func newSession(srv *Server, gen *generation, conn net.Conn, r *wire.Reader, w *wire.Writer, id uint64, user string, cl *shardmap.Cluster, log *zap.Logger) *session {
@@ -123,13 +131,20 @@ func newSession(srv *Server, gen *generation, conn net.Conn, r *wire.Reader, w *
 		stmts:       map[string]*statement{},
 		known:       srv.known.get(cl.Name, user),
 		router:      gen.routers[cl.Name],
+		connected:   time.Now(),
+		dbName:      cl.Name,
 	}
 }
 
 // run serves the client until it leaves or a fatal error.
 func (s *session) run() {
+	s.srv.addSession(s)
 	defer s.finish()
 	for {
+		if s.srv.draining.Load() && s.atBoundary() {
+			s.sendFatal(errShuttingDown())
+			return
+		}
 		if s.cw.Len() > 0 && !s.cr.HasMessage() { // about to wait for the client: send what it is owed first
 			if err := s.cw.Flush(); err != nil {
 				return
@@ -141,6 +156,12 @@ func (s *session) run() {
 				s.sendFatal(toError(err))
 			}
 			return
+		}
+		if s.srv.gen.Load() != s.gen && s.atBoundary() { // a reload: take it before a new transaction starts
+			if err := s.adopt(s.srv.gen.Load()); err != nil {
+				s.sendFatal(toError(err))
+				return
+			}
 		}
 		if err := s.dispatch(m); err != nil {
 			if errors.Is(err, errTerminate) || isClientGone(err) {
@@ -163,6 +184,7 @@ func (s *session) dispatch(m wire.Message) error {
 	s.bytesIn += int64(len(m.Raw))
 	if s.reqStart.IsZero() {
 		s.reqStart = time.Now()
+		s.lastRequest.Store(s.reqStart.UnixNano())
 	}
 	switch m.Type {
 	case wire.Parse, wire.Bind, wire.Describe, wire.Execute, wire.Close, wire.Sync, wire.Flush:
@@ -321,10 +343,14 @@ func (s *session) link() error {
 		if err != nil {
 			return err
 		}
-		if c, err = p.Acquire(s.srv.ctx, s.waitTimeout); err != nil {
+		s.waiting.Store(true)
+		c, err = p.Acquire(s.srv.ctx, s.waitTimeout)
+		s.waiting.Store(false)
+		if err != nil {
 			return err
 		}
 	}
+	c.SetHolder(s.id)
 	s.mu.Lock()
 	s.linked = c
 	s.mu.Unlock()
@@ -417,6 +443,7 @@ func (s *session) maybeRelease() {
 // finish runs when the client is gone: the server is rolled back (and reset
 // in session mode) before anyone else can get it, or closed if that fails.
 func (s *session) finish() {
+	s.srv.removeSession(s)
 	s.srv.cancels.unregister(s)
 	s.releaseParked()
 	c := s.server
@@ -441,18 +468,24 @@ func (s *session) finish() {
 func (s *session) releaseParked() {
 	for name, c := range s.parked {
 		delete(s.parked, name)
-		ctx, cancel := context.WithTimeout(context.Background(), resetTimeout)
-		status, err := c.Exec(ctx, "DISCARD ALL")
-		cancel()
-		if err != nil || status != wire.TxIdle {
-			c.MarkBroken()
-		} else {
-			c.Statements.Clear()
-			c.Unnamed = 0
-			c.Applied = pool.ParamState{}
-		}
-		c.Pool().Release(c)
+		s.releaseServer(c)
 	}
+}
+
+// releaseServer resets an idle server the client held in session mode and
+// gives it back; DISCARD ALL is all it needs.
+func (s *session) releaseServer(c *pool.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), resetTimeout)
+	status, err := c.Exec(ctx, "DISCARD ALL")
+	cancel()
+	if err != nil || status != wire.TxIdle {
+		c.MarkBroken()
+	} else {
+		c.Statements.Clear()
+		c.Unnamed = 0
+		c.Applied = pool.ParamState{}
+	}
+	c.Pool().Release(c)
 }
 
 // resetServer ends whatever the departed client left open on its server.

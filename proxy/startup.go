@@ -180,7 +180,7 @@ func cutCString(b []byte) (s, rest []byte, ok bool) {
 
 // login authenticates the client, picks its cluster and sends the
 // ParameterStatus / BackendKeyData / ReadyForQuery greeting.
-func (s *Server) login(conn net.Conn, r *wire.Reader, w *wire.Writer, st *startup, gen *generation, id uint64, log *zap.Logger) (*session, error) {
+func (s *Server) login(conn net.Conn, r *wire.Reader, w *wire.Writer, st *startup, gen *generation, id uint64, log *zap.Logger) (interface{ run() }, error) {
 	cfg := gen.cfg
 	user := st.params["user"]
 	if user == "" {
@@ -203,6 +203,13 @@ func (s *Server) login(conn net.Conn, r *wire.Reader, w *wire.Writer, st *startu
 	if err := s.authenticate(r, w, gen, user); err != nil {
 		return nil, err
 	}
+	if database == config.AdminDatabase {
+		a, err := s.adminLogin(conn, r, w, gen, user, log)
+		if err != nil {
+			return nil, err
+		}
+		return a, nil
+	}
 	cluster, ok := gen.shards.Cluster(database)
 	if !ok {
 		return nil, fatalf(codeInvalidCatalogName, "database %q does not exist", database).
@@ -215,6 +222,7 @@ func (s *Server) login(conn net.Conn, r *wire.Reader, w *wire.Writer, st *startu
 
 	sess := newSession(s, gen, conn, r, w, id, user, cluster, log)
 	sess.startup = desired
+	sess.appName = st.params["application_name"]
 	sess.desired = desired.Clone()
 	params, err := s.greetingParams(cluster, user)
 	if err != nil {

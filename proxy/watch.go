@@ -18,18 +18,35 @@ import (
 // until the client sends something; it is stopped with a read deadline, which
 // the wire.Reader survives without losing framing.
 func (s *session) readClient() (wire.Message, error) {
-	limit, code, what := s.idleLimitNow()
-	if limit <= 0 || s.cr.HasMessage() {
-		return s.readClientWatching()
-	}
-	_ = s.conn.SetReadDeadline(time.Now().Add(limit))
-	m, err := s.readClientWatching()
-	_ = s.conn.SetReadDeadline(time.Time{})
-	if errors.Is(err, os.ErrDeadlineExceeded) {
+	for {
+		limit, code, what := s.idleLimitNow()
+		var deadline time.Time
+		if limit > 0 && !s.cr.HasMessage() {
+			deadline = time.Now().Add(limit)
+			_ = s.conn.SetReadDeadline(deadline)
+			if s.srv.draining.Load() && s.atBoundary() { // Shutdown's wake-up may have come before our deadline
+				return wire.Message{}, errShuttingDown()
+			}
+		}
+		m, err := s.readClientWatching()
+		if !deadline.IsZero() {
+			_ = s.conn.SetReadDeadline(time.Time{})
+		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			return m, err
+		}
+		if s.srv.draining.Load() {
+			if s.atBoundary() {
+				return m, errShuttingDown()
+			}
+			if deadline.IsZero() || time.Now().Before(deadline) {
+				_ = s.conn.SetReadDeadline(time.Time{})
+				continue // woken by Shutdown inside a transaction: let it finish
+			}
+		}
 		return m, fatalf(code, "pgrouter: terminating connection: %s (%s) expired", what, limit).
 			withHint("The limit is pool.%s in router.yaml.", what)
 	}
-	return m, err
 }
 
 // idleLimitNow returns the idle limit that applies while waiting for the

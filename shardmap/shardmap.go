@@ -199,3 +199,37 @@ func (c *Cluster) ShardNamed(name string) (*Shard, bool) {
 	}
 	return nil, false
 }
+
+// String is the run_on name used in router.yaml.
+func (r RunOn) String() string {
+	switch r {
+	case RunHash:
+		return "hash"
+	case RunPartition:
+		return "partition"
+	case RunAny:
+		return "any"
+	case RunAll:
+		return "all"
+	}
+	return "unknown"
+}
+
+// String is the merge name used in router.yaml.
+func (m Merge) String() string {
+	switch m {
+	case MergeConcat:
+		return "concat"
+	case MergeSum:
+		return "sum"
+	case MergeMin:
+		return "min"
+	case MergeMax:
+		return "max"
+	case MergeBoolAnd:
+		return "bool_and"
+	case MergeBoolOr:
+		return "bool_or"
+	}
+	return "unknown"
+}

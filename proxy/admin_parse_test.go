@@ -1,0 +1,96 @@
+package proxy
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/pgrouter/pgrouter/shardmap"
+)
+
+func TestParseAdmin(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want []adminCommand
+		err  bool
+	}{
+		{in: "SHOW SHARDS", want: []adminCommand{{"SHOW", "SHARDS"}}},
+		{in: "show pools;", want: []adminCommand{{"SHOW", "POOLS"}}},
+		{in: " Show\tClients ; show servers;;", want: []adminCommand{{"SHOW", "CLIENTS"}, {"SHOW", "SERVERS"}}},
+		{in: "PAUSE", want: []adminCommand{{"PAUSE", ""}}},
+		{in: "pause s1", want: []adminCommand{{"PAUSE", "s1"}}},
+		{in: `RESUME "s-1"`, want: []adminCommand{{"RESUME", "s-1"}}},
+		{in: "RELOAD; SHUTDOWN", want: []adminCommand{{"RELOAD", ""}, {"SHUTDOWN", ""}}},
+		{in: "", want: nil},
+		{in: " ; ", want: nil},
+		{in: "SHOW", err: true},
+		{in: "SHOW SHARDS POOLS", err: true},
+		{in: "SHOW TABLES", err: true},
+		{in: "RELOAD now", err: true},
+		{in: "PAUSE a b", err: true},
+		{in: "SELECT 1", err: true},
+		{in: "SHOW SHARDS; DROP TABLE users", err: true}, // nothing runs when any part is unknown
+	} {
+		got, err := parseAdmin(tc.in)
+		if tc.err {
+			if err == nil || toError(err).Code != codeSyntaxError || !strings.Contains(toError(err).Hint, "SHOW SHARDS") {
+				t.Errorf("%q: %v, want 42601 listing the commands", tc.in, err)
+			}
+			continue
+		}
+		if err != nil || !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%q: %v %v, want %v", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+// FuzzAdminParse: no input panics the console parser, and whatever it
+// accepts is one of the known commands.
+func FuzzAdminParse(f *testing.F) {
+	for _, s := range []string{"SHOW SHARDS", "pause s1; resume s1", `RESUME "x""y"`, "SHOW", ";;", "\x00SHOW\x00POOLS"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		cmds, err := parseAdmin(in)
+		if err != nil {
+			return
+		}
+		for _, c := range cmds {
+			switch c.verb {
+			case "SHOW", "RELOAD", "SHUTDOWN", "PAUSE", "RESUME":
+			default:
+				t.Fatalf("%q parsed to unknown verb %q", in, c.verb)
+			}
+		}
+	})
+}
+
+func TestPickUpAvoidsDownShards(t *testing.T) {
+	shards := []*shardmap.Shard{{Name: "s0"}, {Name: "s1"}, {Name: "s2"}}
+	down := map[string]bool{"s0": true, "s2": true}
+	for range 100 {
+		if got := pickUp(shards, func(n string) bool { return down[n] }); got.Name != "s1" {
+			t.Fatalf("picked %s, which is down", got.Name)
+		}
+	}
+	all := func(string) bool { return true }
+	if got := pickUp(shards, all); got == nil {
+		t.Fatal("all down: must still pick one (the call then gets the connection error)")
+	}
+}
+
+func TestPartitionRangesAndMasking(t *testing.T) {
+	if got := partitionRanges([]int{0, 1, 2, 3, 5, 8, 9}); got != "0-3,5,8-9" {
+		t.Errorf("partitionRanges: %q", got)
+	}
+	for in, want := range map[string]string{
+		"postgres://app:secret@h:5432/db?sslmode=disable": "postgres://app:xxxxx@h:5432/db?sslmode=disable",
+		"postgres://app@h/db?password=secret":             "postgres://app@h/db?password=xxxxx",
+		"host=h user=app password=secret dbname=db":       "host=h user=app password=xxxxx dbname=db",
+		"host=h password='s e\\'cret' dbname=db":          "host=h password=xxxxx dbname=db",
+	} {
+		if got := maskPassword(in); got != want {
+			t.Errorf("maskPassword(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

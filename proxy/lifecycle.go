@@ -1,0 +1,260 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/pgrouter/pgrouter/config"
+	"github.com/pgrouter/pgrouter/pool"
+	"github.com/pgrouter/pgrouter/shardmap"
+	"github.com/pgrouter/pgrouter/wire"
+)
+
+// Reload reads the config file again and swaps in what it describes: shard
+// map, routes, function signatures, pool limits, users and TLS. A file that
+// does not load or validate changes nothing. Clients stay connected: each
+// takes the new config at its next transaction boundary, shards removed (or
+// whose DSN changed) are drained, paused shards stay paused. listen and
+// metrics_listen keep their old values (a listener is not moved under its
+// clients); the returned notes say so.
+func (s *Server) Reload() (notes []string, err error) {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	defer func() {
+		if err != nil {
+			s.reloads.failed.Add(1)
+			s.log.Error("reload failed; the running config is unchanged", zap.Error(err))
+		} else {
+			s.reloads.ok.Add(1)
+		}
+	}()
+	old := s.gen.Load()
+	if old.cfg.Path == "" {
+		return nil, errors.New("pgrouter was started without a config file: there is nothing to reload")
+	}
+	cfg, err := config.Load(old.cfg.Path)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Listen != old.cfg.Listen {
+		notes = append(notes, fmt.Sprintf("listen changed to %s: it takes effect at the next restart", cfg.Listen))
+		cfg.Listen = old.cfg.Listen
+	}
+	if cfg.MetricsListen != old.cfg.MetricsListen {
+		notes = append(notes, fmt.Sprintf("metrics_listen changed to %q: it takes effect at the next restart", cfg.MetricsListen))
+		cfg.MetricsListen = old.cfg.MetricsListen
+	}
+	gen, err := loadGeneration(cfg)
+	if err != nil {
+		return nil, err
+	}
+	all := gen.allShards()
+	s.pools.Watch(all, healthConfig(cfg))
+	s.startCatalogs(gen) // routes work the moment clients see the new map
+	s.pools.Configure(poolSettings(cfg))
+	s.gen.Store(gen)
+	old.cancel()
+	s.pools.Retire(all)
+	s.pools.Warm(all)
+	for _, n := range notes {
+		s.log.Warn("reload: " + n)
+	}
+	s.log.Info("config reloaded", zap.String("file", cfg.Path), zap.Int("shards", len(all)))
+	return notes, nil
+}
+
+// reloadCounters count RELOADs and SIGHUPs by outcome, for /metrics.
+type reloadCounters struct {
+	ok, failed atomic.Int64
+}
+
+// Shutdown stops accepting connections and lets clients finish: each client
+// is told 57P01 and disconnected as soon as it is between transactions
+// (idle ones at once); when ctx ends, whoever is left is disconnected, which
+// rolls back their open transactions on the shards. The server is closed
+// when Shutdown returns.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		<-s.done
+		return nil
+	}
+	first := !s.draining.Swap(true)
+	for ln := range s.listeners {
+		_ = ln.Close()
+	}
+	for conn := range s.conns {
+		_ = conn.SetReadDeadline(time.Unix(1, 0)) // wake clients blocked reading
+	}
+	s.mu.Unlock()
+	if first {
+		s.log.Info("shutting down: waiting for transactions to finish", zap.Int("clients", s.ClientCount()))
+	}
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	var err error
+wait:
+	for s.connCount() > 0 {
+		select {
+		case <-ctx.Done():
+			err = fmt.Errorf("shutdown: %d connections still open when the wait ended; closing them: %w", s.connCount(), ctx.Err())
+			s.log.Warn("shutdown timeout: closing the remaining connections", zap.Int("connections", s.connCount()))
+			break wait
+		case <-t.C:
+		case <-s.done:
+			return nil
+		}
+	}
+	_ = s.Close()
+	return err
+}
+
+// Draining reports whether a shutdown has begun.
+func (s *Server) Draining() bool { return s.draining.Load() }
+
+func (s *Server) connCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// addSession and removeSession keep the registry SHOW CLIENTS reads.
+func (s *Server) addSession(sess *session) {
+	s.mu.Lock()
+	s.sessions[sess] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *Server) removeSession(sess *session) {
+	s.mu.Lock()
+	delete(s.sessions, sess)
+	s.mu.Unlock()
+}
+
+func (s *Server) sessionList() []*session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*session, 0, len(s.sessions))
+	for sess := range s.sessions {
+		out = append(out, sess)
+	}
+	return out
+}
+
+// statsPeriod is the window of SHOW STATS averages, as pgbouncer's stats_period.
+const statsPeriod = 15 * time.Second
+
+// statsSampler keeps the pool counters at the start and end of the last
+// complete period, so SHOW STATS can give per-second rates and averages
+// over it, as pgbouncer does.
+type statsSampler struct {
+	mu         sync.Mutex
+	prev, last map[pool.Key]pool.Counters
+	span       time.Duration
+}
+
+func (st *statsSampler) run(ctx context.Context, pools *pool.Set) {
+	t := time.NewTicker(statsPeriod)
+	defer t.Stop()
+	st.sample(pools, 0)
+	start := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			st.sample(pools, now.Sub(start))
+			start = now
+		}
+	}
+}
+
+func (st *statsSampler) sample(pools *pool.Set, span time.Duration) {
+	snap := map[pool.Key]pool.Counters{}
+	for _, p := range pools.Pools() {
+		snap[pool.Key{Shard: p.Shard(), User: p.User()}] = p.Counters()
+	}
+	st.mu.Lock()
+	st.prev, st.last, st.span = st.last, snap, span
+	st.mu.Unlock()
+}
+
+// window returns the counters moved during the last complete period, summed
+// by shard, and its length (0 before the first period ends).
+func (st *statsSampler) window() (map[string]pool.Counters, time.Duration) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	out := map[string]pool.Counters{}
+	if st.prev == nil {
+		return out, 0
+	}
+	for key, c := range st.last {
+		p := st.prev[key]
+		d := out[key.Shard]
+		d.XactCount += c.XactCount - p.XactCount
+		d.QueryCount += c.QueryCount - p.QueryCount
+		d.XactTime += c.XactTime - p.XactTime
+		d.QueryTime += c.QueryTime - p.QueryTime
+		d.WaitCount += c.WaitCount - p.WaitCount
+		d.WaitTime += c.WaitTime - p.WaitTime
+		d.Received += c.Received - p.Received
+		d.Sent += c.Sent - p.Sent
+		out[key.Shard] = d
+	}
+	return out, st.span
+}
+
+// errShuttingDown is what clients are told when a shutdown reaches them
+// (a new value each time: senders set fields on it).
+func errShuttingDown() *Error {
+	return &Error{Fatal: true, Code: codeAdminShutdown, Message: "terminating connection due to administrator command: pgrouter is shutting down",
+		Hint: "Reconnect: another pgrouter instance, or this one once restarted, will serve you."}
+}
+
+// atBoundary reports whether the client is between transactions with
+// nothing in flight: the only moment it may take a new config or be told
+// to leave without losing anything.
+func (s *session) atBoundary() bool {
+	return s.txStatus == wire.TxIdle && !s.virtualTx && s.queue.empty() && !s.inBatch && !s.skipping &&
+		s.held.empty() && s.fan == nil && (s.server == nil || s.mode == config.ModeSession)
+}
+
+// adopt moves the session to a newly loaded config generation. Servers of
+// pools that the reload retired are given back (and so closed); the
+// session's settings and prepared statements follow it to new servers, as
+// they do in transaction mode. A client whose cluster is gone is
+// disconnected.
+func (s *session) adopt(g *generation) error {
+	cl, ok := g.shards.Cluster(s.cluster.Name)
+	if !ok {
+		return &Error{Fatal: true, Code: codeAdminShutdown, Message: fmt.Sprintf("terminating connection: cluster %s was removed from the config by a reload", s.cluster.Name)}
+	}
+	cfg := g.cfg
+	s.gen, s.cluster, s.router = g, cl, g.routers[cl.Name]
+	s.waitTimeout = cfg.Pool.QueryWaitTimeout.D()
+	s.idleTxLimit = cfg.Pool.IdleTransactionTimeout.D()
+	s.idleLimit = cfg.Pool.ClientIdleTimeout.D()
+	clear(s.pools)
+	if s.server != nil && (s.server.Pool().Closed() || !inCluster(cl, s.server.Shard())) {
+		s.park()
+	}
+	for name, c := range s.parked {
+		if c.Pool().Closed() || !inCluster(cl, name) {
+			delete(s.parked, name)
+			s.releaseServer(c)
+		}
+	}
+	return nil
+}
+
+func inCluster(cl *shardmap.Cluster, shard string) bool {
+	_, ok := cl.ShardNamed(shard)
+	return ok
+}
