@@ -108,9 +108,10 @@ func runDemo(ctx context.Context, out io.Writer, dir string, n int, listen strin
 	fmt.Fprintf(out, "Try:        SELECT add_user('bob', 'bob@example.com');   -- runs on the shard that owns 'bob'\n")
 	fmt.Fprintf(out, "            SELECT * FROM get_user('bob');\n")
 	fmt.Fprintf(out, "            SELECT count_users();                          -- runs on every shard, summed\n")
+	fmt.Fprintf(out, "Admin:      psql -h %s -p %s -U admin pgrouter     -- then SHOW SHARDS; SHOW POOLS; SHOW HELP;\n", host, port)
 	fmt.Fprintf(out, "Stop:       Ctrl-C\n\n")
 
-	return serve(ctx, cfg, log)
+	return serve(ctx, nil, cfg, log)
 }
 
 // demoSchema is the same on every shard: users placed by username, with
@@ -138,7 +139,7 @@ func demoConfig(servers []*pgtest.Server, listen string) string {
 	partitions := 16
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Written by pgrouter demo.\nlisten: %s\n", listen)
-	b.WriteString("auth:\n  type: trust\npool:\n  mode: transaction\n  size: 10\n")
+	b.WriteString("auth:\n  type: trust\nadmin_users: [admin]\npool:\n  mode: transaction\n  size: 10\n")
 	fmt.Fprintf(&b, "clusters:\n  %s:\n    partitions: %d\n    shards:\n", demoCluster, partitions)
 	per := partitions / n
 	for i, s := range servers {

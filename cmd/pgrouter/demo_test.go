@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -14,7 +15,16 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// TestMain runs the test binary as pgrouter itself when asked to (so tests
+// can signal a real pgrouter process), and checks for leaked goroutines
+// otherwise.
+func TestMain(m *testing.M) {
+	if os.Getenv("PGROUTER_TEST_MAIN") == "1" {
+		main()
+		os.Exit(0)
+	}
+	goleak.VerifyTestMain(m)
+}
 
 // syncBuffer collects the demo's output while it runs.
 type syncBuffer struct {

@@ -1,6 +1,7 @@
 // Command pgrouter is a PostgreSQL sharding router and connection pooler.
 //
 //	pgrouter serve -c router.yaml   run the proxy
+//	pgrouter check -c router.yaml   validate the file, reach every shard, compare function signatures
 //	pgrouter demo                   run it on local PostgreSQL shards it starts itself
 //	pgrouter version                print the version
 package main
@@ -22,7 +23,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), demoCmd(), versionCmd())
+	root.AddCommand(serveCmd(), checkCmd(), demoCmd(), versionCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "pgrouter:", err)
 		os.Exit(1)

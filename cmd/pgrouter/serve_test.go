@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgrouter/pgrouter/internal/pgtest"
+)
+
+// TestSIGTERMUnderPgbench runs a real pgrouter process under a 50-client
+// pgbench TPC-B load and sends it SIGTERM: it must exit 0, every
+// transaction pgbench saw committed must be on the shard and no other (the
+// history rows equal pgbench's count, and the TPC-B balances agree, so no
+// transaction is half done), and nothing is left open on the shard.
+func TestSIGTERMUnderPgbench(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	servers, err := pgtest.StartN(ctx, 2, pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, s := range servers {
+			_ = s.Stop()
+		}
+	}()
+	pgbench, err := exec.LookPath("pgbench")
+	if err != nil {
+		t.Fatal("pgbench is not installed: .ci/run installs PostgreSQL's client programs")
+	}
+	host, port, _ := net.SplitHostPort(servers[0].Addr())
+	if out, err := exec.CommandContext(ctx, pgbench, "-i", "-q", "-h", host, "-p", port, "-U", "postgres", "postgres").CombinedOutput(); err != nil {
+		t.Fatalf("pgbench -i: %v\n%s", err, out)
+	}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "router.yaml")
+	yaml := fmt.Sprintf(`listen: %s
+auth: {type: trust}
+shutdown_timeout: 60s
+log: {level: info, format: json}
+pool: {mode: transaction, size: 10, query_wait_timeout: 60s}
+clusters:
+  main:
+    partitions: 2
+    shards:
+      - {name: s0, dsn: "%s", partitions: "0"}
+      - {name: s1, dsn: "%s", partitions: "1"}
+default_route: s0
+`, addr, servers[0].DSN("postgres"), servers[1].DSN("postgres"))
+	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logBuf syncBuffer
+	router := exec.Command(self, "serve", "-c", path)
+	router.Env = append(os.Environ(), "PGROUTER_TEST_MAIN=1")
+	router.Stdout, router.Stderr = &logBuf, &logBuf
+	if err := router.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- router.Wait() }()
+	defer func() { _ = router.Process.Kill() }()
+	phost, pport, _ := net.SplitHostPort(addr)
+	for {
+		conn, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres@%s/main?sslmode=disable", addr))
+		if err == nil {
+			conn.Close(ctx)
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("pgrouter did not start: %v\n%s", err, logBuf.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	bench := exec.CommandContext(ctx, pgbench, "-n", "-c", "50", "-j", "2", "-T", "60", "-h", phost, "-p", pport, "-U", "postgres", "main")
+	var benchOut syncBuffer
+	bench.Stdout, bench.Stderr = &benchOut, &benchOut
+	if err := bench.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(4 * time.Second)
+	if err := router.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("pgrouter after SIGTERM: %v\n%s", err, logBuf.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("pgrouter did not exit within 30 s of SIGTERM\n%s", logBuf.String())
+	}
+	_ = bench.Wait() // clients told 57P01 abort: pgbench exits 2
+	out := benchOut.String()
+	m := regexp.MustCompile(`number of transactions actually processed: (\d+)`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no pgbench summary:\n%s", out)
+	}
+	processed, _ := strconv.Atoi(m[1])
+	if processed < 100 || !strings.Contains(out, "57P01") && !strings.Contains(out, "administrator command") {
+		t.Fatalf("pgbench ran %d transactions and was not told 57P01:\n%s", processed, out)
+	}
+
+	conn, err := pgx.Connect(ctx, servers[0].DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var history, deltas, accounts, tellers, branches int64
+	if err := conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM pgbench_history), (SELECT coalesce(sum(delta), 0) FROM pgbench_history),
+		(SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(tbalance) FROM pgbench_tellers), (SELECT sum(bbalance) FROM pgbench_branches)`).
+		Scan(&history, &deltas, &accounts, &tellers, &branches); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("pgbench committed %d transactions before SIGTERM ended them; %d history rows", processed, history)
+	if history != int64(processed) {
+		t.Fatalf("%d history rows, pgbench counted %d committed transactions: a transaction was lost or half done\n%s", history, processed, out)
+	}
+	if accounts != deltas || tellers != deltas || branches != deltas {
+		t.Fatalf("TPC-B balances disagree: history %d accounts %d tellers %d branches %d", deltas, accounts, tellers, branches)
+	}
+	deadline := time.Now().Add(5 * time.Second) // backends take a moment to notice their socket closed
+	for {
+		var open int64
+		if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()").Scan(&open); err != nil {
+			t.Fatal(err)
+		}
+		if open == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections left open on the shard after pgrouter exited", open)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
