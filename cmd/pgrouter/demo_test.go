@@ -110,6 +110,26 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("a bare psql-style connection (user root, database root) is refused: %v", err)
 	}
 	other.Close(context.Background())
+	// The admin console the demo prints.
+	if !strings.Contains(out.String(), "-U admin pgrouter") {
+		t.Fatalf("demo does not print the admin console:\n%s", out.String())
+	}
+	adm, err := pgx.Connect(context.Background(), fmt.Sprintf("postgres://admin@%s:%s/pgrouter?sslmode=disable&default_query_exec_mode=simple_protocol", host, port))
+	if err != nil {
+		t.Fatalf("admin console: %v", err)
+	}
+	var shardRows int
+	rows, err := adm.Query(context.Background(), "SHOW SHARDS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		shardRows++
+	}
+	if rows.Close(); rows.Err() != nil || shardRows != 2 {
+		t.Fatalf("SHOW SHARDS on the demo: %d rows, %v", shardRows, rows.Err())
+	}
+	adm.Close(context.Background())
 
 	cancel()
 	select {
