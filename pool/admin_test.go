@@ -99,8 +99,12 @@ func TestReconfigureAndRetire(t *testing.T) {
 	if got := p.Stats(); got.Open != 0 {
 		t.Fatalf("retired pool still has connections: %+v", got)
 	}
-	if q, _ := s.Get(sh, "postgres"); q == p {
-		t.Fatal("Get returned the retired pool")
+	if _, err := s.Get(sh, "postgres"); !errors.Is(err, ErrRetired) {
+		t.Fatalf("Get with the old DSN after a reload: %v; want ErrRetired", err)
+	}
+	moved := &shardmap.Shard{Name: "s0", DSN: sh.DSN + "&application_name=moved"}
+	if q, err := s.Get(moved, "postgres"); err != nil || q == p {
+		t.Fatalf("Get with the new DSN: %v (same pool %v)", err, q == p)
 	}
 }
 

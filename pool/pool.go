@@ -35,6 +35,11 @@ const checkAfterIdle = 100 * time.Millisecond
 // ErrClosed is returned by Acquire on a pool that has been closed.
 var ErrClosed = errors.New("pool is closed")
 
+// ErrRetired is returned by Acquire on a pool a reload retired (its shard
+// left the map or changed DSN), and by Set.Get for such a shard: the caller
+// placed its statement with an old map and must place it again.
+var ErrRetired = errors.New("the shard map changed (RELOAD) while the statement was being placed")
+
 // WaitTimeoutError is returned when no connection became free in time.
 type WaitTimeoutError struct {
 	Shard  string
@@ -85,6 +90,7 @@ type Pool struct {
 	waiters []*waiter
 	closed  bool
 	paused  bool               // PAUSE: nobody gets a connection until Resume
+	retired bool               // closed by Set.Retire, not by shutdown
 	conns   map[*Conn]struct{} // every open connection, for SHOW SERVERS
 	dsn     string             // the shard DSN the pool was made from (Set.Retire compares it)
 	params  map[string]string  // ParameterStatus values of the newest connection
@@ -157,6 +163,9 @@ func (p *Pool) Acquire(ctx context.Context, wait time.Duration) (*Conn, error) {
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
+			if p.retired {
+				return nil, ErrRetired
+			}
 			return nil, ErrClosed
 		}
 		st := p.settings.Load()
@@ -556,12 +565,12 @@ func (p *Pool) maintain(ctx context.Context, now time.Time) {
 	for _, c := range expired {
 		c.close()
 	}
-	for range max(missing, 0) {
+	for i := range max(missing, 0) {
 		c, err := p.dial(ctx)
 		if err != nil {
 			p.mu.Lock()
-			p.open--
-			p.wakeLocked()
+			p.open -= missing - i // this slot and the ones not dialed yet
+			p.wakeLockedFor(missing - i)
 			p.mu.Unlock()
 			p.cfg.Log.Warn("cannot open min_idle connection", zap.String("shard", p.cfg.Shard), zap.Error(err))
 			return

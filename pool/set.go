@@ -60,6 +60,7 @@ type Set struct {
 	mu       sync.Mutex
 	pools    map[Key]*Pool
 	paused   map[string]bool     // by shard name; kept across reloads
+	current  map[string]string   // shard name -> DSN of the map in force (nil: any)
 	checkers map[string]*checker // health checks, by shard name
 	closed   bool
 
@@ -91,6 +92,9 @@ func (s *Set) Get(shard *shardmap.Shard, clientUser string) (*Pool, error) {
 	if s.closed {
 		return nil, ErrClosed
 	}
+	if s.current != nil && s.current[shard.Name] != shard.DSN {
+		return nil, ErrRetired // the caller holds an old map: no pool to an old DSN
+	}
 	if p, ok := s.pools[key]; ok {
 		return p, nil
 	}
@@ -106,7 +110,7 @@ func (s *Set) Get(shard *shardmap.Shard, clientUser string) (*Pool, error) {
 			}
 		}
 	}
-	cc.ConnectTimeout = s.cfg.ConnectTimeout
+	cc.ConnectTimeout = 0 // dial bounds each attempt with the server_connect_timeout in force
 	p := New(Config{Shard: shard.Name, User: user, Conn: cc, Settings: s.cfg.Settings, Log: s.cfg.Log}, &s.ids)
 	p.paused = s.paused[shard.Name]
 	p.dsn = shard.DSN
@@ -129,10 +133,11 @@ func (s *Set) Configure(st Settings) {
 	}
 }
 
-// Retire drains the pools of shards that are no longer in shards, or whose
-// DSN changed: they are forgotten (the next Get makes a fresh pool), their
+// Retire makes shards the map in force and drains the pools of shards that
+// are no longer in it, or whose DSN changed: they are forgotten (the next Get
+// makes a fresh pool; a Get with an old DSN fails with ErrRetired), their
 // idle connections close now and the busy ones when their clients release
-// them, so no transaction is cut short.
+// them, so no transaction is cut short. Their waiters get ErrRetired.
 func (s *Set) Retire(shards []*shardmap.Shard) {
 	keep := make(map[string]string, len(shards))
 	for _, sh := range shards {
@@ -140,6 +145,7 @@ func (s *Set) Retire(shards []*shardmap.Shard) {
 	}
 	var gone []*Pool
 	s.mu.Lock()
+	s.current = keep
 	for key, p := range s.pools {
 		if dsn, ok := keep[key.Shard]; !ok || dsn != p.dsn {
 			delete(s.pools, key)
@@ -154,6 +160,9 @@ func (s *Set) Retire(shards []*shardmap.Shard) {
 	s.mu.Unlock()
 	for _, p := range gone {
 		s.cfg.Log.Info("draining the pool of a shard removed or changed by reload", zap.String("shard", p.cfg.Shard), zap.String("server_user", p.cfg.User))
+		p.mu.Lock()
+		p.retired = true
+		p.mu.Unlock()
 		p.Close()
 	}
 }
@@ -196,13 +205,14 @@ func (s *Set) Paused(shard string) bool {
 	return s.paused[shard]
 }
 
-// Busy returns how many connections of a shard are in use; a PAUSE is
-// complete when it reaches zero.
+// Busy returns how many connections of a shard are in use or being opened;
+// a PAUSE is complete when it reaches zero.
 func (s *Set) Busy(shard string) int {
 	n := 0
 	for _, p := range s.Pools() {
 		if p.cfg.Shard == shard {
-			n += p.Stats().Active
+			st := p.Stats()
+			n += st.Open - st.Idle // in use, or being dialed for someone
 		}
 	}
 	return n

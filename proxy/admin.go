@@ -169,7 +169,9 @@ func (a *adminSession) run() {
 			if n := len(body); n > 0 && body[n-1] == 0 {
 				body = body[:n-1]
 			}
-			a.query(string(body))
+			if !a.query(string(body)) {
+				return
+			}
 			_ = a.w.SendReady(wire.TxIdle)
 		case wire.Terminate:
 			return
@@ -190,25 +192,31 @@ func (a *adminSession) run() {
 }
 
 // query runs the commands of one Query message; the first error ends it,
-// as it would end a multi-statement query on PostgreSQL.
-func (a *adminSession) query(sql string) {
+// as it would end a multi-statement query on PostgreSQL. It reports false
+// when the error was FATAL and the connection must close.
+func (a *adminSession) query(sql string) bool {
 	cmds, err := parseAdmin(sql)
 	if err != nil {
 		_ = a.w.Send(toError(err).response())
-		return
+		return true
 	}
 	if len(cmds) == 0 {
 		_ = a.w.Send(&pgproto3.EmptyQueryResponse{})
-		return
+		return true
 	}
 	for _, cmd := range cmds {
 		if err := a.exec(cmd); err != nil {
 			e := toError(err)
 			a.log.Info("admin command failed", zap.String("command", cmd.verb+" "+cmd.what), zap.String("sqlstate", e.Code), zap.String("reason", e.Message))
+			if e.Fatal {
+				sendFatal(a.w, e)
+				return false
+			}
 			_ = a.w.Send(e.response())
-			return
+			return true
 		}
 	}
+	return true
 }
 
 func (a *adminSession) exec(cmd adminCommand) error {
@@ -273,10 +281,8 @@ func (a *adminSession) exec(cmd adminCommand) error {
 	case "SHUTDOWN":
 		a.log.Info("SHUTDOWN requested")
 		_ = a.w.Send(&pgproto3.CommandComplete{CommandTag: []byte("SHUTDOWN")})
-		_ = a.w.SendReady(wire.TxIdle)
-		_ = a.w.Flush()
-		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), s.gen.Load().cfg.ShutdownTimeout.D())
+		go func() { // the console's own connection is told 57P01 with everyone else
+			ctx, cancel := context.WithTimeout(context.Background(), s.ShutdownTimeout())
 			defer cancel()
 			_ = s.Shutdown(ctx)
 		}()

@@ -27,6 +27,7 @@ const (
 	codeSyntaxError          = "42601"
 	codeObjectInUse          = "55006"
 	codeConfigFile           = "F0000"
+	codeSerializationFailure = "40001"
 )
 
 // Error is what a client is told: one ErrorResponse. Errors from inside
@@ -109,6 +110,10 @@ func toError(err error) *Error {
 	}
 	if errors.Is(err, wire.ErrMalformed) {
 		return fatalf(codeProtocolViolation, "pgrouter: invalid message framing: %v", err).because(err)
+	}
+	if errors.Is(err, pool.ErrRetired) {
+		return errorf(codeSerializationFailure, "pgrouter: the shard map changed (RELOAD) while this statement waited to be placed; it was not run anywhere").
+			withHint("Run it again: it will be placed with the new map.").because(err)
 	}
 	if errors.Is(err, pool.ErrClosed) {
 		return fatalf(codeAdminShutdown, "pgrouter: terminating connection: the pool is shutting down").because(err)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +26,14 @@ import (
 // metrics_listen keep their old values (a listener is not moved under its
 // clients); the returned notes say so.
 func (s *Server) Reload() (notes []string, err error) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, errors.New("pgrouter is shutting down")
+	}
+	s.wg.Add(1) // Close waits for the reload (which starts catalog loaders)
+	s.mu.Unlock()
+	defer s.wg.Done()
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
 	defer func() {
@@ -58,15 +68,41 @@ func (s *Server) Reload() (notes []string, err error) {
 	s.pools.Watch(all, healthConfig(cfg))
 	s.startCatalogs(gen) // routes work the moment clients see the new map
 	s.pools.Configure(poolSettings(cfg))
+	s.pools.Retire(all) // before the swap: nobody makes a pool to an old DSN after it
 	s.gen.Store(gen)
 	old.cancel()
-	s.pools.Retire(all)
 	s.pools.Warm(all)
 	for _, n := range notes {
 		s.log.Warn("reload: " + n)
 	}
 	s.log.Info("config reloaded", zap.String("file", cfg.Path), zap.Int("shards", len(all)))
 	return notes, nil
+}
+
+// ShutdownTimeout is the shutdown_timeout in force (a reload may change it).
+func (s *Server) ShutdownTimeout() time.Duration { return s.gen.Load().cfg.ShutdownTimeout.D() }
+
+// sameRouting reports whether a statement placed on shard by generation a
+// would be placed there by b too: the shard keeps its DSN and partitions,
+// and the cluster's hash, partition count, default route and declared
+// functions are unchanged.
+func sameRouting(a, b *generation, cluster, shard string) bool {
+	ca, cb := a.cfg.Clusters[cluster], b.cfg.Clusters[cluster]
+	if ca == nil || cb == nil || ca.Hash != cb.Hash || ca.Partitions != cb.Partitions ||
+		ca.DefaultRoute != cb.DefaultRoute || a.cfg.DefaultRoute != b.cfg.DefaultRoute ||
+		!reflect.DeepEqual(a.cfg.Functions, b.cfg.Functions) {
+		return false
+	}
+	find := func(cl *config.Cluster) *config.Shard {
+		for _, sh := range cl.Shards {
+			if sh.Name == shard {
+				return sh
+			}
+		}
+		return nil
+	}
+	sa, sb := find(ca), find(cb)
+	return sa != nil && sb != nil && sa.DSN == sb.DSN && slices.Equal(sa.PartitionList, sb.PartitionList)
 }
 
 // reloadCounters count RELOADs and SIGHUPs by outcome, for /metrics.

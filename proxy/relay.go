@@ -374,6 +374,10 @@ func (s *session) copyIn() (suspend bool, err error) {
 			}
 		}
 		m, err := s.cr.Next()
+		if errors.Is(err, os.ErrDeadlineExceeded) && s.srv.draining.Load() {
+			_ = s.conn.SetReadDeadline(time.Time{}) // Shutdown woke us: a COPY is a transaction, let it finish
+			continue
+		}
 		if err != nil {
 			return false, clientIO(err)
 		}

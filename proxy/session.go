@@ -349,6 +349,14 @@ func (s *session) link() error {
 		if err != nil {
 			return err
 		}
+		// A reload while we waited (a PAUSE, then a partition move, then
+		// RESUME) may have given the statement's key to another shard.
+		// Nothing of the transaction has run yet, so refuse rather than run
+		// it on a shard that may no longer own its rows.
+		if g := s.srv.gen.Load(); g != s.gen && !sameRouting(s.gen, g, s.cluster.Name, dest.Name) {
+			p.Release(c)
+			return pool.ErrRetired
+		}
 	}
 	c.SetHolder(s.id)
 	s.mu.Lock()

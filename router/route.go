@@ -32,13 +32,20 @@ const planCacheLimit = 8192
 
 // New returns a Router for a cluster; its catalog is loaded separately.
 func New(cl *shardmap.Cluster) *Router {
-	return &Router{Cluster: cl, index: newFunctionIndex(cl.Functions), cache: map[planKey]*Plan{}}
+	r := &Router{Cluster: cl, index: newFunctionIndex(cl.Functions), cache: map[planKey]*Plan{}}
+	r.version.Store(versions.Add(1))
+	return r
 }
+
+// versions numbers catalogs across all routers, so a plan made by the
+// router of an older config generation is stale under the new one (a
+// reload may change a function's declaration).
+var versions atomic.Uint64
 
 // SetCatalog installs function signatures and drops plans made without them.
 func (r *Router) SetCatalog(c *Catalog) {
 	r.catalog.Store(c)
-	r.version.Add(1)
+	r.version.Store(versions.Add(1))
 	r.mu.Lock()
 	r.cache = map[planKey]*Plan{}
 	r.mu.Unlock()

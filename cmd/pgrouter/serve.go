@@ -107,8 +107,8 @@ func serve(ctx context.Context, sigs <-chan os.Signal, cfg *config.Config, log *
 				log.Info("SIGHUP: reloading the config")
 				_, _ = srv.Reload() // Reload logs the outcome
 			case syscall.SIGTERM:
-				log.Info("SIGTERM: shutting down gracefully", zap.Duration("shutdown_timeout", cfg.ShutdownTimeout.D()))
-				go shutdown(cfg.ShutdownTimeout.D())
+				log.Info("SIGTERM: shutting down gracefully", zap.Duration("shutdown_timeout", srv.ShutdownTimeout()))
+				go shutdown(srv.ShutdownTimeout())
 			default:
 				log.Info("SIGINT: shutting down now")
 				_ = srv.Close()
