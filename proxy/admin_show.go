@@ -74,6 +74,16 @@ func addCounters(a, b pool.Counters) pool.Counters {
 	return a
 }
 
+// subCounters is what moved from b to a.
+func subCounters(a, b pool.Counters) pool.Counters {
+	return pool.Counters{
+		XactCount: a.XactCount - b.XactCount, QueryCount: a.QueryCount - b.QueryCount,
+		XactTime: a.XactTime - b.XactTime, QueryTime: a.QueryTime - b.QueryTime,
+		WaitCount: a.WaitCount - b.WaitCount, WaitTime: a.WaitTime - b.WaitTime,
+		Received: a.Received - b.Received, Sent: a.Sent - b.Sent,
+	}
+}
+
 // avgMicros is total/count in microseconds (0 when count is 0).
 func avgMicros(total time.Duration, count int64) int64 {
 	if count == 0 {

@@ -232,17 +232,7 @@ func (st *statsSampler) window() (map[string]pool.Counters, time.Duration) {
 		return out, 0
 	}
 	for key, c := range st.last {
-		p := st.prev[key]
-		d := out[key.Shard]
-		d.XactCount += c.XactCount - p.XactCount
-		d.QueryCount += c.QueryCount - p.QueryCount
-		d.XactTime += c.XactTime - p.XactTime
-		d.QueryTime += c.QueryTime - p.QueryTime
-		d.WaitCount += c.WaitCount - p.WaitCount
-		d.WaitTime += c.WaitTime - p.WaitTime
-		d.Received += c.Received - p.Received
-		d.Sent += c.Sent - p.Sent
-		out[key.Shard] = d
+		out[key.Shard] = addCounters(out[key.Shard], subCounters(c, st.prev[key]))
 	}
 	return out, st.span
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/pgrouter/pgrouter/internal/pgtest"
 )
@@ -51,9 +54,16 @@ func TestSIGTERMUnderPgbench(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
+	mln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsAddr := mln.Addr().String()
+	mln.Close()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "router.yaml")
 	yaml := fmt.Sprintf(`listen: %s
+metrics_listen: %s
 auth: {type: trust}
 shutdown_timeout: 60s
 log: {level: info, format: json}
@@ -65,7 +75,7 @@ clusters:
       - {name: s0, dsn: "%s", partitions: "0"}
       - {name: s1, dsn: "%s", partitions: "1"}
 default_route: s0
-`, addr, servers[0].DSN("postgres"), servers[1].DSN("postgres"))
+`, addr, metricsAddr, servers[0].DSN("postgres"), servers[1].DSN("postgres"))
 	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -103,6 +113,10 @@ default_route: s0
 		t.Fatal(err)
 	}
 	time.Sleep(4 * time.Second)
+	// /metrics over HTTP, as Prometheus scrapes it, moves with the load.
+	if n := scrapeRequests(t, metricsAddr); n < 100 {
+		t.Fatalf("/metrics counts %v requests on s0 under pgbench", n)
+	}
 	if err := router.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -157,4 +171,29 @@ default_route: s0
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// scrapeRequests fetches /metrics, parses it as Prometheus text and returns
+// the request count on shard s0.
+func scrapeRequests(t *testing.T, addr string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("/metrics is not Prometheus text: %v", err)
+	}
+	var n float64
+	for _, m := range fams["pgrouter_request_duration_seconds"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "shard" && l.GetValue() == "s0" {
+				n += float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return n
 }
