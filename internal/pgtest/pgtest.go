@@ -291,14 +291,24 @@ func (s *Server) start(ctx context.Context) error {
 	return s.waitReady(ctx, exited)
 }
 
+// waitReady waits until this server answers on its own socket folder, then
+// makes sure that its TCP port reaches it too. Probing the TCP port alone is
+// not enough: two servers started at once (tests of several packages run in
+// parallel) can be handed the same free port, and the one that fails to bind
+// would find the other answering there and report itself ready.
 func (s *Server) waitReady(ctx context.Context, exited chan struct{}) error {
 	deadline := time.Now().Add(60 * time.Second)
+	local := fmt.Sprintf("host=%s port=%d user=%s dbname=postgres sslmode=disable", s.Dir, s.Port, SuperUser)
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		conn, err := pgconn.Connect(cctx, s.DSN("postgres"))
+		conn, err := pgconn.Connect(cctx, local)
 		cancel()
 		if err == nil {
 			_ = conn.Close(context.Background())
+			if err := s.checkTCP(ctx); err != nil {
+				s.kill(syscall.SIGKILL)
+				return err
+			}
 			return nil
 		}
 		select {
@@ -314,6 +324,27 @@ func (s *Server) waitReady(ctx context.Context, exited chan struct{}) error {
 			return fmt.Errorf("postgres not ready after 60s: %s", s.logTail())
 		}
 	}
+}
+
+// checkTCP connects over TCP and compares the data directory of the server
+// that answers with this one's.
+func (s *Server) checkTCP(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := pgconn.Connect(cctx, s.DSN("postgres"))
+	if err != nil {
+		return fmt.Errorf("postgres answers on its socket but not on %s: %w", s.Addr(), err)
+	}
+	defer conn.Close(context.Background())
+	res := conn.ExecParams(cctx, "SHOW data_directory", nil, nil, nil, nil).Read()
+	if res.Err != nil {
+		return res.Err
+	}
+	want, _ := filepath.Abs(s.DataDir)
+	if len(res.Rows) != 1 || filepath.Clean(string(res.Rows[0][0])) != want {
+		return fmt.Errorf("another server answers on %s (could not bind: port taken)", s.Addr())
+	}
+	return nil
 }
 
 func (s *Server) logTail() string {

@@ -61,3 +61,23 @@ func TestStartServesQueriesAndRestarts(t *testing.T) {
 		t.Fatalf("after restart x = %q, want 7", got)
 	}
 }
+
+// TestPortTakenIsAnError: a server whose port another server holds must fail
+// to start, not report ready because the other one answers there (which once
+// gave two test shards the same database when parallel packages drew the same
+// free port).
+func TestPortTakenIsAnError(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	first, err := Start(ctx, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Stop()
+	second, err := Start(ctx, Options{Port: first.Port})
+	if err == nil {
+		_ = second.Stop()
+		t.Fatalf("a second server on port %d started", first.Port)
+	}
+	t.Logf("second server on a taken port: %v", err)
+}
