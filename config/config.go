@@ -27,6 +27,7 @@ type Config struct {
 	Functions       []*Function         `yaml:"functions"`
 	DefaultRoute    string              `yaml:"default_route"`
 	FallbackCluster string              `yaml:"fallback_cluster"`
+	Sequences       *Sequences          `yaml:"sequences"` // nil: sequences are not managed
 
 	// Path is the file the config was read from ("" when built in memory).
 	Path string `yaml:"-"`
@@ -66,6 +67,41 @@ type Health struct {
 	Timeout  Duration `yaml:"timeout"`  // per check, connect included
 	Failures int      `yaml:"failures"` // consecutive failed checks that mark a shard down
 	Query    string   `yaml:"query"`
+}
+
+// Sequences configures stride sequences (pgrouter seq, and the check serve
+// runs). It is a pointer because the stride is fixed for the cluster's life:
+// pgrouter never picks one unless the file says so (an empty "sequences: {}"
+// takes the defaults below).
+type Sequences struct {
+	// Stride is the increment of every sequence; shard slots run 0..stride-1.
+	Stride int64 `yaml:"stride"`
+	// Schemas whose sequences are managed.
+	Schemas []string `yaml:"schemas"`
+	// MinHeadroom is the fewest values a shard's sequence must have left:
+	// apply refuses a sequence that would have fewer, check warns.
+	MinHeadroom int64 `yaml:"min_headroom"`
+	// CheckInterval is how often serve checks the shards (0: only at start).
+	CheckInterval Duration `yaml:"check_interval"`
+	// LockTimeout bounds how long apply waits for a busy sequence or for
+	// another apply.
+	LockTimeout Duration `yaml:"lock_timeout"`
+}
+
+// Sequence defaults.
+const (
+	DefaultStride      = 1024
+	DefaultMinHeadroom = 1_000_000
+)
+
+func (s *Sequences) setDefaults() {
+	*s = Sequences{
+		Stride:        DefaultStride,
+		Schemas:       []string{"public"},
+		MinHeadroom:   DefaultMinHeadroom,
+		CheckInterval: Duration(time.Minute),
+		LockTimeout:   Duration(10 * time.Second),
+	}
 }
 
 // IsAdmin reports whether user may use the admin console.

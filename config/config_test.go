@@ -39,6 +39,12 @@ func TestExampleFileLoads(t *testing.T) {
 	if len(sh.PartitionList) != 8 || sh.PartitionList[0] != 8 {
 		t.Fatalf("partitions %v", sh.PartitionList)
 	}
+	var seqDefaults Sequences
+	seqDefaults.setDefaults()
+	if s := cfg.Sequences; s == nil || s.Stride != seqDefaults.Stride || s.MinHeadroom != seqDefaults.MinHeadroom ||
+		s.CheckInterval != seqDefaults.CheckInterval || s.LockTimeout != seqDefaults.LockTimeout || len(s.Schemas) != 1 || s.Schemas[0] != "public" {
+		t.Fatalf("the example's sequences section differs from the defaults: %+v", cfg.Sequences)
+	}
 	if cfg.Auth.UsersFile != filepath.Join(dir, "users.txt") {
 		t.Fatalf("users_file not resolved next to the config: %q", cfg.Auth.UsersFile)
 	}
@@ -111,6 +117,9 @@ func TestValidationErrorsNameTheKey(t *testing.T) {
 		{"function key missing", minimal + "functions:\n  - {name: get_user, run_on: hash}\n", "functions[0].key: required with run_on: hash"},
 		{"function merge", minimal + "functions:\n  - {name: f, run_on: any, merge: sum}\n", "functions[0].merge: only with run_on: all"},
 		{"function twice", minimal + "functions:\n  - {name: f, key: a}\n  - {name: public.F, key: a}\n", "functions[1].name: public.f is already declared at functions[0]"},
+		{"stride below shards", minimal + "sequences: {stride: 1}\n", "sequences.stride: 1 is less than the 2 shards of cluster main"},
+		{"no schemas", minimal + "sequences: {schemas: []}\n", "sequences.schemas: at least one schema is required"},
+		{"sequences typo", minimal + "sequences: {strid: 8}\n", "sequences.strid: unknown key (did you mean stride?)"},
 		{"function run_on", minimal + "functions:\n  - {name: f, run_on: some}\n", `functions[0].run_on: "some" is not one of hash, partition, any, all`},
 	}
 	for _, tc := range cases {
@@ -120,6 +129,32 @@ func TestValidationErrorsNameTheKey(t *testing.T) {
 				t.Fatalf("got %v\nwant an error containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestSequencesSection: no section means sequences are not managed; an
+// empty one takes the defaults, and given keys (0 included) are kept.
+func TestSequencesSection(t *testing.T) {
+	cfg, err := Parse("router.yaml", []byte(minimal))
+	if err != nil || cfg.Sequences != nil {
+		t.Fatalf("no section: %+v, %v", cfg.Sequences, err)
+	}
+	cfg, err = Parse("router.yaml", []byte(minimal+"sequences: {}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Sequences{Stride: 1024, Schemas: []string{"public"}, MinHeadroom: 1_000_000,
+		CheckInterval: Duration(time.Minute), LockTimeout: Duration(10 * time.Second)}
+	if s := cfg.Sequences; s.Stride != want.Stride || len(s.Schemas) != 1 || s.Schemas[0] != "public" || s.MinHeadroom != want.MinHeadroom ||
+		s.CheckInterval != want.CheckInterval || s.LockTimeout != want.LockTimeout {
+		t.Fatalf("defaults: %+v", *s)
+	}
+	cfg, err = Parse("router.yaml", []byte(minimal+"sequences:\n  stride: 16\n  schemas: [app, billing]\n  check_interval: 0\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := cfg.Sequences; s.Stride != 16 || len(s.Schemas) != 2 || s.CheckInterval != 0 || s.MinHeadroom != want.MinHeadroom {
+		t.Fatalf("given keys: %+v", *s)
 	}
 }
 

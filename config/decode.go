@@ -15,6 +15,12 @@ type scalarDecoder interface {
 	decodeScalar(value string) error
 }
 
+// defaulter is implemented by optional sections (pointers in Config) whose
+// keys have defaults once the section is present.
+type defaulter interface {
+	setDefaults()
+}
+
 // decode walks the YAML tree against the Go types so that every error names
 // the key path and line ("router.yaml:12: pool.sise: unknown key"), which
 // yaml's own decoder cannot do for unknown keys.
@@ -63,6 +69,9 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
 	case reflect.Pointer:
 		if v.IsNil() {
 			v.Set(reflect.New(v.Type().Elem()))
+			if def, ok := v.Interface().(defaulter); ok {
+				def.setDefaults()
+			}
 		}
 		d.value(n, v.Elem(), path)
 	case reflect.Struct:
@@ -81,17 +90,17 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
 			return
 		}
 		v.SetString(n.Value)
-	case reflect.Int:
+	case reflect.Int, reflect.Int64:
 		if n.Kind != yaml.ScalarNode {
 			d.fail(n, path, "expected an integer")
 			return
 		}
-		i, err := strconv.Atoi(n.Value)
+		i, err := strconv.ParseInt(strings.ReplaceAll(n.Value, "_", ""), 10, 64)
 		if err != nil {
 			d.fail(n, path, "%q is not an integer", n.Value)
 			return
 		}
-		v.SetInt(int64(i))
+		v.SetInt(i)
 	case reflect.Bool:
 		b, err := strconv.ParseBool(n.Value)
 		if n.Kind != yaml.ScalarNode || err != nil {

@@ -71,7 +71,41 @@ func (c *Config) validate() error {
 		l.add("log.format", "%q is not one of auto, console, json", c.Log.Format)
 	}
 	c.validateClusters(l)
+	c.validateSequences(l)
 	return l.err()
+}
+
+// validateSequences checks that every cluster fits in the stride.
+func (c *Config) validateSequences(l *errorList) {
+	s := c.Sequences
+	if s == nil {
+		return
+	}
+	if s.Stride < 1 || s.Stride > 1<<20 {
+		l.add("sequences.stride", "%d must be between 1 and 1048576", s.Stride)
+	}
+	for _, name := range c.ClusterNames() {
+		if cl := c.Clusters[name]; cl != nil && int64(len(cl.Shards)) > s.Stride {
+			l.add("sequences.stride", "%d is less than the %d shards of cluster %s: every shard needs its own slot", s.Stride, len(cl.Shards), name)
+		}
+	}
+	if len(s.Schemas) == 0 {
+		l.add("sequences.schemas", "at least one schema is required")
+	}
+	for i, schema := range s.Schemas {
+		if schema == "" {
+			l.add(fmt.Sprintf("sequences.schemas[%d]", i), "is empty")
+		}
+	}
+	if s.MinHeadroom < 0 {
+		l.add("sequences.min_headroom", "%d must not be negative", s.MinHeadroom)
+	}
+	if s.CheckInterval < 0 {
+		l.add("sequences.check_interval", "must not be negative")
+	}
+	if s.LockTimeout < 0 {
+		l.add("sequences.lock_timeout", "must not be negative")
+	}
 }
 
 func (c *Config) validateAuth(l *errorList) {
