@@ -1,0 +1,266 @@
+package seqalloc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/goleak"
+
+	"github.com/pgrouter/pgrouter/internal/pgtest"
+	"github.com/pgrouter/pgrouter/shardmap"
+)
+
+// server is one real PostgreSQL for the package; each test makes its own
+// databases on it, one per shard.
+var server *pgtest.Server
+
+func TestMain(m *testing.M) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	s, err := pgtest.Start(ctx, pgtest.Options{})
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start PostgreSQL:", err)
+		os.Exit(1)
+	}
+	server = s
+	code := m.Run()
+	_ = s.Stop()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// cluster creates n fresh databases named prefix0.. with schema on each and
+// returns them as a cluster whose DSNs log in as user.
+func cluster(t *testing.T, prefix string, n int, user, schema string) *shardmap.Cluster {
+	t.Helper()
+	ctx := context.Background()
+	cl := &shardmap.Cluster{Name: "main"}
+	for i := range n {
+		db := fmt.Sprintf("%s%d", prefix, i)
+		for _, sql := range []string{"DROP DATABASE IF EXISTS " + db, "CREATE DATABASE " + db} {
+			if err := server.Exec(ctx, "postgres", sql); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := server.Exec(ctx, db, schema); err != nil {
+			t.Fatal(err)
+		}
+		dsn := strings.Replace(server.DSN(db), pgtest.SuperUser+"@", user+"@", 1)
+		cl.Shards = append(cl.Shards, &shardmap.Shard{Name: fmt.Sprintf("s%d", i), DSN: dsn, Cluster: "main", Index: i})
+	}
+	return cl
+}
+
+func exec(t *testing.T, sh *shardmap.Shard, sql string) {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), sh.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(context.Background(), sql); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+var testOpts = Options{Stride: 8, Schemas: []string{"public"}, MinHeadroom: 1000, LockTimeout: 10 * time.Second, ConnectTimeout: 5 * time.Second}
+
+// TestApplyWhileInserting runs apply while every shard is inserting as fast
+// as it can: no value a shard hands out after apply may equal one any shard
+// handed out before or after, which holds only if apply locks the sequences
+// before it reads the values it restarts above.
+func TestApplyWhileInserting(t *testing.T) {
+	cl := cluster(t, "busy", 3, pgtest.SuperUser, "CREATE TABLE items (id bigserial PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	errs := make(chan error, 6)
+	for _, sh := range cl.Shards {
+		for range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				conn, err := pgx.Connect(context.Background(), sh.DSN)
+				if err != nil {
+					errs <- err
+					return
+				}
+				defer conn.Close(context.Background())
+				for ctx.Err() == nil {
+					if _, err := conn.Exec(context.Background(), "INSERT INTO items DEFAULT VALUES"); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	res, err := Apply(context.Background(), cl, testOpts, false)
+	time.Sleep(300 * time.Millisecond)
+	cancel()
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Fatal(e)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Changes) != 3 {
+		t.Fatalf("changes %+v", res.Changes)
+	}
+	restart := map[string]int64{}
+	for _, c := range res.Changes {
+		restart[c.Shard] = c.Restart
+	}
+	seen := map[int64]string{}
+	var before, after int
+	for i, sh := range cl.Shards {
+		ids := queryInts(t, sh, "SELECT id FROM items ORDER BY id")
+		for _, id := range ids {
+			if id < restart[sh.Name] {
+				before++
+				continue // handed out before apply: shards overlapped then, by design
+			}
+			after++
+			if mod(id-1, 8) != int64(i) {
+				t.Fatalf("%s handed out %d after apply, not in its slot %d", sh.Name, id, i)
+			}
+			seen[id] = sh.Name
+		}
+	}
+	for _, sh := range cl.Shards {
+		for _, id := range queryInts(t, sh, "SELECT id FROM items") {
+			if owner, dup := seen[id]; dup && owner != sh.Name {
+				t.Fatalf("id %d is on %s and, handed out after apply, on %s", id, sh.Name, owner)
+			}
+		}
+	}
+	if before == 0 || after == 0 {
+		t.Fatalf("%d ids before apply and %d after: the inserts did not span it", before, after)
+	}
+	t.Logf("%d ids before apply, %d after, restarts %v", before, after, restart)
+
+	// Nothing left to do: a second apply changes nothing, and check agrees.
+	res, err = Apply(context.Background(), cl, testOpts, false)
+	if err != nil || res.Changed() {
+		t.Fatalf("second apply: %+v, %v", res, err)
+	}
+	if r := Check(context.Background(), []*shardmap.Cluster{cl}, testOpts); r.Violations() != 0 {
+		t.Fatalf("check after apply: %+v", r.Rows)
+	}
+}
+
+func queryInts(t *testing.T, sh *shardmap.Shard, sql string) []int64 {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), sh.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	rows, _ := conn.Query(context.Background(), sql)
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
+
+// TestEventTrigger: with --event-trigger, sequences that migrations create
+// later (CREATE SEQUENCE, serial and identity columns, a column added to a
+// table) stride by themselves in their shard's slot; a non-superuser is told
+// why the trigger cannot be installed, and nothing changes.
+func TestEventTrigger(t *testing.T) {
+	ctx := context.Background()
+	if err := server.Exec(ctx, "postgres", "DO $$ BEGIN CREATE ROLE app LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"); err != nil {
+		t.Fatal(err)
+	}
+	plain := cluster(t, "evtuser", 2, "app", "SELECT 1")
+	for i := range plain.Shards {
+		if err := server.Exec(ctx, fmt.Sprintf("evtuser%d", i), "GRANT CREATE ON DATABASE evtuser"+fmt.Sprint(i)+" TO app"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := Apply(ctx, plain, testOpts, true)
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "user app is not a superuser") || !strings.Contains(err.Error(), "nothing was changed") {
+		t.Fatalf("apply --event-trigger as app: %v", err)
+	}
+	if got := queryInts(t, plain.Shards[0], "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgrouter'"); got[0] != 0 {
+		t.Fatal("a refused apply created the pgrouter schema")
+	}
+
+	cl := cluster(t, "evt", 2, pgtest.SuperUser, "CREATE TABLE old (id serial PRIMARY KEY)")
+	res, err := Apply(ctx, cl, testOpts, true)
+	if err != nil || len(res.Triggers) != 2 {
+		t.Fatalf("apply --event-trigger: %+v, %v", res, err)
+	}
+	for _, sh := range cl.Shards {
+		exec(t, sh, `CREATE TABLE later (id bigserial PRIMARY KEY, n bigint GENERATED BY DEFAULT AS IDENTITY);
+			CREATE SEQUENCE free_standing;
+			ALTER TABLE old ADD COLUMN extra bigserial;
+			CREATE TABLE other_schema_is_not_managed (id int);
+			CREATE SCHEMA elsewhere; CREATE SEQUENCE elsewhere.s;
+			INSERT INTO later DEFAULT VALUES; INSERT INTO later DEFAULT VALUES;`)
+	}
+	for i, sh := range cl.Shards {
+		ids := queryInts(t, sh, "SELECT id FROM later UNION ALL SELECT n FROM later ORDER BY 1")
+		if len(ids) != 4 || ids[0] != int64(i+1) || ids[2] != int64(i+1+8) {
+			t.Fatalf("%s: ids %v, want %d and %d twice", sh.Name, ids, i+1, i+9)
+		}
+		if inc := queryInts(t, sh, "SELECT increment_by FROM pg_sequences WHERE schemaname = 'elsewhere'"); inc[0] != 1 {
+			t.Fatalf("a sequence outside the managed schemas was changed: increment %d", inc[0])
+		}
+	}
+	r := Check(ctx, []*shardmap.Cluster{cl}, testOpts)
+	if r.Violations() != 0 || len(r.Rows) != 2*5 {
+		t.Fatalf("check after migrations: %d violations in %d rows: %+v", r.Violations(), len(r.Rows), r.Rows)
+	}
+	res, err = Apply(ctx, cl, testOpts, true)
+	if err != nil || res.Changed() {
+		t.Fatalf("second apply --event-trigger: %+v, %v", res, err)
+	}
+}
+
+// TestColumnMax: the highest value in a sequence's column is read when an
+// index leads with the column (so the check is an index probe), and then
+// apply restarts above it; an unindexed column is not scanned.
+func TestColumnMax(t *testing.T) {
+	cl := cluster(t, "colmax", 1, pgtest.SuperUser, `CREATE TABLE indexed (id bigserial PRIMARY KEY);
+		CREATE TABLE plain (id bigserial, v int);
+		INSERT INTO indexed VALUES (500); INSERT INTO plain VALUES (700, 1);`)
+	sh := Read(context.Background(), cl, testOpts)[0]
+	if sh.Err != nil {
+		t.Fatal(sh.Err)
+	}
+	got := map[string]*int64{}
+	for _, q := range sh.Sequences {
+		got[q.Name] = q.ColumnMax
+	}
+	if v := got["public.indexed_id_seq"]; v == nil || *v != 500 {
+		t.Fatalf("indexed column max %v, want 500", v)
+	}
+	if v, ok := got["public.plain_id_seq"]; !ok || v != nil {
+		t.Fatalf("unindexed column max %v (listed %v), want not read", v, ok)
+	}
+	res, err := Apply(context.Background(), cl, testOpts, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range res.Changes {
+		if c.Sequence.Name == "public.indexed_id_seq" && c.Restart != 505 {
+			t.Fatalf("indexed_id_seq restarts at %d, want 505 (the first value of slot 0 above 500 with stride 8)", c.Restart)
+		}
+	}
+}
