@@ -13,11 +13,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/pool"
+	"github.com/pgrouter/pgrouter/seqalloc"
 	"github.com/pgrouter/pgrouter/shardmap"
 )
 
@@ -112,7 +112,7 @@ func (s *Server) showShards() *resultSet {
 		rs.add(st.shard.Cluster, st.shard.Name, host, port, db, partitionRanges(st.shard.Partitions), st.health.State, st.paused,
 			st.stats.Active, st.stats.Idle, st.stats.Waiting, st.counters.XactCount, st.counters.QueryCount,
 			avgMicros(st.counters.QueryTime, st.counters.QueryCount), latency, st.health.Since, lastErr,
-			nil, nil) // refsync lag and sequence state: filled in by refsync and seqalloc
+			nil, s.seqOK(st.shard.Cluster, st.shard.Name)) // refsync lag: filled in by refsync
 	}
 	return rs
 }
@@ -321,51 +321,63 @@ func (s *Server) showFunctions() *resultSet {
 	return rs
 }
 
-// sequencesQuery lists a shard's sequences (PostgreSQL 10 and later).
-const sequencesQuery = `SELECT schemaname || '.' || sequencename, data_type::text, increment_by, last_value, max_value
-FROM pg_sequences ORDER BY 1`
-
-// showSequences reads every shard's sequences; a shard that cannot be read
-// is reported in a warning, and the others are still shown.
+// showSequences checks every shard's sequences now. With a sequences
+// section each gets its verdict (and the report becomes the latest, for
+// SHOW SHARDS); without one they are listed as they are. A shard that
+// cannot be read is reported in a warning, and the others are still shown.
 func (s *Server) showSequences(warn func(string)) (*resultSet, error) {
 	rs := &resultSet{cols: []column{
-		{"cluster", oidText}, {"shard", oidText}, {"sequence", oidText}, {"data_type", oidText},
-		{"increment", oidInt8}, {"last_value", oidInt8}, {"max_value", oidInt8},
+		{"cluster", oidText}, {"shard", oidText}, {"slot", oidInt8}, {"sequence", oidText}, {"data_type", oidText},
+		{"increment", oidInt8}, {"last_value", oidInt8}, {"next_value", oidInt8}, {"max_value", oidInt8},
+		{"headroom", oidInt8}, {"verdict", oidText}, {"detail", oidText},
 	}}
 	gen := s.gen.Load()
-	timeout := gen.cfg.Pool.ServerConnectTimeout.D()
-	for _, sh := range gen.allShards() {
-		err := func() error {
-			ctx, cancel := context.WithTimeout(s.ctx, 2*timeout)
-			defer cancel()
-			conn, err := pgx.Connect(ctx, sh.DSN)
-			if err != nil {
-				return err
-			}
-			defer conn.Close(context.Background())
-			rows, err := conn.Query(ctx, sequencesQuery)
-			if err != nil {
-				return err
-			}
-			defer rows.Close()
-			for rows.Next() {
-				var name, typ string
-				var inc, maxv int64
-				var last *int64
-				if err := rows.Scan(&name, &typ, &inc, &last, &maxv); err != nil {
-					return err
+	var rows []seqalloc.Row
+	if gen.cfg.Sequences != nil {
+		rows = s.checkSequences(gen).Rows
+	} else {
+		warn("sequences are not managed (router.yaml has no sequences section): they are listed without verdicts")
+		ctx, cancel := context.WithTimeout(s.ctx, seqCheckTimeout)
+		defer cancel()
+		for _, cl := range gen.shards.Clusters() {
+			for _, sh := range seqalloc.Read(ctx, cl, seqalloc.Options{ConnectTimeout: gen.cfg.Pool.ServerConnectTimeout.D()}) {
+				if sh.Err != nil {
+					rows = append(rows, seqalloc.Row{Cluster: sh.Cluster, Shard: sh.Name, Slot: sh.Slot, Verdict: seqalloc.Unreachable})
+					warn(fmt.Sprintf("shard %s: cannot read its sequences: %v", sh.Name, sh.Err))
 				}
-				var lastV any
-				if last != nil {
-					lastV = *last
+				for _, q := range sh.Sequences {
+					rows = append(rows, seqalloc.Row{Cluster: sh.Cluster, Shard: sh.Name, Slot: sh.Slot, Sequence: q.Name, Seq: q})
 				}
-				rs.add(sh.Cluster, sh.Name, name, typ, inc, lastV, maxv)
 			}
-			return rows.Err()
-		}()
-		if err != nil {
-			warn(fmt.Sprintf("shard %s: cannot read its sequences: %v", sh.Name, err))
 		}
+	}
+	for _, r := range rows {
+		if r.Verdict == seqalloc.Unreachable {
+			if gen.cfg.Sequences != nil {
+				warn(fmt.Sprintf("shard %s: %s", r.Shard, r.Detail))
+			}
+			continue
+		}
+		var slot, verdict, detail, typ, inc, last, next, maxv, headroom any
+		if r.Slot >= 0 {
+			slot = r.Slot
+		}
+		if r.Verdict != "" {
+			verdict = string(r.Verdict)
+		}
+		if r.Detail != "" {
+			detail = r.Detail
+		}
+		if q := r.Seq; q != nil {
+			typ, inc, maxv, headroom = q.Type, q.Increment, q.Max, q.Headroom()
+			if q.IsCalled {
+				last = q.LastValue
+			}
+			if n, ok := q.Next(); ok {
+				next = n
+			}
+		}
+		rs.add(r.Cluster, r.Shard, slot, r.Sequence, typ, inc, last, next, maxv, headroom, verdict, detail)
 	}
 	return rs, nil
 }

@@ -71,6 +71,7 @@ func (s *Server) Reload() (notes []string, err error) {
 	s.pools.Retire(all) // before the swap: nobody makes a pool to an old DSN after it
 	s.gen.Store(gen)
 	old.cancel()
+	s.watchSequences(gen)
 	s.pools.Warm(all)
 	for _, n := range notes {
 		s.log.Warn("reload: " + n)

@@ -16,6 +16,7 @@ import (
 	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/pool"
 	"github.com/pgrouter/pgrouter/router"
+	"github.com/pgrouter/pgrouter/seqalloc"
 	"github.com/pgrouter/pgrouter/shardmap"
 )
 
@@ -63,6 +64,10 @@ type Server struct {
 	reloadMu sync.Mutex // one reload at a time
 	reloads  reloadCounters
 	stats    statsSampler
+	// seqReport is the latest stride sequence check (nil: none yet, or
+	// sequences are not managed); seqMu orders its updates.
+	seqReport atomic.Pointer[seqalloc.Report]
+	seqMu     sync.Mutex
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -102,6 +107,7 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	s.pools.Warm(all) // min_idle connections open at start, not at the first client
 	s.pools.Watch(all, healthConfig(cfg))
 	s.startCatalogs(gen)
+	s.watchSequences(gen)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()

@@ -1,0 +1,106 @@
+package proxy
+
+import (
+	"context"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/pgrouter/pgrouter/seqalloc"
+)
+
+// With a sequences section, serve checks the stride sequences of every
+// shard at start and every sequences.check_interval: SHOW SHARDS (seq_ok),
+// SHOW SEQUENCES and /metrics show the latest result, and a sequence that
+// could hand out another shard's values is logged as an error when it is
+// first seen (and again when it is fixed), not at every check.
+
+// seqCheckTimeout bounds one check of every shard.
+const seqCheckTimeout = time.Minute
+
+// watchSequences runs the check for one generation until a reload replaces
+// it or the server closes.
+func (s *Server) watchSequences(gen *generation) {
+	if gen.cfg.Sequences == nil {
+		s.seqReport.Store(nil)
+		return
+	}
+	interval := gen.cfg.Sequences.CheckInterval.D()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			s.checkSequences(gen)
+			if interval <= 0 {
+				return
+			}
+			select {
+			case <-gen.ctx.Done():
+				return
+			case <-s.ctx.Done():
+				return
+			case <-time.After(interval):
+			}
+		}
+	}()
+}
+
+// checkSequences checks every shard of a generation now, keeps the report
+// (unless a reload has replaced the generation meanwhile) and logs what
+// changed since the previous one.
+func (s *Server) checkSequences(gen *generation) *seqalloc.Report {
+	ctx, cancel := context.WithTimeout(gen.ctx, seqCheckTimeout)
+	defer cancel()
+	report := seqalloc.Check(ctx, gen.shards.Clusters(), seqalloc.OptionsFrom(gen.cfg))
+	if gen.ctx.Err() != nil {
+		return report
+	}
+	s.seqMu.Lock()
+	defer s.seqMu.Unlock()
+	prev := s.seqReport.Load()
+	s.seqReport.Store(report)
+	logSequenceChanges(s.log, prev, report)
+	return report
+}
+
+// logSequenceChanges logs each violation that the previous report did not
+// have, and each one it had that is gone.
+func logSequenceChanges(log *zap.Logger, prev, cur *seqalloc.Report) {
+	type key struct{ cluster, shard, seq string }
+	before := map[key]seqalloc.Verdict{}
+	if prev != nil {
+		for _, r := range prev.Rows {
+			if r.Verdict.Violation() {
+				before[key{r.Cluster, r.Shard, r.Sequence}] = r.Verdict
+			}
+		}
+	}
+	for _, r := range cur.Rows {
+		k := key{r.Cluster, r.Shard, r.Sequence}
+		if !r.Verdict.Violation() {
+			continue
+		}
+		if before[k] != r.Verdict {
+			log.Error("sequence could hand out values another shard hands out", zap.String("cluster", r.Cluster), zap.String("shard", r.Shard),
+				zap.String("sequence", r.Sequence), zap.String("verdict", string(r.Verdict)), zap.String("detail", r.Detail))
+		}
+		delete(before, k)
+	}
+	for k := range before {
+		log.Info("sequence strides safely again", zap.String("cluster", k.cluster), zap.String("shard", k.shard), zap.String("sequence", k.seq))
+	}
+}
+
+// seqOK is a shard's seq_ok: nil until a check has judged it, or when
+// sequences are not managed.
+func (s *Server) seqOK(cluster, shard string) any {
+	r := s.seqReport.Load()
+	if r == nil {
+		return nil
+	}
+	ok, known := r.ShardOK(cluster, shard)
+	if !known {
+		return nil
+	}
+	return ok
+}
