@@ -15,6 +15,8 @@ import (
 
 	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/internal/pgtest"
+	"github.com/pgrouter/pgrouter/seqalloc"
+	"github.com/pgrouter/pgrouter/shardmap"
 )
 
 // demoCluster is the database name clients use in the demo.
@@ -98,6 +100,16 @@ func runDemo(ctx context.Context, out io.Writer, dir string, n int, listen strin
 	if err != nil {
 		return fmt.Errorf("demo config: %w", err)
 	}
+	// Stride the shards' sequences, so user ids never collide.
+	shardMap, err := shardmap.New(cfg)
+	if err != nil {
+		return fmt.Errorf("demo config: %w", err)
+	}
+	for _, cl := range shardMap.Clusters() {
+		if _, err := seqalloc.Apply(startCtx, cl, seqalloc.OptionsFrom(cfg), false); err != nil {
+			return fmt.Errorf("stride the demo's sequences: %w", err)
+		}
+	}
 	host, port, _ := strings.Cut(cfg.Listen, ":")
 	fmt.Fprintf(out, "\npgrouter demo is ready.\n\n")
 	for i, s := range servers {
@@ -108,6 +120,12 @@ func runDemo(ctx context.Context, out io.Writer, dir string, n int, listen strin
 	fmt.Fprintf(out, "Try:        SELECT add_user('bob', 'bob@example.com');   -- runs on the shard that owns 'bob'\n")
 	fmt.Fprintf(out, "            SELECT * FROM get_user('bob');\n")
 	fmt.Fprintf(out, "            SELECT count_users();                          -- runs on every shard, summed\n")
+	var starts []string
+	for i := range min(n, 2) {
+		starts = append(starts, fmt.Sprintf("s%d: %d, %d, ...", i, i+1, int64(i+1)+cfg.Sequences.Stride))
+	}
+	fmt.Fprintf(out, "Ids:        user ids step by %d from each shard's own start (%s)\n", cfg.Sequences.Stride, strings.Join(starts, "; "))
+	fmt.Fprintf(out, "            pgrouter seq check -c %s\n", path)
 	fmt.Fprintf(out, "Admin:      psql -h %s -p %s -U admin pgrouter     -- then SHOW SHARDS; SHOW POOLS; SHOW HELP;\n", host, port)
 	fmt.Fprintf(out, "Stop:       Ctrl-C\n\n")
 
@@ -117,9 +135,10 @@ func runDemo(ctx context.Context, out io.Writer, dir string, n int, listen strin
 // demoSchema is the same on every shard: users placed by username, with
 // the functions that reach them.
 const demoSchema = `
-CREATE TABLE IF NOT EXISTS users (username text PRIMARY KEY, email text NOT NULL, created timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS users (id bigserial UNIQUE, username text PRIMARY KEY, email text NOT NULL, created timestamptz NOT NULL DEFAULT now());
+ALTER TABLE users ADD COLUMN IF NOT EXISTS id bigserial UNIQUE; -- a --dir kept from an older demo
 CREATE OR REPLACE FUNCTION add_user(i_username text, i_email text) RETURNS text LANGUAGE sql AS
-  $$ INSERT INTO users (username, email) VALUES (i_username, i_email) RETURNING 'stored on port ' || inet_server_port() $$;
+  $$ INSERT INTO users (username, email) VALUES (i_username, i_email) RETURNING 'id ' || id || ' stored on port ' || inet_server_port() $$;
 CREATE OR REPLACE FUNCTION get_user(i_username text, OUT username text, OUT email text, OUT created timestamptz) RETURNS SETOF record
   LANGUAGE sql AS $$ SELECT username, email, created FROM users WHERE username = i_username $$;
 CREATE OR REPLACE FUNCTION count_users() RETURNS bigint LANGUAGE sql AS $$ SELECT count(*) FROM users $$;
@@ -132,8 +151,9 @@ const demoFunctions = `functions:
 `
 
 // demoConfig writes the demo's router.yaml: trust auth on loopback, one
-// cluster over every shard, statements without a routing key to s0, and any
-// database name accepted so that a bare `psql -h 127.0.0.1 -p 6432` works.
+// cluster over every shard, statements without a routing key to s0, any
+// database name accepted so that a bare `psql -h 127.0.0.1 -p 6432` works,
+// and stride sequences.
 func demoConfig(servers []*pgtest.Server, listen string) string {
 	n := len(servers)
 	partitions := 16
@@ -150,6 +170,7 @@ func demoConfig(servers []*pgtest.Server, listen string) string {
 		fmt.Fprintf(&b, "      - name: s%d\n        dsn: %s\n        partitions: \"%d-%d\"\n", i, s.DSN("postgres"), lo, hi)
 	}
 	fmt.Fprintf(&b, "default_route: s0\nfallback_cluster: %s\n", demoCluster)
+	b.WriteString("sequences:\n  stride: 1024\n  schemas: [public]\n")
 	b.WriteString(demoFunctions)
 	return b.String()
 }

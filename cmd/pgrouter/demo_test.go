@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +15,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/goleak"
+
+	"github.com/pgrouter/pgrouter/config"
 )
 
 // TestMain runs the test binary as pgrouter itself when asked to (so tests
@@ -88,14 +92,20 @@ func TestDemo(t *testing.T) {
 	if !strings.Contains(out.String(), fmt.Sprintf("shard s0  127.0.0.1:%d", port0)) {
 		t.Fatalf("statement did not run on shard s0 (port %d):\n%s", port0, out.String())
 	}
-	// Routed calls: users land on the shards that own them, the count sums all shards.
-	ports := map[string]bool{}
+	checkSeqExamples(t, out.String())
+	// Routed calls: users land on the shards that own them, the count sums all
+	// shards, and no two users get the same id.
+	ports, ids := map[string]bool{}, map[string]bool{}
 	for i := range 40 {
 		var where string
 		if err := conn.QueryRow(context.Background(), "SELECT add_user($1, $2)", fmt.Sprintf("user%d", i), "x@example.com").Scan(&where); err != nil {
 			t.Fatal(err)
 		}
-		ports[where] = true
+		id, port, ok := strings.Cut(where, " stored on port ")
+		if !ok || ids[id] {
+			t.Fatalf("add_user answered %q (ids so far %v)", where, ids)
+		}
+		ports[port], ids[id] = true, true
 	}
 	if len(ports) != 2 {
 		t.Fatalf("40 users landed on %v; want both shards", ports)
@@ -140,4 +150,70 @@ func TestDemo(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("demo did not stop")
 	}
+}
+
+// checkSeqExamples runs the README's pgrouter seq examples against the demo's
+// fresh shards (whose sequences the demo strided) and compares what the
+// commands print with the README: a clean check, a check after a hand
+// setval on s1, and the apply that repairs it.
+func checkSeqExamples(t *testing.T, demoOut string) {
+	t.Helper()
+	m := regexp.MustCompile(`config    (\S+)`).FindStringSubmatch(demoOut)
+	if m == nil {
+		t.Fatalf("demo does not print its config file:\n%s", demoOut)
+	}
+	path := m[1]
+	if !strings.Contains(demoOut, "pgrouter seq check -c "+path) {
+		t.Fatalf("demo does not print how to check its sequences:\n%s", demoOut)
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(f func(context.Context, io.Writer, string) error) string {
+		var b strings.Builder
+		if err := f(context.Background(), &b, path); err != nil {
+			fmt.Fprintf(&b, "pgrouter: %v\n", err) // as main prints it
+		}
+		return b.String()
+	}
+	compare := func(marker, got string) {
+		t.Helper()
+		want := readmeExample(t, string(readme), marker)
+		if want != got {
+			t.Fatalf("README example %s differs from what the command prints.\nREADME:\n%s\nprinted:\n%s", marker, want, got)
+		}
+	}
+	compare("seq-check", run(runSeqCheck))
+
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s1, err := pgx.Connect(context.Background(), cfg.Clusters[demoCluster].Shards[1].DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s1.Close(context.Background())
+	if _, err := s1.Exec(context.Background(), "SELECT setval('users_id_seq', 1)"); err != nil {
+		t.Fatal(err)
+	}
+	compare("seq-check-problem", run(runSeqCheck))
+	compare("seq-apply", run(func(ctx context.Context, w io.Writer, path string) error { return runSeqApply(ctx, w, path, false) }))
+}
+
+// readmeExample returns the fenced block after "<!-- example: marker -->"
+// in the README, without its first line (the command).
+func readmeExample(t *testing.T, readme, marker string) string {
+	t.Helper()
+	_, rest, ok := strings.Cut(readme, "<!-- example: "+marker+" -->\n```\n")
+	if !ok {
+		t.Fatalf("README has no example marked %s", marker)
+	}
+	block, _, ok := strings.Cut(rest, "```\n")
+	if !ok {
+		t.Fatalf("README example %s is not closed", marker)
+	}
+	_, output, _ := strings.Cut(block, "\n")
+	return output
 }

@@ -2,6 +2,7 @@
 //
 //	pgrouter serve -c router.yaml   run the proxy
 //	pgrouter check -c router.yaml   validate the file, reach every shard, compare function signatures
+//	pgrouter seq check|apply        verify or set up stride sequences on every shard
 //	pgrouter demo                   run it on local PostgreSQL shards it starts itself
 //	pgrouter version                print the version
 package main
@@ -23,7 +24,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), checkCmd(), demoCmd(), versionCmd())
+	root.AddCommand(serveCmd(), checkCmd(), seqCmd(), demoCmd(), versionCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "pgrouter:", err)
 		os.Exit(1)

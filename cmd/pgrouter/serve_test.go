@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -79,32 +80,9 @@ default_route: s0
 	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logBuf syncBuffer
-	router := exec.Command(self, "serve", "-c", path)
-	router.Env = append(os.Environ(), "PGROUTER_TEST_MAIN=1")
-	router.Stdout, router.Stderr = &logBuf, &logBuf
-	if err := router.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- router.Wait() }()
+	router, logBuf, exited := startRouter(ctx, t, path, addr)
 	defer func() { _ = router.Process.Kill() }()
 	phost, pport, _ := net.SplitHostPort(addr)
-	for {
-		conn, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres@%s/main?sslmode=disable", addr))
-		if err == nil {
-			conn.Close(ctx)
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("pgrouter did not start: %v\n%s", err, logBuf.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 
 	bench := exec.CommandContext(ctx, pgbench, "-n", "-c", "50", "-j", "2", "-T", "60", "-h", phost, "-p", pport, "-U", "postgres", "main")
 	var benchOut syncBuffer
@@ -170,6 +148,64 @@ default_route: s0
 			t.Fatalf("%d connections left open on the shard after pgrouter exited", open)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// startRouter runs `pgrouter serve -c path` as a real process (this test
+// binary, which TestMain turns into pgrouter) and waits until it accepts
+// clients on addr. exited receives the process's exit.
+func startRouter(ctx context.Context, t *testing.T, path, addr string) (cmd *exec.Cmd, logs *syncBuffer, exited chan error) {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs = &syncBuffer{}
+	cmd = exec.Command(self, "serve", "-c", path)
+	cmd.Env = append(os.Environ(), "PGROUTER_TEST_MAIN=1")
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited = make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	for {
+		conn, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres@%s/main?sslmode=disable", addr))
+		if err == nil {
+			conn.Close(ctx)
+			return cmd, logs, exited
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("pgrouter exited: %v\n%s", err, logs.String())
+		case <-ctx.Done():
+			_ = cmd.Process.Kill()
+			t.Fatalf("pgrouter did not start: %v\n%s", err, logs.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// pgrouter runs a pgrouter subcommand as a real process and returns its
+// output and exit status.
+func pgrouter(ctx context.Context, t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(ctx, self, args...)
+	cmd.Env = append(os.Environ(), "PGROUTER_TEST_MAIN=1")
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return string(out), 0
+	case errors.As(err, &exit):
+		return string(out), exit.ExitCode()
+	default:
+		t.Fatalf("pgrouter %v: %v\n%s", args, err, out)
+		return "", -1
 	}
 }
 
