@@ -119,6 +119,7 @@ func TestValidationErrorsNameTheKey(t *testing.T) {
 		{"function twice", minimal + "functions:\n  - {name: f, key: a}\n  - {name: public.F, key: a}\n", "functions[1].name: public.f is already declared at functions[0]"},
 		{"stride below shards", minimal + "sequences: {stride: 1}\n", "sequences.stride: 1 is less than the 2 shards of cluster main"},
 		{"no schemas", minimal + "sequences: {schemas: []}\n", "sequences.schemas: at least one schema is required"},
+		{"lock timeout zero", minimal + "sequences: {lock_timeout: 0}\n", "sequences.lock_timeout: must be above zero and at most 50s"},
 		{"sequences typo", minimal + "sequences: {strid: 8}\n", "sequences.strid: unknown key (did you mean stride?)"},
 		{"function run_on", minimal + "functions:\n  - {name: f, run_on: some}\n", `functions[0].run_on: "some" is not one of hash, partition, any, all`},
 	}

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -103,8 +104,8 @@ func (c *Config) validateSequences(l *errorList) {
 	if s.CheckInterval < 0 {
 		l.add("sequences.check_interval", "must not be negative")
 	}
-	if s.LockTimeout < 0 {
-		l.add("sequences.lock_timeout", "must not be negative")
+	if s.LockTimeout <= 0 || s.LockTimeout.D() > 50*time.Second {
+		l.add("sequences.lock_timeout", "must be above zero and at most 50s: apply holds locks on several servers at once, where PostgreSQL cannot see a deadlock")
 	}
 }
 

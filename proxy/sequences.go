@@ -22,7 +22,9 @@ const seqCheckTimeout = time.Minute
 // it or the server closes.
 func (s *Server) watchSequences(gen *generation) {
 	if gen.cfg.Sequences == nil {
+		s.seqMu.Lock()
 		s.seqReport.Store(nil)
+		s.seqMu.Unlock()
 		return
 	}
 	interval := gen.cfg.Sequences.CheckInterval.D()
@@ -52,11 +54,11 @@ func (s *Server) checkSequences(gen *generation) *seqalloc.Report {
 	ctx, cancel := context.WithTimeout(gen.ctx, seqCheckTimeout)
 	defer cancel()
 	report := seqalloc.Check(ctx, gen.shards.Clusters(), seqalloc.OptionsFrom(gen.cfg))
-	if gen.ctx.Err() != nil {
-		return report
-	}
 	s.seqMu.Lock()
 	defer s.seqMu.Unlock()
+	if s.gen.Load() != gen { // a reload replaced it meanwhile: its report is stale
+		return report
+	}
 	prev := s.seqReport.Load()
 	s.seqReport.Store(report)
 	logSequenceChanges(s.log, prev, report)
@@ -80,13 +82,21 @@ func logSequenceChanges(log *zap.Logger, prev, cur *seqalloc.Report) {
 		if !r.Verdict.Violation() {
 			continue
 		}
-		if before[k] != r.Verdict {
+		switch {
+		case before[k] == r.Verdict:
+		case r.Verdict == seqalloc.Unreachable:
+			log.Error("cannot check the shard's sequences", zap.String("cluster", r.Cluster), zap.String("shard", r.Shard), zap.String("detail", r.Detail))
+		default:
 			log.Error("sequence could hand out values another shard hands out", zap.String("cluster", r.Cluster), zap.String("shard", r.Shard),
 				zap.String("sequence", r.Sequence), zap.String("verdict", string(r.Verdict)), zap.String("detail", r.Detail))
 		}
 		delete(before, k)
 	}
 	for k := range before {
+		if k.seq == "" {
+			log.Info("the shard's sequences can be checked again", zap.String("cluster", k.cluster), zap.String("shard", k.shard))
+			continue
+		}
 		log.Info("sequence strides safely again", zap.String("cluster", k.cluster), zap.String("shard", k.shard), zap.String("sequence", k.seq))
 	}
 }

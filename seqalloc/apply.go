@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 
@@ -51,25 +52,16 @@ func plan(shards []*Shard, opts Options) (*Result, error) {
 	refuse := func(format string, args ...any) { refusals = append(refusals, fmt.Sprintf(format, args...)) }
 
 	// Slots: recorded ones must be sound; shards without one get the lowest free.
+	bySlot := slotsBy(shards)
 	slots := make([]int64, len(shards))
-	owner := map[int64]string{}
 	for i, sh := range shards {
 		res.Cluster = sh.Cluster
 		slots[i] = sh.Slot
 		if sh.Slot < 0 {
 			continue
 		}
-		switch {
-		case sh.Stride != opts.Stride:
-			refuse("shard %s: its slot %d was given with stride %d, router.yaml says %d; the stride is fixed for the cluster's life: put sequences.stride: %d back",
-				sh.Name, sh.Slot, sh.Stride, opts.Stride, sh.Stride)
-		case sh.Slot >= opts.Stride:
-			refuse("shard %s: slot %d does not fit stride %d", sh.Name, sh.Slot, opts.Stride)
-		case owner[sh.Slot] != "":
-			refuse("shards %s and %s both record slot %d; if one database was copied from the other, delete the copy's row (DELETE FROM %s) and run apply again",
-				owner[sh.Slot], sh.Name, sh.Slot, slotTable)
-		default:
-			owner[sh.Slot] = sh.Name
+		if v, detail := slotProblem(sh, bySlot[sh.Slot], opts.Stride); v != OK && (v != DuplicateSlot || bySlot[sh.Slot][0] == sh) {
+			refuse("shard %s: %s", sh.Name, detail) // a duplicate once, at its first shard
 		}
 	}
 	free := int64(0)
@@ -77,15 +69,16 @@ func plan(shards []*Shard, opts Options) (*Result, error) {
 		if slots[i] >= 0 {
 			continue
 		}
-		for owner[free] != "" {
+		for len(bySlot[free]) > 0 {
 			free++
 		}
 		if free >= opts.Stride {
-			refuse("shard %s: all %d slots are taken; the stride is fixed for the cluster's life", sh.Name, opts.Stride)
+			refuse("shard %s: all %d slots of stride %d are taken, and the stride is fixed for the cluster's life: the cluster cannot have more shards (move partitions to the shards it has)",
+				sh.Name, opts.Stride, opts.Stride)
 			continue
 		}
 		slots[i] = free
-		owner[free] = sh.Name
+		bySlot[free] = append(bySlot[free], sh)
 		res.NewSlots[sh.Name] = free
 	}
 
@@ -104,24 +97,34 @@ func plan(shards []*Shard, opts Options) (*Result, error) {
 		if slot < 0 {
 			continue
 		}
+		_, newSlot := res.NewSlots[sh.Name]
 		for _, q := range sh.Sequences {
 			verdict, detail := judge(q, slot, opts)
-			if !verdict.Violation() {
+			switch {
+			case verdict == Descending:
+				res.Warnings = append(res.Warnings, fmt.Sprintf("shard %s: %s left alone: %s", sh.Name, q.Name, detail))
+				continue
+			case newSlot:
+				// Whatever it looks like, a sequence of a shard that just got its
+				// slot may sit below values other shards handed out in that slot
+				// (a retired shard's rows moved elsewhere, a dumped schema).
+				verdict = NoSlot
+			case !verdict.Violation():
 				if verdict == LowHeadroom {
 					res.Warnings = append(res.Warnings, fmt.Sprintf("shard %s: %s: %s", sh.Name, q.Name, detail))
 				}
 				continue
 			}
-			if q.Increment < 0 {
-				refuse("shard %s: %s counts down (increment %d); only ascending sequences can be strided", sh.Name, q.Name, q.Increment)
-				continue
+			floor := highest[q.Name]
+			if q.Min > math.MinInt64 {
+				floor = max(floor, q.Min-1)
 			}
-			restart := firstAbove(max(highest[q.Name], q.Min-1), slot, opts.Stride)
+			restart, fits := firstAbove(floor, slot, opts.Stride)
 			left := int64(0)
-			if restart <= q.Max {
-				left = (q.Max-restart)/opts.Stride + 1
+			if fits {
+				left = valuesLeft(restart, q.Max, opts.Stride)
 			}
-			if left < opts.MinHeadroom {
+			if left < max(opts.MinHeadroom, 1) {
 				if len(small[q.Name]) == 0 || left < fewest[q.Name] {
 					fewest[q.Name] = left
 				}
@@ -148,6 +151,9 @@ func tooSmall(q *Sequence, shards []string, left int64, opts Options) string {
 	if q.table != "" {
 		fix = fmt.Sprintf("ALTER TABLE %s ALTER COLUMN %s TYPE bigint; %s", q.table, q.col, fix)
 	}
+	if q.Type == "bigint" && q.Max == math.MaxInt64 {
+		fix = "its values already reach the top of bigint; renumber them, or give the column a new sequence"
+	}
 	return fmt.Sprintf("%s (%s, maxvalue %d) would have %d values left per shard with stride %d (shards %s), fewer than sequences.min_headroom %d: on every shard, %s",
 		q.Name, q.Type, q.Max, left, opts.Stride, strings.Join(shards, ", "), opts.MinHeadroom, fix)
 }
@@ -161,10 +167,14 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
-// firstAbove is the smallest value above floor in slot's residue class:
-// v > floor and v ≡ slot+1 (mod stride).
-func firstAbove(floor, slot, stride int64) int64 {
-	return floor + 1 + mod(slot+1-(floor+1), stride)
+// firstAbove is the smallest value v above floor in slot's residue class,
+// v ≡ slot+1 (mod stride); fits is false when no such int64 exists.
+func firstAbove(floor, slot, stride int64) (v int64, fits bool) {
+	d := mod(slot-mod(floor, stride), stride) // v-1 = floor+d ≡ slot
+	if floor > math.MaxInt64-1-d {
+		return 0, false
+	}
+	return floor + 1 + d, true
 }
 
 // shardTx is one shard's connection with apply's transaction open on it.
@@ -205,7 +215,7 @@ func Apply(ctx context.Context, cl *shardmap.Cluster, opts Options, eventTrigger
 	for i, st := range txs {
 		shards[i] = &Shard{Cluster: cl.Name, Name: st.name}
 		if err := readShard(ctx, st.tx, shards[i], opts.Schemas); err != nil {
-			return nil, fmt.Errorf("shard %s: %w", st.name, err)
+			return nil, fmt.Errorf("shard %s: read its slot and sequences: %w", st.name, err)
 		}
 	}
 	if eventTrigger {
@@ -327,6 +337,10 @@ func isLockTimeout(err error) bool {
 }
 
 func lockError(shard, seq string, opts Options, err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "40P01" {
+		return fmt.Errorf("shard %s: locking %s deadlocked with a transaction of the application; nothing was changed: run apply again: %w", shard, seq, err)
+	}
 	if isLockTimeout(err) {
 		return fmt.Errorf("shard %s: %s stayed in use by a transaction for lock_timeout (%v); nothing was changed: try again when it is quieter, or raise sequences.lock_timeout: %w",
 			shard, seq, opts.LockTimeout, err)
@@ -376,13 +390,16 @@ func checkSuperuser(ctx context.Context, txs []*shardTx) error {
 }
 
 // triggerBody is the event trigger function: every sequence created in a
-// managed schema (CREATE SEQUENCE, serial and identity columns) starts at its
-// shard's first value in the slot at or above its start, striding.
+// managed schema (CREATE SEQUENCE, serial and identity columns) is set to
+// stride, starting at the first value of its shard's slot above what it has
+// handed out already (ALTER TABLE ... ADD COLUMN bigserial numbers the
+// existing rows first) and at or above its start.
 const triggerBody = `
 DECLARE
 	own record;
 	cmd record;
 	seq record;
+	floor bigint;
 	first bigint;
 BEGIN
 	SELECT slot, stride INTO own FROM pgrouter.seq_slot;
@@ -393,7 +410,8 @@ BEGIN
 			WHERE command_tag = 'CREATE SEQUENCE' AND object_type = 'sequence' AND schema_name = ANY (%s) LOOP
 		SELECT seqstart, seqincrement INTO seq FROM pg_sequence WHERE seqrelid = cmd.objid;
 		IF seq.seqincrement > 0 THEN
-			first := seq.seqstart + ((own.slot + 1 - seq.seqstart) %% own.stride + own.stride) %% own.stride;
+			EXECUTE format('SELECT CASE WHEN is_called THEN last_value ELSE %%s END FROM %%s', seq.seqstart - 1, cmd.objid::regclass) INTO floor;
+			first := floor + 1 + ((own.slot - floor) %% own.stride + own.stride) %% own.stride;
 			EXECUTE format('ALTER SEQUENCE %%s INCREMENT BY %%s START WITH %%s RESTART WITH %%s NO CYCLE',
 				cmd.objid::regclass, own.stride, first, first);
 		END IF;

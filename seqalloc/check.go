@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/pgrouter/pgrouter/shardmap"
@@ -26,6 +27,7 @@ const (
 	WrongSlot     Verdict = "wrong slot"
 	Cycles        Verdict = "cycles"
 	Reset         Verdict = "reset"
+	Descending    Verdict = "descending" // apply cannot fix it: it skips it
 )
 
 // Violation reports whether the verdict means values could collide (or,
@@ -101,14 +103,11 @@ func Check(ctx context.Context, clusters []*shardmap.Cluster, opts Options) *Rep
 
 // Judge gives every sequence of one cluster's shards its verdict.
 func Judge(shards []*Shard, opts Options) []Row {
-	bySlot := map[int64][]string{}
+	bySlot := slotsBy(shards)
 	names := map[string]bool{}
 	for _, sh := range shards {
 		if sh.Err != nil {
 			continue
-		}
-		if sh.Slot >= 0 {
-			bySlot[sh.Slot] = append(bySlot[sh.Slot], sh.Name)
 		}
 		for _, q := range sh.Sequences {
 			names[q.Name] = true
@@ -127,7 +126,7 @@ func Judge(shards []*Shard, opts Options) []Row {
 				Detail: fmt.Sprintf("cannot read the shard: %v", sh.Err)})
 			continue
 		}
-		shardVerdict, shardDetail := judgeSlot(sh, bySlot, opts)
+		shardVerdict, shardDetail := slotProblem(sh, bySlot[sh.Slot], opts.Stride)
 		for _, name := range all {
 			row := Row{Cluster: sh.Cluster, Shard: sh.Name, Slot: sh.Slot, Sequence: name, Seq: sh.sequence(name)}
 			switch {
@@ -144,25 +143,45 @@ func Judge(shards []*Shard, opts Options) []Row {
 	return rows
 }
 
-// judgeSlot finds what is wrong with a shard's slot, if anything.
-func judgeSlot(sh *Shard, bySlot map[int64][]string, opts Options) (Verdict, string) {
+// slotsBy groups the readable shards that record a slot by that slot.
+func slotsBy(shards []*Shard) map[int64][]*Shard {
+	by := map[int64][]*Shard{}
+	for _, sh := range shards {
+		if sh.Err == nil && sh.Slot >= 0 {
+			by[sh.Slot] = append(by[sh.Slot], sh)
+		}
+	}
+	return by
+}
+
+// slotProblem says what is wrong with a shard's recorded slot (OK when
+// nothing is); same lists every shard recording that slot.
+func slotProblem(sh *Shard, same []*Shard, stride int64) (Verdict, string) {
 	switch {
 	case sh.Slot < 0:
 		return NoSlot, "the shard has no slot recorded: run pgrouter seq apply"
-	case sh.Stride != opts.Stride:
-		return StrideChanged, fmt.Sprintf("the shard was given its slot with stride %d, router.yaml says %d: the stride is fixed for the cluster's life; put %d back",
-			sh.Stride, opts.Stride, sh.Stride)
-	case sh.Slot >= opts.Stride:
-		return StrideChanged, fmt.Sprintf("slot %d does not fit stride %d", sh.Slot, opts.Stride)
-	case len(bySlot[sh.Slot]) > 1:
-		return DuplicateSlot, fmt.Sprintf("shards %v all record slot %d and hand out the same values; if one database was copied from another, delete the copy's row in %s and run pgrouter seq apply",
-			bySlot[sh.Slot], sh.Slot, slotTable)
+	case sh.Stride != stride:
+		return StrideChanged, fmt.Sprintf("the shard was given slot %d with stride %d, router.yaml says %d: the stride is fixed for the cluster's life; put sequences.stride: %d back",
+			sh.Slot, sh.Stride, stride, sh.Stride)
+	case len(same) > 1:
+		names := make([]string, len(same))
+		for i, o := range same {
+			names[i] = o.Name
+			if o.RecordedAs != "" && o.RecordedAs != o.Name {
+				names[i] += fmt.Sprintf(" (recorded as %s)", o.RecordedAs)
+			}
+		}
+		return DuplicateSlot, fmt.Sprintf("shards %s all record slot %d and hand out the same values; a database copied from another keeps its slot: on the copy, DELETE FROM %s and run pgrouter seq apply",
+			strings.Join(names, ", "), sh.Slot, slotTable)
 	}
 	return OK, ""
 }
 
 // judge gives one sequence of a shard with a sound slot its verdict.
 func judge(q *Sequence, slot int64, opts Options) (Verdict, string) {
+	if q.Increment < 0 {
+		return Descending, "pgrouter strides ascending sequences only, and this one counts down the same values on every shard: make it ascending, or keep it out of sequences.schemas"
+	}
 	if q.Increment != opts.Stride {
 		return NotStriding, fmt.Sprintf("increment %d, not the stride %d: run pgrouter seq apply", q.Increment, opts.Stride)
 	}
@@ -182,7 +201,11 @@ func judge(q *Sequence, slot int64, opts Options) (Verdict, string) {
 		}
 	}
 	if h := q.Headroom(); h < opts.MinHeadroom {
-		return LowHeadroom, fmt.Sprintf("%d values left on this shard (min_headroom %d): move the column and the sequence to bigint", h, opts.MinHeadroom)
+		fix := "move the column and the sequence to bigint"
+		if q.Type == "bigint" {
+			fix = "raise its MAXVALUE"
+		}
+		return LowHeadroom, fmt.Sprintf("%d values left on this shard (min_headroom %d): %s", h, opts.MinHeadroom, fix)
 	}
 	return OK, ""
 }

@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 	"time"
@@ -51,6 +52,9 @@ func connect(ctx context.Context, dsn string, timeout time.Duration) (*pgx.Conn,
 	}
 	cc.ConnectTimeout = timeout
 	cc.RuntimeParams["application_name"] = "pgrouter seq"
+	// No statement may hang the tool (max() behind a migration's lock, say);
+	// apply's lock waits have their own, shorter, lock_timeout.
+	cc.RuntimeParams["statement_timeout"] = "60s"
 	return pgx.ConnectConfig(ctx, cc)
 }
 
@@ -65,17 +69,17 @@ type Sequence struct {
 	LastValue int64
 	IsCalled  bool
 	// Column is the integer column that owns the sequence (serial,
-	// identity), as schema.table.column, or "". Only a column that an index
-	// leads with counts, so that reading its max stays an index probe even
-	// when serve checks every minute.
+	// identity), as schema.table.column, or "".
 	Column string
 	// ColumnMax is the highest value in Column on this shard; nil when the
-	// column is empty or there is none. Rows inserted with explicit values
-	// are why it can exceed the sequence.
+	// column is empty, there is none, or no btree index leads with it (so
+	// reading it stays an index probe when serve checks every minute). Rows
+	// inserted with explicit values are why it can exceed the sequence.
 	ColumnMax *int64
 
 	oid        uint32
-	table, col string // quoted, for max()
+	table, col string // quoted
+	indexed    bool   // a btree index leads with col
 }
 
 // Next is the value nextval would return; ok is false when the sequence is
@@ -97,16 +101,26 @@ func (q *Sequence) Headroom() int64 {
 		return 0
 	}
 	if q.Increment > 0 {
-		return (q.Max-next)/q.Increment + 1
+		return valuesLeft(next, q.Max, q.Increment)
 	}
-	return (next-q.Min)/-q.Increment + 1
+	return valuesLeft(q.Min, next, -q.Increment)
+}
+
+// valuesLeft counts from, from+step, ... up to limit, capped at MaxInt64;
+// the difference is taken unsigned, so it cannot overflow whatever the signs.
+func valuesLeft(from, limit, step int64) int64 {
+	if from > limit {
+		return 0
+	}
+	n := (uint64(limit)-uint64(from))/uint64(step) + 1
+	return int64(min(n, math.MaxInt64))
 }
 
 // highest is the highest value the sequence or its column may already
 // hold: new values of any shard must start above it.
 func (q *Sequence) highest() int64 {
 	hi := q.LastValue
-	if !q.IsCalled {
+	if !q.IsCalled && hi > math.MinInt64 {
 		hi-- // a fresh or restarted sequence has handed out nothing at LastValue
 	}
 	if q.ColumnMax != nil && *q.ColumnMax > hi {
@@ -158,14 +172,15 @@ const (
 
 const sequencesSQL = `SELECT c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname), format_type(s.seqtypid, NULL),
 	s.seqstart, s.seqincrement, s.seqmin, s.seqmax, s.seqcycle,
-	coalesce(quote_ident(tn.nspname) || '.' || quote_ident(t.relname), ''), coalesce(quote_ident(a.attname), '')
+	coalesce(quote_ident(tn.nspname) || '.' || quote_ident(t.relname), ''), coalesce(quote_ident(a.attname), ''),
+	coalesce((SELECT true FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam
+		WHERE i.indrelid = a.attrelid AND i.indkey[0] = a.attnum AND i.indpred IS NULL AND am.amname = 'btree' LIMIT 1), false)
 FROM pg_sequence s
 JOIN pg_class c ON c.oid = s.seqrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.refclassid = 'pg_class'::regclass
 	AND d.refobjsubid > 0 AND d.deptype IN ('a', 'i')
 LEFT JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
-	AND EXISTS (SELECT FROM pg_index i WHERE i.indrelid = a.attrelid AND i.indkey[0] = a.attnum AND i.indpred IS NULL)
 LEFT JOIN pg_class t ON t.oid = a.attrelid
 LEFT JOIN pg_namespace tn ON tn.oid = t.relnamespace
 WHERE CASE WHEN $1::text[] IS NULL THEN n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgrouter') AND n.nspname NOT LIKE 'pg\_%'
@@ -199,7 +214,7 @@ func readShard(ctx context.Context, q querier, sh *Shard, schemas []string) erro
 			return fmt.Errorf("read %s: %w", slotTable, err)
 		}
 		if n > 1 { // the table allows one row; this is hand-made damage
-			return fmt.Errorf("%s holds %d rows; a shard has one slot", slotTable, n)
+			return fmt.Errorf("%s holds %d rows, but a shard has one slot: delete the rows that are not this shard's", slotTable, n)
 		}
 	}
 
@@ -210,7 +225,7 @@ func readShard(ctx context.Context, q querier, sh *Shard, schemas []string) erro
 	seqs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Sequence, error) {
 		q := &Sequence{}
 		var table, col string
-		err := row.Scan(&q.oid, &q.Name, &q.Type, &q.Start, &q.Increment, &q.Min, &q.Max, &q.Cycle, &table, &col)
+		err := row.Scan(&q.oid, &q.Name, &q.Type, &q.Start, &q.Increment, &q.Min, &q.Max, &q.Cycle, &table, &col, &q.indexed)
 		if table != "" && col != "" {
 			q.table, q.col = table, col
 			q.Column = table + "." + col
@@ -237,7 +252,7 @@ func readValues(ctx context.Context, q querier, seqs []*Sequence) error {
 			b.WriteString("\nUNION ALL ")
 		}
 		colMax := "NULL::int8"
-		if s.col != "" {
+		if s.indexed {
 			colMax = fmt.Sprintf("(SELECT max(%s) FROM %s)::int8", s.col, s.table)
 		}
 		fmt.Fprintf(&b, "SELECT %d, last_value, is_called, %s FROM %s", i, colMax, s.Name)

@@ -141,7 +141,7 @@ func TestStrideSequencesEndToEnd(t *testing.T) {
 		t.Fatalf("seq check after a hand reset: exit %d\n%s", code, out)
 	}
 	t.Logf("seq check after the reset:\n%s", out)
-	waitSeqOK(ctx, t, adm, map[string]bool{"s0": true, "s1": true, "s2": false, "s3": true, "s4": true})
+	waitSeqOK(ctx, t, adm, map[string]any{"s0": true, "s1": true, "s2": false, "s3": true, "s4": true})
 	verdicts := map[string]any{}
 	for _, r := range adminMaps(ctx, t, adm, "SHOW SEQUENCES") {
 		verdicts[r["shard"].(string)] = r["verdict"]
@@ -159,7 +159,15 @@ func TestStrideSequencesEndToEnd(t *testing.T) {
 	if out, code := pgrouter(ctx, t, "seq", "check", "-c", path); code != 0 {
 		t.Fatalf("seq check after the repair: exit %d\n%s", code, out)
 	}
-	waitSeqOK(ctx, t, adm, map[string]bool{"s0": true, "s1": true, "s2": true, "s3": true, "s4": true})
+	waitSeqOK(ctx, t, adm, map[string]any{"s0": true, "s1": true, "s2": true, "s3": true, "s4": true})
+
+	// Without a sequences section the router stops judging: seq_ok is NULL.
+	all := seqConfig(addr, dsns, []string{"0-3", "4-7", "8-11", "12-13", "14-15"})
+	writeFile(t, path, strings.Replace(all, "sequences: {stride: 64, check_interval: 300ms}\n", "", 1))
+	if _, err := adm.Exec(ctx, "RELOAD"); err != nil {
+		t.Fatal(err)
+	}
+	waitSeqOK(ctx, t, adm, map[string]any{"s0": nil, "s1": nil, "s2": nil, "s3": nil, "s4": nil})
 }
 
 func writeFile(t *testing.T, path, text string) {
@@ -298,7 +306,7 @@ func minOrMax(ctx context.Context, t *testing.T, dsn, fn string) int64 {
 }
 
 // waitSeqOK waits until SHOW SHARDS reports seq_ok as wanted for every shard.
-func waitSeqOK(ctx context.Context, t *testing.T, adm *pgx.Conn, want map[string]bool) {
+func waitSeqOK(ctx context.Context, t *testing.T, adm *pgx.Conn, want map[string]any) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -308,7 +316,7 @@ func waitSeqOK(ctx context.Context, t *testing.T, adm *pgx.Conn, want map[string
 		}
 		match := len(got) == len(want)
 		for k, v := range want {
-			if got[k] != v {
+			if g, ok := got[k]; !ok || g != v {
 				match = false
 			}
 		}
