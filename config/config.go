@@ -28,6 +28,7 @@ type Config struct {
 	DefaultRoute    string              `yaml:"default_route"`
 	FallbackCluster string              `yaml:"fallback_cluster"`
 	Sequences       *Sequences          `yaml:"sequences"` // nil: sequences are not managed
+	Reference       *Reference          `yaml:"reference"` // nil: no reference tables (refsync has nothing to do)
 
 	// Path is the file the config was read from ("" when built in memory).
 	Path string `yaml:"-"`
@@ -93,6 +94,32 @@ const (
 	DefaultStride      = 1024
 	DefaultMinHeadroom = 1_000_000
 )
+
+// Reference configures pgrouter refsync: tables written in one source
+// database and replicated to every shard of every cluster.
+type Reference struct {
+	// Source is the DSN of the database the tables are written in; it needs
+	// wal_level = logical and a user with REPLICATION.
+	Source string `yaml:"source"`
+	// Tables as [schema.]name (unqualified means public).
+	Tables []string `yaml:"tables"`
+	// Slot and Publication name what refsync creates on the source.
+	Slot        string `yaml:"slot"`
+	Publication string `yaml:"publication"`
+
+	// TableNames are Tables split and case-folded by validation.
+	TableNames []TableName `yaml:"-"`
+}
+
+// TableName is a schema-qualified table name, case-folded as PostgreSQL
+// folds unquoted identifiers.
+type TableName struct{ Schema, Name string }
+
+func (t TableName) String() string { return t.Schema + "." + t.Name }
+
+func (r *Reference) setDefaults() {
+	*r = Reference{Slot: "pgrouter_refsync", Publication: "pgrouter_refsync"}
+}
 
 func (s *Sequences) setDefaults() {
 	*s = Sequences{

@@ -120,6 +120,11 @@ func TestValidationErrorsNameTheKey(t *testing.T) {
 		{"stride below shards", minimal + "sequences: {stride: 1}\n", "sequences.stride: 1 is less than the 2 shards of cluster main"},
 		{"no schemas", minimal + "sequences: {schemas: []}\n", "sequences.schemas: at least one schema is required"},
 		{"lock timeout zero", minimal + "sequences: {lock_timeout: 0}\n", "sequences.lock_timeout: must be above zero and at most 50s"},
+		{"reference source", minimal + "reference: {tables: [countries]}\n", "reference.source: required"},
+		{"reference tables", minimal + "reference: {source: \"host=h\"}\n", "reference.tables: at least one table is required"},
+		{"reference table name", minimal + "reference: {source: \"host=h\", tables: [\"a.b.c\"]}\n", `reference.tables[0]: "a.b.c" is not [schema.]table`},
+		{"reference twice", minimal + "reference: {source: \"host=h\", tables: [Countries, public.countries]}\n", "reference.tables[1]: public.countries is already listed at reference.tables[0]"},
+		{"reference slot", minimal + "reference: {source: \"host=h\", tables: [t], slot: Bad-Name}\n", `reference.slot: "Bad-Name" must be a lower-case identifier`},
 		{"sequences typo", minimal + "sequences: {strid: 8}\n", "sequences.strid: unknown key (did you mean stride?)"},
 		{"function run_on", minimal + "functions:\n  - {name: f, run_on: some}\n", `functions[0].run_on: "some" is not one of hash, partition, any, all`},
 	}
@@ -156,6 +161,20 @@ func TestSequencesSection(t *testing.T) {
 	}
 	if s := cfg.Sequences; s.Stride != 16 || len(s.Schemas) != 2 || s.CheckInterval != 0 || s.MinHeadroom != want.MinHeadroom {
 		t.Fatalf("given keys: %+v", *s)
+	}
+}
+
+func TestReferenceSection(t *testing.T) {
+	t.Setenv("PGROUTER_TEST_SRC", "secret")
+	cfg, err := Parse("router.yaml", []byte(minimal+"reference:\n  source: postgres://app:${PGROUTER_TEST_SRC}@h/central\n  tables: [Countries, billing.plans]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := cfg.Reference
+	want := []TableName{{"public", "countries"}, {"billing", "plans"}}
+	if r.Source != "postgres://app:secret@h/central" || r.Slot != "pgrouter_refsync" || r.Publication != "pgrouter_refsync" ||
+		len(r.TableNames) != 2 || r.TableNames[0] != want[0] || r.TableNames[1] != want[1] {
+		t.Fatalf("reference: %+v", *r)
 	}
 }
 

@@ -73,7 +73,56 @@ func (c *Config) validate() error {
 	}
 	c.validateClusters(l)
 	c.validateSequences(l)
+	c.validateReference(l)
 	return l.err()
+}
+
+// identRE is an identifier PostgreSQL accepts unquoted (then folded to
+// lower case); reference tables and the names refsync creates use it.
+var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*$`)
+
+// validateReference checks the reference section and splits its table names.
+func (c *Config) validateReference(l *errorList) {
+	r := c.Reference
+	if r == nil {
+		return
+	}
+	if r.Source == "" {
+		l.add("reference.source", "required: the DSN of the database the reference tables are written in")
+	} else if dsn, err := expandEnv(r.Source); err != nil {
+		l.add("reference.source", "%v", err)
+	} else if _, err := pgconn.ParseConfig(dsn); err != nil {
+		l.add("reference.source", "not a valid connection string: %v", redactDSNError(err))
+	} else {
+		r.Source = dsn
+	}
+	if len(r.Tables) == 0 {
+		l.add("reference.tables", "at least one table is required")
+	}
+	seen := map[TableName]string{}
+	r.TableNames = nil
+	for i, t := range r.Tables {
+		path := fmt.Sprintf("reference.tables[%d]", i)
+		schema, name, qualified := strings.Cut(t, ".")
+		if !qualified {
+			schema, name = "public", t
+		}
+		if !identRE.MatchString(schema) || !identRE.MatchString(name) {
+			l.add(path, "%q is not [schema.]table with plain identifiers (letters, digits, _ and $)", t)
+			continue
+		}
+		tn := TableName{Schema: strings.ToLower(schema), Name: strings.ToLower(name)}
+		if prev, dup := seen[tn]; dup {
+			l.add(path, "%s is already listed at %s", tn, prev)
+		}
+		seen[tn] = path
+		r.TableNames = append(r.TableNames, tn)
+	}
+	for key, v := range map[string]string{"reference.slot": r.Slot, "reference.publication": r.Publication} {
+		if !identRE.MatchString(v) || strings.ToLower(v) != v || len(v) > 63 {
+			l.add(key, "%q must be a lower-case identifier of at most 63 characters", v)
+		}
+	}
 }
 
 // validateSequences checks that every cluster fits in the stride.
