@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgrouter/pgrouter/internal/pgtest"
+	"github.com/pgrouter/pgrouter/internal/pgtest/testenv"
 )
 
 func pgCode(err error) string {
@@ -364,11 +365,7 @@ func TestSettingsStayWithTheirClient(t *testing.T) {
 // shard is back the pool serves again without a restart of pgrouter.
 func TestShardDownAndBack(t *testing.T) {
 	ctx := testContext(t, 2*time.Minute)
-	own, err := pgtest.Start(ctx, pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer own.Stop()
+	own := testenv.Servers(t, 1, pgtest.Options{})[0]
 	p := startProxy(t, proxyOpts{servers: []*pgtest.Server{own, shards[1]}})
 	conn := p.connect(t, ctx)
 	var one int
@@ -378,7 +375,7 @@ func TestShardDownAndBack(t *testing.T) {
 	own.Halt()
 	// The first statement may meet the server's own FATAL 57P01 (shutdown),
 	// passed on as an ERROR since the client was outside a transaction.
-	_, err = conn.Exec(ctx, "SELECT 1")
+	_, err := conn.Exec(ctx, "SELECT 1")
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) || pgErr.Severity != "ERROR" || (pgErr.Code != "08001" && pgErr.Code != "57P01") {
 		t.Fatalf("with the shard down: %v; want ERROR 08001 or 57P01", err)

@@ -10,12 +10,12 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/internal/pgtest"
+	"github.com/pgrouter/pgrouter/internal/pgtest/testenv"
 )
 
 // allShards are real PostgreSQL servers shared by every test of the
@@ -23,26 +23,7 @@ import (
 var allShards, shards []*pgtest.Server
 
 func TestMain(m *testing.M) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	var err error
-	allShards, err = pgtest.StartN(ctx, 4, pgtest.Options{})
-	cancel()
-	shards = allShards[:2]
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "start PostgreSQL:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	for _, s := range allShards {
-		_ = s.Stop()
-	}
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goroutines leaked:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	testenv.Main(m, 4, pgtest.Options{}, func(s []*pgtest.Server) { allShards, shards = s, s[:2] })
 }
 
 // proxyOpts tweak the YAML of a test proxy.

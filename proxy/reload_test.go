@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgrouter/pgrouter/internal/pgtest"
+	"github.com/pgrouter/pgrouter/internal/pgtest/testenv"
 )
 
 // reloadYAML is a routing config over some of allShards: owners maps a
@@ -242,11 +243,7 @@ func sameIDs(a, b []int64) bool {
 // after a restart and serves its clients.
 func TestShardHealthInShowShards(t *testing.T) {
 	ctx := testContext(t, 2*time.Minute)
-	own, err := pgtest.Start(ctx, pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer own.Stop()
+	own := testenv.Servers(t, 1, pgtest.Options{})[0]
 	const interval, timeout, failures = 200 * time.Millisecond, 500 * time.Millisecond, 2
 	p := startProxy(t, proxyOpts{servers: []*pgtest.Server{shards[0], own}, topLevel: adminTopLevel +
 		fmt.Sprintf("health:\n  interval: %s\n  timeout: %s\n  failures: %d\n", interval, timeout, failures)})

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgrouter/pgrouter/internal/pgtest"
+	"github.com/pgrouter/pgrouter/internal/pgtest/testenv"
 )
 
 // TestClientTLS: with tls.mode require, pgx with sslmode=verify-full (the
@@ -82,11 +83,7 @@ func TestClientTLS(t *testing.T) {
 // server connections TLS (pgconn does it), as the shard itself reports.
 func TestServerTLSThroughDSN(t *testing.T) {
 	ctx := testContext(t, time.Minute)
-	s, err := pgtest.Start(ctx, pgtest.Options{TLS: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Stop()
+	s := testenv.Servers(t, 1, pgtest.Options{TLS: true})[0]
 	p := startProxy(t, proxyOpts{servers: []*pgtest.Server{s}, dsnQuery: "sslmode=verify-full&sslrootcert=" + s.Certs.CA})
 	conn := p.connect(t, ctx)
 	var ssl bool

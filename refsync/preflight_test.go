@@ -4,39 +4,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
-	"go.uber.org/goleak"
 
 	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/internal/pgtest"
+	"github.com/pgrouter/pgrouter/internal/pgtest/testenv"
 )
 
 // source is a real PostgreSQL (wal_level = logical, as pgtest starts it).
 var source *pgtest.Server
 
 func TestMain(m *testing.M) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	s, err := pgtest.Start(ctx, pgtest.Options{})
-	cancel()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "start PostgreSQL:", err)
-		os.Exit(1)
-	}
-	source = s
-	code := m.Run()
-	_ = s.Stop()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	testenv.Main(m, 1, pgtest.Options{}, func(s []*pgtest.Server) { source = s[0] })
 }
 
 func reference(t *testing.T, tables ...string) *config.Reference {
@@ -101,13 +83,7 @@ func TestPreflight(t *testing.T) {
 		"user reader does not own public.plans",
 	}, "")
 
-	ctx2, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	physical, err := pgtest.Start(ctx2, pgtest.Options{Settings: map[string]string{"wal_level": "replica"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer physical.Stop()
+	physical := testenv.Servers(t, 1, pgtest.Options{Settings: map[string]string{"wal_level": "replica"}})[0]
 	if err := physical.Exec(ctx, "postgres", "CREATE TABLE countries (code text PRIMARY KEY)"); err != nil {
 		t.Fatal(err)
 	}

@@ -340,6 +340,19 @@ func indexOf(list []string, s string) int {
 // errExpression means an argument is not a constant or parameter.
 var errExpression = fmt.Errorf("expression")
 
+// castKey reads the key in value cast to typ: a parameter takes the type of
+// the innermost cast.
+func castKey(l *Lexer, value, typ []Token) (Key, error) {
+	inner, err := readKey(l, value)
+	if err != nil {
+		return Key{}, err
+	}
+	if inner.ParamType == 0 {
+		inner.ParamType = castType(typeText(l, typ))
+	}
+	return inner, nil
+}
+
 // readKey reads a key argument: a constant, NULL, a parameter, or one of
 // those in parentheses, cast (x::type, CAST(x AS type)) or typed ('x' as
 // text 'x').
@@ -350,28 +363,14 @@ func readKey(l *Lexer, toks []Token) (Key, error) {
 	}
 	// x::type: the last top-level cast; the innermost cast types the parameter.
 	if i := lastTopLevel(l, toks, "::"); i > 0 {
-		inner, err := readKey(l, toks[:i])
-		if err != nil {
-			return Key{}, err
-		}
-		if inner.ParamType == 0 {
-			inner.ParamType = castType(typeText(l, toks[i+1:]))
-		}
-		return inner, nil
+		return castKey(l, toks[:i], toks[i+1:])
 	}
 	// CAST(x AS type)
 	if len(toks) >= 5 && l.EqualFold(toks[0], "cast") && l.IsOp(toks[1], "(") && l.IsOp(toks[len(toks)-1], ")") {
 		body := toks[2 : len(toks)-1]
 		for i := len(body) - 1; i > 0; i-- {
 			if l.EqualFold(body[i], "as") {
-				inner, err := readKey(l, body[:i])
-				if err != nil {
-					return Key{}, err
-				}
-				if inner.ParamType == 0 {
-					inner.ParamType = castType(typeText(l, body[i+1:]))
-				}
-				return inner, nil
+				return castKey(l, body[:i], body[i+1:])
 			}
 		}
 		return Key{}, errExpression

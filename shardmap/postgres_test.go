@@ -11,6 +11,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pgrouter/pgrouter/internal/pgtest"
+	"github.com/pgrouter/pgrouter/internal/pgtest/testenv"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -21,11 +22,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func TestHashMatchesPostgres(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	s, err := pgtest.Start(ctx, pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Stop()
+	s := testenv.Servers(t, 1, pgtest.Options{})[0]
 	conn, err := pgx.Connect(ctx, s.DSN("postgres"))
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pgrouter/pgrouter/internal/pgtest"
+	"github.com/pgrouter/pgrouter/internal/pgtest/testenv"
 )
 
 const checkGetUser = `CREATE FUNCTION get_user(i_username text) RETURNS text LANGUAGE sql AS $$ SELECT i_username $$`
@@ -23,15 +24,7 @@ const checkGetUser = `CREATE FUNCTION get_user(i_username text) RETURNS text LAN
 func TestCheck(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	servers, err := pgtest.StartN(ctx, 2, pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		for _, s := range servers {
-			_ = s.Stop()
-		}
-	}()
+	servers := testenv.Servers(t, 2, pgtest.Options{})
 	for _, s := range servers {
 		if err := s.Exec(ctx, "postgres", checkGetUser); err != nil {
 			t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgrouter/pgrouter/internal/pgtest"
+	"github.com/pgrouter/pgrouter/internal/pgtest/testenv"
 )
 
 const seqSchema = `CREATE TABLE items (id bigserial PRIMARY KEY, k text NOT NULL);
@@ -52,11 +53,7 @@ clusters:
 func TestStrideSequencesEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	server, err := pgtest.Start(ctx, pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer server.Stop()
+	server := testenv.Servers(t, 1, pgtest.Options{})[0]
 	var dsns []string
 	for i := range 5 {
 		db := fmt.Sprintf("seq%d", i)

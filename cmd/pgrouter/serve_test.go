@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/pgrouter/pgrouter/internal/pgtest"
+	"github.com/pgrouter/pgrouter/internal/pgtest/testenv"
 )
 
 // TestSIGTERMUnderPgbench runs a real pgrouter process under a 50-client
@@ -31,15 +32,7 @@ import (
 func TestSIGTERMUnderPgbench(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	servers, err := pgtest.StartN(ctx, 2, pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		for _, s := range servers {
-			_ = s.Stop()
-		}
-	}()
+	servers := testenv.Servers(t, 2, pgtest.Options{})
 	pgbench, err := exec.LookPath("pgbench")
 	if err != nil {
 		t.Fatal("pgbench is not installed: .ci/run installs PostgreSQL's client programs")

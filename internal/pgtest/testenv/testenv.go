@@ -1,0 +1,59 @@
+// Package testenv is the test-side glue around pgtest: servers shared by a
+// package's tests (TestMain) and servers owned by one test. It lives apart
+// from pgtest because pgtest also runs in the pgrouter binary (demo), which
+// should not link the testing package or goleak.
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/pgrouter/pgrouter/internal/pgtest"
+)
+
+// Main starts n servers for a package, hands them to use, runs the tests,
+// stops the servers and fails the run when goroutines leaked. It does not
+// return.
+func Main(m *testing.M, n int, opts pgtest.Options, use func([]*pgtest.Server)) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	servers, err := pgtest.StartN(ctx, n, opts)
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start PostgreSQL:", err)
+		os.Exit(1)
+	}
+	use(servers)
+	code := m.Run()
+	for _, s := range servers {
+		_ = s.Stop()
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutines leaked:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// Servers starts n servers for one test and stops them when it ends.
+func Servers(t testing.TB, n int, opts pgtest.Options) []*pgtest.Server {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	servers, err := pgtest.StartN(ctx, n, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, s := range servers {
+			_ = s.Stop()
+		}
+	})
+	return servers
+}
