@@ -22,9 +22,10 @@ CREATE FUNCTION add_item(i_key text) RETURNS bigint LANGUAGE sql AS $$ INSERT IN
 
 // seqConfig is a router.yaml over the given shard DSNs, which split 16
 // partitions as listed.
-func seqConfig(addr string, dsns []string, parts []string) string {
+func seqConfig(addr, metrics string, dsns []string, parts []string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `listen: %s
+metrics_listen: %s
 auth: {type: trust}
 admin_users: [admin]
 log: {format: json}
@@ -36,7 +37,7 @@ clusters:
   main:
     partitions: 16
     shards:
-`, addr)
+`, addr, metrics)
 	for i, dsn := range dsns {
 		fmt.Fprintf(&b, "      - {name: s%d, dsn: %q, partitions: %q}\n", i, dsn, parts[i])
 	}
@@ -71,8 +72,14 @@ func TestStrideSequencesEndToEnd(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
+	mln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsAddr := mln.Addr().String()
+	mln.Close()
 	path := filepath.Join(t.TempDir(), "router.yaml")
-	writeFile(t, path, seqConfig(addr, dsns[:4], []string{"0-3", "4-7", "8-11", "12-15"}))
+	writeFile(t, path, seqConfig(addr, metricsAddr, dsns[:4], []string{"0-3", "4-7", "8-11", "12-15"}))
 
 	if out, code := pgrouter(ctx, t, "seq", "check", "-c", path); code != 1 || !strings.Contains(out, "NO SLOT") {
 		t.Fatalf("seq check before apply: exit %d\n%s", code, out)
@@ -83,7 +90,9 @@ func TestStrideSequencesEndToEnd(t *testing.T) {
 	router, logs, _ := startRouter(ctx, t, path, addr)
 	defer func() { _ = router.Process.Kill() }()
 
+	began := time.Now()
 	ids := insertItems(ctx, t, addr, "a", 20000)
+	t.Logf("20,000 routed inserts from 16 clients in %v", time.Since(began).Round(time.Millisecond))
 	if n := distinct(ids); n != 20000 {
 		t.Fatalf("20,000 routed inserts returned %d distinct ids", n)
 	}
@@ -100,7 +109,7 @@ func TestStrideSequencesEndToEnd(t *testing.T) {
 
 	// A fifth shard takes partitions 14-15 and the free slot 4.
 	maxBefore := maxID(ctx, t, dsns[:4])
-	writeFile(t, path, seqConfig(addr, dsns, []string{"0-3", "4-7", "8-11", "12-13", "14-15"}))
+	writeFile(t, path, seqConfig(addr, metricsAddr, dsns, []string{"0-3", "4-7", "8-11", "12-13", "14-15"}))
 	if out, code := pgrouter(ctx, t, "seq", "apply", "-c", path); code != 0 || !strings.Contains(out, "main/s4: slot 4 recorded") {
 		t.Fatalf("seq apply with a fifth shard: exit %d\n%s", code, out)
 	}
@@ -146,6 +155,24 @@ func TestStrideSequencesEndToEnd(t *testing.T) {
 	if verdicts["s2"] != "reset" || verdicts["s1"] != "ok" {
 		t.Fatalf("SHOW SEQUENCES verdicts %v", verdicts)
 	}
+	// /metrics says the same: pgrouter_shard_sequences_ok is 0 for s2 only.
+	for _, m := range scrape(t, metricsAddr)["pgrouter_shard_sequences_ok"].GetMetric() {
+		shard, want := "", 1.0
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "shard" {
+				shard = l.GetValue()
+			}
+		}
+		if shard == "s2" {
+			want = 0
+		}
+		if m.GetGauge().GetValue() != want {
+			t.Fatalf("pgrouter_shard_sequences_ok{shard=%q} = %v, want %v", shard, m.GetGauge().GetValue(), want)
+		}
+	}
+	if n := len(scrape(t, metricsAddr)["pgrouter_shard_sequences_ok"].GetMetric()); n != 5 {
+		t.Fatalf("pgrouter_shard_sequences_ok has %d shards, want 5", n)
+	}
 	if !strings.Contains(logs.String(), `"level":"error"`) || !strings.Contains(logs.String(), `"verdict":"reset"`) {
 		t.Fatalf("the router did not log the reset sequence as an error:\n%s", logs.String())
 	}
@@ -159,7 +186,7 @@ func TestStrideSequencesEndToEnd(t *testing.T) {
 	waitSeqOK(ctx, t, adm, map[string]any{"s0": true, "s1": true, "s2": true, "s3": true, "s4": true})
 
 	// Without a sequences section the router stops judging: seq_ok is NULL.
-	all := seqConfig(addr, dsns, []string{"0-3", "4-7", "8-11", "12-13", "14-15"})
+	all := seqConfig(addr, metricsAddr, dsns, []string{"0-3", "4-7", "8-11", "12-13", "14-15"})
 	writeFile(t, path, strings.Replace(all, "sequences: {stride: 64, check_interval: 300ms}\n", "", 1))
 	if _, err := adm.Exec(ctx, "RELOAD"); err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
@@ -202,9 +203,8 @@ func pgrouter(ctx context.Context, t *testing.T, args ...string) (string, int) {
 	}
 }
 
-// scrapeRequests fetches /metrics, parses it as Prometheus text and returns
-// the request count on shard s0.
-func scrapeRequests(t *testing.T, addr string) float64 {
+// scrape fetches /metrics and parses it as Prometheus text.
+func scrape(t *testing.T, addr string) map[string]*dto.MetricFamily {
 	t.Helper()
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
@@ -216,8 +216,15 @@ func scrapeRequests(t *testing.T, addr string) float64 {
 	if err != nil {
 		t.Fatalf("/metrics is not Prometheus text: %v", err)
 	}
+	return fams
+}
+
+// scrapeRequests fetches /metrics, parses it as Prometheus text and returns
+// the request count on shard s0.
+func scrapeRequests(t *testing.T, addr string) float64 {
+	t.Helper()
 	var n float64
-	for _, m := range fams["pgrouter_request_duration_seconds"].GetMetric() {
+	for _, m := range scrape(t, addr)["pgrouter_request_duration_seconds"].GetMetric() {
 		for _, l := range m.GetLabel() {
 			if l.GetName() == "shard" && l.GetValue() == "s0" {
 				n += float64(m.GetHistogram().GetSampleCount())
