@@ -124,7 +124,9 @@ func TestValidationErrorsNameTheKey(t *testing.T) {
 		{"reference tables", minimal + "reference: {source: \"host=h\"}\n", "reference.tables: at least one table is required"},
 		{"reference table name", minimal + "reference: {source: \"host=h\", tables: [\"a.b.c\"]}\n", `reference.tables[0]: "a.b.c" is not [schema.]table`},
 		{"reference twice", minimal + "reference: {source: \"host=h\", tables: [Countries, public.countries]}\n", "reference.tables[1]: public.countries is already listed at reference.tables[0]"},
-		{"reference slot", minimal + "reference: {source: \"host=h\", tables: [t], slot: Bad-Name}\n", `reference.slot: "Bad-Name" must be a lower-case identifier`},
+		{"reference slot", minimal + "reference: {source: \"host=h\", tables: [t], slot: Bad-Name}\n", `reference.slot: "Bad-Name" must be 1 to 50 lower-case letters`},
+		{"reference slot with $", minimal + "reference: {source: \"host=h\", tables: [t], slot: a$b}\n", `reference.slot: "a$b" must be 1 to 50 lower-case letters`},
+		{"reference publication", minimal + "reference: {source: \"host=h\", tables: [t], publication: Pub}\n", `reference.publication: "Pub" must be a lower-case identifier`},
 		{"sequences typo", minimal + "sequences: {strid: 8}\n", "sequences.strid: unknown key (did you mean stride?)"},
 		{"function run_on", minimal + "functions:\n  - {name: f, run_on: some}\n", `functions[0].run_on: "some" is not one of hash, partition, any, all`},
 	}

@@ -81,6 +81,9 @@ func (c *Config) validate() error {
 // lower case); reference tables and the names refsync creates use it.
 var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*$`)
 
+// slotRE is a replication slot name refsync can use.
+var slotRE = regexp.MustCompile(`^[a-z0-9_]{1,50}$`)
+
 // validateReference checks the reference section and splits its table names.
 func (c *Config) validateReference(l *errorList) {
 	r := c.Reference
@@ -118,10 +121,13 @@ func (c *Config) validateReference(l *errorList) {
 		seen[tn] = path
 		r.TableNames = append(r.TableNames, tn)
 	}
-	for key, v := range map[string]string{"reference.slot": r.Slot, "reference.publication": r.Publication} {
-		if !identRE.MatchString(v) || strings.ToLower(v) != v || len(v) > 63 {
-			l.add(key, "%q must be a lower-case identifier of at most 63 characters", v)
-		}
+	// Replication slot names allow only lower-case letters, digits and _;
+	// refsync also names temporary slots after it, hence 50.
+	if !slotRE.MatchString(r.Slot) {
+		l.add("reference.slot", "%q must be 1 to 50 lower-case letters, digits and underscores", r.Slot)
+	}
+	if !identRE.MatchString(r.Publication) || strings.ToLower(r.Publication) != r.Publication || len(r.Publication) > 63 {
+		l.add("reference.publication", "%q must be a lower-case identifier of at most 63 characters", r.Publication)
 	}
 }
 

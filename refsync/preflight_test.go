@@ -37,7 +37,7 @@ reference:
 	return cfg.Reference
 }
 
-func connect(t *testing.T, dsn string) *pgx.Conn {
+func connTo(t *testing.T, dsn string) *pgx.Conn {
 	t.Helper()
 	conn, err := pgx.Connect(context.Background(), dsn)
 	if err != nil {
@@ -60,7 +60,7 @@ func TestPreflight(t *testing.T) {
 		CREATE ROLE reader LOGIN; GRANT SELECT ON countries TO reader;`); err != nil {
 		t.Fatal(err)
 	}
-	super := connect(t, source.DSN("postgres"))
+	super := connTo(t, source.DSN("postgres"))
 	if err := Preflight(ctx, super, reference(t, "countries", "public.plans", "byindex")); err != nil {
 		t.Fatalf("a ready source: %v", err)
 	}
@@ -74,7 +74,7 @@ func TestPreflight(t *testing.T) {
 	}
 	checkProblems(t, err, want, "countries")
 
-	reader := connect(t, strings.Replace(source.DSN("postgres"), pgtest.SuperUser+"@", "reader@", 1))
+	reader := connTo(t, strings.Replace(source.DSN("postgres"), pgtest.SuperUser+"@", "reader@", 1))
 	err = Preflight(ctx, reader, reference(t, "countries", "plans"))
 	checkProblems(t, err, []string{
 		`user reader may not stream changes: ALTER ROLE "reader" REPLICATION`,
@@ -87,7 +87,7 @@ func TestPreflight(t *testing.T) {
 	if err := physical.Exec(ctx, "postgres", "CREATE TABLE countries (code text PRIMARY KEY)"); err != nil {
 		t.Fatal(err)
 	}
-	err = Preflight(ctx, connect(t, physical.DSN("postgres")), reference(t, "countries"))
+	err = Preflight(ctx, connTo(t, physical.DSN("postgres")), reference(t, "countries"))
 	checkProblems(t, err, []string{"wal_level is replica: logical decoding needs wal_level = logical"}, "countries")
 }
 

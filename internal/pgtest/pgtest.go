@@ -519,3 +519,18 @@ func freePort() (int, error) {
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
+
+// Checksum is a table's whole content as one string (row count and md5 of
+// the rows in text order), for tests that compare copies of a table.
+func Checksum(ctx context.Context, dsn, table string) (string, error) {
+	conn, err := pgconn.Connect(ctx, dsn)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(context.Background())
+	res := conn.ExecParams(ctx, fmt.Sprintf(`SELECT count(*) || ' rows ' || coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') FROM %s t`, table), nil, nil, nil, nil).Read()
+	if res.Err != nil {
+		return "", fmt.Errorf("checksum %s: %w", table, res.Err)
+	}
+	return string(res.Rows[0][0]), nil
+}

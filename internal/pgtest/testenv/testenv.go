@@ -57,3 +57,35 @@ func Servers(t testing.TB, n int, opts pgtest.Options) []*pgtest.Server {
 	})
 	return servers
 }
+
+// WaitEqual waits until every table on every shard equals the source's
+// (compared by pgtest.Checksum), and fails the test after timeout.
+func WaitEqual(t *testing.T, src string, shards []string, timeout time.Duration, tables ...string) {
+	t.Helper()
+	ctx := context.Background()
+	deadline := time.Now().Add(timeout)
+	for {
+		diff := ""
+		for _, table := range tables {
+			want, err := pgtest.Checksum(ctx, src, table)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, dsn := range shards {
+				got, err := pgtest.Checksum(ctx, dsn, table)
+				if err != nil {
+					diff = fmt.Sprintf("shard %d %s: %v", i, table, err)
+				} else if got != want {
+					diff = fmt.Sprintf("shard %d %s: %.40s, source %.40s", i, table, got, want)
+				}
+			}
+		}
+		if diff == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("shards differ from the source after %s: %s", timeout, diff)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -1,0 +1,254 @@
+package refsync
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/zap"
+)
+
+// Batch limits: how much of the stream one shard transaction may take, and
+// how many statements go to the server in one round trip.
+const (
+	maxBatchTxns    = 1000
+	maxBatchChanges = 20000
+	pipelineDepth   = 2000
+	maxPrepared     = 500
+)
+
+// applier applies source transactions to one shard over one connection.
+type applier struct {
+	conn     *pgx.Conn
+	slot     string
+	log      *zap.Logger
+	lsn      pglogrepl.LSN              // the shard's refsync_state.lsn
+	tables   map[tableKey]pglogrepl.LSN // copied_lsn per table
+	prepared map[string]string          // SQL -> prepared statement name
+	missed   int64                      // updates and deletes that found no row
+}
+
+type tableKey = struct{ Schema, Name string }
+
+// apply applies a batch of transactions (in stream order) in one shard
+// transaction that also moves refsync_state.lsn to the last one's end.
+// Transactions the shard already holds (commitLSN below its lsn, seen again
+// after a restart of the stream) are skipped, and so are changes of a table
+// copied after they committed. It returns how many transactions it applied.
+func (a *applier) apply(ctx context.Context, batch []*txn) (int, error) {
+	var stmts []stmt
+	last, applied := a.lsn, 0
+	var lastTime string
+	for _, t := range batch {
+		if t.commitLSN < last {
+			continue
+		}
+		for i := range t.changes {
+			if s, ok := a.statement(&t.changes[i], t.commitLSN); ok {
+				stmts = append(stmts, s)
+			}
+		}
+		last, lastTime = t.endLSN, t.time.UTC().Format("2006-01-02 15:04:05.999999Z07:00")
+		if len(t.changes) > 0 {
+			applied++
+		}
+	}
+	if last == a.lsn {
+		return 0, nil
+	}
+	if _, err := a.conn.Exec(ctx, "BEGIN"); err != nil {
+		return 0, fmt.Errorf("begin: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			_, _ = a.conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
+		}
+	}()
+	for len(stmts) > 0 {
+		n := min(len(stmts), pipelineDepth)
+		if err := a.run(ctx, stmts[:n]); err != nil {
+			return 0, err
+		}
+		stmts = stmts[n:]
+	}
+	tag, err := a.conn.Exec(ctx, `UPDATE pgrouter.refsync_state SET lsn = $2::text::pg_lsn, synced_to = $3::text::timestamptz, updated_at = now() WHERE slot = $1`,
+		a.slot, last.String(), lastTime)
+	if err != nil {
+		return 0, fmt.Errorf("record position %s in pgrouter.refsync_state: %w", last, err)
+	}
+	if tag.RowsAffected() != 1 {
+		return 0, fmt.Errorf("the shard's pgrouter.refsync_state row for slot %s is gone: refsync copies the shard again", a.slot)
+	}
+	if _, err := a.conn.Exec(ctx, "COMMIT"); err != nil {
+		return 0, fmt.Errorf("commit up to %s: %w", last, err)
+	}
+	ok = true
+	a.lsn = last
+	return applied, nil
+}
+
+// stmt is one statement of a batch, its text parameters and, for updates and
+// deletes, the row it was meant to change (to report when it found none).
+type stmt struct {
+	sql    string
+	params [][]byte
+	want   string // "" when any row count is fine
+}
+
+// run sends statements in one round trip inside the open transaction.
+func (a *applier) run(ctx context.Context, stmts []stmt) error {
+	b := &pgconn.Batch{}
+	for _, s := range stmts {
+		name, err := a.prepare(ctx, s.sql)
+		if err != nil {
+			return err
+		}
+		b.ExecPrepared(name, s.params, nil, nil)
+	}
+	results, err := a.conn.PgConn().ExecBatch(ctx, b).ReadAll()
+	if err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	for i, r := range results {
+		if r.Err != nil {
+			return fmt.Errorf("apply %s: %w", stmts[i].sql, r.Err)
+		}
+		if stmts[i].want != "" && r.CommandTag.RowsAffected() == 0 {
+			a.missed++
+			a.log.Warn("a replicated change found no row on the shard: its copy differs from the source (delete its pgrouter.refsync_tables row to copy the table again)",
+				zap.String("change", stmts[i].want), zap.Int64("missed", a.missed))
+		}
+	}
+	return nil
+}
+
+// prepare returns the name of a prepared statement for sql, preparing it
+// with parameter types left to the server (the stream's values are text).
+func (a *applier) prepare(ctx context.Context, sql string) (string, error) {
+	if name, ok := a.prepared[sql]; ok {
+		return name, nil
+	}
+	if len(a.prepared) >= maxPrepared {
+		if err := a.conn.PgConn().Exec(ctx, "DEALLOCATE ALL").Close(); err != nil {
+			return "", fmt.Errorf("deallocate: %w", err)
+		}
+		clear(a.prepared)
+	}
+	name := "refsync_" + strconv.Itoa(len(a.prepared))
+	if _, err := a.conn.PgConn().Prepare(ctx, name, sql, nil); err != nil {
+		return "", fmt.Errorf("prepare %s: %w", sql, err)
+	}
+	a.prepared[sql] = name
+	return name, nil
+}
+
+// statement turns a change into SQL for the shard; ok is false when the
+// shard must skip it (its table was copied after the change committed).
+func (a *applier) statement(c *change, commit pglogrepl.LSN) (stmt, bool) {
+	if c.kind == 'T' {
+		var names []string
+		for _, rel := range c.truncate {
+			if commit >= a.tables[tableKey(rel.table)] {
+				names = append(names, ident(rel))
+			}
+		}
+		if len(names) == 0 {
+			return stmt{}, false
+		}
+		sql := "TRUNCATE " + strings.Join(names, ", ")
+		if c.restartIdentity {
+			sql += " RESTART IDENTITY"
+		}
+		return stmt{sql: sql}, true
+	}
+	copied, ok := a.tables[tableKey(c.rel.table)]
+	if !ok || commit < copied {
+		return stmt{}, false
+	}
+	return rowStatement(c), true
+}
+
+func ident(rel *relation) string { return pgx.Identifier{rel.table.Schema, rel.table.Name}.Sanitize() }
+
+// rowStatement builds the INSERT, UPDATE or DELETE for a row change. Rows
+// are found by key; an update that changed the key carries the old one.
+func rowStatement(c *change) stmt {
+	rel := c.rel
+	var sb strings.Builder
+	var params [][]byte
+	param := func(v value) string {
+		params = append(params, v.text)
+		return "$" + strconv.Itoa(len(params))
+	}
+	where := func(key []value) {
+		sb.WriteString(" WHERE ")
+		for i, k := range rel.keyCols {
+			if i > 0 {
+				sb.WriteString(" AND ")
+			}
+			sb.WriteString(pgx.Identifier{rel.columns[k]}.Sanitize())
+			if key[k].kind == 'n' {
+				sb.WriteString(" IS NULL")
+			} else {
+				sb.WriteString(" = " + param(key[k]))
+			}
+		}
+	}
+	switch c.kind {
+	case 'I':
+		sb.WriteString("INSERT INTO " + ident(rel) + " (")
+		var vals []string
+		for i, v := range c.row {
+			if v.kind == 'u' {
+				continue
+			}
+			if len(vals) > 0 {
+				sb.WriteString(", ")
+			}
+			sb.WriteString(pgx.Identifier{rel.columns[i]}.Sanitize())
+			vals = append(vals, param(v))
+		}
+		sb.WriteString(") VALUES (" + strings.Join(vals, ", ") + ")")
+		return stmt{sql: sb.String(), params: params}
+	case 'U':
+		sb.WriteString("UPDATE " + ident(rel) + " SET ")
+		n := 0
+		for i, v := range c.row {
+			if v.kind == 'u' { // unchanged TOAST value: the shard has it already
+				continue
+			}
+			if n > 0 {
+				sb.WriteString(", ")
+			}
+			n++
+			sb.WriteString(pgx.Identifier{rel.columns[i]}.Sanitize() + " = " + param(v))
+		}
+		key := c.old
+		if key == nil {
+			key = c.row
+		}
+		where(key)
+		return stmt{sql: sb.String(), params: params, want: "update of " + rel.table.String() + describeKey(rel, key)}
+	default: // 'D'
+		sb.WriteString("DELETE FROM " + ident(rel))
+		where(c.old)
+		return stmt{sql: sb.String(), params: params, want: "delete from " + rel.table.String() + describeKey(rel, c.old)}
+	}
+}
+
+func describeKey(rel *relation, key []value) string {
+	var parts []string
+	for _, k := range rel.keyCols {
+		v := "NULL"
+		if key[k].kind == 't' {
+			v = string(key[k].text)
+		}
+		parts = append(parts, rel.columns[k]+"="+v)
+	}
+	return " where " + strings.Join(parts, ", ")
+}

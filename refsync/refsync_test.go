@@ -1,0 +1,260 @@
+package refsync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/pgrouter/pgrouter/config"
+	"github.com/pgrouter/pgrouter/internal/pgtest"
+	"github.com/pgrouter/pgrouter/internal/pgtest/testenv"
+)
+
+// cluster is a source database and shard databases for one test.
+type cluster struct {
+	src    string // source DSN
+	shards []string
+	slot   string
+}
+
+// newCluster creates a source database on the shared source server and n
+// shard databases on server.
+func newCluster(t *testing.T, name string, server *pgtest.Server, n int, sourceSQL string) *cluster {
+	t.Helper()
+	ctx := context.Background()
+	if err := source.Exec(ctx, "postgres", "CREATE DATABASE "+name); err != nil {
+		t.Fatal(err)
+	}
+	if err := source.Exec(ctx, name, sourceSQL); err != nil {
+		t.Fatal(err)
+	}
+	c := &cluster{src: source.DSN(name), slot: name}
+	for i := range n {
+		c.shards = append(c.shards, c.addShard(t, server, fmt.Sprintf("%s_s%d", name, i)))
+	}
+	return c
+}
+
+func (c *cluster) addShard(t *testing.T, server *pgtest.Server, db string) string {
+	t.Helper()
+	if err := server.Exec(context.Background(), "postgres", "CREATE DATABASE "+db); err != nil {
+		t.Fatal(err)
+	}
+	return server.DSN(db)
+}
+
+// config builds a router.yaml for the cluster's shards and tables.
+func (c *cluster) config(t *testing.T, tables ...string) *config.Config {
+	t.Helper()
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "auth: {type: trust}\nclusters:\n  main:\n    partitions: %d\n    shards:\n", 16)
+	per := 16 / len(c.shards)
+	for i, dsn := range c.shards {
+		last := (i+1)*per - 1
+		if i == len(c.shards)-1 {
+			last = 15
+		}
+		fmt.Fprintf(&sb, "      - {name: s%d, dsn: %q, partitions: \"%d-%d\"}\n", i, dsn, i*per, last)
+	}
+	fmt.Fprintf(&sb, "reference:\n  source: %q\n  slot: %s\n  publication: %s\n  tables: [%s]\n", c.src, c.slot, c.slot, strings.Join(tables, ", "))
+	cfg, err := config.Parse("router.yaml", []byte(sb.String()))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, sb.String())
+	}
+	return cfg
+}
+
+// refsyncRun is Run in a goroutine, stopped when the test ends.
+type refsyncRun struct {
+	reload  chan *config.Config
+	cancel  context.CancelFunc
+	done    chan error
+	applied atomic.Int64
+}
+
+func startRun(t *testing.T, cfg *config.Config) *refsyncRun {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &refsyncRun{reload: make(chan *config.Config), cancel: cancel, done: make(chan error, 1)}
+	opts := Options{Log: zaptest.NewLogger(t), Reload: r.reload, StatusInterval: 200 * time.Millisecond,
+		RetryMin: 100 * time.Millisecond, RetryMax: time.Second, Applied: &r.applied}
+	go func() { r.done <- Run(ctx, cfg, opts) }()
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *refsyncRun) stop() {
+	r.cancel()
+	if err := <-r.done; err != nil && !errors.Is(err, context.Canceled) {
+		panic(fmt.Sprintf("refsync.Run: %v", err))
+	}
+	r.done <- nil // stop is idempotent
+}
+
+// waitEqual waits until every shard's tables equal the source's.
+func waitEqual(t *testing.T, c *cluster, timeout time.Duration, tables ...string) {
+	t.Helper()
+	testenv.WaitEqual(t, c.src, c.shards, timeout, tables...)
+}
+
+func execOn(t *testing.T, dsn, sql string) error {
+	t.Helper()
+	conn, err := pgconn.Connect(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	_, err = conn.Exec(context.Background(), sql).ReadAll()
+	return err
+}
+
+func mustExec(t *testing.T, dsn, sql string) {
+	t.Helper()
+	if err := execOn(t, dsn, sql); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// TestChangesReachEveryShard: the initial copy creates the tables, then
+// inserts, updates (of the key, with an unchanged TOAST value), deletes and
+// a truncate arrive on every shard, which refuse writes from anyone else.
+func TestChangesReachEveryShard(t *testing.T) {
+	shards := testenv.Servers(t, 1, pgtest.Options{})[0]
+	c := newCluster(t, "changes", shards, 2, `
+		CREATE TYPE mood AS ENUM ('sad', 'happy');
+		CREATE TABLE countries (code text PRIMARY KEY, name text NOT NULL, notes text, mood mood, born date, up int GENERATED ALWAYS AS (length(name)) STORED);
+		ALTER TABLE countries ALTER notes SET STORAGE EXTERNAL;
+		INSERT INTO countries (code, name, born) SELECT 'c' || i, 'country ' || i, date '2000-01-01' + i FROM generate_series(1, 1000) i;
+		CREATE TABLE plans (a int, b int, price numeric, PRIMARY KEY (a, b));`)
+	for _, dsn := range c.shards { // user types must exist on shards; tables need not
+		mustExec(t, dsn, "CREATE TYPE mood AS ENUM ('sad', 'happy')")
+	}
+	startRun(t, c.config(t, "countries", "public.plans"))
+	waitEqual(t, c, 30*time.Second, "countries", "plans")
+
+	big := strings.Repeat("x", 10000) // stored out of line: an update of other columns sends it as unchanged
+	mustExec(t, c.src, `
+		INSERT INTO plans SELECT i, i % 3, i * 1.5 FROM generate_series(1, 100) i;
+		UPDATE countries SET notes = '`+big+`', mood = 'happy' WHERE code = 'c1';
+		UPDATE countries SET name = 'renamed' WHERE code = 'c1';
+		UPDATE countries SET code = 'k2' WHERE code = 'c2';
+		DELETE FROM countries WHERE code IN ('c3', 'c4');
+		UPDATE plans SET b = 7 WHERE a = 5;
+		INSERT INTO countries (code, name, notes) VALUES ('q"''\n', 'quotes	and tabs', NULL);`)
+	waitEqual(t, c, 30*time.Second, "countries", "plans")
+	mustExec(t, c.src, `BEGIN; TRUNCATE plans; INSERT INTO plans VALUES (1, 1, 1); COMMIT;`)
+	waitEqual(t, c, 30*time.Second, "countries", "plans")
+
+	err := execOn(t, c.shards[0], "UPDATE countries SET name = 'local' WHERE code = 'c5'")
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "25006" || !strings.Contains(pgErr.Hint, "reference source") {
+		t.Fatalf("a local write on a shard: %v, want 25006 telling where to write", err)
+	}
+	if err := execOn(t, c.shards[1], "TRUNCATE plans"); err == nil {
+		t.Fatal("a local TRUNCATE on a shard succeeded")
+	}
+}
+
+// TestShardsComeAndGo: a shard that is down catches up when it returns, so
+// does every shard after the source restarts, a
+// shard added by a reload gets its copy while the others keep streaming, a
+// table added is copied and joins the stream, and the status shows every
+// shard at the source's position.
+func TestShardsComeAndGo(t *testing.T) {
+	ctx := context.Background()
+	servers := testenv.Servers(t, 2, pgtest.Options{})
+	c := newCluster(t, "comego", servers[0], 2, `
+		CREATE TABLE countries (code text PRIMARY KEY, name text);
+		INSERT INTO countries SELECT 'c' || i, 'country ' || i FROM generate_series(1, 500) i;
+		CREATE TABLE currencies (code text PRIMARY KEY, rate numeric);
+		INSERT INTO currencies VALUES ('EUR', 1), ('USD', 1.1);`)
+	c.shards = append(c.shards, c.addShard(t, servers[1], "comego_b"))
+	run := startRun(t, c.config(t, "countries"))
+	waitEqual(t, c, 30*time.Second, "countries")
+
+	servers[1].Halt()
+	for i := range 50 {
+		mustExec(t, c.src, fmt.Sprintf("UPDATE countries SET name = 'down %d' WHERE code = 'c%d'", i, i+1))
+	}
+	testenv.WaitEqual(t, c.src, c.shards[:2], 30*time.Second, "countries")
+	if err := servers[1].Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitEqual(t, c, 60*time.Second, "countries")
+
+	// A restart of the source ends the stream; refsync reconnects.
+	if err := source.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, c.src, "UPDATE countries SET name = 'after the source restarted' WHERE code = 'c7'")
+	waitEqual(t, c, 60*time.Second, "countries")
+
+	c.shards = append(c.shards, c.addShard(t, servers[0], "comego_new"))
+	run.reload <- c.config(t, "countries")
+	mustExec(t, c.src, "INSERT INTO countries VALUES ('new', 'after the reload')")
+	waitEqual(t, c, 30*time.Second, "countries")
+
+	run.reload <- c.config(t, "countries", "currencies")
+	waitEqual(t, c, 30*time.Second, "countries", "currencies")
+	mustExec(t, c.src, "UPDATE currencies SET rate = 2 WHERE code = 'USD'; DELETE FROM countries WHERE code = 'new'")
+	waitEqual(t, c, 30*time.Second, "countries", "currencies")
+
+	// Every shard records the source's position once it is idle.
+	var at string
+	conn, err := pgconn.Connect(ctx, c.src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := conn.ExecParams(ctx, "SELECT pg_current_wal_lsn()::text", nil, nil, nil, nil).Read()
+	conn.Close(ctx)
+	if res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	at = string(res.Rows[0][0])
+	cfg := c.config(t, "countries", "currencies")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st := ReadStatus(ctx, cfg)
+		behind := ""
+		if st.SourceErr != nil {
+			t.Fatal(st.SourceErr)
+		}
+		if st.Slot == nil || !st.Slot.Active {
+			behind = "slot not active"
+		}
+		for _, s := range st.Shards {
+			if s.Err != nil || !s.Copied || s.LSN.String() == "" || s.Tables != 2 || lsnBelow(s.LSN.String(), at) {
+				behind = fmt.Sprintf("%+v", s)
+			}
+		}
+		if behind == "" && !lsnBelow(st.Slot.Confirmed.String(), at) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not at the source's position %s: %s (slot %+v)", at, behind, st.Slot)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func lsnBelow(a, b string) bool {
+	pa, err := parseLSN(a)
+	if err != nil {
+		panic(err)
+	}
+	pb, err := parseLSN(b)
+	if err != nil {
+		panic(err)
+	}
+	return pa < pb
+}
+
+func parseLSN(s string) (pglogrepl.LSN, error) { return pglogrepl.ParseLSN(s) }

@@ -1,0 +1,177 @@
+package refsync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"go.uber.org/zap"
+
+	"github.com/pgrouter/pgrouter/config"
+)
+
+// worker keeps one shard current: it connects (retrying with backoff while
+// the shard is down), copies the tables the shard lacks, then attaches to
+// the stream and applies what the coordinator hands it.
+type worker struct {
+	run       *run
+	name, dsn string
+	tables    []config.TableName
+	log       *zap.Logger
+	cancel    context.CancelFunc
+	done      chan struct{}
+	copySlots chan struct{} // shared: how many copies may run at once
+	// floor is the position below which the shard is known to hold every
+	// change (at first, the slot's position when the worker started). The
+	// slot is never confirmed past the lowest floor, so the source keeps
+	// the WAL any shard still needs.
+	floor atomic.Uint64
+}
+
+// attachment is a worker's place in the stream while it is attached.
+type attachment struct {
+	w     *worker
+	lsn   pglogrepl.LSN // where the shard is; the stream must replay from here
+	queue chan *txn
+	gone  chan struct{} // closed when the worker stops taking the queue
+}
+
+func (w *worker) start(ctx context.Context, floor pglogrepl.LSN) {
+	ctx, w.cancel = context.WithCancel(ctx)
+	w.done = make(chan struct{})
+	w.floor.Store(uint64(floor))
+	go func() {
+		defer close(w.done)
+		w.loop(ctx)
+	}()
+}
+
+func (w *worker) stop() {
+	w.cancel()
+	<-w.done
+}
+
+// loop runs sessions until the context ends; a failed session is retried
+// with exponential backoff, reset once a session has applied something.
+func (w *worker) loop(ctx context.Context) {
+	backoff := w.run.opts.RetryMin
+	for {
+		progressed, err := w.session(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if progressed {
+			backoff = w.run.opts.RetryMin
+		}
+		w.log.Error("shard is not being kept current; retrying", zap.Error(err), zap.Duration("retry_in", backoff))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, w.run.opts.RetryMax)
+	}
+}
+
+// session connects, copies what is missing, and applies the stream until
+// something fails. progressed says whether it got as far as applying.
+func (w *worker) session(ctx context.Context) (progressed bool, err error) {
+	conn, err := connect(ctx, w.dsn, map[string]string{
+		"pgrouter.refsync":  "on", // lets refsync past the write guard
+		"statement_timeout": "0",
+		"lock_timeout":      "0",
+	})
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	st, err := setupShard(ctx, conn, w.run.ref.Slot, w.tables)
+	if err != nil {
+		return false, err
+	}
+	if !st.fresh && st.lsn < pglogrepl.LSN(w.floor.Load()) {
+		// The slot has moved past this shard (a restore from a backup, or a
+		// state row edited by hand): the changes in between are gone from
+		// the source, so only a new copy makes the shard whole again.
+		w.log.Warn("the shard is behind what the slot still holds: copying its tables again",
+			zap.Stringer("shard_lsn", st.lsn), zap.Stringer("slot_lsn", pglogrepl.LSN(w.floor.Load())))
+		st.fresh = true
+	}
+	if !st.fresh {
+		w.floor.Store(uint64(st.lsn))
+	}
+	var missing []config.TableName
+	for _, t := range w.tables {
+		if _, ok := st.tables[t]; !ok || st.fresh {
+			missing = append(missing, t)
+		}
+	}
+	if len(missing) > 0 {
+		select {
+		case w.copySlots <- struct{}{}:
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+		w.log.Info("copying reference tables", zap.Stringers("tables", missing), zap.Bool("whole_shard", st.fresh))
+		start := time.Now()
+		at, err := w.run.copyTables(ctx, w.name, conn, missing, st.fresh)
+		<-w.copySlots
+		if err != nil {
+			return false, fmt.Errorf("initial copy: %w", err)
+		}
+		w.log.Info("copied reference tables", zap.Stringer("consistent_point", at), zap.Duration("took", time.Since(start)))
+		if st.fresh {
+			st.lsn = at
+			w.floor.Store(uint64(at))
+		}
+		for _, t := range missing {
+			st.tables[t] = at
+		}
+	}
+
+	a := &applier{conn: conn, slot: w.run.ref.Slot, log: w.log, lsn: st.lsn, prepared: map[string]string{}, tables: map[tableKey]pglogrepl.LSN{}}
+	for t, lsn := range st.tables {
+		a.tables[tableKey(t)] = lsn
+	}
+	att := &attachment{w: w, lsn: st.lsn, queue: make(chan *txn, maxBatchTxns), gone: make(chan struct{})}
+	defer close(att.gone)
+	if !w.run.attach(ctx, att) {
+		return false, ctx.Err()
+	}
+	w.log.Info("shard attached to the stream", zap.Stringer("lsn", st.lsn))
+	for {
+		var batch []*txn
+		select {
+		case <-ctx.Done():
+			return progressed, ctx.Err()
+		case t := <-att.queue:
+			batch = append(batch, t)
+		}
+		changes := len(batch[0].changes)
+	drain:
+		for len(batch) < maxBatchTxns && changes < maxBatchChanges {
+			select {
+			case t := <-att.queue:
+				batch = append(batch, t)
+				changes += len(t.changes)
+			default:
+				break drain
+			}
+		}
+		applyCtx, cancel := context.WithTimeout(ctx, w.run.opts.ApplyTimeout)
+		n, err := a.apply(applyCtx, batch)
+		cancel()
+		if err != nil {
+			if errors.Is(err, context.DeadlineExceeded) {
+				err = fmt.Errorf("the shard took longer than %s to apply a batch: %w", w.run.opts.ApplyTimeout, err)
+			}
+			return progressed, err
+		}
+		progressed = true
+		w.floor.Store(uint64(a.lsn))
+		w.run.applied(n)
+	}
+}
