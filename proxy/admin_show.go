@@ -98,7 +98,7 @@ func (s *Server) showShards() *resultSet {
 		{"partitions", oidText}, {"state", oidText}, {"paused", oidBool}, {"sv_active", oidInt8}, {"sv_idle", oidInt8},
 		{"cl_waiting", oidInt8}, {"xact_count", oidInt8}, {"query_count", oidInt8}, {"avg_query_us", oidInt8},
 		{"check_latency_us", oidInt8}, {"state_since", oidTimestamptz}, {"last_error", oidText},
-		{"refsync_lag_bytes", oidInt8}, {"seq_ok", oidBool},
+		{"refsync_lag_bytes", oidInt8}, {"refsync_lag_ms", oidInt8}, {"seq_ok", oidBool},
 	}}
 	for _, st := range s.shardStatuses() {
 		host, port, db := dsnTarget(st.shard.DSN)
@@ -109,10 +109,14 @@ func (s *Server) showShards() *resultSet {
 		if st.health.LastError != "" {
 			lastErr = st.health.LastError
 		}
+		var lagBytes, lagMS any
+		if bytes, lag, ok := s.refsyncLag(st.shard.Cluster, st.shard.Name); ok {
+			lagBytes, lagMS = bytes, lag.Milliseconds()
+		}
 		rs.add(st.shard.Cluster, st.shard.Name, host, port, db, partitionRanges(st.shard.Partitions), st.health.State, st.paused,
 			st.stats.Active, st.stats.Idle, st.stats.Waiting, st.counters.XactCount, st.counters.QueryCount,
 			avgMicros(st.counters.QueryTime, st.counters.QueryCount), latency, st.health.Since, lastErr,
-			nil, s.seqOK(st.shard.Cluster, st.shard.Name)) // refsync lag: filled in by refsync
+			lagBytes, lagMS, s.seqOK(st.shard.Cluster, st.shard.Name))
 	}
 	return rs
 }

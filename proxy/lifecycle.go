@@ -72,6 +72,7 @@ func (s *Server) Reload() (notes []string, err error) {
 	s.gen.Store(gen)
 	old.cancel()
 	s.watchSequences(gen)
+	s.watchRefsync(gen)
 	s.pools.Warm(all)
 	for _, n := range notes {
 		s.log.Warn("reload: " + n)

@@ -36,6 +36,8 @@ var (
 	descRequests      = prometheus.NewDesc("pgrouter_request_duration_seconds", "Duration of routed requests (a Query, or a batch up to Sync), from the first message to the last answer.", poolLabels, nil)
 	descReloads       = prometheus.NewDesc("pgrouter_config_reloads_total", "RELOAD commands and SIGHUPs, by result.", []string{"result"}, nil)
 	descSequencesOK   = prometheus.NewDesc("pgrouter_shard_sequences_ok", "1 when the latest stride check found every sequence of the shard safe, 0 when one could hand out another shard's values; absent when sequences are not managed or the shard was not read.", shardLabels, nil)
+	descRefsyncBytes  = prometheus.NewDesc("pgrouter_refsync_lag_bytes", "Bytes of source WAL the shard's reference tables are behind (pgrouter refsync); absent without reference tables or before the shard's copy.", shardLabels, nil)
+	descRefsyncLag    = prometheus.NewDesc("pgrouter_refsync_lag_seconds", "How old the newest source change the shard is sure to hold is, when it is behind.", shardLabels, nil)
 	descDraining      = prometheus.NewDesc("pgrouter_shutting_down", "1 once a graceful shutdown has begun.", nil, nil)
 	latencyBoundsSecs = func() []float64 {
 		out := make([]float64, len(pool.LatencyBounds))
@@ -52,7 +54,7 @@ type collector struct{ s *Server }
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descClients, descShardUp, descShardPaused, descCheckLatency, descActive, descIdle,
 		descWaiting, descMaxWait, descXacts, descXactSeconds, descWaits, descWaitSeconds, descReceived, descSent,
-		descRequests, descReloads, descDraining, descSequencesOK} {
+		descRequests, descReloads, descDraining, descSequencesOK, descRefsyncBytes, descRefsyncLag} {
 		ch <- d
 	}
 }
@@ -84,6 +86,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descShardPaused, b2f(st.paused), sh.Cluster, sh.Name)
 		if ok, isBool := s.seqOK(sh.Cluster, sh.Name).(bool); isBool {
 			gauge(descSequencesOK, b2f(ok), sh.Cluster, sh.Name)
+		}
+		if bytes, lag, ok := s.refsyncLag(sh.Cluster, sh.Name); ok {
+			gauge(descRefsyncBytes, float64(bytes), sh.Cluster, sh.Name)
+			gauge(descRefsyncLag, lag.Seconds(), sh.Cluster, sh.Name)
 		}
 	}
 	for _, p := range s.pools.Pools() {

@@ -15,6 +15,7 @@ import (
 	"github.com/pgrouter/pgrouter/auth"
 	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/pool"
+	"github.com/pgrouter/pgrouter/refsync"
 	"github.com/pgrouter/pgrouter/router"
 	"github.com/pgrouter/pgrouter/seqalloc"
 	"github.com/pgrouter/pgrouter/shardmap"
@@ -68,6 +69,9 @@ type Server struct {
 	// sequences are not managed); seqMu orders its updates.
 	seqReport atomic.Pointer[seqalloc.Report]
 	seqMu     sync.Mutex
+	// refsyncStatus is the latest read of refsync's positions (nil: none
+	// yet, or no reference tables).
+	refsyncStatus atomic.Pointer[refsync.Status]
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -108,6 +112,7 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	s.pools.Watch(all, healthConfig(cfg))
 	s.startCatalogs(gen)
 	s.watchSequences(gen)
+	s.watchRefsync(gen)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()

@@ -1,0 +1,66 @@
+package proxy
+
+import (
+	"context"
+	"time"
+
+	"github.com/pgrouter/pgrouter/refsync"
+)
+
+// With a reference section, serve reads where refsync has brought every
+// shard (pgrouter.refsync_state on the shard against the source's WAL
+// position) every health interval, for SHOW SHARDS and /metrics. It reads
+// the databases, not a refsync process, so every pgrouter instance shows
+// the same lag and needs no link to wherever refsync runs.
+
+// refsyncPollDefault is the interval when health checks are off.
+const refsyncPollDefault = 10 * time.Second
+
+// watchRefsync polls refsync's positions for one generation until a reload
+// replaces it or the server closes.
+func (s *Server) watchRefsync(gen *generation) {
+	if gen.cfg.Reference == nil {
+		s.refsyncStatus.Store(nil)
+		return
+	}
+	interval := gen.cfg.Health.Interval.D()
+	if interval <= 0 {
+		interval = refsyncPollDefault
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			ctx, cancel := context.WithTimeout(gen.ctx, interval)
+			st := refsync.ReadStatus(ctx, gen.cfg)
+			cancel()
+			if gen.ctx.Err() != nil {
+				return // replaced by a reload: its status would be stale
+			}
+			s.refsyncStatus.Store(st)
+			select {
+			case <-gen.ctx.Done():
+				return
+			case <-s.ctx.Done():
+				return
+			case <-time.After(interval):
+			}
+		}
+	}()
+}
+
+// refsyncLag is how far behind the source a shard's reference tables are;
+// ok is false when there are none, the shard has not been copied yet, or
+// its position (or the source's) could not be read.
+func (s *Server) refsyncLag(cluster, shard string) (bytes int64, lag time.Duration, ok bool) {
+	st := s.refsyncStatus.Load()
+	if st == nil || st.SourceErr != nil {
+		return 0, 0, false
+	}
+	for _, sh := range st.Shards {
+		if sh.Cluster == cluster && sh.Shard == shard && sh.Err == nil && sh.Copied {
+			return sh.LagBytes, sh.Lag, true
+		}
+	}
+	return 0, 0, false
+}
