@@ -214,7 +214,7 @@ func Apply(ctx context.Context, cl *shardmap.Cluster, opts Options, eventTrigger
 	shards := make([]*Shard, len(txs))
 	for i, st := range txs {
 		shards[i] = &Shard{Cluster: cl.Name, Name: st.name}
-		if err := readShard(ctx, st.tx, shards[i], opts.Schemas); err != nil {
+		if err := readShard(ctx, st.tx, shards[i], opts.Schemas, opts.Skip); err != nil {
 			return nil, fmt.Errorf("shard %s: read its slot and sequences: %w", st.name, err)
 		}
 	}

@@ -318,3 +318,32 @@ func sequenceState(t *testing.T, cl *shardmap.Cluster) string {
 	}
 	return b.String()
 }
+
+// TestReferenceTablesSkipped: sequences of reference tables (refsync writes
+// the source's values into them) are neither judged nor restarted.
+func TestReferenceTablesSkipped(t *testing.T) {
+	cl := cluster(t, "refskip", 2, pgtest.SuperUser, `CREATE TABLE own (id bigserial PRIMARY KEY);
+		CREATE TABLE countries (id serial PRIMARY KEY, name text);
+		INSERT INTO countries (id, name) VALUES (41, 'copied from the source')`)
+	opts := testOpts
+	opts.Skip = []string{"public.countries"}
+	res, err := Apply(context.Background(), cl, opts, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range res.Changes {
+		if strings.Contains(c.Sequence.Name, "countries") {
+			t.Fatalf("apply restarted a reference table's sequence: %+v", c)
+		}
+	}
+	for _, sh := range Read(context.Background(), cl, opts) {
+		for _, q := range sh.Sequences {
+			if q.Name != "public.own_id_seq" {
+				t.Fatalf("shard %s lists %s; want only public.own_id_seq", sh.Name, q.Name)
+			}
+		}
+	}
+	if rep := Check(context.Background(), []*shardmap.Cluster{cl}, opts); rep.Violations() != 0 {
+		t.Fatalf("check with the reference table skipped: %+v", rep.Rows)
+	}
+}

@@ -34,14 +34,23 @@ type Options struct {
 	LockTimeout time.Duration
 	// ConnectTimeout bounds each connection to a shard (0: no limit).
 	ConnectTimeout time.Duration
+	// Skip are tables (schema.name) whose sequences are not the shards'
+	// own: reference tables, whose values come from the source by refsync.
+	Skip []string
 }
 
 // OptionsFrom takes the settings from a validated config that has a
 // sequences section.
 func OptionsFrom(cfg *config.Config) Options {
 	s := cfg.Sequences
-	return Options{Stride: s.Stride, Schemas: s.Schemas, MinHeadroom: s.MinHeadroom, LockTimeout: s.LockTimeout.D(),
+	opts := Options{Stride: s.Stride, Schemas: s.Schemas, MinHeadroom: s.MinHeadroom, LockTimeout: s.LockTimeout.D(),
 		ConnectTimeout: cfg.Pool.ServerConnectTimeout.D()}
+	if cfg.Reference != nil {
+		for _, t := range cfg.Reference.TableNames {
+			opts.Skip = append(opts.Skip, t.String())
+		}
+	}
+	return opts
 }
 
 // connect opens a control connection to a shard.
@@ -185,11 +194,12 @@ LEFT JOIN pg_class t ON t.oid = a.attrelid
 LEFT JOIN pg_namespace tn ON tn.oid = t.relnamespace
 WHERE CASE WHEN $1::text[] IS NULL THEN n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgrouter') AND n.nspname NOT LIKE 'pg\_%'
 	ELSE n.nspname = ANY($1) END
+	AND coalesce(tn.nspname || '.' || t.relname, '') <> ALL(coalesce($2::text[], '{}'))
 ORDER BY 2`
 
 // readShard reads the slot and every sequence of one shard in the schemas
 // (nil: every schema but the system ones).
-func readShard(ctx context.Context, q querier, sh *Shard, schemas []string) error {
+func readShard(ctx context.Context, q querier, sh *Shard, schemas, skip []string) error {
 	sh.Slot, sh.Stride, sh.RecordedAs, sh.Sequences, sh.Trigger = -1, 0, "", nil, false
 	var hasTable bool
 	err := q.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL, EXISTS (SELECT FROM pg_event_trigger WHERE evtname = $2)`,
@@ -218,7 +228,7 @@ func readShard(ctx context.Context, q querier, sh *Shard, schemas []string) erro
 		}
 	}
 
-	rows, err := q.Query(ctx, sequencesSQL, schemas)
+	rows, err := q.Query(ctx, sequencesSQL, schemas, skip)
 	if err != nil {
 		return fmt.Errorf("list sequences: %w", err)
 	}
@@ -294,7 +304,7 @@ func Read(ctx context.Context, cl *shardmap.Cluster, opts Options) []*Shard {
 				return
 			}
 			defer conn.Close(context.WithoutCancel(ctx))
-			if err := readShard(ctx, conn, sh, opts.Schemas); err != nil {
+			if err := readShard(ctx, conn, sh, opts.Schemas, opts.Skip); err != nil {
 				*sh = Shard{Cluster: cl.Name, Name: sm.Name, Slot: -1, Err: err}
 			}
 		}()
