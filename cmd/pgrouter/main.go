@@ -3,6 +3,7 @@
 //	pgrouter serve -c router.yaml   run the proxy
 //	pgrouter check -c router.yaml   validate the file, reach every shard, compare function signatures
 //	pgrouter seq check|apply        verify or set up stride sequences on every shard
+//	pgrouter refsync [status]       replicate reference tables to every shard (or show its lag)
 //	pgrouter demo                   run it on local PostgreSQL shards it starts itself
 //	pgrouter version                print the version
 package main
@@ -24,7 +25,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), checkCmd(), seqCmd(), demoCmd(), versionCmd())
+	root.AddCommand(serveCmd(), checkCmd(), seqCmd(), refsyncCmd(), demoCmd(), versionCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "pgrouter:", err)
 		os.Exit(1)

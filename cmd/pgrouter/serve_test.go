@@ -150,19 +150,7 @@ default_route: s0
 // clients on addr. exited receives the process's exit.
 func startRouter(ctx context.Context, t *testing.T, path, addr string) (cmd *exec.Cmd, logs *syncBuffer, exited chan error) {
 	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs = &syncBuffer{}
-	cmd = exec.Command(self, "serve", "-c", path)
-	cmd.Env = append(os.Environ(), "PGROUTER_TEST_MAIN=1")
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited = make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	cmd, logs, exited = startProcess(t, "serve", "-c", path)
 	for {
 		conn, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres@%s/main?sslmode=disable", addr))
 		if err == nil {
@@ -178,6 +166,26 @@ func startRouter(ctx context.Context, t *testing.T, path, addr string) (cmd *exe
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// startProcess starts a pgrouter subcommand as a real process, its output
+// collected in logs; exited receives its exit.
+func startProcess(t *testing.T, args ...string) (cmd *exec.Cmd, logs *syncBuffer, exited chan error) {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs = &syncBuffer{}
+	cmd = exec.Command(self, args...)
+	cmd.Env = append(os.Environ(), "PGROUTER_TEST_MAIN=1")
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited = make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	return cmd, logs, exited
 }
 
 // pgrouter runs a pgrouter subcommand as a real process and returns its
