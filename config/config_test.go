@@ -12,6 +12,7 @@ import (
 func TestExampleFileLoads(t *testing.T) {
 	t.Setenv("S0_PASSWORD", "pw0")
 	t.Setenv("S1_PASSWORD", "pw1")
+	t.Setenv("REFSYNC_PASSWORD", "pw2")
 	dir := t.TempDir()
 	data, err := os.ReadFile("../router.yaml.example")
 	if err != nil {

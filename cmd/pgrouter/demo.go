@@ -12,9 +12,11 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"go.uber.org/zap"
 
 	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/internal/pgtest"
+	"github.com/pgrouter/pgrouter/refsync"
 	"github.com/pgrouter/pgrouter/seqalloc"
 	"github.com/pgrouter/pgrouter/shardmap"
 )
@@ -87,13 +89,22 @@ func runDemo(ctx context.Context, out io.Writer, dir string, n int, listen strin
 		servers = append(servers, s)
 	}
 
+	central, err := pgtest.Start(startCtx, pgtest.Options{Dir: filepath.Join(dir, "central")})
+	if err != nil {
+		return fmt.Errorf("start the reference source: %w", err)
+	}
+	defer func() { _ = central.Stop() }()
+	if err := central.Exec(startCtx, "postgres", demoCountries+demoCountryRows); err != nil {
+		return fmt.Errorf("create the reference table on the source: %w", err)
+	}
+
 	for i, s := range servers {
 		if err := s.Exec(startCtx, "postgres", demoSchema); err != nil {
 			return fmt.Errorf("create the demo schema on shard s%d: %w", i, err)
 		}
 	}
 	path := filepath.Join(dir, "router.yaml")
-	if err := os.WriteFile(path, []byte(demoConfig(servers, listen)), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(demoConfig(servers, central, listen)), 0o644); err != nil {
 		return err
 	}
 	cfg, err := config.Load(path)
@@ -110,11 +121,27 @@ func runDemo(ctx context.Context, out io.Writer, dir string, n int, listen strin
 			return fmt.Errorf("stride the demo's sequences: %w", err)
 		}
 	}
+	// refsync runs in-process: it copies countries to every shard, then
+	// streams the source's changes until the demo stops.
+	refsyncCtx, stopRefsync := context.WithCancel(ctx)
+	refsyncDone := make(chan error, 1)
+	go func() { refsyncDone <- refsync.Run(refsyncCtx, cfg, refsync.Options{Log: log.Named("refsync")}) }()
+	defer func() {
+		stopRefsync()
+		if err := <-refsyncDone; err != nil {
+			log.Error("refsync stopped", zap.Error(err))
+		}
+	}()
+	if err := waitCopied(startCtx, cfg, refsyncDone); err != nil {
+		return err
+	}
+
 	host, port, _ := strings.Cut(cfg.Listen, ":")
 	fmt.Fprintf(out, "\npgrouter demo is ready.\n\n")
 	for i, s := range servers {
 		fmt.Fprintf(out, "  shard s%d  %s  (data %s)\n", i, s.Addr(), s.DataDir)
 	}
+	fmt.Fprintf(out, "  source    %s  (data %s)\n", central.Addr(), central.DataDir)
 	fmt.Fprintf(out, "  config    %s\n\n", path)
 	fmt.Fprintf(out, "Connect:    psql -h %s -p %s -U demo %s\n", host, port, demoCluster)
 	fmt.Fprintf(out, "Try:        SELECT add_user('bob', 'bob@example.com');   -- runs on the shard that owns 'bob'\n")
@@ -126,15 +153,56 @@ func runDemo(ctx context.Context, out io.Writer, dir string, n int, listen strin
 	}
 	fmt.Fprintf(out, "Ids:        user ids step by %d from each shard's own start (%s)\n", cfg.Sequences.Stride, strings.Join(starts, "; "))
 	fmt.Fprintf(out, "            pgrouter seq check -c %s\n", path)
+	fmt.Fprintf(out, "Reference:  countries is written on the source and copied to every shard by refsync:\n")
+	fmt.Fprintf(out, "            SELECT * FROM country_everywhere('SE');        -- every shard's copy\n")
+	fmt.Fprintf(out, "            psql -h %s -p %d -U %s postgres -c \"UPDATE countries SET name = 'Sverige' WHERE code = 'SE'\"\n",
+		central.Host, central.Port, pgtest.SuperUser)
+	fmt.Fprintf(out, "            pgrouter refsync status -c %s\n", path)
 	fmt.Fprintf(out, "Admin:      psql -h %s -p %s -U admin pgrouter     -- then SHOW SHARDS; SHOW POOLS; SHOW HELP;\n", host, port)
 	fmt.Fprintf(out, "Stop:       Ctrl-C\n\n")
 
 	return serve(ctx, nil, cfg, log)
 }
 
+// waitCopied waits until refsync has copied the reference tables to every
+// shard, so the examples the demo prints work at once.
+func waitCopied(ctx context.Context, cfg *config.Config, refsyncDone <-chan error) error {
+	for {
+		st := refsync.ReadStatus(ctx, cfg)
+		copied := st.SourceErr == nil
+		for _, s := range st.Shards {
+			copied = copied && s.Err == nil && s.Copied
+		}
+		if copied {
+			return nil
+		}
+		select {
+		case err := <-refsyncDone:
+			return fmt.Errorf("refsync stopped: %w", err)
+		case <-ctx.Done():
+			return fmt.Errorf("refsync did not copy the reference tables in time: %w", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// demoCountries is the reference table, on the source and (so the shards'
+// functions can use it from the start) on every shard; refsync fills it.
+const demoCountries = `
+CREATE TABLE IF NOT EXISTS countries (code text PRIMARY KEY, name text NOT NULL, currency text NOT NULL);
+`
+
+const demoCountryRows = `INSERT INTO countries VALUES ('DE', 'Germany', 'EUR'), ('EE', 'Estonia', 'EUR'),
+  ('FR', 'France', 'EUR'), ('JP', 'Japan', 'JPY'), ('SE', 'Sweden', 'SEK'), ('US', 'United States', 'USD')
+  ON CONFLICT DO NOTHING;
+`
+
 // demoSchema is the same on every shard: users placed by username, with
-// the functions that reach them.
-const demoSchema = `
+// the functions that reach them, and the reference table.
+const demoSchema = demoCountries + `
+SET check_function_bodies = off; -- pgrouter.seq_slot comes with the stride sequences, after this
+CREATE OR REPLACE FUNCTION country_everywhere(i_code text, OUT shard text, OUT name text) RETURNS SETOF record
+  LANGUAGE sql AS $$ SELECT (SELECT s.shard FROM pgrouter.seq_slot s), c.name FROM countries c WHERE c.code = i_code $$;
 CREATE TABLE IF NOT EXISTS users (id bigserial UNIQUE, username text PRIMARY KEY, email text NOT NULL, created timestamptz NOT NULL DEFAULT now());
 ALTER TABLE users ADD COLUMN IF NOT EXISTS id bigserial UNIQUE; -- a --dir kept from an older demo
 CREATE OR REPLACE FUNCTION add_user(i_username text, i_email text) RETURNS text LANGUAGE sql AS
@@ -148,13 +216,14 @@ const demoFunctions = `functions:
   - {name: add_user, key: i_username}
   - {name: get_user, key: i_username}
   - {name: count_users, run_on: all, merge: sum}
+  - {name: country_everywhere, run_on: all}
 `
 
 // demoConfig writes the demo's router.yaml: trust auth on loopback, one
 // cluster over every shard, statements without a routing key to s0, any
 // database name accepted so that a bare `psql -h 127.0.0.1 -p 6432` works,
-// and stride sequences.
-func demoConfig(servers []*pgtest.Server, listen string) string {
+// stride sequences and the reference table.
+func demoConfig(servers []*pgtest.Server, central *pgtest.Server, listen string) string {
 	n := len(servers)
 	partitions := 16
 	var b strings.Builder
@@ -172,5 +241,6 @@ func demoConfig(servers []*pgtest.Server, listen string) string {
 	fmt.Fprintf(&b, "default_route: s0\nfallback_cluster: %s\n", demoCluster)
 	b.WriteString("sequences:\n  stride: 1024\n  schemas: [public]\n")
 	b.WriteString(demoFunctions)
+	fmt.Fprintf(&b, "reference:\n  source: %s\n  tables: [countries]\n", central.DSN("postgres"))
 	return b.String()
 }

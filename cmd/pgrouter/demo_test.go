@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -17,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pgrouter/pgrouter/config"
+	"github.com/pgrouter/pgrouter/internal/pgtest"
 )
 
 // TestMain runs the test binary as pgrouter itself when asked to (so tests
@@ -93,6 +96,7 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("statement did not run on shard s0 (port %d):\n%s", port0, out.String())
 	}
 	checkSeqExamples(t, out.String())
+	checkRefsyncExamples(t, out.String(), host, port)
 	// Routed calls: users land on the shards that own them, the count sums all
 	// shards, and no two users get the same id.
 	ports, ids := map[string]bool{}, map[string]bool{}
@@ -216,4 +220,45 @@ func readmeExample(t *testing.T, readme, marker string) string {
 	}
 	_, output, _ := strings.Cut(block, "\n")
 	return output
+}
+
+// checkRefsyncExamples runs the README's refsync examples on the demo with
+// psql: every shard's copy of countries, then again after an update on the
+// source the demo prints.
+func checkRefsyncExamples(t *testing.T, demoOut, host, port string) {
+	t.Helper()
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, err := pgtest.BinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	psql := func(args ...string) string {
+		out, err := exec.Command(filepath.Join(bin, "psql"), append([]string{"-X"}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("psql %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	query := func() string {
+		return psql("-h", host, "-p", port, "-U", "demo", "demo", "-c", "SELECT * FROM country_everywhere('SE')")
+	}
+	if got, want := query(), readmeExample(t, string(readme), "refsync-before"); got != want {
+		t.Fatalf("README example refsync-before differs.\nREADME:\n%s\npsql:\n%s", want, got)
+	}
+	m := regexp.MustCompile(`psql -h (\S+) -p (\d+) -U (\S+) postgres -c "(UPDATE countries [^"]+)"`).FindStringSubmatch(demoOut)
+	if m == nil {
+		t.Fatalf("demo does not print how to update countries on the source:\n%s", demoOut)
+	}
+	psql("-h", m[1], "-p", m[2], "-U", m[3], "postgres", "-c", m[4])
+	want := readmeExample(t, string(readme), "refsync-after")
+	deadline := time.Now().Add(20 * time.Second)
+	for got := query(); got != want; got = query() {
+		if time.Now().After(deadline) {
+			t.Fatalf("README example refsync-after differs.\nREADME:\n%s\npsql:\n%s", want, got)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
