@@ -82,7 +82,7 @@ func (c *Config) validate() error {
 var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*$`)
 
 // slotRE is a replication slot name refsync can use.
-var slotRE = regexp.MustCompile(`^[a-z0-9_]{1,50}$`)
+var slotRE = regexp.MustCompile(`^[a-z0-9_]{1,40}$`)
 
 // validateReference checks the reference section and splits its table names.
 func (c *Config) validateReference(l *errorList) {
@@ -122,9 +122,9 @@ func (c *Config) validateReference(l *errorList) {
 		r.TableNames = append(r.TableNames, tn)
 	}
 	// Replication slot names allow only lower-case letters, digits and _;
-	// refsync also names temporary slots after it, hence 50.
+	// refsync names its temporary slots after it (+16 characters, of 63).
 	if !slotRE.MatchString(r.Slot) {
-		l.add("reference.slot", "%q must be 1 to 50 lower-case letters, digits and underscores", r.Slot)
+		l.add("reference.slot", "%q must be 1 to 40 lower-case letters, digits and underscores", r.Slot)
 	}
 	if !identRE.MatchString(r.Publication) || strings.ToLower(r.Publication) != r.Publication || len(r.Publication) > 63 {
 		l.add("reference.publication", "%q must be a lower-case identifier of at most 63 characters", r.Publication)

@@ -29,6 +29,8 @@ type applier struct {
 	lsn      pglogrepl.LSN              // the shard's refsync_state.lsn
 	tables   map[tableKey]pglogrepl.LSN // copied_lsn per table
 	prepared map[string]string          // SQL -> prepared statement name
+	named    int                        // statements prepared on this connection: names are never reused
+	maxPrep  int                        // cache size (0: maxPrepared)
 	missed   int64                      // updates and deletes that found no row
 }
 
@@ -102,6 +104,18 @@ type stmt struct {
 
 // run sends statements in one round trip inside the open transaction.
 func (a *applier) run(ctx context.Context, stmts []stmt) error {
+	// Statements are prepared as the batch is built, so the cache may only
+	// be emptied before: a name in the batch must still mean its statement.
+	if len(a.prepared) >= a.preparedLimit() {
+		var sb strings.Builder
+		for _, name := range a.prepared { // only ours: pgx caches its own statements on this connection
+			sb.WriteString("DEALLOCATE " + name + ";")
+		}
+		if _, err := a.conn.PgConn().Exec(ctx, sb.String()).ReadAll(); err != nil {
+			return fmt.Errorf("deallocate: %w", err)
+		}
+		clear(a.prepared)
+	}
 	b := &pgconn.Batch{}
 	for _, s := range stmts {
 		name, err := a.prepare(ctx, s.sql)
@@ -127,19 +141,21 @@ func (a *applier) run(ctx context.Context, stmts []stmt) error {
 	return nil
 }
 
+func (a *applier) preparedLimit() int {
+	if a.maxPrep > 0 {
+		return a.maxPrep
+	}
+	return maxPrepared
+}
+
 // prepare returns the name of a prepared statement for sql, preparing it
 // with parameter types left to the server (the stream's values are text).
 func (a *applier) prepare(ctx context.Context, sql string) (string, error) {
 	if name, ok := a.prepared[sql]; ok {
 		return name, nil
 	}
-	if len(a.prepared) >= maxPrepared {
-		if err := a.conn.PgConn().Exec(ctx, "DEALLOCATE ALL").Close(); err != nil {
-			return "", fmt.Errorf("deallocate: %w", err)
-		}
-		clear(a.prepared)
-	}
-	name := "refsync_" + strconv.Itoa(len(a.prepared))
+	a.named++
+	name := "refsync_" + strconv.Itoa(a.named)
 	if _, err := a.conn.PgConn().Prepare(ctx, name, sql, nil); err != nil {
 		return "", fmt.Errorf("prepare %s: %w", sql, err)
 	}

@@ -33,12 +33,26 @@ type Progress struct {
 // slot's consistent point as each table's copied_lsn (and as the shard's
 // lsn when it had none): every change that committed before that point is
 // in the copy, every later one comes from the stream.
-func (r *run) copyTables(ctx context.Context, shardName string, shard *pgx.Conn, tables []config.TableName, fresh bool) (pglogrepl.LSN, error) {
+//
+// A shard copied whole needs nothing from the slot before the snapshot, but
+// the slot must not be confirmed past the snapshot either: the slot is held
+// at its confirmed position until onSnapshot has recorded the snapshot's
+// position as the shard's floor.
+func (r *run) copyTables(ctx context.Context, shardName string, shard *pgx.Conn, tables []config.TableName, fresh bool, onSnapshot func(pglogrepl.LSN)) (pglogrepl.LSN, error) {
 	repl, err := r.replicationConn(ctx)
 	if err != nil {
 		return 0, err
 	}
 	defer repl.Close(context.WithoutCancel(ctx)) // drops the temporary slot
+	r.hold.Store(r.confirmed.Load())
+	held := true
+	release := func() {
+		if held {
+			r.hold.Store(0)
+			held = false
+		}
+	}
+	defer release()
 	name := fmt.Sprintf("%s_copy_%d", r.ref.Slot, rand.Uint32())
 	slot, err := pglogrepl.CreateReplicationSlot(ctx, repl, name, "pgoutput",
 		pglogrepl.CreateReplicationSlotOptions{Temporary: true, SnapshotAction: "EXPORT_SNAPSHOT", Mode: pglogrepl.LogicalReplication})
@@ -49,6 +63,8 @@ func (r *run) copyTables(ctx context.Context, shardName string, shard *pgx.Conn,
 	if err != nil {
 		return 0, fmt.Errorf("the slot's consistent point %q: %w", slot.ConsistentPoint, err)
 	}
+	onSnapshot(at)
+	release()
 	src, err := r.sourceConn(ctx)
 	if err != nil {
 		return 0, err

@@ -67,8 +67,11 @@ func parse(data []byte) (msg pglogrepl.Message, err error) {
 	if len(data) == 0 {
 		return nil, fmt.Errorf("empty pgoutput message")
 	}
-	if data[0] == 'T' && len(data) >= 5 && int(binary.BigEndian.Uint32(data[1:]))*4 > len(data) {
-		return nil, fmt.Errorf("malformed pgoutput truncate message: %d relations in %d bytes", binary.BigEndian.Uint32(data[1:]), len(data))
+	// pglogrepl sizes slices from lengths in the message before checking
+	// them: a corrupt length would ask for gigabytes, which recover cannot
+	// undo. Check those lengths first.
+	if err := checkLengths(data); err != nil {
+		return nil, fmt.Errorf("malformed pgoutput message %q (%d bytes): %w", data[0], len(data), err)
 	}
 	defer func() {
 		if r := recover(); r != nil {
@@ -76,6 +79,63 @@ func parse(data []byte) (msg pglogrepl.Message, err error) {
 		}
 	}()
 	return pglogrepl.Parse(data)
+}
+
+// checkLengths checks the counts and lengths that pglogrepl allocates by:
+// a truncate's relation count and the tuples of row changes.
+func checkLengths(data []byte) error {
+	switch data[0] {
+	case 'T':
+		if len(data) >= 5 && uint64(binary.BigEndian.Uint32(data[1:]))*4 > uint64(len(data)) {
+			return fmt.Errorf("%d relations", binary.BigEndian.Uint32(data[1:]))
+		}
+	case 'I', 'U', 'D':
+		pos := 5 // type, relation id
+		for {
+			if pos >= len(data) {
+				return fmt.Errorf("ends before its tuple")
+			}
+			kind := data[pos]
+			end, err := tupleEnd(data, pos+1)
+			if err != nil {
+				return err
+			}
+			if data[0] == 'U' && (kind == 'K' || kind == 'O') {
+				pos = end // the new tuple follows the old one
+				continue
+			}
+			return nil
+		}
+	}
+	return nil
+}
+
+// tupleEnd returns where a TupleData starting at pos ends.
+func tupleEnd(data []byte, pos int) (int, error) {
+	if pos+2 > len(data) {
+		return 0, fmt.Errorf("tuple without a column count")
+	}
+	n := int(binary.BigEndian.Uint16(data[pos:]))
+	pos += 2
+	for i := 0; i < n; i++ {
+		if pos >= len(data) {
+			return 0, fmt.Errorf("tuple of %d columns ends at column %d", n, i)
+		}
+		kind := data[pos]
+		pos++
+		if kind == 't' || kind == 'b' {
+			if pos+4 > len(data) {
+				return 0, fmt.Errorf("column %d without a length", i)
+			}
+			l := uint64(binary.BigEndian.Uint32(data[pos:]))
+			pos += 4
+			if l > uint64(len(data)-pos) {
+				return 0, fmt.Errorf("column %d of %d bytes in %d", i, l, len(data)-pos)
+			}
+			pos += int(l)
+		}
+	}
+	return pos, nil
 }
 
 // add takes one message; it returns the transaction a Commit completed.

@@ -142,6 +142,7 @@ func TestDecodeRefusesMalformed(t *testing.T) {
 		"short tuple":         {relationMsg(1, "public", "countries", "code"), beginMsg(1), rowMsg('I', 1, []byte{'N'}, tuple("x")[:5])},
 		"wrong column count":  {relationMsg(1, "public", "countries", "code"), beginMsg(1), rowMsg('I', 1, []byte{'N'}, tuple("x", "y"))},
 		"huge truncate":       {{'T', 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 1}},
+		"huge column":         {relationMsg(1, "public", "countries", "code"), beginMsg(1), rowMsg('I', 1, []byte{'N', 0, 1, 't', 0xff, 0xff, 0xff, 0xf0})},
 		"relation lacks key":  {relationMsg(1, "public", "countries", "name")},
 		"empty":               {{}},
 	} {

@@ -35,9 +35,13 @@ type Options struct {
 	// RetryMin and RetryMax bound the backoff for a shard or source that is
 	// down (default 1s and 30s).
 	RetryMin, RetryMax time.Duration
-	// ApplyTimeout bounds one shard transaction (default 2m): a frozen
-	// shard is detached and retried instead of holding up the others.
+	// ApplyTimeout bounds one shard transaction (default 2m).
 	ApplyTimeout time.Duration
+	// QueueWait is how long the stream waits for a shard whose queue is
+	// full before detaching it (default 10s), so one slow or frozen shard
+	// holds up the others for at most that long; it re-attaches and replays
+	// from its own position.
+	QueueWait time.Duration
 	// Applied, when set, counts the source transactions applied to shards
 	// (one per shard a transaction reached).
 	Applied *atomic.Int64
@@ -61,6 +65,9 @@ func (o *Options) defaults() {
 	}
 	if o.ApplyTimeout <= 0 {
 		o.ApplyTimeout = 2 * time.Minute
+	}
+	if o.QueueWait <= 0 {
+		o.QueueWait = 10 * time.Second
 	}
 	if o.Applied == nil {
 		o.Applied = new(atomic.Int64)
@@ -101,6 +108,10 @@ type run struct {
 	attached  []*attachment
 	copySlots chan struct{}
 
+	// confirmed is the position last confirmed to the slot; hold, when
+	// not 0, caps it while a copy's snapshot is being taken.
+	confirmed, hold atomic.Uint64
+
 	dec        *decoder
 	repl       *pgconn.PgConn
 	sent       pglogrepl.LSN // end of the last transaction or mark handed to the shards
@@ -121,7 +132,10 @@ func (r *run) serve(ctx context.Context, first bool) (*config.Config, error) {
 		if err == nil {
 			break
 		}
-		if errors.Is(err, ErrNotReady) && first || ctx.Err() != nil {
+		if ctx.Err() != nil {
+			return nil, nil
+		}
+		if errors.Is(err, ErrNotReady) && first {
 			return nil, err
 		}
 		r.log.Error("cannot prepare the reference source; retrying", zap.Error(err), zap.Duration("retry_in", backoff))
@@ -132,6 +146,7 @@ func (r *run) serve(ctx context.Context, first bool) (*config.Config, error) {
 		}
 		backoff = min(backoff*2, r.opts.RetryMax)
 	}
+	r.confirmed.Store(uint64(floor))
 	r.log.Info("replicating reference tables", zap.String("slot", r.ref.Slot), zap.Stringer("slot_lsn", floor),
 		zap.Stringers("tables", r.ref.TableNames))
 
@@ -229,6 +244,15 @@ func (r *run) ensurePublication(ctx context.Context, src *pgx.Conn) error {
 	if err != nil {
 		return fmt.Errorf("read publication %s: %w", r.ref.Publication, err)
 	}
+	// A publication made by hand may publish less than refsync needs:
+	// only some actions, partitions under their own names, some rows or
+	// columns. Each would lose changes without an error.
+	if _, err := src.Exec(ctx, fmt.Sprintf("ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate', publish_via_partition_root = true)", pub)); err != nil {
+		return fmt.Errorf("set the options of publication %s: %w", r.ref.Publication, err)
+	}
+	if err := checkFilters(ctx, src, r.ref.Publication); err != nil {
+		return err
+	}
 	if all {
 		return nil
 	}
@@ -255,6 +279,29 @@ func (r *run) ensurePublication(ctx context.Context, src *pgx.Conn) error {
 			}
 			r.log.Info("dropped a table from the publication; its copies on the shards stay as they are", zap.Stringer("table", t))
 		}
+	}
+	return nil
+}
+
+// checkFilters refuses a publication that filters the rows or columns of a
+// table (PostgreSQL 15's WHERE and column lists).
+func checkFilters(ctx context.Context, src *pgx.Conn, pub string) error {
+	var version int
+	if err := src.QueryRow(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&version); err != nil {
+		return fmt.Errorf("read the source's version: %w", err)
+	}
+	if version < 150000 { // no row filters or column lists before 15
+		return nil
+	}
+	var filtered []string
+	err := src.QueryRow(ctx, `SELECT coalesce(array_agg(pr.prrelid::regclass::text), '{}') FROM pg_publication_rel pr
+		JOIN pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = $1 AND (pr.prqual IS NOT NULL OR pr.prattrs IS NOT NULL)`, pub).Scan(&filtered)
+	if err != nil {
+		return fmt.Errorf("read the tables of publication %s: %w", pub, err)
+	}
+	if len(filtered) > 0 {
+		return fmt.Errorf("publication %s publishes only some rows or columns of %s, and the shards need whole tables: ALTER PUBLICATION %s SET TABLE ... without WHERE or column lists, or drop it and let refsync create it",
+			pub, strings.Join(filtered, ", "), pgx.Identifier{pub}.Sanitize())
 	}
 	return nil
 }
@@ -306,14 +353,17 @@ func (r *run) progress(p Progress) { r.opts.Progress(p) }
 // floor is the lowest position any shard needs: the slot is confirmed up to
 // it and the stream restarts from it.
 func (r *run) floor() pglogrepl.LSN {
-	var low pglogrepl.LSN
-	first := true
+	low := noFloor
 	for _, w := range r.workers {
-		if f := pglogrepl.LSN(w.floor.Load()); first || f < low {
-			low, first = f, false
-		}
+		low = min(low, w.floor.Load())
 	}
-	return low
+	if h := r.hold.Load(); h != 0 {
+		low = min(low, h)
+	}
+	if low == noFloor { // every shard is waiting for a copy
+		return pglogrepl.LSN(r.confirmed.Load())
+	}
+	return pglogrepl.LSN(low)
 }
 
 // pollInterval bounds how long the coordinator waits for the stream before
@@ -325,6 +375,7 @@ const pollInterval = 100 * time.Millisecond
 func (r *run) loop(ctx, wctx context.Context) (*config.Config, error) {
 	backoff := r.opts.RetryMin
 	var nextTry time.Time
+	failures := 0 // in a row: after a few, the source is prepared again (a slot or key may have changed)
 	for {
 		if ctx.Err() != nil {
 			return nil, nil
@@ -356,6 +407,10 @@ func (r *run) loop(ctx, wctx context.Context) (*config.Config, error) {
 				if ctx.Err() != nil {
 					return nil, nil
 				}
+				if failures++; failures >= 3 || errors.Is(err, errSlotGone) {
+					r.log.Error("cannot stream from the reference source; preparing it again", zap.Error(err))
+					return r.cfg, nil
+				}
 				r.log.Error("cannot stream from the reference source; retrying", zap.Error(err), zap.Duration("retry_in", backoff))
 				nextTry = time.Now().Add(backoff)
 				backoff = min(backoff*2, r.opts.RetryMax)
@@ -366,6 +421,10 @@ func (r *run) loop(ctx, wctx context.Context) (*config.Config, error) {
 		if err := r.receive(ctx); err != nil {
 			if ctx.Err() != nil {
 				return nil, nil
+			}
+			if failures++; failures >= 3 {
+				r.log.Error("the stream from the reference source keeps failing; preparing the source again", zap.Error(err))
+				return r.cfg, nil
 			}
 			r.log.Error("the stream from the reference source ended; reconnecting", zap.Error(err), zap.Duration("retry_in", backoff))
 			r.closeStream()
@@ -398,9 +457,17 @@ func (r *run) addAttachment(a *attachment) {
 	}
 }
 
+// errSlotGone says the slot was dropped: everything is prepared again, and
+// shards, now behind the new slot, are copied again.
+var errSlotGone = errors.New("the replication slot is gone")
+
 func (r *run) startStream(ctx context.Context) error {
 	conn, err := r.replicationConn(ctx)
 	if err != nil {
+		return err
+	}
+	if err := r.checkSlot(ctx, conn); err != nil {
+		conn.Close(context.WithoutCancel(ctx))
 		return err
 	}
 	from := r.floor()
@@ -415,6 +482,38 @@ func (r *run) startStream(ctx context.Context) error {
 	r.repl, r.sent = conn, from
 	r.dec.relations, r.dec.cur = map[uint32]*relation{}, nil
 	r.log.Info("streaming from the reference source", zap.Stringer("from", from), zap.Int("shards_attached", len(r.attached)))
+	return nil
+}
+
+// checkSlot makes sure the slot is still where this run left it: moved past
+// a shard's position (by someone else: a second refsync with the same slot
+// name, a hand-made pg_replication_slot_advance), it no longer has the
+// changes that shard needs, and the shard must be copied again.
+func (r *run) checkSlot(ctx context.Context, conn *pgconn.PgConn) error {
+	res, err := conn.Exec(ctx, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = "+quoteLiteral(r.ref.Slot)).ReadAll()
+	if err != nil {
+		return fmt.Errorf("read replication slot %s: %w", r.ref.Slot, err)
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 || res[0].Rows[0][0] == nil {
+		return fmt.Errorf("%w: %s", errSlotGone, r.ref.Slot)
+	}
+	confirmed, err := pglogrepl.ParseLSN(string(res[0].Rows[0][0]))
+	if err != nil {
+		return fmt.Errorf("replication slot %s: %w", r.ref.Slot, err)
+	}
+	for _, w := range r.workers {
+		if f := w.floor.Load(); f != noFloor && pglogrepl.LSN(f) < confirmed {
+			r.log.Error("the slot was confirmed past this shard's position by something else (another refsync with the same slot?): copying the shard again",
+				zap.String("shard", w.name), zap.Stringer("shard_lsn", pglogrepl.LSN(f)), zap.Stringer("slot_lsn", confirmed))
+			w.recopy.Store(true)
+		}
+	}
+	for _, a := range r.attached {
+		if a.w.recopy.Load() {
+			a.detach()
+		}
+	}
+	r.confirmed.Store(max(r.confirmed.Load(), uint64(confirmed)))
 	return nil
 }
 
@@ -489,7 +588,8 @@ func (r *run) receive(ctx context.Context) error {
 // and asks for a keepalive (which carries the source's WAL position).
 func (r *run) sendStatus(ctx context.Context) error {
 	r.lastStatus = time.Now()
-	low := r.floor()
+	low := max(r.floor(), pglogrepl.LSN(r.confirmed.Load())) // the slot never moves back
+	r.confirmed.Store(uint64(low))
 	err := pglogrepl.SendStandbyStatusUpdate(ctx, r.repl, pglogrepl.StandbyStatusUpdate{WALWritePosition: low, ReplyRequested: true})
 	if err != nil {
 		return fmt.Errorf("confirm the slot at %s: %w", low, err)
@@ -505,10 +605,23 @@ func (r *run) dispatch(ctx context.Context, t *txn) {
 		select {
 		case a.queue <- t:
 			kept = append(kept, a)
+			continue
+		default:
+		}
+		timer := time.NewTimer(r.opts.QueueWait)
+		select {
+		case a.queue <- t:
+			kept = append(kept, a)
 		case <-a.gone:
+		case <-timer.C:
+			r.log.Warn("a shard cannot keep up with the stream: detaching it until it has caught up", zap.String("shard", a.w.name),
+				zap.Duration("queue_full_for", r.opts.QueueWait))
+			a.detach()
 		case <-ctx.Done():
+			timer.Stop()
 			return
 		}
+		timer.Stop()
 	}
 	clear(r.attached[len(kept):])
 	r.attached = kept

@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/internal/pgtest"
@@ -80,12 +83,15 @@ type refsyncRun struct {
 	applied atomic.Int64
 }
 
-func startRun(t *testing.T, cfg *config.Config) *refsyncRun {
+func startRun(t *testing.T, cfg *config.Config, adjust ...func(*Options)) *refsyncRun {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &refsyncRun{reload: make(chan *config.Config), cancel: cancel, done: make(chan error, 1)}
 	opts := Options{Log: zaptest.NewLogger(t), Reload: r.reload, StatusInterval: 200 * time.Millisecond,
 		RetryMin: 100 * time.Millisecond, RetryMax: time.Second, Applied: &r.applied}
+	for _, f := range adjust {
+		f(&opts)
+	}
 	go func() { r.done <- Run(ctx, cfg, opts) }()
 	t.Cleanup(r.stop)
 	return r
@@ -258,3 +264,172 @@ func lsnBelow(a, b string) bool {
 }
 
 func parseLSN(s string) (pglogrepl.LSN, error) { return pglogrepl.ParseLSN(s) }
+
+// TestApplierPreparedCache: when the statement cache fills, it is emptied
+// between batches, never while one is built (a name in the batch must keep
+// meaning its statement).
+func TestApplierPreparedCache(t *testing.T) {
+	ctx := context.Background()
+	if err := source.Exec(ctx, "postgres", "CREATE DATABASE prepcache"); err != nil {
+		t.Fatal(err)
+	}
+	var ddl strings.Builder
+	var tables []config.TableName
+	rels := map[string]*relation{}
+	for i := range 6 {
+		name := fmt.Sprintf("t%d", i)
+		fmt.Fprintf(&ddl, "CREATE TABLE %s (id int PRIMARY KEY, v text);", name)
+		tn := config.TableName{Schema: "public", Name: name}
+		tables = append(tables, tn)
+		rels[name] = &relation{table: tn, columns: []string{"id", "v"}, keyCols: []int{0}}
+	}
+	if err := source.Exec(ctx, "prepcache", ddl.String()); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := connect(ctx, source.DSN("prepcache"), map[string]string{"pgrouter.refsync": "on"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := setupShard(ctx, conn, "cache", tables); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "INSERT INTO pgrouter.refsync_state (slot, lsn) VALUES ('cache', '0/10')"); err != nil {
+		t.Fatal(err)
+	}
+	a := &applier{conn: conn, slot: "cache", log: zaptest.NewLogger(t), lsn: 0x10, prepared: map[string]string{}, maxPrep: 2,
+		tables: map[tableKey]pglogrepl.LSN{}}
+	for _, tn := range tables {
+		a.tables[tableKey(tn)] = 0x10
+	}
+	row := func(vals ...string) []value {
+		var out []value
+		for _, v := range vals {
+			out = append(out, value{kind: 't', text: []byte(v)})
+		}
+		return out
+	}
+	lsn := pglogrepl.LSN(0x20)
+	for round := range 3 {
+		tx := &txn{commitLSN: lsn, endLSN: lsn + 8, time: time.Now()}
+		for i := range 6 {
+			rel := rels[fmt.Sprintf("t%d", i)]
+			tx.changes = append(tx.changes, change{kind: 'I', rel: rel, row: row(fmt.Sprint(round), fmt.Sprintf("%s round %d", rel.table.Name, round))})
+			if round > 0 {
+				tx.changes = append(tx.changes, change{kind: 'D', rel: rel, old: row(fmt.Sprint(round-1), "")})
+			}
+		}
+		if _, err := a.apply(ctx, []*txn{tx}); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		lsn += 0x10
+	}
+	for i := range 6 {
+		var got string
+		if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT string_agg(id || ':' || v, ',') FROM t%d", i)).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("2:t%d round 2", i); got != want {
+			t.Errorf("t%d holds %q, want %q", i, got, want)
+		}
+	}
+}
+
+// TestFrozenShard: a shard frozen with SIGSTOP (backends included) holds
+// the others up for at most QueueWait; thawed, it catches up.
+func TestFrozenShard(t *testing.T) {
+	servers := testenv.Servers(t, 2, pgtest.Options{})
+	c := newCluster(t, "frozen", servers[0], 2, `CREATE TABLE plans (id int PRIMARY KEY, v int);
+		INSERT INTO plans SELECT i, 0 FROM generate_series(1, 100) i;`)
+	c.shards = append(c.shards, c.addShard(t, servers[1], "frozen_b"))
+	startRun(t, c.config(t, "plans"), func(o *Options) { o.QueueWait, o.ApplyTimeout = time.Second, 3*time.Second })
+	waitEqual(t, c, 30*time.Second, "plans")
+
+	if err := servers[1].Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	thawed := false
+	thaw := func() {
+		if !thawed {
+			thawed = true
+			_ = servers[1].Signal(syscall.SIGCONT)
+		}
+	}
+	defer thaw()
+	// More transactions than a shard's queue holds, one by one.
+	conn, err := pgconn.Connect(context.Background(), c.src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 1500 {
+		if _, err := conn.Exec(context.Background(), fmt.Sprintf("UPDATE plans SET v = %d WHERE id = %d", i, i%100+1)).ReadAll(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn.Close(context.Background())
+	testenv.WaitEqual(t, c.src, c.shards[:2], 30*time.Second, "plans")
+	thaw()
+	waitEqual(t, c, 60*time.Second, "plans")
+}
+
+// TestOneSessionPerShard: the same database listed twice (under two DSN
+// spellings) is applied to once; the second worker says why it waits.
+func TestOneSessionPerShard(t *testing.T) {
+	servers := testenv.Servers(t, 1, pgtest.Options{})
+	c := newCluster(t, "twice", servers[0], 1, `CREATE TABLE plans (id int PRIMARY KEY, v int);
+		INSERT INTO plans SELECT i, 0 FROM generate_series(1, 10) i;`)
+	c.shards = append(c.shards, fmt.Sprintf("host=%s port=%d user=%s dbname=twice_s0 sslmode=disable", servers[0].Host, servers[0].Port, pgtest.SuperUser))
+	core, logs := observer.New(zap.InfoLevel)
+	startRun(t, c.config(t, "plans"), func(o *Options) { o.Log = zap.New(core) })
+	waitEqual(t, c, 30*time.Second, "plans")
+	for i := range 200 {
+		mustExec(t, c.src, fmt.Sprintf("UPDATE plans SET v = v + 1 WHERE id = %d", i%10+1))
+	}
+	waitEqual(t, c, 30*time.Second, "plans")
+	deadline := time.Now().Add(10 * time.Second)
+	for logs.FilterMessageSnippet("not being kept current").FilterFieldKey("error").Len() == 0 ||
+		!strings.Contains(fmt.Sprint(logs.FilterMessageSnippet("not being kept current").All()[0].ContextMap()["error"]), "another session holds refsync's lock") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the second worker on the same database did not say why it waits: %v", logs.All())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestPublicationMadeByHand: a publication that publishes only inserts is
+// corrected; one that filters rows is refused with what to do.
+func TestPublicationMadeByHand(t *testing.T) {
+	servers := testenv.Servers(t, 1, pgtest.Options{})
+	c := newCluster(t, "byhand", servers[0], 1, `CREATE TABLE plans (id int PRIMARY KEY, v int);
+		INSERT INTO plans SELECT i, 0 FROM generate_series(1, 10) i;
+		CREATE PUBLICATION byhand FOR TABLE plans WITH (publish = 'insert');
+		CREATE PUBLICATION filtered FOR TABLE plans WHERE (id > 5);`)
+	startRun(t, c.config(t, "plans"))
+	waitEqual(t, c, 30*time.Second, "plans")
+	mustExec(t, c.src, "UPDATE plans SET v = 7 WHERE id = 3; DELETE FROM plans WHERE id = 4")
+	waitEqual(t, c, 30*time.Second, "plans")
+
+	cfg := c.config(t, "plans")
+	cfg.Reference.Publication = "filtered"
+	r := &run{opts: Options{}, log: zaptest.NewLogger(t), cfg: cfg, ref: cfg.Reference}
+	_, _, err := r.prepareSource(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "publishes only some rows or columns of plans") {
+		t.Fatalf("a filtering publication: %v", err)
+	}
+}
+
+// TestSlotMovedPastShards: a slot advanced by hand past the shards (the
+// changes in between are gone from the source) makes refsync copy them
+// again instead of losing those changes.
+func TestSlotMovedPastShards(t *testing.T) {
+	servers := testenv.Servers(t, 1, pgtest.Options{})
+	c := newCluster(t, "moved", servers[0], 2, `CREATE TABLE plans (id int PRIMARY KEY, v int);
+		INSERT INTO plans SELECT i, 0 FROM generate_series(1, 10) i;`)
+	run := startRun(t, c.config(t, "plans"))
+	waitEqual(t, c, 30*time.Second, "plans")
+	run.stop()
+	mustExec(t, c.src, "UPDATE plans SET v = 1 WHERE id = 1")
+	mustExec(t, c.src, "SELECT pg_replication_slot_advance('moved', pg_current_wal_lsn())")
+	startRun(t, c.config(t, "plans"))
+	waitEqual(t, c, 30*time.Second, "plans")
+}

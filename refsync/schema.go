@@ -43,16 +43,6 @@ BEGIN
 	RETURN NULL;
 END $$;`
 
-// guardSQL puts the write guard on a reference table of a shard. It is a
-// statement trigger, so a refsync batch pays for it once per statement and
-// an application write fails before touching a row.
-const guardSQL = `DO $$ BEGIN
-	IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = '%[1]s'::regclass AND tgname = 'pgrouter_refsync_guard') THEN
-		CREATE TRIGGER pgrouter_refsync_guard BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %[1]s
-			FOR EACH STATEMENT EXECUTE FUNCTION pgrouter.refsync_guard();
-	END IF;
-END $$`
-
 // shardState is what a shard's pgrouter tables say about one slot.
 type shardState struct {
 	fresh  bool // no state row: the shard needs every table copied
@@ -231,8 +221,17 @@ func ensureTable(ctx context.Context, shard pgx.Tx, d *tableDef) error {
 			return fmt.Errorf("create %s from the source's definition (types and schemas it uses must exist on the shard): %w", d.name, err)
 		}
 	}
-	if _, err := shard.Exec(ctx, fmt.Sprintf(guardSQL, strings.ReplaceAll(ident, "'", "''"))); err != nil {
-		return fmt.Errorf("put the write guard on %s: %w", d.name, err)
+	// The guard is a statement trigger, so a refsync batch pays for it once
+	// per statement and an application write fails before touching a row.
+	var guarded bool
+	if err := shard.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = $1::regclass AND tgname = 'pgrouter_refsync_guard')`, ident).Scan(&guarded); err != nil {
+		return fmt.Errorf("look for the write guard on %s: %w", d.name, err)
+	}
+	if !guarded {
+		if _, err := shard.Exec(ctx, "CREATE TRIGGER pgrouter_refsync_guard BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON "+ident+
+			" FOR EACH STATEMENT EXECUTE FUNCTION pgrouter.refsync_guard()"); err != nil {
+			return fmt.Errorf("put the write guard on %s: %w", d.name, err)
+		}
 	}
 	return nil
 }

@@ -355,14 +355,44 @@ func (s *Server) logTail() string {
 	return string(bytes.TrimSpace(data))
 }
 
-// Signal sends a signal to the postmaster (SIGSTOP and SIGCONT freeze and thaw it).
+// Signal sends a signal to every process of the server, backends included
+// (SIGSTOP and SIGCONT freeze and thaw it as a whole). Backends are found
+// by parent pid: PostgreSQL puts each child in its own session, so the
+// postmaster's process group does not reach them.
 func (s *Server) Signal(sig syscall.Signal) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cmd == nil || s.cmd.Process == nil {
 		return errors.New("server not running")
 	}
-	return s.cmd.Process.Signal(sig)
+	pid := s.cmd.Process.Pid
+	if err := syscall.Kill(pid, sig); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue // exited meanwhile
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so read after ')'.
+		i := bytes.LastIndexByte(stat, ')')
+		if i < 0 {
+			continue
+		}
+		fields := strings.Fields(string(stat[i+1:]))
+		if len(fields) > 1 && fields[1] == strconv.Itoa(pid) {
+			_ = syscall.Kill(child, sig)
+		}
+	}
+	return nil
 }
 
 // kill signals the whole process group and waits for the postmaster to exit.

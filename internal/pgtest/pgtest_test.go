@@ -2,6 +2,7 @@ package pgtest
 
 import (
 	"context"
+	"syscall"
 	"testing"
 	"time"
 
@@ -80,4 +81,38 @@ func TestPortTakenIsAnError(t *testing.T) {
 		t.Fatalf("a second server on port %d started", first.Port)
 	}
 	t.Logf("second server on a taken port: %v", err)
+}
+
+// TestSignalFreezesBackends: SIGSTOP freezes the connections already open
+// (backends live in their own sessions, outside the postmaster's group),
+// and SIGCONT thaws them.
+func TestSignalFreezesBackends(t *testing.T) {
+	ctx := context.Background()
+	s, err := Start(ctx, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop()
+	conn, err := pgconn.Connect(ctx, s.DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if err := s.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	frozen, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	_, err = conn.Exec(frozen, "SELECT 1").ReadAll()
+	cancel()
+	if err == nil {
+		t.Fatal("a query on a frozen server answered")
+	}
+	if err := s.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	again, err := pgconn.Connect(ctx, s.DSN("postgres"))
+	if err != nil {
+		t.Fatalf("after SIGCONT: %v", err)
+	}
+	again.Close(ctx)
 }
