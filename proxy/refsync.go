@@ -27,26 +27,14 @@ func (s *Server) watchRefsync(gen *generation) {
 	if interval <= 0 {
 		interval = refsyncPollDefault
 	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		for {
-			ctx, cancel := context.WithTimeout(gen.ctx, interval)
-			st := refsync.ReadStatus(ctx, gen.cfg)
-			cancel()
-			if gen.ctx.Err() != nil {
-				return // replaced by a reload: its status would be stale
-			}
+	s.repeat(gen, interval, func() {
+		ctx, cancel := context.WithTimeout(gen.ctx, interval)
+		st := refsync.ReadStatus(ctx, gen.cfg)
+		cancel()
+		if gen.ctx.Err() == nil { // else replaced by a reload: its status would be stale
 			s.refsyncStatus.Store(st)
-			select {
-			case <-gen.ctx.Done():
-				return
-			case <-s.ctx.Done():
-				return
-			case <-time.After(interval):
-			}
 		}
-	}()
+	})
 }
 
 // refsyncLag is how far behind the source a shard's reference tables are;

@@ -27,12 +27,17 @@ func (s *Server) watchSequences(gen *generation) {
 		s.seqMu.Unlock()
 		return
 	}
-	interval := gen.cfg.Sequences.CheckInterval.D()
+	s.repeat(gen, gen.cfg.Sequences.CheckInterval.D(), func() { s.checkSequences(gen) })
+}
+
+// repeat runs f now and then every interval (only once when interval is 0)
+// until a reload replaces the generation or the server closes.
+func (s *Server) repeat(gen *generation, interval time.Duration, f func()) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		for {
-			s.checkSequences(gen)
+			f()
 			if interval <= 0 {
 				return
 			}

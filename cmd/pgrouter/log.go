@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/pgrouter/pgrouter/config"
+
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -34,4 +36,18 @@ func newLogger(level, format string) (*zap.Logger, error) {
 	}
 	cfg.Level = zap.NewAtomicLevelAt(lvl)
 	return cfg.Build()
+}
+
+// loadWithLogger loads router.yaml and builds the logger it configures:
+// what every long-running command starts with.
+func loadWithLogger(path string) (*config.Config, *zap.Logger, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	log, err := newLogger(cfg.Log.Level, cfg.Log.Format)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cfg, log, nil
 }

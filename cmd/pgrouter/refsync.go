@@ -36,11 +36,7 @@ Signals: SIGHUP reloads router.yaml (shards added get their copy, tables added
 are copied and join the stream); SIGTERM and SIGINT stop.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := config.Load(path)
-			if err != nil {
-				return err
-			}
-			log, err := newLogger(cfg.Log.Level, cfg.Log.Format)
+			cfg, log, err := loadWithLogger(path)
 			if err != nil {
 				return err
 			}

@@ -253,25 +253,16 @@ func TestRefsyncSurvivesKills(t *testing.T) {
 // that ok accepts.
 func waitLag(ctx context.Context, t *testing.T, adm *pgx.Conn, what string, ok func(bytes, ms int64) bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		rows := adminMaps(ctx, t, adm, "SHOW SHARDS")
-		good := len(rows) > 0
+	waitShards(ctx, t, adm, what, func(rows []map[string]any) bool {
 		for _, r := range rows {
 			bytes, isInt := r["refsync_lag_bytes"].(int64)
 			ms, _ := r["refsync_lag_ms"].(int64)
 			if !isInt || !ok(bytes, ms) {
-				good = false
+				return false
 			}
 		}
-		if good {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("SHOW SHARDS never showed %s: %v", what, rows)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return len(rows) > 0
+	})
 }
 
 // freeAddr returns a loopback address nothing listens on.

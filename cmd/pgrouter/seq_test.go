@@ -332,23 +332,29 @@ func minOrMax(ctx context.Context, t *testing.T, dsn, fn string) int64 {
 // waitSeqOK waits until SHOW SHARDS reports seq_ok as wanted for every shard.
 func waitSeqOK(ctx context.Context, t *testing.T, adm *pgx.Conn, want map[string]any) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		got := map[string]any{}
-		for _, r := range adminMaps(ctx, t, adm, "SHOW SHARDS") {
-			got[r["shard"].(string)] = r["seq_ok"]
-		}
-		match := len(got) == len(want)
-		for k, v := range want {
-			if g, ok := got[k]; !ok || g != v {
+	waitShards(ctx, t, adm, fmt.Sprintf("seq_ok %v", want), func(rows []map[string]any) bool {
+		match := len(rows) == len(want)
+		for _, r := range rows {
+			if w, ok := want[r["shard"].(string)]; !ok || r["seq_ok"] != w {
 				match = false
 			}
 		}
-		if match {
+		return match
+	})
+}
+
+// waitShards waits (20 s at most) until SHOW SHARDS returns rows that ok
+// accepts.
+func waitShards(ctx context.Context, t *testing.T, adm *pgx.Conn, what string, ok func([]map[string]any) bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		rows := adminMaps(ctx, t, adm, "SHOW SHARDS")
+		if ok(rows) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("SHOW SHARDS seq_ok %v, want %v", got, want)
+			t.Fatalf("SHOW SHARDS never showed %s: %v", what, rows)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -28,11 +28,7 @@ gracefully (as SHUTDOWN: stop accepting, let transactions finish within shutdown
 tell idle clients 57P01, exit 0), SIGINT shuts down at once.`,
 		Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			cfg, err := config.Load(path)
-			if err != nil {
-				return err
-			}
-			log, err := newLogger(cfg.Log.Level, cfg.Log.Format)
+			cfg, log, err := loadWithLogger(path)
 			if err != nil {
 				return err
 			}
