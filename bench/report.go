@@ -1,0 +1,46 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"text/tabwriter"
+)
+
+// WriteTable prints one line per target and client count, the ratio
+// against the first target, and the first error of any target that had
+// errors.
+func WriteTable(w io.Writer, rs []*Result) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "clients\ttarget\ttps\tratio\tp50 µs\tp95 µs\tp99 µs\tp99.9 µs\tmax µs\terrors\t")
+	for _, r := range rs {
+		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%.2f\t%d\t%d\t%d\t%d\t%d\t%d\t\n", r.Clients, r.Target, r.TPS, r.Ratio, r.P50us, r.P95us, r.P99us, r.P999us, r.MaxUs, r.Errors)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, r := range rs {
+		if r.FirstErr != "" {
+			fmt.Fprintf(w, "%s at %d clients: %d errors, the first: %s\n", r.Target, r.Clients, r.Errors, r.FirstErr)
+		}
+	}
+	return nil
+}
+
+// WriteJSON writes the results to a file, for charts and comparisons.
+func WriteJSON(path string, opts Options, rs []*Result) error {
+	doc := struct {
+		Workload string    `json:"workload"`
+		Protocol string    `json:"protocol"`
+		Duration string    `json:"duration_per_point"`
+		Rounds   int       `json:"rounds"`
+		Users    int       `json:"users"`
+		Results  []*Result `json:"results"`
+	}{opts.Workload, opts.Protocol, opts.Duration.String(), opts.Rounds, opts.Users, rs}
+	data, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(data, '\n'), 0o644)
+}

@@ -1,0 +1,216 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/jackc/pgx/v5"
+)
+
+// Target is something the workloads run against, by DSN: pgrouter, a
+// shard, pgbouncer, a PL/Proxy database.
+type Target struct{ Name, DSN string }
+
+// Workloads by name: each is a statement and how to fill its parameters.
+var Workloads = []string{"point", "write", "fanout", "passthrough", "mixed"}
+
+// Protocols: simple (Query), extended (Parse/Bind/Execute of an unnamed
+// statement every time) and prepared (a named statement, Bind/Execute).
+var Protocols = map[string]pgx.QueryExecMode{
+	"simple":   pgx.QueryExecModeSimpleProtocol,
+	"extended": pgx.QueryExecModeExec,
+	"prepared": pgx.QueryExecModeCacheStatement,
+}
+
+// Options of a run.
+type Options struct {
+	Targets  []Target
+	Workload string
+	Clients  []int
+	Duration time.Duration // per target and client count, split over Rounds
+	Rounds   int
+	Protocol string
+	Users    int // as loaded by Init: keys are drawn from 0..Users-1
+	// Progress is called after each slice of a round (done of total).
+	Progress func(done, total int)
+}
+
+// Result is one target at one client count.
+type Result struct {
+	Target    string  `json:"target"`
+	Clients   int     `json:"clients"`
+	Queries   int64   `json:"queries"`
+	Errors    int64   `json:"errors"`
+	Seconds   float64 `json:"seconds"`
+	TPS       float64 `json:"tps"`
+	P50us     int64   `json:"p50_us"`
+	P95us     int64   `json:"p95_us"`
+	P99us     int64   `json:"p99_us"`
+	P999us    int64   `json:"p999_us"`
+	MaxUs     int64   `json:"max_us"`
+	Ratio     float64 `json:"ratio"` // TPS over the first target's at the same client count
+	FirstErr  string  `json:"first_error,omitempty"`
+	histogram *hdrhistogram.Histogram
+}
+
+// Run runs the workload against every target at every client count. For
+// each client count the targets take turns, Rounds times, each turn a
+// slice of Duration, so that slow drifts of a shared machine are spread
+// over all of them.
+func Run(ctx context.Context, opts Options) ([]*Result, error) {
+	if opts.Rounds < 1 {
+		opts.Rounds = 1
+	}
+	if _, ok := Protocols[opts.Protocol]; !ok {
+		return nil, fmt.Errorf("protocol %q: use simple, extended or prepared", opts.Protocol)
+	}
+	if opts.Users < 1 {
+		return nil, errors.New("users must be at least 1 (as many as bench init loaded)")
+	}
+	if _, _, err := statement(opts.Workload, rand.New(rand.NewPCG(1, 2)), 1); err != nil {
+		return nil, err
+	}
+	var out []*Result
+	total, done := len(opts.Clients)*opts.Rounds*len(opts.Targets), 0
+	slice := opts.Duration / time.Duration(opts.Rounds)
+	for _, clients := range opts.Clients {
+		results := make([]*Result, len(opts.Targets))
+		for i, t := range opts.Targets {
+			results[i] = &Result{Target: t.Name, Clients: clients, histogram: hdrhistogram.New(1, int64(time.Minute/time.Microsecond), 3)}
+		}
+		for range opts.Rounds {
+			for i, t := range opts.Targets {
+				if err := runSlice(ctx, t, opts, clients, slice, results[i]); err != nil {
+					return out, fmt.Errorf("%s with %d clients: %w", t.Name, clients, err)
+				}
+				done++
+				if opts.Progress != nil {
+					opts.Progress(done, total)
+				}
+			}
+		}
+		for _, r := range results {
+			r.finish(results[0])
+		}
+		out = append(out, results...)
+	}
+	return out, nil
+}
+
+func (r *Result) finish(first *Result) {
+	h := r.histogram
+	r.TPS = float64(r.Queries) / r.Seconds
+	r.P50us, r.P95us, r.P99us, r.P999us = h.ValueAtQuantile(50), h.ValueAtQuantile(95), h.ValueAtQuantile(99), h.ValueAtQuantile(99.9)
+	r.MaxUs = h.Max()
+	if first.TPS > 0 {
+		r.Ratio = r.TPS / first.TPS
+	}
+}
+
+// runSlice connects the clients, then runs them for d.
+func runSlice(ctx context.Context, t Target, opts Options, clients int, d time.Duration, r *Result) error {
+	cc, err := pgx.ParseConfig(t.DSN)
+	if err != nil {
+		return err
+	}
+	cc.DefaultQueryExecMode = Protocols[opts.Protocol]
+	conns := make([]*pgx.Conn, clients)
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close(context.WithoutCancel(ctx))
+			}
+		}
+	}()
+	for i := range conns {
+		if conns[i], err = pgx.ConnectConfig(ctx, cc); err != nil {
+			return fmt.Errorf("connect: %w", err)
+		}
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	start := time.Now()
+	deadline := start.Add(d)
+	for i, conn := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(i), uint64(start.UnixNano())))
+			h := hdrhistogram.New(1, int64(time.Minute/time.Microsecond), 3)
+			var queries, errs int64
+			var firstErr string
+			for time.Now().Before(deadline) && ctx.Err() == nil {
+				sql, args := mustStatement(opts.Workload, rng, opts.Users)
+				began := time.Now()
+				rows, err := conn.Query(ctx, sql, args...)
+				if err == nil {
+					for rows.Next() {
+					}
+					rows.Close()
+					err = rows.Err()
+				}
+				if err != nil {
+					errs++
+					if firstErr == "" {
+						firstErr = err.Error()
+					}
+					if conn.IsClosed() {
+						break
+					}
+					continue
+				}
+				_ = h.RecordValue(max(time.Since(began).Microseconds(), 1))
+				queries++
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			r.histogram.Merge(h)
+			r.Queries += queries
+			r.Errors += errs
+			if r.FirstErr == "" {
+				r.FirstErr = firstErr
+			}
+		}()
+	}
+	wg.Wait()
+	r.Seconds += time.Since(start).Seconds()
+	return ctx.Err()
+}
+
+// statement returns a workload's next statement and arguments.
+func statement(workload string, rng *rand.Rand, users int) (string, []any, error) {
+	user := func() string { return Username(rng.IntN(users)) }
+	switch workload {
+	case "point":
+		return "SELECT * FROM bench_get_user($1)", []any{user()}, nil
+	case "write":
+		return "SELECT * FROM bench_add_balance($1, 1)", []any{user()}, nil
+	case "fanout":
+		return "SELECT * FROM bench_count_users()", nil, nil
+	case "passthrough":
+		return "SELECT 1", nil, nil
+	case "mixed": // mostly reads, some writes, a few fan-outs
+		switch n := rng.IntN(100); {
+		case n < 80:
+			return statement("point", rng, users)
+		case n < 95:
+			return statement("write", rng, users)
+		default:
+			return statement("fanout", rng, users)
+		}
+	}
+	return "", nil, fmt.Errorf("workload %q: use one of %v", workload, Workloads)
+}
+
+func mustStatement(workload string, rng *rand.Rand, users int) (string, []any) {
+	sql, args, err := statement(workload, rng, users)
+	if err != nil {
+		panic(err) // Run checked the workload
+	}
+	return sql, args
+}

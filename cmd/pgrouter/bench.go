@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgrouter/pgrouter/bench"
+	"github.com/pgrouter/pgrouter/config"
+	"github.com/pgrouter/pgrouter/seqalloc"
+	"github.com/pgrouter/pgrouter/shardmap"
+)
+
+func benchCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Load a benchmark dataset and measure pgrouter against direct connections, pgbouncer and PL/Proxy",
+	}
+	var (
+		path, cluster, plproxy string
+		users                  int
+	)
+	initCmd := &cobra.Command{
+		Use:   "init",
+		Short: "Create the benchmark schema on every shard and load users where the cluster's hash places them",
+		Long: `init creates bench_users and the functions bench_get_user (routed by key),
+bench_add_balance (routed by key) and bench_count_users (run on all shards) on
+every shard of the cluster, loads --users users (COPY per shard, each on the
+shard that owns its username), and strides the shards' sequences when
+router.yaml has a sequences section. With --plproxy DSN it also creates a
+PL/Proxy cluster over the same shards and the same functions as proxy
+functions in that database (the cluster must use hash: hashtext). router.yaml
+must declare the functions (bench.Functions lists them).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runBenchInit(cmd.Context(), cmd.OutOrStdout(), path, cluster, plproxy, users)
+		},
+	}
+	initCmd.Flags().StringVarP(&path, "config", "c", "router.yaml", "config file")
+	initCmd.Flags().StringVar(&cluster, "cluster", "", "cluster to load (default: the only one)")
+	initCmd.Flags().StringVar(&plproxy, "plproxy", "", "also create the PL/Proxy functions in this database")
+	initCmd.Flags().IntVar(&users, "users", 100000, "users to load")
+
+	var (
+		targets            []string
+		workload, protocol string
+		clients            []int
+		duration           time.Duration
+		rounds, runUsers   int
+		jsonPath           string
+	)
+	runCmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run a workload against targets in interleaved rounds and compare them",
+		Long: `run measures each --target NAME=DSN at each client count. The targets take
+turns, --rounds times, each turn a slice of --duration, so a shared machine's
+drift falls on all of them; it prints per target throughput, latency
+percentiles (HdrHistogram), errors, and the ratio to the first target.
+
+Workloads: point (routed read by key), write (routed update), fanout (run on
+all shards), passthrough (SELECT 1 through the pool), mixed (80% point, 15%
+write, 5% fanout).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			opts := bench.Options{Workload: workload, Clients: clients, Duration: duration, Rounds: rounds, Protocol: protocol, Users: runUsers}
+			for _, t := range targets {
+				name, dsn, ok := strings.Cut(t, "=")
+				if !ok || name == "" || dsn == "" {
+					return fmt.Errorf("--target %q: want NAME=DSN", t)
+				}
+				opts.Targets = append(opts.Targets, bench.Target{Name: name, DSN: dsn})
+			}
+			if len(opts.Targets) == 0 {
+				return fmt.Errorf("at least one --target NAME=DSN is needed")
+			}
+			opts.Progress = benchProgress(os.Stderr)
+			rs, err := bench.Run(cmd.Context(), opts)
+			if err != nil {
+				return err
+			}
+			if err := bench.WriteTable(cmd.OutOrStdout(), rs); err != nil {
+				return err
+			}
+			if jsonPath != "" {
+				return bench.WriteJSON(jsonPath, opts, rs)
+			}
+			return nil
+		},
+	}
+	runCmd.Flags().StringArrayVar(&targets, "target", nil, "NAME=DSN to measure (repeat; the first is the baseline of the ratios)")
+	runCmd.Flags().StringVar(&workload, "workload", "point", "point | write | fanout | passthrough | mixed")
+	runCmd.Flags().IntSliceVar(&clients, "clients", []int{1, 32, 128}, "client counts")
+	runCmd.Flags().DurationVar(&duration, "duration", 30*time.Second, "time per target and client count (split over the rounds)")
+	runCmd.Flags().IntVar(&rounds, "rounds", 3, "turns each target takes per client count")
+	runCmd.Flags().StringVar(&protocol, "protocol", "extended", "simple | extended | prepared")
+	runCmd.Flags().IntVar(&runUsers, "users", 100000, "users bench init loaded (keys are drawn from them)")
+	runCmd.Flags().StringVar(&jsonPath, "json", "", "also write the results to this JSON file")
+	cmd.AddCommand(initCmd, runCmd)
+	return cmd
+}
+
+func runBenchInit(ctx context.Context, out io.Writer, path, clusterName, plproxy string, users int) error {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return err
+	}
+	m, err := shardmap.New(cfg)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	clusters := m.Clusters()
+	var cl *shardmap.Cluster
+	switch {
+	case clusterName != "":
+		var ok bool
+		if cl, ok = m.Cluster(clusterName); !ok {
+			return fmt.Errorf("%s has no cluster %s", path, clusterName)
+		}
+	case len(clusters) == 1:
+		cl = clusters[0]
+	default:
+		return fmt.Errorf("%s has %d clusters: name one with --cluster", path, len(clusters))
+	}
+	start := time.Now()
+	if err := bench.Init(ctx, cl, users); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "%s: %d users loaded on %d shards in %s\n", cl.Name, users, len(cl.Shards), time.Since(start).Round(time.Millisecond))
+	if cfg.Sequences != nil {
+		if _, err := seqalloc.Apply(ctx, cl, seqalloc.OptionsFrom(cfg), false); err != nil {
+			return fmt.Errorf("stride the sequences: %w", err)
+		}
+		fmt.Fprintf(out, "%s: sequences strided by %d\n", cl.Name, cfg.Sequences.Stride)
+	}
+	if plproxy != "" {
+		if err := bench.InitPLProxy(ctx, plproxy, cl); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "%s: PL/Proxy functions created over %d partitions\n", cl.Name, cl.Partitions)
+	}
+	return nil
+}
+
+// benchProgress draws a progress bar on a terminal and nothing otherwise.
+func benchProgress(out *os.File) func(done, total int) {
+	fi, err := out.Stat()
+	if err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+		return nil
+	}
+	return func(done, total int) {
+		const width = 30
+		filled := done * width / total
+		fmt.Fprintf(out, "\r[%s%s] %d/%d", strings.Repeat("=", filled), strings.Repeat(" ", width-filled), done, total)
+		if done == total {
+			fmt.Fprintln(out)
+		}
+	}
+}

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/pgrouter/pgrouter/bench"
+	"github.com/pgrouter/pgrouter/internal/pgtest"
+	"github.com/pgrouter/pgrouter/internal/pgtest/testenv"
+)
+
+// TestBenchEndToEnd: `pgrouter bench init` loads two shards and a PL/Proxy
+// database, and `pgrouter bench run` measures a real pgrouter and PL/Proxy
+// side by side with the mixed workload, without errors, table and JSON.
+func TestBenchEndToEnd(t *testing.T) {
+	ctx := context.Background()
+	servers := testenv.Servers(t, 2, pgtest.Options{})
+	var dsns []string
+	for _, s := range servers {
+		if err := s.Exec(ctx, "postgres", "CREATE DATABASE bench"); err != nil {
+			t.Fatal(err)
+		}
+		dsns = append(dsns, s.DSN("bench"))
+	}
+	if err := servers[0].Exec(ctx, "postgres", "CREATE DATABASE plproxy"); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "router.yaml")
+	addr := freeAddr(t)
+	writeFile(t, path, fmt.Sprintf(`listen: %s
+auth: {type: trust}
+log: {format: json}
+pool: {mode: transaction, size: 8}
+sequences: {stride: 64}
+default_route: s0
+clusters:
+  main:
+    hash: hashtext
+    partitions: 16
+    shards:
+      - {name: s0, dsn: %q, partitions: "0-7"}
+      - {name: s1, dsn: %q, partitions: "8-15"}
+%s`, addr, dsns[0], dsns[1], bench.Functions))
+	proxyDSN := servers[0].DSN("plproxy")
+	out, code := pgrouter(ctx, t, "bench", "init", "-c", path, "--users", "1000", "--plproxy", proxyDSN)
+	if code != 0 || !strings.Contains(out, "main: 1000 users loaded on 2 shards") || !strings.Contains(out, "PL/Proxy functions created over 16 partitions") {
+		t.Fatalf("bench init (exit %d):\n%s", code, out)
+	}
+	router, logs, exited := startRouter(ctx, t, path, addr)
+	defer func() {
+		_ = router.Process.Signal(syscall.SIGTERM)
+		<-exited
+		if t.Failed() {
+			t.Log(logs.String())
+		}
+	}()
+	jsonPath := filepath.Join(dir, "bench.json")
+	out, code = pgrouter(ctx, t, "bench", "run", "--target", fmt.Sprintf("pgrouter=postgres://bench@%s/main?sslmode=disable", addr),
+		"--target", "plproxy="+proxyDSN, "--workload", "mixed", "--clients", "1,4", "--duration", "600ms", "--rounds", "2",
+		"--users", "1000", "--json", jsonPath)
+	if code != 0 {
+		t.Fatalf("bench run (exit %d):\n%s", code, out)
+	}
+	var doc struct {
+		Results []bench.Result `json:"results"`
+	}
+	data, err := os.ReadFile(jsonPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &doc); err != nil {
+		t.Fatal(err)
+	}
+	if len(doc.Results) != 4 {
+		t.Fatalf("%d results, want 2 targets × 2 client counts:\n%s", len(doc.Results), out)
+	}
+	for _, r := range doc.Results {
+		if r.Queries == 0 || r.Errors != 0 || (r.Target == "pgrouter") != (r.Ratio == 1) {
+			t.Fatalf("result %+v\n%s", r, out)
+		}
+	}
+	if !strings.Contains(out, "ratio") || strings.Count(out, "pgrouter") != 2 || strings.Count(out, "plproxy") != 2 {
+		t.Fatalf("bench run table:\n%s", out)
+	}
+	t.Logf("\n%s", out)
+}
