@@ -114,7 +114,7 @@ func TestRunThroughPLProxy(t *testing.T) {
 		t.Fatalf("PL/Proxy finds %d of 500 users", n)
 	}
 
-	opts := Options{Targets: []Target{{"direct", cl.Shards[0].DSN}, {"plproxy", proxyDSN}}, Workload: "point",
+	opts := Options{Targets: []Target{{Name: "direct", DSN: cl.Shards[0].DSN}, {Name: "plproxy", DSN: proxyDSN}}, Workload: "point",
 		Clients: []int{2}, Duration: 400 * time.Millisecond, Rounds: 2, Protocol: "extended", Users: 500}
 	rs, err := Run(ctx, opts)
 	if err != nil {

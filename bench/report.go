@@ -12,10 +12,26 @@ import (
 // against the first target, and the first error of any target that had
 // errors.
 func WriteTable(w io.Writer, rs []*Result) error {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "clients\ttarget\ttps\tratio\tp50 µs\tp95 µs\tp99 µs\tp99.9 µs\tmax µs\terrors\t")
+	cpu := false
 	for _, r := range rs {
-		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%.2f\t%d\t%d\t%d\t%d\t%d\t%d\t\n", r.Clients, r.Target, r.TPS, r.Ratio, r.P50us, r.P95us, r.P99us, r.P999us, r.MaxUs, r.Errors)
+		cpu = cpu || r.CPUSecs > 0
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	head := "clients\ttarget\ttps\tratio\tp50 µs\tp95 µs\tp99 µs\tp99.9 µs\tmax µs\terrors\t"
+	if cpu {
+		head += "cpu µs/query\t"
+	}
+	fmt.Fprintln(tw, head)
+	for _, r := range rs {
+		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%.2f\t%d\t%d\t%d\t%d\t%d\t%d\t", r.Clients, r.Target, r.TPS, r.Ratio, r.P50us, r.P95us, r.P99us, r.P999us, r.MaxUs, r.Errors)
+		switch {
+		case !cpu:
+		case r.CPUSecs > 0:
+			fmt.Fprintf(tw, "%.1f\t", r.CPUPerQus)
+		default:
+			fmt.Fprint(tw, "-\t")
+		}
+		fmt.Fprintln(tw)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

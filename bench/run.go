@@ -1,10 +1,14 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -13,8 +17,12 @@ import (
 )
 
 // Target is something the workloads run against, by DSN: pgrouter, a
-// shard, pgbouncer, a PL/Proxy database.
-type Target struct{ Name, DSN string }
+// shard, pgbouncer, a PL/Proxy database. PID, when set, is the process
+// whose CPU time each query costs is measured (from /proc).
+type Target struct {
+	Name, DSN string
+	PID       int
+}
 
 // Workloads by name: each is a statement and how to fill its parameters.
 var Workloads = []string{"point", "write", "fanout", "passthrough", "mixed"}
@@ -53,7 +61,9 @@ type Result struct {
 	P99us     int64   `json:"p99_us"`
 	P999us    int64   `json:"p999_us"`
 	MaxUs     int64   `json:"max_us"`
-	Ratio     float64 `json:"ratio"` // TPS over the first target's at the same client count
+	Ratio     float64 `json:"ratio"`                 // TPS over the first target's at the same client count
+	CPUSecs   float64 `json:"cpu_seconds,omitempty"` // of Target.PID over the run
+	CPUPerQus float64 `json:"cpu_us_per_query,omitempty"`
 	FirstErr  string  `json:"first_error,omitempty"`
 	histogram *hdrhistogram.Histogram
 }
@@ -107,6 +117,9 @@ func (r *Result) finish(first *Result) {
 	r.TPS = float64(r.Queries) / r.Seconds
 	r.P50us, r.P95us, r.P99us, r.P999us = h.ValueAtQuantile(50), h.ValueAtQuantile(95), h.ValueAtQuantile(99), h.ValueAtQuantile(99.9)
 	r.MaxUs = h.Max()
+	if r.Queries > 0 {
+		r.CPUPerQus = r.CPUSecs * 1e6 / float64(r.Queries)
+	}
 	if first.TPS > 0 {
 		r.Ratio = r.TPS / first.TPS
 	}
@@ -131,6 +144,10 @@ func runSlice(ctx context.Context, t Target, opts Options, clients int, d time.D
 		if conns[i], err = pgx.ConnectConfig(ctx, cc); err != nil {
 			return fmt.Errorf("connect: %w", err)
 		}
+	}
+	cpuBefore, err := processCPU(t.PID)
+	if err != nil {
+		return err
 	}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -179,7 +196,40 @@ func runSlice(ctx context.Context, t Target, opts Options, clients int, d time.D
 	}
 	wg.Wait()
 	r.Seconds += time.Since(start).Seconds()
+	cpuAfter, err := processCPU(t.PID)
+	if err != nil {
+		return err
+	}
+	r.CPUSecs += cpuAfter - cpuBefore
 	return ctx.Err()
+}
+
+// processCPU is the user and system CPU seconds a process has used (0 for
+// pid 0), from /proc/PID/stat in clock ticks of 1/100 s.
+func processCPU(pid int) (float64, error) {
+	if pid == 0 {
+		return 0, nil
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read the CPU time of process %d: %w", pid, err)
+	}
+	// pid (comm) state ppid ... utime stime: fields 14 and 15, counted
+	// after the command name, which may hold spaces.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	fields := strings.Fields(string(data[i+1:]))
+	if len(fields) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
+	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	return float64(utime+stime) / 100, nil
 }
 
 // statement returns a workload's next statement and arguments.

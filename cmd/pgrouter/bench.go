@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -47,12 +48,13 @@ must declare the functions (bench.Functions lists them).`,
 	initCmd.Flags().IntVar(&users, "users", 100000, "users to load")
 
 	var (
-		targets            []string
-		workload, protocol string
-		clients            []int
-		duration           time.Duration
-		rounds, runUsers   int
-		jsonPath           string
+		targets             []string
+		workload, protocol  string
+		clients             []int
+		duration            time.Duration
+		rounds, runUsers    int
+		jsonPath, chartPath string
+		cpus                []string
 	)
 	runCmd := &cobra.Command{
 		Use:   "run",
@@ -78,6 +80,22 @@ write, 5% fanout).`,
 			if len(opts.Targets) == 0 {
 				return fmt.Errorf("at least one --target NAME=DSN is needed")
 			}
+			for _, c := range cpus {
+				name, pid, ok := strings.Cut(c, "=")
+				n, err := strconv.Atoi(pid)
+				if !ok || err != nil || n <= 0 {
+					return fmt.Errorf("--cpu %q: want NAME=PID", c)
+				}
+				found := false
+				for i := range opts.Targets {
+					if opts.Targets[i].Name == name {
+						opts.Targets[i].PID, found = n, true
+					}
+				}
+				if !found {
+					return fmt.Errorf("--cpu %q: no --target named %s", c, name)
+				}
+			}
 			opts.Progress = benchProgress(os.Stderr)
 			rs, err := bench.Run(cmd.Context(), opts)
 			if err != nil {
@@ -87,7 +105,12 @@ write, 5% fanout).`,
 				return err
 			}
 			if jsonPath != "" {
-				return bench.WriteJSON(jsonPath, opts, rs)
+				if err := bench.WriteJSON(jsonPath, opts, rs); err != nil {
+					return err
+				}
+			}
+			if chartPath != "" {
+				return bench.WriteChart(chartPath, fmt.Sprintf("pgrouter bench: %s workload, %s protocol", workload, protocol), rs)
 			}
 			return nil
 		},
@@ -100,6 +123,8 @@ write, 5% fanout).`,
 	runCmd.Flags().StringVar(&protocol, "protocol", "extended", "simple | extended | prepared")
 	runCmd.Flags().IntVar(&runUsers, "users", 100000, "users bench init loaded (keys are drawn from them)")
 	runCmd.Flags().StringVar(&jsonPath, "json", "", "also write the results to this JSON file")
+	runCmd.Flags().StringVar(&chartPath, "chart", "", "also draw throughput and latency per target and client count in this .svg file")
+	runCmd.Flags().StringArrayVar(&cpus, "cpu", nil, "NAME=PID: measure the CPU time the target's process (pgrouter, pgbouncer) spends per query, from /proc")
 	cmd.AddCommand(initCmd, runCmd)
 	return cmd
 }

@@ -64,7 +64,7 @@ clusters:
 	jsonPath := filepath.Join(dir, "bench.json")
 	out, code = pgrouter(ctx, t, "bench", "run", "--target", fmt.Sprintf("pgrouter=postgres://bench@%s/main?sslmode=disable", addr),
 		"--target", "plproxy="+proxyDSN, "--workload", "mixed", "--clients", "1,4", "--duration", "600ms", "--rounds", "2",
-		"--users", "1000", "--json", jsonPath)
+		"--users", "1000", "--json", jsonPath, "--chart", filepath.Join(dir, "bench.svg"), "--cpu", fmt.Sprintf("pgrouter=%d", router.Process.Pid))
 	if code != 0 {
 		t.Fatalf("bench run (exit %d):\n%s", code, out)
 	}
@@ -86,8 +86,16 @@ clusters:
 			t.Fatalf("result %+v\n%s", r, out)
 		}
 	}
-	if !strings.Contains(out, "ratio") || strings.Count(out, "pgrouter") != 2 || strings.Count(out, "plproxy") != 2 {
+	if !strings.Contains(out, "ratio") || !strings.Contains(out, "cpu µs/query") || strings.Count(out, "pgrouter") != 2 || strings.Count(out, "plproxy") != 2 {
 		t.Fatalf("bench run table:\n%s", out)
+	}
+	for _, r := range doc.Results {
+		if (r.Target == "pgrouter") != (r.CPUPerQus > 0) {
+			t.Fatalf("CPU per query measured for %s: %v (only pgrouter's pid was given)", r.Target, r.CPUPerQus)
+		}
+	}
+	if svg, err := os.ReadFile(filepath.Join(dir, "bench.svg")); err != nil || !strings.Contains(string(svg), "<svg") {
+		t.Fatalf("chart: %v", err)
 	}
 	t.Logf("\n%s", out)
 }
