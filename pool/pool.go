@@ -184,16 +184,10 @@ func (p *Pool) Acquire(ctx context.Context, wait time.Duration) (*Conn, error) {
 		}
 		if p.open < limit && !p.paused {
 			p.open++
+			w := &waiter{ch: make(chan *Conn, 1), since: start}
+			p.waiters = append(p.waiters, w)
 			p.mu.Unlock()
-			c, err := p.dial(ctx)
-			if err != nil {
-				p.mu.Lock()
-				p.open--
-				p.wakeLocked()
-				p.mu.Unlock()
-				return nil, err
-			}
-			return c, nil
+			return p.dialOrTake(ctx, w)
 		}
 		elapsed := time.Since(start)
 		remaining := wait - elapsed
@@ -340,6 +334,71 @@ func (p *Pool) removeWaiterLocked(w *waiter) bool {
 		}
 	}
 	return false
+}
+
+// dialOrTake dials a new connection for the caller, which also waits in the
+// queue as w: a connection another client releases meanwhile serves it at
+// once, and the new one, when it is up, goes to the next client waiting (or
+// to the idle list). Otherwise a caller whose dial is slow (a shard busy
+// forking backends for a burst of clients) would wait for it while other
+// connections came free, as pgbouncer's clients do not.
+func (p *Pool) dialOrTake(ctx context.Context, w *waiter) (*Conn, error) {
+	type dialed struct {
+		c   *Conn
+		err error
+	}
+	done := make(chan dialed, 1)
+	go func() {
+		c, err := p.dial(ctx)
+		done <- dialed{c, err}
+	}()
+	// pass hands a finished dial to whoever is waiting now.
+	pass := func(d dialed) {
+		if d.err != nil {
+			p.mu.Lock()
+			p.open--
+			p.wakeLocked()
+			p.mu.Unlock()
+			return
+		}
+		p.Release(d.c)
+	}
+	select {
+	case c := <-w.ch:
+		if c != nil { // served by a release; our dial serves the next one
+			go func() { pass(<-done) }()
+			return c, nil
+		}
+		// nil means "a slot is free, dial": we already are, so the slot is
+		// another waiter's to use.
+		p.mu.Lock()
+		p.wakeLocked()
+		p.mu.Unlock()
+		d := <-done
+		if d.err != nil {
+			pass(d)
+			return nil, d.err
+		}
+		return d.c, nil
+	case d := <-done:
+		p.mu.Lock()
+		queued := p.removeWaiterLocked(w)
+		p.mu.Unlock()
+		if !queued { // something was handed to us as the dial finished
+			if c := <-w.ch; c != nil {
+				pass(d)
+				return c, nil
+			}
+			p.mu.Lock()
+			p.wakeLocked()
+			p.mu.Unlock()
+		}
+		if d.err != nil {
+			pass(d)
+			return nil, d.err
+		}
+		return d.c, nil
+	}
 }
 
 // dial opens a new server connection through pgconn and takes over its socket.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -186,5 +188,87 @@ func TestSetPicksServerUser(t *testing.T) {
 		if got, _ := dsnUser(dsn); got != want {
 			t.Errorf("%q: %q want %q", dsn, got, want)
 		}
+	}
+}
+
+// TestReleaseServesAClientWhoseDialIsSlow: a client that started a dial
+// also waits in the queue, so a connection released meanwhile serves it
+// at once; the dialed connection joins the pool when it is up, and a dial
+// that fails after its client was served gives its slot back.
+func TestReleaseServesAClientWhoseDialIsSlow(t *testing.T) {
+	p := newPool(t, 3, 0)
+	dialing := make(chan struct{}, 1)
+	gate := make(chan error)
+	var slow atomic.Bool
+	d := &net.Dialer{}
+	p.cfg.Conn.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if slow.Load() {
+			dialing <- struct{}{}
+			if err := <-gate; err != nil {
+				return nil, err
+			}
+		}
+		return d.DialContext(ctx, network, addr)
+	}
+	ctx := context.Background()
+	c1, err := p.Acquire(ctx, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow.Store(true)
+	type got struct {
+		c   *Conn
+		err error
+	}
+	second := make(chan got, 1)
+	go func() {
+		c, err := p.Acquire(ctx, 10*time.Second)
+		second <- got{c, err}
+	}()
+	<-dialing // the second client's dial is in progress
+	p.Release(c1)
+	var g got
+	select {
+	case g = <-second:
+	case <-time.After(5 * time.Second):
+		close(gate)
+		t.Fatal("the second client still waits for its own dial although a connection was released")
+	}
+	if g.err != nil || g.c != c1 {
+		t.Fatalf("second client got %v, %v; want the released connection %d while its dial hangs", g.c, g.err, c1.ID)
+	}
+	gate <- nil // the dial completes: its connection goes idle
+	waitStats(t, p, func(st Stats) bool { return st.Open == 2 && st.Idle == 1 })
+
+	// A third client: served by the idle one. A fourth dials (hanging),
+	// is served by a release, then its dial fails: the slot is given back.
+	c3, err := p.Acquire(ctx, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		c, err := p.Acquire(ctx, 10*time.Second)
+		second <- got{c, err}
+	}()
+	<-dialing
+	p.Release(c3)
+	g4 := <-second
+	if g4.err != nil || g4.c != c3 {
+		t.Fatalf("fourth client got %v, %v", g4.c, g4.err)
+	}
+	gate <- errors.New("refused")
+	waitStats(t, p, func(st Stats) bool { return st.Open == 2 })
+	p.Release(g4.c)
+	p.Release(g.c)
+}
+
+func waitStats(t *testing.T, p *Pool, ok func(Stats) bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !ok(p.Stats()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("pool stats %+v", p.Stats())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
