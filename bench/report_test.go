@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"encoding/xml"
 	"os"
 	"strings"
@@ -55,6 +56,20 @@ func TestProcessCPU(t *testing.T) {
 		t.Fatalf("CPU %v then %v (%v)", before, after, err)
 	}
 	if _, err := processCPU(1 << 30); err == nil {
+		t.Fatal("no error for a process that does not exist")
+	}
+}
+
+// TestIdle holds clients on a real server and reads this process's memory.
+func TestIdle(t *testing.T) {
+	r, err := Idle(context.Background(), servers[0].DSN("postgres"), 50, os.Getpid(), 10*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Clients != 50 || r.RSSBefore <= 0 || r.RSSAfter <= 0 || r.LoginTime <= 0 {
+		t.Fatalf("%+v", r)
+	}
+	if _, err := processRSS(1 << 30); err == nil {
 		t.Fatal("no error for a process that does not exist")
 	}
 }

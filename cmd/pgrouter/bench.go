@@ -125,7 +125,34 @@ write, 5% fanout).`,
 	runCmd.Flags().StringVar(&jsonPath, "json", "", "also write the results to this JSON file")
 	runCmd.Flags().StringVar(&chartPath, "chart", "", "also draw throughput and latency per target and client count in this .svg file")
 	runCmd.Flags().StringArrayVar(&cpus, "cpu", nil, "NAME=PID: measure the CPU time the target's process (pgrouter, pgbouncer) spends per query, from /proc")
-	cmd.AddCommand(initCmd, runCmd)
+	var (
+		idleTarget string
+		idleN      int
+		idlePID    int
+		idleHold   time.Duration
+	)
+	idleCmd := &cobra.Command{
+		Use:   "idle",
+		Short: "Log many clients in and hold them idle; report the memory the proxy's process grew by",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			r, err := bench.Idle(cmd.Context(), idleTarget, idleN, idlePID, idleHold)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%d idle clients logged in in %s\n", r.Clients, r.LoginTime.Round(time.Millisecond))
+			if idlePID != 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "process %d resident memory: %.1f MB before, %.1f MB with the clients (%.1f KB per client)\n",
+					idlePID, float64(r.RSSBefore)/1e6, float64(r.RSSAfter)/1e6, float64(r.RSSAfter-r.RSSBefore)/1e3/float64(r.Clients))
+			}
+			return nil
+		},
+	}
+	idleCmd.Flags().StringVar(&idleTarget, "target", "", "DSN to log in to (pgrouter, pgbouncer)")
+	idleCmd.Flags().IntVar(&idleN, "clients", 10000, "clients to hold (the open-files limit must allow them)")
+	idleCmd.Flags().IntVar(&idlePID, "pid", 0, "process whose resident memory is read (pgrouter's, pgbouncer's)")
+	idleCmd.Flags().DurationVar(&idleHold, "hold", 3*time.Second, "how long to hold them before reading the memory")
+	cmd.AddCommand(initCmd, runCmd, idleCmd)
 	return cmd
 }
 
