@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/pgrouter/pgrouter/bench"
@@ -53,14 +52,7 @@ clusters:
 	if code != 0 || !strings.Contains(out, "main: 1000 users loaded on 2 shards") || !strings.Contains(out, "PL/Proxy functions created over 16 partitions") {
 		t.Fatalf("bench init (exit %d):\n%s", code, out)
 	}
-	router, logs, exited := startRouter(ctx, t, path, addr)
-	defer func() {
-		_ = router.Process.Signal(syscall.SIGTERM)
-		<-exited
-		if t.Failed() {
-			t.Log(logs.String())
-		}
-	}()
+	router := runRouter(ctx, t, path, addr)
 	jsonPath := filepath.Join(dir, "bench.json")
 	out, code = pgrouter(ctx, t, "bench", "run", "--target", fmt.Sprintf("pgrouter=postgres://bench@%s/main?sslmode=disable", addr),
 		"--target", "plproxy="+proxyDSN, "--workload", "mixed", "--clients", "1,4", "--duration", "600ms", "--rounds", "2",

@@ -195,14 +195,7 @@ func TestRefsyncSurvivesKills(t *testing.T) {
 	}
 
 	// A pgrouter serving the same file shows each shard's lag.
-	router, routerLogs, routerExited := startRouter(ctx, t, path, addr)
-	defer func() {
-		_ = router.Process.Signal(syscall.SIGTERM)
-		<-routerExited
-		if t.Failed() {
-			t.Log(routerLogs.String())
-		}
-	}()
+	runRouter(ctx, t, path, addr)
 	adm, err := pgx.Connect(ctx, fmt.Sprintf("postgres://admin@%s/pgrouter?sslmode=disable&default_query_exec_mode=simple_protocol", addr))
 	if err != nil {
 		t.Fatal(err)

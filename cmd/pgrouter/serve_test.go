@@ -168,6 +168,22 @@ func startRouter(ctx context.Context, t *testing.T, path, addr string) (cmd *exe
 	}
 }
 
+// runRouter is startRouter for tests that only need a router running: it
+// is stopped (SIGTERM) when the test ends, and its output is logged if the
+// test failed.
+func runRouter(ctx context.Context, t *testing.T, path, addr string) *exec.Cmd {
+	t.Helper()
+	cmd, logs, exited := startRouter(ctx, t, path, addr)
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		<-exited
+		if t.Failed() {
+			t.Log(logs.String())
+		}
+	})
+	return cmd
+}
+
 // startProcess starts a pgrouter subcommand as a real process, its output
 // collected in logs; exited receives its exit.
 func startProcess(t *testing.T, args ...string) (cmd *exec.Cmd, logs *syncBuffer, exited chan error) {
