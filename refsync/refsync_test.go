@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -143,8 +144,24 @@ func TestChangesReachEveryShard(t *testing.T) {
 	for _, dsn := range c.shards { // user types must exist on shards; tables need not
 		mustExec(t, dsn, "CREATE TYPE mood AS ENUM ('sad', 'happy')")
 	}
-	startRun(t, c.config(t, "countries", "public.plans"))
+	var mu sync.Mutex
+	done := map[string]int64{} // shard table -> rows reported when its copy ended
+	startRun(t, c.config(t, "countries", "public.plans"), func(o *Options) {
+		o.Progress = func(p Progress) {
+			mu.Lock()
+			defer mu.Unlock()
+			if p.Done {
+				done[p.Shard+" "+p.Table.String()] = p.Rows
+			}
+		}
+	})
 	waitEqual(t, c, 30*time.Second, "countries", "plans")
+	mu.Lock()
+	want := map[string]int64{"s0 public.countries": 1000, "s0 public.plans": 0, "s1 public.countries": 1000, "s1 public.plans": 0}
+	if fmt.Sprint(done) != fmt.Sprint(want) {
+		t.Errorf("copy progress reported %v, want %v", done, want)
+	}
+	mu.Unlock()
 
 	big := strings.Repeat("x", 10000) // stored out of line: an update of other columns sends it as unchanged
 	mustExec(t, c.src, `

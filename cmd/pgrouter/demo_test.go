@@ -55,12 +55,7 @@ func (b *syncBuffer) String() string {
 // the connection it prints (and a bare one with any database name), send
 // statements to shard s0, and stop everything when its context ends.
 func TestDemo(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := freeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var out syncBuffer
@@ -70,6 +65,7 @@ func TestDemo(t *testing.T) {
 	host, port, _ := net.SplitHostPort(addr)
 	deadline := time.Now().Add(90 * time.Second)
 	var conn *pgx.Conn
+	var err error
 	for {
 		conn, err = pgx.Connect(context.Background(), fmt.Sprintf("postgres://demo@%s:%s/demo?sslmode=disable", host, port))
 		if err == nil {

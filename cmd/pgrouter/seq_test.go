@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -66,18 +65,7 @@ func TestStrideSequencesEndToEnd(t *testing.T) {
 		}
 		dsns = append(dsns, server.DSN(db))
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	mln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	metricsAddr := mln.Addr().String()
-	mln.Close()
+	addr, metricsAddr := freeAddr(t), freeAddr(t)
 	path := filepath.Join(t.TempDir(), "router.yaml")
 	writeFile(t, path, seqConfig(addr, metricsAddr, dsns[:4], []string{"0-3", "4-7", "8-11", "12-15"}))
 

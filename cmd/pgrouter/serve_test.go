@@ -43,18 +43,7 @@ func TestSIGTERMUnderPgbench(t *testing.T) {
 		t.Fatalf("pgbench -i: %v\n%s", err, out)
 	}
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	mln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	metricsAddr := mln.Addr().String()
-	mln.Close()
+	addr, metricsAddr := freeAddr(t), freeAddr(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "router.yaml")
 	yaml := fmt.Sprintf(`listen: %s
@@ -256,4 +245,15 @@ func scrapeRequests(t *testing.T, addr string) float64 {
 		}
 	}
 	return n
+}
+
+// freeAddr returns a loopback address nothing listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
