@@ -17,13 +17,13 @@ func WriteTable(w io.Writer, rs []*Result) error {
 		cpu = cpu || r.CPUSecs > 0
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	head := "clients\ttarget\ttps\tratio\tp50 µs\tp95 µs\tp99 µs\tp99.9 µs\tmax µs\terrors\t"
+	head := "clients\ttarget\tprotocol\ttps\tratio\tp50 µs\tp95 µs\tp99 µs\tp99.9 µs\tmax µs\terrors\t"
 	if cpu {
 		head += "cpu µs/query\t"
 	}
 	fmt.Fprintln(tw, head)
 	for _, r := range rs {
-		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%.2f\t%d\t%d\t%d\t%d\t%d\t%d\t", r.Clients, r.Target, r.TPS, r.Ratio, r.P50us, r.P95us, r.P99us, r.P999us, r.MaxUs, r.Errors)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%.0f\t%.2f\t%d\t%d\t%d\t%d\t%d\t%d\t", r.Clients, r.Target, r.Protocol, r.TPS, r.Ratio, r.P50us, r.P95us, r.P99us, r.P999us, r.MaxUs, r.Errors)
 		switch {
 		case !cpu:
 		case r.CPUSecs > 0:

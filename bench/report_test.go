@@ -3,6 +3,8 @@ package bench
 import (
 	"context"
 	"encoding/xml"
+	"image/color"
+	"image/png"
 	"os"
 	"strings"
 	"testing"
@@ -10,19 +12,25 @@ import (
 )
 
 // TestChart: the SVG is well-formed XML with a throughput bar per target
-// and client count, a p50 and a p99 bar each, and a legend entry per target.
+// and client count, a p50 and a p99 bar each, and a legend entry per
+// target; the PNG of the same results has the same bars, in the targets'
+// colours, and text.
 func TestChart(t *testing.T) {
 	var rs []*Result
 	for _, c := range []int{1, 32, 128} {
 		for i, target := range []string{"pgrouter", "pgbouncer <&> plproxy"} {
-			rs = append(rs, &Result{Target: target, Clients: c, TPS: float64(1000 * (c + i)), P50us: int64(100 * c), P99us: int64(300 * c)})
+			rs = append(rs, &Result{Target: target, Protocol: "extended", Clients: c, TPS: float64(1000 * (c + i)), P50us: int64(100 * c), P99us: int64(300 * c)})
 		}
 	}
-	var sb strings.Builder
-	if err := drawChart(&sb, "a & b", rs); err != nil {
+	dir := t.TempDir()
+	if err := WriteChart(dir+"/c.svg", "a & b", rs); err != nil {
 		t.Fatal(err)
 	}
-	svg := sb.String()
+	data, err := os.ReadFile(dir + "/c.svg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	svg := string(data)
 	dec := xml.NewDecoder(strings.NewReader(svg))
 	for {
 		if _, err := dec.Token(); err != nil {
@@ -35,11 +43,48 @@ func TestChart(t *testing.T) {
 	if n := strings.Count(svg, "<rect x="); n != 6+12+2 {
 		t.Fatalf("%d bars and legend boxes, want 6 tps + 12 latency + 2 legend:\n%s", n, svg)
 	}
-	if !strings.Contains(svg, "pgbouncer &lt;&amp;&gt; plproxy") {
-		t.Fatal("target names are not escaped")
+	if !strings.Contains(svg, "pgbouncer &lt;&amp;&gt; plproxy (extended)") {
+		t.Fatal("target names are not escaped or lack their protocol")
 	}
-	if err := WriteChart(t.TempDir()+"/c.png", "x", rs); err == nil {
-		t.Fatal("a .png chart was accepted; only .svg is drawn")
+
+	if err := WriteChart(dir+"/c.png", "a & b", rs); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(dir + "/c.png")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, err := png.Decode(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := map[color.RGBA]int{}
+	b := img.Bounds()
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			r, g, bl, a := img.At(x, y).RGBA()
+			count[color.RGBA{uint8(r >> 8), uint8(g >> 8), uint8(bl >> 8), uint8(a >> 8)}]++
+		}
+	}
+	if b.Dx() != 1000 || b.Dy() != 380 {
+		t.Fatalf("PNG is %v", b)
+	}
+	// The tallest throughput bar (128 clients, second target) is the full
+	// 260-pixel panel height; every bar is at least one pixel wide.
+	for i := range 2 {
+		if count[chartColors[i]] < 260 {
+			t.Errorf("target %d: %d pixels of its colour", i, count[chartColors[i]])
+		}
+		if count[lighten(chartColors[i], 0.45)] < 3*260*3/10 {
+			t.Errorf("target %d: %d pixels of its p99 colour", i, count[lighten(chartColors[i], 0.45)])
+		}
+	}
+	if count[color.RGBA{0, 0, 0, 0xff}] < 500 {
+		t.Errorf("%d black pixels: text and axes missing", count[color.RGBA{0, 0, 0, 0xff}])
+	}
+	if err := WriteChart(dir+"/c.gif", "x", rs); err == nil {
+		t.Fatal("a .gif chart was accepted")
 	}
 }
 

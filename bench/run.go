@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,10 +19,14 @@ import (
 
 // Target is something the workloads run against, by DSN: pgrouter, a
 // shard, pgbouncer, a PL/Proxy database. PID, when set, is the process
-// whose CPU time each query costs is measured (from /proc).
+// whose CPU time each query costs is measured (from /proc). Protocol, when
+// set, overrides Options.Protocol: pgbouncer before 1.21 cannot carry
+// named prepared statements in transaction mode, so a fair comparison may
+// run each target with the best protocol it supports.
 type Target struct {
 	Name, DSN string
 	PID       int
+	Protocol  string
 }
 
 // Workloads by name: each is a statement and how to fill its parameters.
@@ -51,6 +56,7 @@ type Options struct {
 // Result is one target at one client count.
 type Result struct {
 	Target    string  `json:"target"`
+	Protocol  string  `json:"protocol"`
 	Clients   int     `json:"clients"`
 	Queries   int64   `json:"queries"`
 	Errors    int64   `json:"errors"`
@@ -79,6 +85,15 @@ func Run(ctx context.Context, opts Options) ([]*Result, error) {
 	if _, ok := Protocols[opts.Protocol]; !ok {
 		return nil, fmt.Errorf("protocol %q: use simple, extended or prepared", opts.Protocol)
 	}
+	opts.Targets = slices.Clone(opts.Targets)
+	for i, t := range opts.Targets {
+		if t.Protocol == "" {
+			opts.Targets[i].Protocol = opts.Protocol
+		}
+		if _, ok := Protocols[opts.Targets[i].Protocol]; !ok {
+			return nil, fmt.Errorf("protocol %q for %s: use simple, extended or prepared", opts.Targets[i].Protocol, t.Name)
+		}
+	}
 	if opts.Users < 1 {
 		return nil, errors.New("users must be at least 1 (as many as bench init loaded)")
 	}
@@ -91,7 +106,7 @@ func Run(ctx context.Context, opts Options) ([]*Result, error) {
 	for _, clients := range opts.Clients {
 		results := make([]*Result, len(opts.Targets))
 		for i, t := range opts.Targets {
-			results[i] = &Result{Target: t.Name, Clients: clients, histogram: hdrhistogram.New(1, int64(time.Minute/time.Microsecond), 3)}
+			results[i] = &Result{Target: t.Name, Protocol: t.Protocol, Clients: clients, histogram: hdrhistogram.New(1, int64(time.Minute/time.Microsecond), 3)}
 		}
 		for range opts.Rounds {
 			for i, t := range opts.Targets {
@@ -131,7 +146,7 @@ func runSlice(ctx context.Context, t Target, opts Options, clients int, d time.D
 	if err != nil {
 		return err
 	}
-	cc.DefaultQueryExecMode = Protocols[opts.Protocol]
+	cc.DefaultQueryExecMode = Protocols[t.Protocol]
 	conns := make([]*pgx.Conn, clients)
 	defer func() {
 		for _, c := range conns {

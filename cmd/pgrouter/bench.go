@@ -49,7 +49,8 @@ must declare the functions (bench.Functions lists them).`,
 
 	var (
 		targets             []string
-		workload, protocol  string
+		workload            string
+		protocols           []string
 		clients             []int
 		duration            time.Duration
 		rounds, runUsers    int
@@ -66,10 +67,14 @@ percentiles (HdrHistogram), errors, and the ratio to the first target.
 
 Workloads: point (routed read by key), write (routed update), fanout (run on
 all shards), passthrough (SELECT 1 through the pool), mixed (80% point, 15%
-write, 5% fanout).`,
+write, 5% fanout).
+
+--protocol sets the protocol of every target, NAME=PROTOCOL one target's:
+pgbouncer before 1.21 cannot carry named prepared statements (prepared) in
+transaction mode, so such a target runs simple or extended.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			opts := bench.Options{Workload: workload, Clients: clients, Duration: duration, Rounds: rounds, Protocol: protocol, Users: runUsers}
+			opts := bench.Options{Workload: workload, Clients: clients, Duration: duration, Rounds: rounds, Protocol: "extended", Users: runUsers}
 			for _, t := range targets {
 				name, dsn, ok := strings.Cut(t, "=")
 				if !ok || name == "" || dsn == "" {
@@ -80,19 +85,23 @@ write, 5% fanout).`,
 			if len(opts.Targets) == 0 {
 				return fmt.Errorf("at least one --target NAME=DSN is needed")
 			}
+			for _, p := range protocols {
+				name, proto, ok := strings.Cut(p, "=")
+				if !ok {
+					opts.Protocol = p
+					continue
+				}
+				if !setTarget(opts.Targets, name, func(t *bench.Target) { t.Protocol = proto }) {
+					return fmt.Errorf("--protocol %q: no --target named %s", p, name)
+				}
+			}
 			for _, c := range cpus {
 				name, pid, ok := strings.Cut(c, "=")
 				n, err := strconv.Atoi(pid)
 				if !ok || err != nil || n <= 0 {
 					return fmt.Errorf("--cpu %q: want NAME=PID", c)
 				}
-				found := false
-				for i := range opts.Targets {
-					if opts.Targets[i].Name == name {
-						opts.Targets[i].PID, found = n, true
-					}
-				}
-				if !found {
+				if !setTarget(opts.Targets, name, func(t *bench.Target) { t.PID = n }) {
 					return fmt.Errorf("--cpu %q: no --target named %s", c, name)
 				}
 			}
@@ -110,7 +119,7 @@ write, 5% fanout).`,
 				}
 			}
 			if chartPath != "" {
-				return bench.WriteChart(chartPath, fmt.Sprintf("pgrouter bench: %s workload, %s protocol", workload, protocol), rs)
+				return bench.WriteChart(chartPath, fmt.Sprintf("pgrouter bench: %s workload", workload), rs)
 			}
 			return nil
 		},
@@ -120,10 +129,10 @@ write, 5% fanout).`,
 	runCmd.Flags().IntSliceVar(&clients, "clients", []int{1, 32, 128}, "client counts")
 	runCmd.Flags().DurationVar(&duration, "duration", 30*time.Second, "time per target and client count (split over the rounds)")
 	runCmd.Flags().IntVar(&rounds, "rounds", 3, "turns each target takes per client count")
-	runCmd.Flags().StringVar(&protocol, "protocol", "extended", "simple | extended | prepared")
+	runCmd.Flags().StringArrayVar(&protocols, "protocol", nil, "simple | extended | prepared (default extended) for every target, or NAME=PROTOCOL for one (repeat)")
 	runCmd.Flags().IntVar(&runUsers, "users", 100000, "users bench init loaded (keys are drawn from them)")
 	runCmd.Flags().StringVar(&jsonPath, "json", "", "also write the results to this JSON file")
-	runCmd.Flags().StringVar(&chartPath, "chart", "", "also draw throughput and latency per target and client count in this .svg file")
+	runCmd.Flags().StringVar(&chartPath, "chart", "", "also draw throughput and latency per target and client count in this .svg or .png file")
 	runCmd.Flags().StringArrayVar(&cpus, "cpu", nil, "NAME=PID: measure the CPU time the target's process (pgrouter, pgbouncer) spends per query, from /proc")
 	var (
 		idleTarget string
@@ -212,4 +221,16 @@ func benchProgress(out *os.File) func(done, total int) {
 			fmt.Fprintln(out)
 		}
 	}
+}
+
+// setTarget applies set to the target called name and reports whether
+// there is one.
+func setTarget(ts []bench.Target, name string, set func(*bench.Target)) bool {
+	for i := range ts {
+		if ts[i].Name == name {
+			set(&ts[i])
+			return true
+		}
+	}
+	return false
 }

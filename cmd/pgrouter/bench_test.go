@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -55,8 +56,8 @@ clusters:
 	router := runRouter(ctx, t, path, addr)
 	jsonPath := filepath.Join(dir, "bench.json")
 	out, code = pgrouter(ctx, t, "bench", "run", "--target", fmt.Sprintf("pgrouter=postgres://bench@%s/main?sslmode=disable", addr),
-		"--target", "plproxy="+proxyDSN, "--workload", "mixed", "--clients", "1,4", "--duration", "600ms", "--rounds", "2",
-		"--users", "1000", "--json", jsonPath, "--chart", filepath.Join(dir, "bench.svg"), "--cpu", fmt.Sprintf("pgrouter=%d", router.Process.Pid))
+		"--target", "plproxy="+proxyDSN, "--protocol", "prepared", "--protocol", "plproxy=extended", "--workload", "mixed", "--clients", "1,4", "--duration", "600ms", "--rounds", "2",
+		"--users", "1000", "--json", jsonPath, "--chart", filepath.Join(dir, "bench.png"), "--cpu", fmt.Sprintf("pgrouter=%d", router.Process.Pid))
 	if code != 0 {
 		t.Fatalf("bench run (exit %d):\n%s", code, out)
 	}
@@ -74,7 +75,8 @@ clusters:
 		t.Fatalf("%d results, want 2 targets × 2 client counts:\n%s", len(doc.Results), out)
 	}
 	for _, r := range doc.Results {
-		if r.Queries == 0 || r.Errors != 0 || (r.Target == "pgrouter") != (r.Ratio == 1) {
+		want := map[string]string{"pgrouter": "prepared", "plproxy": "extended"}[r.Target]
+		if r.Queries == 0 || r.Errors != 0 || (r.Target == "pgrouter") != (r.Ratio == 1) || r.Protocol != want {
 			t.Fatalf("result %+v\n%s", r, out)
 		}
 	}
@@ -86,7 +88,7 @@ clusters:
 			t.Fatalf("CPU per query measured for %s: %v (only pgrouter's pid was given)", r.Target, r.CPUPerQus)
 		}
 	}
-	if svg, err := os.ReadFile(filepath.Join(dir, "bench.svg")); err != nil || !strings.Contains(string(svg), "<svg") {
+	if img, err := os.ReadFile(filepath.Join(dir, "bench.png")); err != nil || !bytes.HasPrefix(img, []byte("\x89PNG\r\n")) {
 		t.Fatalf("chart: %v", err)
 	}
 	t.Logf("\n%s", out)
