@@ -8,6 +8,7 @@ import (
 	"image/draw"
 	"image/png"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -104,9 +105,7 @@ func drawChart(cv canvas, title string, rs []*Result) error {
 				maxV = max(maxV, v)
 			}
 		}
-		if maxV == 0 {
-			maxV = 1
-		}
+		maxV = niceCeil(maxV)
 		cv.text(x0, top-8, label, "start")
 		for i := 0; i <= 4; i++ {
 			y := top + panelH - panelH*float64(i)/4
@@ -137,12 +136,28 @@ func drawChart(cv canvas, title string, rs []*Result) error {
 	}
 	panel(left, "throughput (queries/s)", func(r *Result) []float64 { return []float64{r.TPS} }, []string{"tps"})
 	panel(left+panelW+gap, "latency (us): p50 solid, p99 light", func(r *Result) []float64 { return []float64{float64(r.P50us), float64(r.P99us)} }, []string{"p50", "p99"})
+	step := min(250, (width-left)/float64(len(legend)))
 	for ti, l := range legend {
-		x := left + float64(ti)*250
+		x := left + float64(ti)*step
 		cv.rect(x, height-24, 12, 12, chartColors[ti%len(chartColors)], "")
 		cv.text(x+16, height-14, l, "start")
 	}
 	return nil
+}
+
+// niceCeil rounds an axis maximum up to 1, 2, 2.5 or 5 times a power of
+// ten, so the four grid lines carry round numbers.
+func niceCeil(v float64) float64 {
+	if v <= 0 {
+		return 1
+	}
+	p := math.Pow(10, math.Floor(math.Log10(v)))
+	for _, m := range []float64{1, 2, 2.5, 5, 10} {
+		if v <= m*p {
+			return m * p
+		}
+	}
+	return 10 * p
 }
 
 // svgCanvas writes SVG elements; bars carry their value as a tooltip.

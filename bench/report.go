@@ -44,19 +44,39 @@ func WriteTable(w io.Writer, rs []*Result) error {
 	return nil
 }
 
+// Report is the JSON form of a run: what was run and its results.
+type Report struct {
+	Workload string    `json:"workload"`
+	Protocol string    `json:"protocol"`
+	Duration string    `json:"duration_per_point"`
+	Rounds   int       `json:"rounds"`
+	Users    int       `json:"users"`
+	Results  []*Result `json:"results"`
+}
+
 // WriteJSON writes the results to a file, for charts and comparisons.
 func WriteJSON(path string, opts Options, rs []*Result) error {
-	doc := struct {
-		Workload string    `json:"workload"`
-		Protocol string    `json:"protocol"`
-		Duration string    `json:"duration_per_point"`
-		Rounds   int       `json:"rounds"`
-		Users    int       `json:"users"`
-		Results  []*Result `json:"results"`
-	}{opts.Workload, opts.Protocol, opts.Duration.String(), opts.Rounds, opts.Users, rs}
+	doc := Report{opts.Workload, opts.Protocol, opts.Duration.String(), opts.Rounds, opts.Users, rs}
 	data, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {
 		return err
 	}
 	return os.WriteFile(path, append(data, '\n'), 0o644)
+}
+
+// ReadJSON reads a file WriteJSON wrote, so a chart can be drawn again
+// without running the benchmark again.
+func ReadJSON(path string) (*Report, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var doc Report
+	if err := json.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(doc.Results) == 0 {
+		return nil, fmt.Errorf("%s: no results", path)
+	}
+	return &doc, nil
 }

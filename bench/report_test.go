@@ -83,6 +83,11 @@ func TestChart(t *testing.T) {
 	if count[color.RGBA{0, 0, 0, 0xff}] < 500 {
 		t.Errorf("%d black pixels: text and axes missing", count[color.RGBA{0, 0, 0, 0xff}])
 	}
+	for v, want := range map[float64]float64{0: 1, 1: 1, 1.5: 2, 14790: 20000, 44575: 50000, 230: 250, 2600: 5000} {
+		if got := niceCeil(v); got != want {
+			t.Errorf("niceCeil(%v) = %v, want %v", v, got, want)
+		}
+	}
 	if err := WriteChart(dir+"/c.gif", "x", rs); err == nil {
 		t.Fatal("a .gif chart was accepted")
 	}

@@ -119,7 +119,7 @@ transaction mode, so such a target runs simple or extended.`,
 				}
 			}
 			if chartPath != "" {
-				return bench.WriteChart(chartPath, fmt.Sprintf("pgrouter bench: %s workload", workload), rs)
+				return bench.WriteChart(chartPath, chartTitle(workload), rs)
 			}
 			return nil
 		},
@@ -161,7 +161,24 @@ transaction mode, so such a target runs simple or extended.`,
 	idleCmd.Flags().IntVar(&idleN, "clients", 10000, "clients to hold (the open-files limit must allow them)")
 	idleCmd.Flags().IntVar(&idlePID, "pid", 0, "process whose resident memory is read (pgrouter's, pgbouncer's)")
 	idleCmd.Flags().DurationVar(&idleHold, "hold", 3*time.Second, "how long to hold them before reading the memory")
-	cmd.AddCommand(initCmd, runCmd, idleCmd)
+	var fromJSON, toChart string
+	chartCmd := &cobra.Command{
+		Use:   "chart",
+		Short: "Draw the chart of a run again from its --json file",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			doc, err := bench.ReadJSON(fromJSON)
+			if err != nil {
+				return err
+			}
+			return bench.WriteChart(toChart, chartTitle(doc.Workload), doc.Results)
+		},
+	}
+	chartCmd.Flags().StringVar(&fromJSON, "json", "", "results written by bench run --json")
+	chartCmd.Flags().StringVar(&toChart, "chart", "", "the .svg or .png file to draw")
+	_ = chartCmd.MarkFlagRequired("json")
+	_ = chartCmd.MarkFlagRequired("chart")
+	cmd.AddCommand(initCmd, runCmd, idleCmd, chartCmd)
 	return cmd
 }
 
@@ -221,6 +238,10 @@ func benchProgress(out *os.File) func(done, total int) {
 			fmt.Fprintln(out)
 		}
 	}
+}
+
+func chartTitle(workload string) string {
+	return fmt.Sprintf("pgrouter bench: %s workload", workload)
 }
 
 // setTarget applies set to the target called name and reports whether

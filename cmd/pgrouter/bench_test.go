@@ -17,7 +17,8 @@ import (
 
 // TestBenchEndToEnd: `pgrouter bench init` loads two shards and a PL/Proxy
 // database, and `pgrouter bench run` measures a real pgrouter and PL/Proxy
-// side by side with the mixed workload, without errors, table and JSON.
+// behind a real pgbouncer side by side with the mixed workload, each with
+// its own protocol, without errors, with table, JSON and chart.
 func TestBenchEndToEnd(t *testing.T) {
 	ctx := context.Background()
 	servers := testenv.Servers(t, 2, pgtest.Options{})
@@ -54,10 +55,17 @@ clusters:
 		t.Fatalf("bench init (exit %d):\n%s", code, out)
 	}
 	router := runRouter(ctx, t, path, addr)
+	bouncer, err := pgtest.StartPgBouncer(ctx, map[string]string{
+		"plproxy": fmt.Sprintf("host=%s port=%d dbname=plproxy user=%s", servers[0].Host, servers[0].Port, pgtest.SuperUser),
+	}, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(bouncer.Stop)
 	jsonPath := filepath.Join(dir, "bench.json")
 	out, code = pgrouter(ctx, t, "bench", "run", "--target", fmt.Sprintf("pgrouter=postgres://bench@%s/main?sslmode=disable", addr),
-		"--target", "plproxy="+proxyDSN, "--protocol", "prepared", "--protocol", "plproxy=extended", "--workload", "mixed", "--clients", "1,4", "--duration", "600ms", "--rounds", "2",
-		"--users", "1000", "--json", jsonPath, "--chart", filepath.Join(dir, "bench.png"), "--cpu", fmt.Sprintf("pgrouter=%d", router.Process.Pid))
+		"--target", "plproxy="+bouncer.DSN("plproxy"), "--protocol", "prepared", "--protocol", "plproxy=extended", "--workload", "mixed", "--clients", "1,4", "--duration", "600ms", "--rounds", "2",
+		"--users", "1000", "--json", jsonPath, "--chart", filepath.Join(dir, "bench.png"), "--cpu", fmt.Sprintf("pgrouter=%d", router.Process.Pid), "--cpu", fmt.Sprintf("plproxy=%d", bouncer.PID()))
 	if code != 0 {
 		t.Fatalf("bench run (exit %d):\n%s", code, out)
 	}
@@ -84,14 +92,21 @@ clusters:
 		t.Fatalf("bench run table:\n%s", out)
 	}
 	for _, r := range doc.Results {
-		if (r.Target == "pgrouter") != (r.CPUPerQus > 0) {
-			t.Fatalf("CPU per query measured for %s: %v (only pgrouter's pid was given)", r.Target, r.CPUPerQus)
+		if r.Target == "pgrouter" && r.CPUPerQus <= 0 {
+			t.Fatalf("no CPU per query measured for pgrouter: %+v", r)
 		}
 	}
 	if img, err := os.ReadFile(filepath.Join(dir, "bench.png")); err != nil || !bytes.HasPrefix(img, []byte("\x89PNG\r\n")) {
 		t.Fatalf("chart: %v", err)
 	}
 	t.Logf("\n%s", out)
+	svgPath := filepath.Join(dir, "again.svg")
+	if out, code := pgrouter(ctx, t, "bench", "chart", "--json", jsonPath, "--chart", svgPath); code != 0 {
+		t.Fatalf("bench chart (exit %d):\n%s", code, out)
+	}
+	if svg, err := os.ReadFile(svgPath); err != nil || strings.Count(string(svg), "<title>") != 4+8 || !strings.Contains(string(svg), "mixed workload") {
+		t.Fatalf("chart drawn again from the JSON (%v):\n%s", err, svg)
+	}
 
 	out, code = pgrouter(ctx, t, "bench", "idle", "--target", fmt.Sprintf("postgres://bench@%s/main?sslmode=disable", addr),
 		"--clients", "300", "--pid", fmt.Sprint(router.Process.Pid), "--hold", "100ms")

@@ -1,0 +1,131 @@
+package pgtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// PgBouncer is a running pgbouncer (Debian's package), for tests and
+// benchmarks that compare pgrouter with it.
+type PgBouncer struct {
+	Host string
+	Port int
+	Dir  string
+
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+// StartPgBouncer starts pgbouncer on a free port in transaction mode with
+// trust authentication, serving each of databases (name: dsn in libpq
+// key=value form) with a pool of poolSize. Like PostgreSQL, pgbouncer will
+// not run as root, so it runs as the same unprivileged user.
+func StartPgBouncer(ctx context.Context, databases map[string]string, poolSize int) (*PgBouncer, error) {
+	bin, err := exec.LookPath("pgbouncer")
+	if err != nil {
+		return nil, fmt.Errorf("pgbouncer not found (Debian: apt-get install pgbouncer): %w", err)
+	}
+	owner, err := runAs()
+	if err != nil {
+		return nil, err
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "pgtest-pgbouncer-")
+	if err != nil {
+		return nil, err
+	}
+	b := &PgBouncer{Host: "127.0.0.1", Port: port, Dir: dir}
+	var ini strings.Builder
+	ini.WriteString("[databases]\n")
+	for name, dsn := range databases {
+		fmt.Fprintf(&ini, "%s = %s\n", name, dsn)
+	}
+	fmt.Fprintf(&ini, `[pgbouncer]
+listen_addr = %s
+listen_port = %d
+unix_socket_dir =
+auth_type = trust
+auth_file = %s
+pool_mode = transaction
+default_pool_size = %d
+max_client_conn = 1000
+logfile = %s
+`, b.Host, port, filepath.Join(dir, "users.txt"), poolSize, filepath.Join(dir, "pgbouncer.log"))
+	files := map[string]string{
+		"pgbouncer.ini": ini.String(),
+		"users.txt":     fmt.Sprintf("%q \"\"\n", SuperUser),
+	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			return nil, errors.Join(err, os.RemoveAll(dir))
+		}
+	}
+	if owner != nil {
+		if err := (&Server{owner: owner}).chown(dir); err != nil {
+			return nil, errors.Join(err, os.RemoveAll(dir))
+		}
+	}
+	cmd := exec.Command(bin, filepath.Join(dir, "pgbouncer.ini"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if owner != nil {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: owner.uid, Gid: owner.gid}
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, errors.Join(fmt.Errorf("start pgbouncer: %w", err), os.RemoveAll(dir))
+	}
+	b.cmd, b.exited = cmd, make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(b.exited)
+	}()
+	addr := net.JoinHostPort(b.Host, strconv.Itoa(port))
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		if err == nil {
+			conn.Close()
+			return b, nil
+		}
+		select {
+		case <-b.exited:
+		case <-time.After(50 * time.Millisecond):
+			if time.Now().Before(deadline) && ctx.Err() == nil {
+				continue
+			}
+		}
+		log, _ := os.ReadFile(filepath.Join(dir, "pgbouncer.log"))
+		b.Stop()
+		return nil, fmt.Errorf("pgbouncer did not listen on %s: %w\n%s", addr, err, log)
+	}
+}
+
+// PID is pgbouncer's process id.
+func (b *PgBouncer) PID() int { return b.cmd.Process.Pid }
+
+// DSN returns a URL for a database of this pgbouncer.
+func (b *PgBouncer) DSN(database string) string {
+	return fmt.Sprintf("postgres://%s@%s/%s?sslmode=disable", SuperUser, net.JoinHostPort(b.Host, strconv.Itoa(b.Port)), database)
+}
+
+// Stop stops pgbouncer and removes its folder.
+func (b *PgBouncer) Stop() {
+	_ = syscall.Kill(-b.cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-b.exited:
+	case <-time.After(10 * time.Second):
+		_ = syscall.Kill(-b.cmd.Process.Pid, syscall.SIGKILL)
+		<-b.exited
+	}
+	_ = os.RemoveAll(b.Dir)
+}
