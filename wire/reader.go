@@ -11,7 +11,12 @@ const (
 	// HeaderLen is the size of a typed message header: type byte and int32 length.
 	HeaderLen = 5
 
-	// defaultBufSize holds a typical request or a burst of small result rows in
+	// initialBufSize is what a Reader starts with: a login and a typical
+	// request fit, and an idle client (pgrouter may hold ten thousand) costs
+	// little. A read that fills the buffer doubles it, up to defaultBufSize.
+	initialBufSize = 1 << 10
+
+	// defaultBufSize holds a burst of requests or of small result rows in
 	// one read; larger messages grow the buffer for as long as they need it.
 	defaultBufSize = 8 << 10
 
@@ -148,7 +153,7 @@ func (r *Reader) NextStartup() ([]byte, error) {
 // reserve makes room for a message of total bytes starting at r.r.
 func (r *Reader) reserve(total int) {
 	if r.buf == nil {
-		r.buf = make([]byte, max(defaultBufSize, total))
+		r.buf = make([]byte, max(initialBufSize, total))
 		return
 	}
 	if r.r+total <= len(r.buf) {
@@ -170,9 +175,16 @@ func (r *Reader) fill() error {
 	if r.buf == nil {
 		r.reserve(HeaderLen)
 	}
+	free := len(r.buf) - r.w
 	n, err := r.src.Read(r.buf[r.w:])
 	r.w += n
 	if n > 0 {
+		if n == free && len(r.buf) < defaultBufSize { // more may be waiting: read more at once next time
+			grown := make([]byte, 2*len(r.buf))
+			r.w = copy(grown, r.buf[r.r:r.w])
+			r.r = 0
+			r.buf = grown
+		}
 		return nil
 	}
 	if err == io.EOF && r.w > r.r {

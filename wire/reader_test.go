@@ -209,3 +209,37 @@ func FuzzReader(f *testing.F) {
 		}
 	})
 }
+
+// TestReaderBufferGrowsWithTraffic: a Reader that only saw small messages
+// (a login, an idle client) keeps a small buffer; one whose reads fill the
+// buffer (a pipeline, a burst of rows) grows to defaultBufSize and no more.
+func TestReaderBufferGrowsWithTraffic(t *testing.T) {
+	small := NewReader(bytes.NewReader(encode(t, &pgproto3.Query{String: "SELECT 1"})), 1<<20)
+	if _, err := small.Next(); err != nil {
+		t.Fatal(err)
+	}
+	if len(small.buf) != initialBufSize {
+		t.Fatalf("buffer of %d bytes after one small message, want %d", len(small.buf), initialBufSize)
+	}
+
+	pair := encode(t, &pgproto3.Sync{}, &pgproto3.Query{String: "SELECT 1"})
+	stream := bytes.Repeat(pair, 4000) // 76 KB
+	r := NewReader(bytes.NewReader(stream), 1<<20)
+	reads := 0
+	for {
+		if !r.HasMessage() {
+			reads++
+		}
+		if _, err := r.Next(); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(r.buf) != defaultBufSize {
+		t.Fatalf("buffer of %d bytes after a long burst, want %d", len(r.buf), defaultBufSize)
+	}
+	if limit := len(stream)/defaultBufSize + 10; reads > limit {
+		t.Fatalf("%d reads for %d bytes: the buffer did not grow early", reads, len(stream))
+	}
+}
