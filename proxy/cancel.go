@@ -99,9 +99,9 @@ func (s *session) cancelRunning(ctx context.Context) {
 	s.mu.Unlock()
 	for i, c := range targets {
 		if err := c.SendCancel(ctx); err != nil {
-			s.log.Info("cancel request not delivered", zap.String("shard", c.Shard()), zap.Error(err))
+			s.logger().Info("cancel request not delivered", zap.String("shard", c.Shard()), zap.Error(err))
 		} else {
-			s.log.Debug("cancel request forwarded", zap.String("shard", c.Shard()), zap.Uint32("backend_pid", c.PID))
+			s.logger().Debug("cancel request forwarded", zap.String("shard", c.Shard()), zap.Uint32("backend_pid", c.PID))
 		}
 		dones[i]()
 	}

@@ -37,7 +37,7 @@ type session struct {
 	gen         *generation
 	conn        net.Conn
 	id          uint64
-	log         *zap.Logger
+	log         atomic.Pointer[zap.Logger] // built by logger() on first use
 	user        string
 	cluster     *shardmap.Cluster
 	mode        string
@@ -109,14 +109,13 @@ type session struct {
 	lastRequest atomic.Int64 // unix nanoseconds when the latest request began
 }
 
-func newSession(srv *Server, gen *generation, conn net.Conn, r *wire.Reader, w *wire.Writer, id uint64, user string, cl *shardmap.Cluster, log *zap.Logger) *session {
+func newSession(srv *Server, gen *generation, conn net.Conn, r *wire.Reader, w *wire.Writer, id uint64, user string, cl *shardmap.Cluster) *session {
 	cfg := gen.cfg
 	return &session{
 		srv:         srv,
 		gen:         gen,
 		conn:        conn,
 		id:          id,
-		log:         log,
 		user:        user,
 		cluster:     cl,
 		mode:        cfg.Pool.Mode,
@@ -134,6 +133,22 @@ func newSession(srv *Server, gen *generation, conn net.Conn, r *wire.Reader, w *
 		connected:   time.Now(),
 		dbName:      cl.Name,
 	}
+}
+
+// logger returns the client's logger, built on first use: zap's With
+// encodes its fields into a buffer of its own, about 1 KB that each of
+// thousands of idle clients would otherwise keep for nothing. It may be
+// called from another goroutine (a cancel request).
+func (s *session) logger() *zap.Logger {
+	if l := s.log.Load(); l != nil {
+		return l
+	}
+	l := s.srv.log.With(zap.Uint64("client_id", s.id), zap.String("remote", s.conn.RemoteAddr().String()),
+		zap.String("user", s.user), zap.String("database", s.dbName))
+	if !s.log.CompareAndSwap(nil, l) {
+		return s.log.Load()
+	}
+	return l
 }
 
 // run serves the client until it leaves or a fatal error.
@@ -168,7 +183,7 @@ func (s *session) run() {
 				return
 			}
 			e := toError(err)
-			s.log.Info("closing client connection", zap.String("sqlstate", e.Code), zap.String("reason", e.Message), zap.NamedError("cause", e.Err))
+			s.logger().Info("closing client connection", zap.String("sqlstate", e.Code), zap.String("reason", e.Message), zap.NamedError("cause", e.Err))
 			s.sendFatal(e)
 			return
 		}
@@ -265,7 +280,7 @@ func (s *session) fail(err error, typ byte) error {
 	if e.Fatal || isClientGone(err) {
 		return err
 	}
-	s.log.Debug("statement failed", zap.String("sqlstate", e.Code), zap.String("reason", e.Message), zap.NamedError("cause", e.Err))
+	s.logger().Debug("statement failed", zap.String("sqlstate", e.Code), zap.String("reason", e.Message), zap.NamedError("cause", e.Err))
 	if s.server != nil && !s.switchable() {
 		return s.failInBand(e, typ)
 	}
@@ -465,7 +480,7 @@ func (s *session) finish() {
 	ctx, cancel := context.WithTimeout(context.Background(), resetTimeout)
 	defer cancel()
 	if err := s.resetServer(ctx); err != nil {
-		s.log.Info("closing server connection that could not be reset", zap.String("shard", c.Shard()), zap.Error(err))
+		s.logger().Info("closing server connection that could not be reset", zap.String("shard", c.Shard()), zap.Error(err))
 		c.MarkBroken()
 	}
 	s.unlink()
@@ -538,7 +553,7 @@ func (s *session) abandonServer() {
 			ctx, cancel := context.WithTimeout(s.srv.ctx, cancelTimeout)
 			defer cancel()
 			if err := c.SendCancel(ctx); err != nil {
-				s.log.Debug("cancel of abandoned statement failed", zap.Error(err))
+				s.logger().Debug("cancel of abandoned statement failed", zap.Error(err))
 			}
 		}()
 	}
@@ -558,7 +573,7 @@ func (s *session) serverLost(err error) error {
 	s.queue.clear()
 	s.inBatch = false
 	s.unlink()
-	s.log.Warn("server connection lost", zap.String("shard", shard), zap.Error(err))
+	s.logger().Warn("server connection lost", zap.String("shard", shard), zap.Error(err))
 	if s.mode == config.ModeSession || s.txStatus != wire.TxIdle {
 		return fatalf(codeConnectionFailure, "pgrouter: lost the connection to shard %s; the transaction or session state on it is gone", shard).because(err)
 	}

@@ -220,7 +220,7 @@ func (s *Server) login(conn net.Conn, r *wire.Reader, w *wire.Writer, st *startu
 		return nil, err
 	}
 
-	sess := newSession(s, gen, conn, r, w, id, user, cluster, log)
+	sess := newSession(s, gen, conn, r, w, id, user, cluster)
 	sess.startup = desired
 	sess.appName = st.params["application_name"]
 	sess.desired = desired.Clone()
@@ -242,6 +242,7 @@ func (s *Server) login(conn net.Conn, r *wire.Reader, w *wire.Writer, st *startu
 		s.cancels.unregister(sess)
 		return nil, err
 	}
+	w.Release() // the greeting was the largest thing most clients will be sent before they go idle
 	log.Debug("client logged in", zap.String("cluster", cluster.Name))
 	return sess, nil
 }

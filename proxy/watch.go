@@ -80,7 +80,7 @@ func (s *session) readClientWatching() (wire.Message, error) {
 	_ = s.conn.SetWriteDeadline(time.Time{})
 	if werr != nil {
 		c.MarkBroken()
-		s.log.Info("server connection ended while the client was idle", zap.String("shard", c.Shard()), zap.Error(werr))
+		s.logger().Info("server connection ended while the client was idle", zap.String("shard", c.Shard()), zap.Error(werr))
 	}
 	return m, err
 }

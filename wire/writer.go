@@ -121,6 +121,15 @@ func (w *Writer) Flush() error {
 	return w.err
 }
 
+// Release drops the (flushed) buffer, after a one-off burst such as a login
+// greeting, so a connection that then sits idle holds none; the next
+// message allocates a new one.
+func (w *Writer) Release() {
+	if len(w.buf) == 0 {
+		w.buf = nil
+	}
+}
+
 // Reset forgets buffered output and any sticky error, for a Writer whose
 // connection is being handed to a new owner after a clean exchange.
 func (w *Writer) Reset() {
