@@ -198,16 +198,24 @@ func (s *session) overrideShard(name, key string) (*shardmap.Shard, error) {
 	return sh, nil
 }
 
-// anyShard picks a shard for a statement any shard can run: the server the
-// session holds, else the default route's shard, else a random one.
+// anyShard picks a shard for a statement any shard can run (a driver
+// preparing a statement): the server the session holds, else the shard the
+// session's override names, else the default route's shard unless the
+// health checks report it down, else a random shard that is up. So
+// preparing statements keeps working while the default shard is down.
 func (s *session) anyShard() *shardmap.Shard {
 	if s.server != nil {
 		if sh, ok := s.cluster.ShardNamed(s.server.Shard()); ok {
 			return sh
 		}
 	}
-	if s.cluster.Default.Kind == shardmap.RouteShard {
-		return s.cluster.Default.Shard
+	if s.overShard != "" || s.overKey != "" { // where the client's statements go: it may be the only shard up
+		if sh, err := s.overrideShard(s.overShard, s.overKey); err == nil {
+			return sh
+		}
+	}
+	if d := s.cluster.Default; d.Kind == shardmap.RouteShard && !s.srv.pools.Down(d.Shard.Name) {
+		return d.Shard
 	}
 	return pickUp(s.cluster.Shards, s.srv.pools.Down)
 }
