@@ -57,6 +57,8 @@ type Pool struct {
 	IdleTransactionTimeout Duration `yaml:"idle_transaction_timeout"`
 	ClientIdleTimeout      Duration `yaml:"client_idle_timeout"`
 	ClientLoginTimeout     Duration `yaml:"client_login_timeout"`
+	QueryTimeout           Duration `yaml:"query_timeout"`
+	ClientWriteTimeout     Duration `yaml:"client_write_timeout"`
 	PreparedStatements     int      `yaml:"prepared_statements"`
 	MaxMessageSize         ByteSize `yaml:"max_message_size"`
 }
@@ -244,6 +246,7 @@ func Defaults() Config {
 			ReservePoolTimeout:   Duration(5 * time.Second),
 			QueryWaitTimeout:     Duration(30 * time.Second),
 			ClientLoginTimeout:   Duration(60 * time.Second),
+			ClientWriteTimeout:   Duration(60 * time.Second),
 			PreparedStatements:   256,
 			MaxMessageSize:       64 << 20,
 		},

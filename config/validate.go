@@ -236,6 +236,12 @@ func (c *Config) validatePool(l *errorList) {
 	if p.ClientLoginTimeout <= 0 {
 		l.add("pool.client_login_timeout", "must be above zero")
 	}
+	if p.QueryTimeout < 0 {
+		l.add("pool.query_timeout", "must not be negative (0 turns it off)")
+	}
+	if p.ClientWriteTimeout < 0 {
+		l.add("pool.client_write_timeout", "must not be negative (0 turns it off)")
+	}
 	if p.PreparedStatements < 0 {
 		l.add("pool.prepared_statements", "%d must not be negative", p.PreparedStatements)
 	}

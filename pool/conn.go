@@ -63,9 +63,12 @@ type Conn struct {
 	// Unnamed is the fingerprint of the query text and parameter types of the
 	// unnamed prepared statement on this server (0: none), so a client whose
 	// Bind follows its Parse across a Sync can have it re-parsed.
-	Unnamed  uint64
-	broken   bool
-	lastUsed time.Time // guarded by pool.mu once released
+	Unnamed uint64
+	broken  bool
+	// interrupted is set by Interrupt from another goroutine; Release then
+	// closes the connection whatever its holder thought of it.
+	interrupted atomic.Bool
+	lastUsed    time.Time // guarded by pool.mu once released
 
 	// state is guarded by pool.mu.
 	state State
@@ -96,8 +99,17 @@ func (c *Conn) Pool() *Pool { return c.pool }
 // is closed instead of reused when released.
 func (c *Conn) MarkBroken() { c.broken = true }
 
-// Broken reports whether MarkBroken was called.
-func (c *Conn) Broken() bool { return c.broken }
+// Broken reports whether MarkBroken (or Interrupt) was called.
+func (c *Conn) Broken() bool { return c.broken || c.interrupted.Load() }
+
+// Interrupt closes the socket from a goroutine other than the holder's (a
+// watchdog whose timeout expired): the holder's blocked read or write
+// fails, and the connection is never reused, even if the holder saw its
+// request complete just before.
+func (c *Conn) Interrupt() {
+	c.interrupted.Store(true)
+	_ = c.netConn.Close()
+}
 
 // SetDeadline bounds the next reads and writes on the connection.
 func (c *Conn) SetDeadline(t time.Time) error { return c.netConn.SetDeadline(t) }

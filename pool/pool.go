@@ -288,7 +288,7 @@ func (p *Pool) Release(c *Conn) {
 	c.lastUsed = now
 	c.holder.Store(0)
 	st := p.settings.Load()
-	if p.closed || c.broken || (st.Lifetime > 0 && now.Sub(c.created) >= st.Lifetime) || p.open > st.Size+st.Reserve {
+	if p.closed || c.Broken() || (st.Lifetime > 0 && now.Sub(c.created) >= st.Lifetime) || p.open > st.Size+st.Reserve {
 		p.dropLocked(c)
 		p.wakeLocked()
 		p.mu.Unlock()

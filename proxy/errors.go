@@ -15,6 +15,7 @@ import (
 const (
 	codeProtocolViolation    = "08P01"
 	codeConnectionFailure    = "08006"
+	codeQueryCanceled        = "57014"
 	codeCannotConnect        = "08001"
 	codeInvalidAuthorization = "28000"
 	codeInvalidPassword      = "28P01"

@@ -50,6 +50,7 @@ type shardResult struct {
 // could wait on itself). While it runs, the servers are registered for
 // cancel requests.
 func (s *session) runOnAll(write func(c *pool.Conn)) []shardResult {
+	s.markBusy()
 	shards := s.cluster.Shards
 	results := make([]shardResult, len(shards))
 	taken := make([]*pool.Conn, len(shards)) // servers to give back
@@ -96,6 +97,13 @@ func (s *session) runOnAll(write func(c *pool.Conn)) []shardResult {
 	s.mu.Lock()
 	s.fanConns = nil
 	s.mu.Unlock()
+	if s.expired.Load() == expiredQuery { // the watchdog closed the servers that did not answer
+		for i := range results {
+			if results[i].err != nil {
+				results[i].err = s.queryTimeoutError(results[i].shard.Name, false)
+			}
+		}
+	}
 	for _, c := range taken {
 		if c != nil {
 			c.Pool().Release(c)

@@ -1,13 +1,139 @@
 package proxy
 
 import (
+	"context"
+	"runtime"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgproto3"
+
 	"github.com/pgrouter/pgrouter/internal/pgtest"
 	"github.com/pgrouter/pgrouter/internal/pgtest/testenv"
 )
+
+// TestShardFrozen: a shard stopped with SIGSTOP (backends included) does not
+// hang its clients. A statement already sent there gets 57014 once
+// query_timeout expires, a new connection gets 08001 after
+// server_connect_timeout, the other shard keeps serving meanwhile, and after
+// SIGCONT the pool serves the shard again without a restart of pgrouter and
+// nothing of the timed-out statement is left running.
+func TestShardFrozen(t *testing.T) {
+	ctx := testContext(t, 2*time.Minute)
+	own := testenv.Servers(t, 1, pgtest.Options{})[0]
+	p := startProxy(t, proxyOpts{servers: []*pgtest.Server{own, shards[1]},
+		extra: "  query_timeout: 1s\n  server_connect_timeout: 1s\n"})
+	frozen := p.connect(t, ctx)
+	other := p.connect(t, ctx)
+	if _, err := other.Exec(ctx, "SET pgrouter.shard = 's1'"); err != nil {
+		t.Fatal(err)
+	}
+	var one int
+	if err := frozen.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil { // leaves an idle server of s0 in the pool
+		t.Fatal(err)
+	}
+
+	if err := own.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	thawed := false
+	thaw := func() {
+		if !thawed {
+			thawed = true
+			if err := own.Signal(syscall.SIGCONT); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	defer thaw()
+
+	start := time.Now()
+	stmtCtx, cancel := context.WithTimeout(ctx, 15*time.Second) // without query_timeout this would hang
+	_, err := frozen.Exec(stmtCtx, "SELECT 2")
+	cancel()
+	if pgCode(err) != "57014" || !strings.Contains(err.Error(), "query_timeout") || !strings.Contains(err.Error(), "shard s0") {
+		t.Fatalf("statement on the frozen shard: %v; want 57014 naming query_timeout and s0", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("the query_timeout of 1s fired after %s", took)
+	}
+	if err := other.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+		t.Fatalf("the other shard while s0 is frozen: %v", err)
+	}
+	start = time.Now()
+	_, err = frozen.Exec(ctx, "SELECT 3") // needs a new server of s0: its login gets no answer
+	if pgCode(err) != "08001" || time.Since(start) > 5*time.Second {
+		t.Fatalf("new server connection to the frozen shard: %v after %s; want 08001 after server_connect_timeout", err, time.Since(start))
+	}
+
+	thaw()
+	eventually(t, 20*time.Second, func() (int, error) {
+		var n int
+		err := frozen.QueryRow(ctx, "SELECT 4").Scan(&n)
+		return n, err
+	}, 4)
+	// The statement that timed out is gone from the shard (its socket was
+	// closed; the cancel could not reach a frozen server).
+	eventually(t, 20*time.Second, func() (int, error) {
+		var n int
+		err := frozen.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT 2'").Scan(&n)
+		return n, err
+	}, 0)
+}
+
+// TestClientStopsReading: a client that sends a query with a large result
+// and stops reading is disconnected after client_write_timeout; its server
+// connection is cancelled and closed (the pool of one serves the next
+// client) and pgrouter never buffers more than a flush worth of the result.
+func TestClientStopsReading(t *testing.T) {
+	ctx := testContext(t, 2*time.Minute)
+	own := testenv.Servers(t, 1, pgtest.Options{})[0]
+	p := startProxy(t, proxyOpts{servers: []*pgtest.Server{own, shards[1]}, size: 1,
+		extra: "  client_write_timeout: 1s\n"})
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+
+	c := dialRaw(t, p.addr)
+	c.login(map[string]string{"user": "postgres", "database": "main"})
+	// 200 MB of rows, far more than the socket buffers hold.
+	c.send(&pgproto3.Query{String: "SELECT repeat('x', 1000) FROM generate_series(1, 200000)"})
+	time.Sleep(300 * time.Millisecond)
+	var during runtime.MemStats
+	runtime.ReadMemStats(&during)
+	if grew := int64(during.HeapAlloc) - int64(before.HeapAlloc); grew > 32<<20 {
+		t.Errorf("heap grew by %d MB while the client did not read", grew>>20)
+	}
+
+	// The pool has one server: the next client gets it only once the stuck
+	// one was let go.
+	start := time.Now()
+	next := p.connect(t, ctx)
+	var n int
+	if err := next.QueryRow(ctx, "SELECT 1").Scan(&n); err != nil {
+		t.Fatalf("next client: %v", err)
+	}
+	if took := time.Since(start); took > 8*time.Second {
+		t.Fatalf("next client served after %s; client_write_timeout is 1s", took)
+	}
+	// The stuck client's connection is closed: draining it ends in EOF.
+	_ = c.conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for {
+		if _, err := c.fe.Receive(); err != nil {
+			if strings.Contains(err.Error(), "timeout") {
+				t.Fatalf("the client that stopped reading is still connected: %v", err)
+			}
+			break
+		}
+	}
+	eventually(t, 20*time.Second, func() (int, error) {
+		var n int
+		err := next.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%generate_series(1, 200000)%' AND pid <> pg_backend_pid()").Scan(&n)
+		return n, err
+	}, 0)
+}
 
 // TestShardKilledMidTransaction: SIGKILL of a shard's postmaster and
 // backends while a client is inside a transaction there. That client gets a

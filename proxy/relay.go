@@ -27,10 +27,13 @@ func (s *session) relay() error {
 			return nil
 		}
 		c := s.server
-		if !c.R.HasMessage() && s.cw.Len() > 0 { // about to wait for the server: pass on what we have
-			if err := s.cw.Flush(); err != nil {
-				return clientIO(err)
+		if !c.R.HasMessage() {
+			if s.cw.Len() > 0 { // about to wait for the server: pass on what we have
+				if err := s.cw.Flush(); err != nil {
+					return clientIO(err)
+				}
 			}
+			s.markBusy()
 		}
 		m, err := c.R.Next()
 		if err != nil {
@@ -426,6 +429,7 @@ func (s *session) flushServer() error {
 		return nil
 	}
 	buf := c.W.Take()
+	s.markBusy()
 	done := make(chan error, 1)
 	go func() {
 		err := c.WriteRaw(buf)

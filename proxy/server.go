@@ -118,6 +118,8 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		defer s.wg.Done()
 		s.stats.run(s.ctx, s.pools)
 	}()
+	s.wg.Add(1)
+	go s.watchdog()
 	return s, nil
 }
 

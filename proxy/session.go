@@ -107,6 +107,15 @@ type session struct {
 	appName     string       // application_name from the startup packet
 	waiting     atomic.Bool  // queued for a server connection
 	lastRequest atomic.Int64 // unix nanoseconds when the latest request began
+
+	// For the watchdog (watchdog.go): busySince is when the session began
+	// waiting for a server (unix nanoseconds, 0 while it waits for its
+	// client); expired says which timeout the watchdog enforced; watched
+	// counts writes to the client; ws is the watchdog's own memory.
+	busySince atomic.Int64
+	expired   atomic.Int32
+	watched   *watchedConn
+	ws        watchState
 }
 
 func newSession(srv *Server, gen *generation, conn net.Conn, r *wire.Reader, w *wire.Writer, id uint64, user string, cl *shardmap.Cluster) *session {
@@ -151,6 +160,27 @@ func (s *session) logger() *zap.Logger {
 	return l
 }
 
+// markBusy notes that the session is about to wait for a server, for
+// query_timeout; the wait lasts until it next waits for its client.
+func (s *session) markBusy() {
+	if s.busySince.Load() != 0 || s.gen.cfg.Pool.QueryTimeout <= 0 {
+		return
+	}
+	s.expired.CompareAndSwap(expiredQuery, expiredNone) // an earlier timeout was reported
+	s.busySince.Store(time.Now().UnixNano())
+}
+
+// queryTimeoutError is what a client whose statement outlived
+// query_timeout is told: its server connection was closed.
+func (s *session) queryTimeoutError(shard string, fatal bool) *Error {
+	d := s.gen.cfg.Pool.QueryTimeout.D()
+	e := errorf(codeQueryCanceled, "pgrouter: query_timeout (%s) expired: shard %s did not answer in time; the statement was cancelled and its server connection closed", d, shard)
+	if fatal {
+		e = fatalf(codeQueryCanceled, "pgrouter: query_timeout (%s) expired: shard %s did not answer in time; the transaction or session state on it is gone", d, shard)
+	}
+	return e.withHint("The limit is pool.query_timeout in router.yaml; set statement_timeout on the shards a little lower so PostgreSQL ends slow statements itself.")
+}
+
 // run serves the client until it leaves or a fatal error.
 func (s *session) run() {
 	s.srv.addSession(s)
@@ -164,6 +194,9 @@ func (s *session) run() {
 			if err := s.cw.Flush(); err != nil {
 				return
 			}
+		}
+		if s.busySince.Load() != 0 {
+			s.busySince.Store(0)
 		}
 		m, err := s.readClient()
 		if err = clientIO(err); err != nil {
@@ -573,8 +606,13 @@ func (s *session) serverLost(err error) error {
 	s.queue.clear()
 	s.inBatch = false
 	s.unlink()
+	fatal := s.mode == config.ModeSession || s.txStatus != wire.TxIdle
+	if s.expired.Load() == expiredQuery { // the watchdog closed it (watchdog.go)
+		s.txStatus = wire.TxIdle
+		return s.queryTimeoutError(shard, fatal).because(err)
+	}
 	s.logger().Warn("server connection lost", zap.String("shard", shard), zap.Error(err))
-	if s.mode == config.ModeSession || s.txStatus != wire.TxIdle {
+	if fatal {
 		return fatalf(codeConnectionFailure, "pgrouter: lost the connection to shard %s; the transaction or session state on it is gone", shard).because(err)
 	}
 	s.txStatus = wire.TxIdle

@@ -41,6 +41,8 @@ func (s *Server) handle(conn net.Conn) {
 	gen := s.gen.Load()
 	cfg := gen.cfg
 	id := s.clientIDs.Add(1)
+	watched := &watchedConn{Conn: conn}
+	conn = watched
 	log := s.log.With(zap.Uint64("client_id", id), zap.String("remote", conn.RemoteAddr().String()))
 	_ = conn.SetDeadline(time.Now().Add(cfg.Pool.ClientLoginTimeout.D()))
 	cc := &clientConn{conn: conn, maxMessage: int(cfg.Pool.MaxMessageSize)}
@@ -91,6 +93,9 @@ func (s *Server) handle(conn net.Conn) {
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})
+	if cs, ok := sess.(*session); ok {
+		cs.watched = watched
+	}
 	sess.run()
 }
 
