@@ -2,18 +2,22 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgrouter/pgrouter/internal/pgtest"
 	"github.com/pgrouter/pgrouter/internal/pgtest/testenv"
@@ -181,4 +185,159 @@ func tpcbCheck(ctx context.Context, t *testing.T, conn *pgx.Conn) int64 {
 		t.Fatalf("TPC-B balances disagree: history %d accounts %d tellers %d branches %d", deltas, accounts, tellers, branches)
 	}
 	return history
+}
+
+// TestClientFlood: 10,000 clients try to log in to a real pgrouter with
+// max_client_conn 5,000, 2,000 at a time. Exactly 5,000 are held and the
+// other 5,000 get FATAL 53300; the refused ones do not grow pgrouter's
+// memory; once the flood leaves, clients log in again.
+func TestClientFlood(t *testing.T) {
+	const limit, attempts, parallel = 5000, 10000, 2000
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		t.Fatal(err)
+	}
+	if rl.Cur < rl.Max { // the pgrouter process inherits it
+		rl.Cur = rl.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rl.Cur < limit+2000 {
+		t.Fatalf("open-files limit %d: the flood needs %d (raise the hard limit: ulimit -Hn)", rl.Cur, limit+2000)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	servers := testenv.Servers(t, 1, pgtest.Options{})
+	addr, metricsAddr := freeAddr(t), freeAddr(t)
+	path := filepath.Join(t.TempDir(), "router.yaml")
+	writeFile(t, path, fmt.Sprintf(`listen: %s
+metrics_listen: %s
+auth: {type: trust}
+log: {level: error, format: json}
+pool: {mode: transaction, size: 4, max_client_conn: %d}
+clusters:
+  main:
+    shards:
+      - {name: s0, dsn: "%s"}
+default_route: s0
+`, addr, metricsAddr, limit, servers[0].DSN("postgres")))
+	gauge := func(name string) float64 {
+		var v float64
+		for _, m := range scrape(t, metricsAddr)[name].GetMetric() {
+			v += m.GetGauge().GetValue()
+		}
+		return v
+	}
+	router := runRouter(ctx, t, path, addr)
+	rssBefore := processRSS(t, router.Process.Pid)
+
+	dsn := fmt.Sprintf("postgres://postgres@%s/main?sslmode=disable&connect_timeout=60", addr)
+	var held []*pgconn.PgConn
+	defer func() {
+		for _, c := range held {
+			_ = c.Close(context.Background())
+		}
+	}()
+	// flood makes n login attempts, parallel at a time, and sorts them.
+	flood := func(n int) (refused int) {
+		var (
+			mu     sync.Mutex
+			others []string
+			work   = make(chan int)
+			wg     sync.WaitGroup
+		)
+		for range parallel {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range work {
+					c, err := pgconn.Connect(ctx, dsn)
+					mu.Lock()
+					var pgErr *pgconn.PgError
+					switch {
+					case err == nil:
+						held = append(held, c)
+					case errors.As(err, &pgErr) && pgErr.Code == "53300" && pgErr.Severity == "FATAL":
+						refused++
+					default:
+						others = append(others, err.Error())
+					}
+					mu.Unlock()
+				}
+			}()
+		}
+		for i := range n {
+			work <- i
+		}
+		close(work)
+		wg.Wait()
+		if len(others) > 0 {
+			t.Fatalf("%d logins failed otherwise than 53300, the first: %s", len(others), others[0])
+		}
+		return refused
+	}
+	start := time.Now()
+	refused := flood(attempts)
+	took := time.Since(start)
+	if len(held) != limit || refused != attempts-limit {
+		t.Fatalf("%d clients held and %d refused, want %d and %d", len(held), refused, limit, attempts-limit)
+	}
+	rssFull, goroutinesFull := processRSS(t, router.Process.Pid), gauge("go_goroutines")
+	if clients := gauge("pgrouter_clients"); clients != limit {
+		t.Fatalf("pgrouter_clients %v with %d held", clients, limit)
+	}
+	// Refused clients leave nothing behind: 5,000 more against the full
+	// pgrouter leave its goroutines where they were.
+	if refused := flood(limit); refused != limit {
+		t.Fatalf("%d of %d more clients refused", refused, limit)
+	}
+	rssAfter := processRSS(t, router.Process.Pid)
+	t.Logf("%d logins in %s: %d held, %d refused with 53300; pgrouter resident %.0f MB before, %.0f MB with the clients held, %.0f MB after %d more were refused",
+		attempts, took.Round(time.Millisecond), limit, attempts-limit, float64(rssBefore)/1e6, float64(rssFull)/1e6, float64(rssAfter)/1e6, limit)
+	if g := gauge("go_goroutines"); g > goroutinesFull+50 {
+		t.Fatalf("%v goroutines after the refused clients left, %v before them", g, goroutinesFull)
+	}
+	budget := int64(32 << 10) // per held client; the race detector's shadow memory multiplies it
+	if raceEnabled {
+		budget *= 8
+	}
+	if rssAfter-rssBefore > limit*budget {
+		t.Fatalf("pgrouter grew by %d MB for %d clients held and as many refused (budget %d KB per held client)", (rssAfter-rssBefore)>>20, limit, budget>>10)
+	}
+	// Still full: one more is refused. Then the flood leaves and a client gets in.
+	if _, err := pgconn.Connect(ctx, dsn); err == nil || !strings.Contains(err.Error(), "53300") {
+		t.Fatalf("client %d: %v, want 53300", limit+1, err)
+	}
+	for _, c := range held {
+		_ = c.Close(ctx)
+	}
+	held = nil
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := pgconn.Connect(ctx, dsn)
+		if err == nil {
+			_ = c.Close(ctx)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no login 30 s after the flood left: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// processRSS reads a process's resident memory from /proc.
+func processRSS(t *testing.T, pid int) int64 {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`VmRSS:\s+(\d+) kB`).FindSubmatch(data)
+	if m == nil {
+		t.Fatalf("no VmRSS in /proc/%d/status", pid)
+	}
+	kb, _ := strconv.ParseInt(string(m[1]), 10, 64)
+	return kb * 1000
 }
