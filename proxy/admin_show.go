@@ -452,7 +452,7 @@ func flatten(prefix string, v reflect.Value, out map[string]string) {
 			return
 		}
 		val := fmt.Sprint(v.Interface())
-		if strings.HasSuffix(prefix, ".dsn") {
+		if v.Kind() == reflect.String { // every DSN (shards, reference.source, ...) whatever its key
 			val = maskPassword(val)
 		}
 		out[prefix] = val

@@ -28,13 +28,14 @@ func TestMain(m *testing.M) {
 
 // proxyOpts tweak the YAML of a test proxy.
 type proxyOpts struct {
-	mode     string // pool.mode (default transaction)
-	size     int    // pool.size (default 4)
-	auth     string // auth.type (default trust)
-	users    string // users file content
-	extra    string // extra lines appended under pool:
-	topLevel string // extra top-level YAML
-	quiet    bool   // discard the proxy's log (fuzzing)
+	mode     string      // pool.mode (default transaction)
+	size     int         // pool.size (default 4)
+	auth     string      // auth.type (default trust)
+	users    string      // users file content
+	extra    string      // extra lines appended under pool:
+	topLevel string      // extra top-level YAML
+	quiet    bool        // discard the proxy's log (fuzzing)
+	log      *zap.Logger // the proxy's logger instead (a test reading the log)
 	// servers replaces the shared shards (s0, s1, ...) when set.
 	servers []*pgtest.Server
 	// dsnQuery replaces every shard DSN's query string (sslmode=disable).
@@ -108,6 +109,9 @@ func startProxy(t testing.TB, o proxyOpts) *testProxy {
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	if o.log != nil {
+		return startProxyLog(t, path, o.log)
+	}
 	return startProxyFile(t, path, o.quiet)
 }
 
@@ -123,6 +127,22 @@ func startProxyFile(t testing.TB, path string, quiet bool) *testProxy {
 	if !quiet {
 		log = zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
 	}
+	return startProxyConfig(t, cfg, log)
+}
+
+// startProxyLog starts a proxy from a config file with the given logger.
+func startProxyLog(t testing.TB, path string, log *zap.Logger) *testProxy {
+	t.Helper()
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	return startProxyConfig(t, cfg, log)
+}
+
+// startProxyConfig starts a proxy for a loaded config.
+func startProxyConfig(t testing.TB, cfg *config.Config, log *zap.Logger) *testProxy {
+	t.Helper()
 	srv, err := NewServer(cfg, log)
 	if err != nil {
 		t.Fatal(err)
