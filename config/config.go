@@ -57,7 +57,7 @@ type Pool struct {
 	IdleTransactionTimeout Duration `yaml:"idle_transaction_timeout"`
 	ClientIdleTimeout      Duration `yaml:"client_idle_timeout"`
 	ClientLoginTimeout     Duration `yaml:"client_login_timeout"`
-	QueryTimeout           Duration `yaml:"query_timeout"`
+	ServerReadTimeout      Duration `yaml:"server_read_timeout"`
 	ClientWriteTimeout     Duration `yaml:"client_write_timeout"`
 	PreparedStatements     int      `yaml:"prepared_statements"`
 	MaxMessageSize         ByteSize `yaml:"max_message_size"`

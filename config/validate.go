@@ -236,8 +236,8 @@ func (c *Config) validatePool(l *errorList) {
 	if p.ClientLoginTimeout <= 0 {
 		l.add("pool.client_login_timeout", "must be above zero")
 	}
-	if p.QueryTimeout < 0 {
-		l.add("pool.query_timeout", "must not be negative (0 turns it off)")
+	if p.ServerReadTimeout < 0 {
+		l.add("pool.server_read_timeout", "must not be negative (0 turns it off)")
 	}
 	if p.ClientWriteTimeout < 0 {
 		l.add("pool.client_write_timeout", "must not be negative (0 turns it off)")

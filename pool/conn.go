@@ -102,13 +102,25 @@ func (c *Conn) MarkBroken() { c.broken = true }
 // Broken reports whether MarkBroken (or Interrupt) was called.
 func (c *Conn) Broken() bool { return c.broken || c.interrupted.Load() }
 
-// Interrupt closes the socket from a goroutine other than the holder's (a
-// watchdog whose timeout expired): the holder's blocked read or write
-// fails, and the connection is never reused, even if the holder saw its
-// request complete just before.
-func (c *Conn) Interrupt() {
-	c.interrupted.Store(true)
-	_ = c.netConn.Close()
+// MarkInterrupted is the first half of interrupting a connection from a
+// goroutine other than the holder's (a watchdog whose timeout expired): from
+// now on Release closes it, even if the holder saw its request complete.
+// The caller must see the connection held (under the holder's lock) while
+// it marks it, so that a connection already given back is never touched.
+func (c *Conn) MarkInterrupted() { c.interrupted.Store(true) }
+
+// Interrupted reports whether MarkInterrupted was called.
+func (c *Conn) Interrupted() bool { return c.interrupted.Load() }
+
+// CloseSocket is the second half: it closes the raw socket (under TLS too,
+// without the close_notify a frozen server would never read), so the
+// holder's blocked read or write fails.
+func (c *Conn) CloseSocket() {
+	conn := c.netConn
+	if tc, ok := conn.(*tls.Conn); ok {
+		conn = tc.NetConn()
+	}
+	_ = conn.Close()
 }
 
 // SetDeadline bounds the next reads and writes on the connection.

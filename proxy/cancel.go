@@ -91,7 +91,11 @@ func (s *session) cancelRunning(ctx context.Context) {
 	if s.linked != nil {
 		targets = append(targets, s.linked)
 	}
-	targets = append(targets, s.fanConns...)
+	for _, c := range s.fanConns {
+		if c != s.linked { // a session-mode fan-out runs on the linked server too: one cancel each
+			targets = append(targets, c)
+		}
+	}
 	dones := make([]func(), len(targets))
 	for i, c := range targets {
 		dones[i] = c.StartCancel()
@@ -101,7 +105,7 @@ func (s *session) cancelRunning(ctx context.Context) {
 		if err := c.SendCancel(ctx); err != nil {
 			s.logger().Info("cancel request not delivered", zap.String("shard", c.Shard()), zap.Error(err))
 		} else {
-			s.logger().Debug("cancel request forwarded", zap.String("shard", c.Shard()), zap.Uint32("backend_pid", c.PID))
+			s.debug("cancel request forwarded", zap.String("shard", c.Shard()), zap.Uint32("backend_pid", c.PID))
 		}
 		dones[i]()
 	}

@@ -50,10 +50,14 @@ type shardResult struct {
 // could wait on itself). While it runs, the servers are registered for
 // cancel requests.
 func (s *session) runOnAll(write func(c *pool.Conn)) []shardResult {
-	s.markBusy()
 	shards := s.cluster.Shards
 	results := make([]shardResult, len(shards))
 	taken := make([]*pool.Conn, len(shards)) // servers to give back
+	used := make([]*pool.Conn, len(shards))  // servers the shards ran on
+	// server_read_timeout counts from the first statement sent until every
+	// shard has answered (time waiting for a pool slot before that is
+	// query_wait_timeout's).
+	begin := sync.OnceFunc(s.waitBegin)
 	var wg sync.WaitGroup
 	for i, sh := range shards {
 		results[i].shard = sh
@@ -75,15 +79,23 @@ func (s *session) runOnAll(write func(c *pool.Conn)) []shardResult {
 				}
 				c.SetHolder(s.id)
 				taken[i] = c
-				s.mu.Lock()
-				s.fanConns = append(s.fanConns, c)
-				s.mu.Unlock()
 				if err := s.syncSettings(c); err != nil {
 					c.MarkBroken()
 					results[i].err = err
 					return
 				}
 			}
+			// Registered for cancel requests and the watchdog; one acquired
+			// after server_read_timeout fired is closed like the others.
+			s.mu.Lock()
+			s.fanConns = append(s.fanConns, c)
+			if s.readExpired.Load() {
+				c.MarkInterrupted()
+				c.CloseSocket()
+			}
+			s.mu.Unlock()
+			used[i] = c
+			begin()
 			write(c)
 			if err := c.W.Flush(); err != nil {
 				c.MarkBroken()
@@ -94,14 +106,13 @@ func (s *session) runOnAll(write func(c *pool.Conn)) []shardResult {
 		}()
 	}
 	wg.Wait()
+	s.waitEnd()
 	s.mu.Lock()
 	s.fanConns = nil
 	s.mu.Unlock()
-	if s.expired.Load() == expiredQuery { // the watchdog closed the servers that did not answer
-		for i := range results {
-			if results[i].err != nil {
-				results[i].err = s.queryTimeoutError(results[i].shard.Name, false)
-			}
+	for i, c := range used {
+		if c != nil && c.Interrupted() && results[i].err != nil { // server_read_timeout closed it
+			results[i].err = s.readTimeoutError(results[i].shard.Name, false)
 		}
 	}
 	for _, c := range taken {

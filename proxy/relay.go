@@ -33,9 +33,8 @@ func (s *session) relay() error {
 					return clientIO(err)
 				}
 			}
-			s.markBusy()
 		}
-		m, err := c.R.Next()
+		m, err := s.readServer(c)
 		if err != nil {
 			return s.serverLost(err)
 		}
@@ -423,13 +422,17 @@ func (s *session) pushServer() error {
 func (s *session) flushServer() error {
 	c := s.server
 	if c.W.Len() < wire.FlushThreshold || !s.queue.awaitingServer() {
-		if err := c.W.Flush(); err != nil {
+		s.waitBegin() // a frozen server stops taking bytes too
+		err := c.W.Flush()
+		s.waitEnd()
+		if err != nil {
 			return s.serverLost(err)
 		}
 		return nil
 	}
 	buf := c.W.Take()
-	s.markBusy()
+	s.waitBegin() // the whole exchange: writes and reads
+	defer s.waitEnd()
 	done := make(chan error, 1)
 	go func() {
 		err := c.WriteRaw(buf)
@@ -440,7 +443,10 @@ func (s *session) flushServer() error {
 	for relayErr == nil && s.server == c {
 		s.emitLocals()
 		if !c.R.HasMessage() && s.cw.Len() > 0 {
-			if err := s.cw.Flush(); err != nil {
+			s.waitEnd() // a slow client is client_write_timeout's business
+			err := s.cw.Flush()
+			s.waitBegin()
+			if err != nil {
 				relayErr = clientIO(err)
 				break
 			}

@@ -108,14 +108,17 @@ type session struct {
 	waiting     atomic.Bool  // queued for a server connection
 	lastRequest atomic.Int64 // unix nanoseconds when the latest request began
 
-	// For the watchdog (watchdog.go): busySince is when the session began
-	// waiting for a server (unix nanoseconds, 0 while it waits for its
-	// client); expired says which timeout the watchdog enforced; watched
-	// counts writes to the client; ws is the watchdog's own memory.
-	busySince atomic.Int64
-	expired   atomic.Int32
-	watched   *watchedConn
-	ws        watchState
+	// For the watchdog (watchdog.go): waitingSince is when the session began
+	// a blocking wait on a server (monoNow; 0 when it is not waiting);
+	// readExpired is set, under mu, when server_read_timeout closed the
+	// session's servers during that wait; writeExpired when
+	// client_write_timeout closed the client; watched counts writes to the
+	// client; ws is the watchdog's own memory.
+	waitingSince atomic.Int64
+	readExpired  atomic.Bool
+	writeExpired atomic.Bool
+	watched      *watchedConn
+	ws           watchState
 }
 
 func newSession(srv *Server, gen *generation, conn net.Conn, r *wire.Reader, w *wire.Writer, id uint64, user string, cl *shardmap.Cluster) *session {
@@ -160,25 +163,23 @@ func (s *session) logger() *zap.Logger {
 	return l
 }
 
-// markBusy notes that the session is about to wait for a server, for
-// query_timeout; the wait lasts until it next waits for its client.
-func (s *session) markBusy() {
-	if s.busySince.Load() != 0 || s.gen.cfg.Pool.QueryTimeout <= 0 {
-		return
+// readTimeoutError is what a client is told when server_read_timeout closed
+// the server connection its statement was waiting on.
+func (s *session) readTimeoutError(shard string, fatal bool) *Error {
+	d := s.srv.gen.Load().cfg.Pool.ServerReadTimeout.D()
+	e := errorf(codeQueryCanceled, "pgrouter: server_read_timeout (%s) expired: shard %s sent nothing for that long; the statement was cancelled and its server connection closed", d, shard)
+	if fatal {
+		e = fatalf(codeQueryCanceled, "pgrouter: server_read_timeout (%s) expired: shard %s sent nothing for that long; the transaction or session state on it is gone", d, shard)
 	}
-	s.expired.CompareAndSwap(expiredQuery, expiredNone) // an earlier timeout was reported
-	s.busySince.Store(time.Now().UnixNano())
+	return e.withHint("The limit is pool.server_read_timeout in router.yaml; for statements that are merely slow, set statement_timeout on the shards below it.")
 }
 
-// queryTimeoutError is what a client whose statement outlived
-// query_timeout is told: its server connection was closed.
-func (s *session) queryTimeoutError(shard string, fatal bool) *Error {
-	d := s.gen.cfg.Pool.QueryTimeout.D()
-	e := errorf(codeQueryCanceled, "pgrouter: query_timeout (%s) expired: shard %s did not answer in time; the statement was cancelled and its server connection closed", d, shard)
-	if fatal {
-		e = fatalf(codeQueryCanceled, "pgrouter: query_timeout (%s) expired: shard %s did not answer in time; the transaction or session state on it is gone", d, shard)
+// debug logs at debug level without building the client's logger when
+// debug is off (see logger).
+func (s *session) debug(msg string, fields ...zap.Field) {
+	if s.srv.log.Core().Enabled(zap.DebugLevel) {
+		s.debug(msg, fields...)
 	}
-	return e.withHint("The limit is pool.query_timeout in router.yaml; set statement_timeout on the shards a little lower so PostgreSQL ends slow statements itself.")
 }
 
 // run serves the client until it leaves or a fatal error.
@@ -194,9 +195,6 @@ func (s *session) run() {
 			if err := s.cw.Flush(); err != nil {
 				return
 			}
-		}
-		if s.busySince.Load() != 0 {
-			s.busySince.Store(0)
 		}
 		m, err := s.readClient()
 		if err = clientIO(err); err != nil {
@@ -313,7 +311,7 @@ func (s *session) fail(err error, typ byte) error {
 	if e.Fatal || isClientGone(err) {
 		return err
 	}
-	s.logger().Debug("statement failed", zap.String("sqlstate", e.Code), zap.String("reason", e.Message), zap.NamedError("cause", e.Err))
+	s.debug("statement failed", zap.String("sqlstate", e.Code), zap.String("reason", e.Message), zap.NamedError("cause", e.Err))
 	if s.server != nil && !s.switchable() {
 		return s.failInBand(e, typ)
 	}
@@ -586,7 +584,7 @@ func (s *session) abandonServer() {
 			ctx, cancel := context.WithTimeout(s.srv.ctx, cancelTimeout)
 			defer cancel()
 			if err := c.SendCancel(ctx); err != nil {
-				s.logger().Debug("cancel of abandoned statement failed", zap.Error(err))
+				s.debug("cancel of abandoned statement failed", zap.Error(err))
 			}
 		}()
 	}
@@ -607,9 +605,9 @@ func (s *session) serverLost(err error) error {
 	s.inBatch = false
 	s.unlink()
 	fatal := s.mode == config.ModeSession || s.txStatus != wire.TxIdle
-	if s.expired.Load() == expiredQuery { // the watchdog closed it (watchdog.go)
+	if c.Interrupted() { // server_read_timeout: the watchdog closed it (watchdog.go)
 		s.txStatus = wire.TxIdle
-		return s.queryTimeoutError(shard, fatal).because(err)
+		return s.readTimeoutError(shard, fatal).because(err)
 	}
 	s.logger().Warn("server connection lost", zap.String("shard", shard), zap.Error(err))
 	if fatal {

@@ -9,18 +9,19 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgrouter/pgrouter/pool"
+	"github.com/pgrouter/pgrouter/wire"
 )
 
 // watchdogTick is how often the watchdog looks at every session. A timeout
 // fires up to one tick late.
 const watchdogTick = 250 * time.Millisecond
 
-// Why the watchdog ended a session's wait (session.expired).
-const (
-	expiredNone int32 = iota
-	expiredQuery
-	expiredWrite
-)
+// epoch anchors monoNow: durations from it use the monotonic clock, so a
+// step of the wall clock cannot fire (or hold back) a timeout.
+var epoch = time.Now()
+
+// monoNow is the time since epoch, never 0 (0 means "not waiting").
+func monoNow() int64 { return int64(time.Since(epoch)) | 1 }
 
 // watchedConn is a client socket that counts its writes, so the watchdog
 // can tell a write that has not returned for client_write_timeout (a client
@@ -44,11 +45,35 @@ type watchState struct {
 	since  time.Time // when that (odd) value was first seen
 }
 
+// waitBegin and waitEnd bracket a blocking read or write on the session's
+// servers, for server_read_timeout. Two atomic stores and a clock read per
+// wait: cheap next to the system call they surround.
+func (s *session) waitBegin() {
+	if s.readExpired.Load() { // reported; this is a new wait
+		s.readExpired.Store(false)
+	}
+	s.waitingSince.Store(monoNow())
+}
+
+func (s *session) waitEnd() { s.waitingSince.Store(0) }
+
+// readServer reads the next message of server c, as a watched wait when it
+// must block.
+func (s *session) readServer(c *pool.Conn) (m wire.Message, err error) {
+	if c.R.HasMessage() {
+		return c.R.Next()
+	}
+	s.waitBegin()
+	m, err = c.R.Next()
+	s.waitEnd()
+	return m, err
+}
+
 // watchdog enforces the timeouts that a session cannot enforce itself
-// because it is blocked: query_timeout (the session waits for a server that
-// does not answer: a frozen or unreachable shard) and client_write_timeout
-// (the session is blocked writing to a client that stopped reading, holding
-// a server connection). It runs until the server closes.
+// because it is blocked: server_read_timeout (it waits for a server that
+// sends nothing: a frozen or unreachable shard) and client_write_timeout (it
+// is blocked writing to a client that stopped reading, holding a server
+// connection). It runs until the server closes.
 func (s *Server) watchdog() {
 	defer s.wg.Done()
 	t := time.NewTicker(watchdogTick)
@@ -59,18 +84,18 @@ func (s *Server) watchdog() {
 			return
 		case now := <-t.C:
 			pc := s.gen.Load().cfg.Pool
-			if pc.QueryTimeout <= 0 && pc.ClientWriteTimeout <= 0 {
+			if pc.ServerReadTimeout <= 0 && pc.ClientWriteTimeout <= 0 {
 				continue
 			}
 			for _, sess := range s.sessionList() {
-				s.checkTimeouts(sess, now, pc.QueryTimeout.D(), pc.ClientWriteTimeout.D())
+				s.checkTimeouts(sess, now, pc.ServerReadTimeout.D(), pc.ClientWriteTimeout.D())
 			}
 		}
 	}
 }
 
 // checkTimeouts checks one session against the timeouts.
-func (s *Server) checkTimeouts(sess *session, now time.Time, queryTimeout, writeTimeout time.Duration) {
+func (s *Server) checkTimeouts(sess *session, now time.Time, readTimeout, writeTimeout time.Duration) {
 	if writeTimeout > 0 && sess.watched != nil {
 		n := sess.watched.writes.Load()
 		switch {
@@ -78,50 +103,57 @@ func (s *Server) checkTimeouts(sess *session, now time.Time, queryTimeout, write
 			sess.ws.since = time.Time{}
 		case n != sess.ws.writes || sess.ws.since.IsZero():
 			sess.ws.since = now
-		case now.Sub(sess.ws.since) >= writeTimeout && sess.expired.CompareAndSwap(expiredNone, expiredWrite):
+		case now.Sub(sess.ws.since) >= writeTimeout && sess.writeExpired.CompareAndSwap(false, true):
 			sess.logger().Info("client_write_timeout: the client has not read its results; closing it", zap.Duration("client_write_timeout", writeTimeout))
 			_ = sess.watched.Close() // its write fails and the session ends, abandoning its server
 		}
 		sess.ws.writes = n
 	}
-	if queryTimeout > 0 {
-		began := sess.busySince.Load()
-		if began != 0 && now.Sub(time.Unix(0, began)) >= queryTimeout && sess.expired.CompareAndSwap(expiredNone, expiredQuery) {
-			if sess.busySince.Load() != began { // that wait ended meanwhile; another began
-				sess.expired.CompareAndSwap(expiredQuery, expiredNone)
-				return
-			}
-			sess.logger().Warn("query_timeout: the shard has not answered; cancelling and closing its connection", zap.Duration("query_timeout", queryTimeout))
-			s.interruptServers(sess)
+	if readTimeout > 0 {
+		if began := sess.waitingSince.Load(); began != 0 && monoNow()-began >= int64(readTimeout) {
+			s.interruptServers(sess, began, readTimeout)
 		}
 	}
 }
 
 // interruptServers cancels what the session's servers are running and
-// closes their sockets, so the session's blocked read fails and it reports
-// the timeout. The cancel goes out in the background: a frozen server may
-// never accept it.
-func (s *Server) interruptServers(sess *session) {
+// closes their sockets, so the session's blocked wait fails and it reports
+// server_read_timeout. The connections are marked under the session's lock,
+// with the wait checked to be the one that expired: a connection the
+// session has given back meanwhile (it unlinks under that lock) is never
+// touched, so another client's can never be. The cancel goes out in the
+// background: a frozen server may never accept it.
+func (s *Server) interruptServers(sess *session, began int64, readTimeout time.Duration) {
 	sess.mu.Lock()
+	if sess.waitingSince.Load() != began || sess.readExpired.Load() {
+		sess.mu.Unlock()
+		return // that wait ended, or was dealt with at an earlier tick
+	}
+	sess.readExpired.Store(true)
 	var targets []*pool.Conn
 	if sess.linked != nil {
 		targets = append(targets, sess.linked)
 	}
-	targets = append(targets, sess.fanConns...)
-	sess.mu.Unlock()
-	// No StartCancel: that would hold the session's Release of these
-	// connections until the cancel is delivered (up to cancelTimeout on a
-	// frozen server), and Interrupt already keeps them from being reused,
-	// so the cancel can only reach this client's statement.
+	for _, c := range sess.fanConns {
+		if c != sess.linked {
+			targets = append(targets, c)
+		}
+	}
 	for _, c := range targets {
-		c.Interrupt()
+		c.MarkInterrupted()
+	}
+	sess.mu.Unlock()
+	sess.logger().Warn("server_read_timeout: a shard sent nothing for too long; cancelling the statement and closing the connection",
+		zap.Duration("server_read_timeout", readTimeout))
+	for _, c := range targets {
+		c.CloseSocket()
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			ctx, cancel := context.WithTimeout(s.ctx, cancelTimeout)
 			defer cancel()
 			if err := c.SendCancel(ctx); err != nil {
-				sess.logger().Info("cancel after query_timeout not delivered", zap.String("shard", c.Shard()), zap.Error(err))
+				sess.logger().Info("cancel after server_read_timeout not delivered", zap.String("shard", c.Shard()), zap.Error(err))
 			}
 		}()
 	}
