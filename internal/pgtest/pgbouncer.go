@@ -91,11 +91,16 @@ logfile = %s
 		close(b.exited)
 	}()
 	addr := net.JoinHostPort(b.Host, strconv.Itoa(port))
+	logPath := filepath.Join(dir, "pgbouncer.log")
 	for deadline := time.Now().Add(15 * time.Second); ; {
 		conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
 		if err == nil {
 			conn.Close()
-			return b, nil
+			// Ours, not another process that took the port meanwhile.
+			if log, _ := os.ReadFile(logPath); strings.Contains(string(log), "listening on "+addr) {
+				return b, nil
+			}
+			err = errors.New("the port answers but pgbouncer has not logged listening on it")
 		}
 		select {
 		case <-b.exited:
@@ -104,7 +109,7 @@ logfile = %s
 				continue
 			}
 		}
-		log, _ := os.ReadFile(filepath.Join(dir, "pgbouncer.log"))
+		log, _ := os.ReadFile(logPath)
 		b.Stop()
 		return nil, fmt.Errorf("pgbouncer did not listen on %s: %w\n%s", addr, err, log)
 	}
@@ -118,9 +123,10 @@ func (b *PgBouncer) DSN(database string) string {
 	return fmt.Sprintf("postgres://%s@%s/%s?sslmode=disable", SuperUser, net.JoinHostPort(b.Host, strconv.Itoa(b.Port)), database)
 }
 
-// Stop stops pgbouncer and removes its folder.
+// Stop stops pgbouncer and removes its folder. SIGINT is a safe shutdown in
+// every pgbouncer version (since 1.23 SIGTERM waits for clients to leave).
 func (b *PgBouncer) Stop() {
-	_ = syscall.Kill(-b.cmd.Process.Pid, syscall.SIGTERM)
+	_ = syscall.Kill(-b.cmd.Process.Pid, syscall.SIGINT)
 	select {
 	case <-b.exited:
 	case <-time.After(10 * time.Second):
