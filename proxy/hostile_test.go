@@ -72,6 +72,11 @@ func TestCancelKeys(t *testing.T) {
 	}
 
 	busy := p.connect(t, ctx)
+	shard, err := pgx.Connect(ctx, shards[0].DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer shard.Close(ctx)
 	send := func(secret []byte) {
 		conn, err := net.Dial("tcp", p.addr)
 		if err != nil {
@@ -96,7 +101,11 @@ func TestCancelKeys(t *testing.T) {
 			_, err := busy.Exec(ctx, "SELECT pg_sleep(1.5)")
 			done <- err
 		}()
-		time.Sleep(300 * time.Millisecond)
+		eventually(t, 10*time.Second, func() (int, error) { // running on the shard: a cancel now has something to hit
+			var n int
+			err := shard.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(1.5)' AND state = 'active'").Scan(&n)
+			return n, err
+		}, 1)
 		send(secret)
 		err := <-done
 		if right && pgCode(err) != "57014" {
