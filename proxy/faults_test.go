@@ -2,12 +2,16 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
 	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgrouter/pgrouter/internal/pgtest"
@@ -94,57 +98,74 @@ func TestShardFrozen(t *testing.T) {
 // client is not a server that sent nothing, and must not keep
 // client_write_timeout from firing.
 func TestClientStopsReading(t *testing.T) {
-	ctx := testContext(t, 2*time.Minute)
+	certs, err := pgtest.WriteCerts(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
 	own := testenv.Servers(t, 1, pgtest.Options{})[0]
-	p := startProxy(t, proxyOpts{servers: []*pgtest.Server{own, shards[1]}, size: 1,
-		extra: "  client_write_timeout: 1s\n  server_read_timeout: 500ms\n"})
-	var before runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&before)
+	for _, sslmode := range []string{"disable", "require"} { // under TLS the raw socket is what is watched and closed
+		t.Run("sslmode="+sslmode, func(t *testing.T) {
+			ctx := testContext(t, 2*time.Minute)
+			p := startProxy(t, proxyOpts{servers: []*pgtest.Server{own, shards[1]}, size: 1,
+				extra:    "  client_write_timeout: 1s\n  server_read_timeout: 500ms\n",
+				topLevel: fmt.Sprintf("tls:\n  mode: allow\n  cert: %s\n  key: %s\n", certs.Cert, certs.Key)})
+			var before runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
 
-	c := dialRaw(t, p.addr)
-	c.login(map[string]string{"user": "postgres", "database": "main"})
-	// 200 MB of rows, far more than the socket buffers hold.
-	c.send(&pgproto3.Query{String: "SELECT repeat('x', 1000) FROM generate_series(1, 200000)"})
-	var grew int64 // the most the heap grew while the client did not read
-	for range 16 {
-		time.Sleep(50 * time.Millisecond)
-		var during runtime.MemStats
-		runtime.ReadMemStats(&during)
-		grew = max(grew, int64(during.HeapAlloc)-int64(before.HeapAlloc))
-	}
-	if grew > 32<<20 {
-		t.Errorf("heap grew by %d MB while the client did not read", grew>>20)
-	}
+			host, port := p.hostPort()
+			pc, err := pgconn.Connect(ctx, fmt.Sprintf("host=%s port=%s user=postgres dbname=main sslmode=%s", host, port, sslmode))
+			if err != nil {
+				t.Fatal(err)
+			}
+			hc, err := pc.Hijack() // speak by hand from here: send, never read
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer hc.Conn.Close()
+			if _, isTLS := hc.Conn.(*tls.Conn); isTLS != (sslmode == "require") {
+				t.Fatalf("TLS %v with sslmode=%s", isTLS, sslmode)
+			}
+			// 200 MB of rows, far more than the socket buffers hold.
+			if _, err := hc.Conn.Write(encodeAll(&pgproto3.Query{String: "SELECT repeat('x', 1000) FROM generate_series(1, 200000)"})); err != nil {
+				t.Fatal(err)
+			}
+			var grew int64 // the most the heap grew while the client did not read
+			for range 16 {
+				time.Sleep(50 * time.Millisecond)
+				var during runtime.MemStats
+				runtime.ReadMemStats(&during)
+				grew = max(grew, int64(during.HeapAlloc)-int64(before.HeapAlloc))
+			}
+			if grew > 32<<20 {
+				t.Errorf("heap grew by %d MB while the client did not read", grew>>20)
+			}
 
-	// The pool has one server: the next client gets it only once the stuck
-	// one was let go.
-	start := time.Now()
-	next := p.connect(t, ctx)
-	var n int
-	if err := next.QueryRow(ctx, "SELECT 1").Scan(&n); err != nil {
-		t.Fatalf("next client: %v", err)
-	}
-	if took := time.Since(start); took > 8*time.Second {
-		t.Fatalf("next client served after %s; client_write_timeout is 1s", took)
-	} else {
-		t.Logf("heap grew %.1f MB while the client did not read 200 MB; the pool's one server served the next client after %s", float64(grew)/1e6, took.Round(time.Millisecond))
-	}
-	// The stuck client's connection is closed: draining it ends in EOF.
-	_ = c.conn.SetReadDeadline(time.Now().Add(20 * time.Second))
-	for {
-		if _, err := c.fe.Receive(); err != nil {
-			if strings.Contains(err.Error(), "timeout") {
+			// The pool has one server: the next client gets it only once the
+			// stuck one was let go.
+			start := time.Now()
+			next := p.connect(t, ctx)
+			var n int
+			if err := next.QueryRow(ctx, "SELECT 1").Scan(&n); err != nil {
+				t.Fatalf("next client: %v", err)
+			}
+			if took := time.Since(start); took > 8*time.Second {
+				t.Fatalf("next client served after %s; client_write_timeout is 1s", took)
+			} else {
+				t.Logf("heap grew %.1f MB while the client did not read 200 MB; the pool's one server served the next client after %s", float64(grew)/1e6, took.Round(time.Millisecond))
+			}
+			// The stuck client's connection is closed: draining it ends.
+			_ = hc.Conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+			if _, err := io.Copy(io.Discard, hc.Conn); err != nil && strings.Contains(err.Error(), "timeout") {
 				t.Fatalf("the client that stopped reading is still connected: %v", err)
 			}
-			break
-		}
+			eventually(t, 20*time.Second, func() (int, error) {
+				var n int
+				err := next.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%generate_series(1, 200000)%' AND pid <> pg_backend_pid()").Scan(&n)
+				return n, err
+			}, 0)
+		})
 	}
-	eventually(t, 20*time.Second, func() (int, error) {
-		var n int
-		err := next.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%generate_series(1, 200000)%' AND pid <> pg_backend_pid()").Scan(&n)
-		return n, err
-	}, 0)
 }
 
 // TestFanoutShardFrozen: a run_on all call with one shard frozen gets 57014
