@@ -25,7 +25,7 @@ type IdleResult struct {
 func Idle(ctx context.Context, dsn string, n int, pid int, hold time.Duration) (*IdleResult, error) {
 	r := &IdleResult{}
 	var err error
-	if r.RSSBefore, err = processRSS(pid); err != nil {
+	if r.RSSBefore, err = ProcessRSS(pid); err != nil {
 		return nil, err
 	}
 	conns := make([]*pgconn.PgConn, 0, n)
@@ -48,14 +48,14 @@ func Idle(ctx context.Context, dsn string, n int, pid int, hold time.Duration) (
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	if r.RSSAfter, err = processRSS(pid); err != nil {
+	if r.RSSAfter, err = ProcessRSS(pid); err != nil {
 		return nil, err
 	}
 	return r, nil
 }
 
-// processRSS is a process's resident memory in bytes (VmRSS), 0 for pid 0.
-func processRSS(pid int) (int64, error) {
+// ProcessRSS is a process's resident memory in bytes (VmRSS), 0 for pid 0.
+func ProcessRSS(pid int) (int64, error) {
 	if pid == 0 {
 		return 0, nil
 	}

@@ -119,7 +119,7 @@ func TestIdle(t *testing.T) {
 	if r.Clients != 50 || r.RSSBefore <= 0 || r.RSSAfter <= 0 || r.LoginTime <= 0 {
 		t.Fatalf("%+v", r)
 	}
-	if _, err := processRSS(1 << 30); err == nil {
+	if _, err := ProcessRSS(1 << 30); err == nil {
 		t.Fatal("no error for a process that does not exist")
 	}
 }

@@ -39,19 +39,7 @@ func TestShardFrozen(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if err := own.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	thawed := false
-	thaw := func() {
-		if !thawed {
-			thawed = true
-			if err := own.Signal(syscall.SIGCONT); err != nil {
-				t.Error(err)
-			}
-		}
-	}
-	defer thaw()
+	thaw := testenv.Freeze(t, own)
 
 	start := time.Now()
 	stmtCtx, cancel := context.WithTimeout(ctx, 15*time.Second) // without server_read_timeout this would hang
@@ -179,16 +167,7 @@ func TestFanoutShardFrozen(t *testing.T) {
 	if err := conn.QueryRow(ctx, "SELECT * FROM rt_count_users()").Scan(&n); err != nil {
 		t.Fatal(err)
 	}
-	frozen := allShards[2]
-	if err := frozen.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	thawed := false
-	defer func() {
-		if !thawed {
-			_ = frozen.Signal(syscall.SIGCONT)
-		}
-	}()
+	thaw := testenv.Freeze(t, allShards[2])
 	start := time.Now()
 	stmtCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	err := conn.QueryRow(stmtCtx, "SELECT * FROM rt_count_users()").Scan(&n)
@@ -197,10 +176,7 @@ func TestFanoutShardFrozen(t *testing.T) {
 		t.Fatalf("fan-out with s2 frozen: %v after %s; want 57014 naming s2 after about 1s", err, time.Since(start))
 	}
 	t.Logf("fan-out with a frozen shard: 57014 after %s", time.Since(start).Round(time.Millisecond))
-	thawed = true
-	if err := frozen.Signal(syscall.SIGCONT); err != nil {
-		t.Fatal(err)
-	}
+	thaw()
 	eventually(t, 20*time.Second, func() (int, error) {
 		err := conn.QueryRow(ctx, "SELECT * FROM rt_count_users()").Scan(&n)
 		if err != nil {

@@ -7,7 +7,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -362,17 +361,7 @@ func TestFrozenShard(t *testing.T) {
 	startRun(t, c.config(t, "plans"), func(o *Options) { o.QueueWait, o.ApplyTimeout = time.Second, 3*time.Second })
 	waitEqual(t, c, 30*time.Second, "plans")
 
-	if err := servers[1].Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	thawed := false
-	thaw := func() {
-		if !thawed {
-			thawed = true
-			_ = servers[1].Signal(syscall.SIGCONT)
-		}
-	}
-	defer thaw()
+	thaw := testenv.Freeze(t, servers[1])
 	// More transactions than a shard's queue holds, one by one.
 	conn, err := pgconn.Connect(context.Background(), c.src)
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -19,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgrouter/pgrouter/bench"
 	"github.com/pgrouter/pgrouter/internal/pgtest"
 	"github.com/pgrouter/pgrouter/internal/pgtest/testenv"
 )
@@ -349,17 +349,12 @@ default_route: s0
 	}
 }
 
-// processRSS reads a process's resident memory from /proc.
+// processRSS is bench.ProcessRSS for a test.
 func processRSS(t *testing.T, pid int) int64 {
 	t.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	rss, err := bench.ProcessRSS(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`VmRSS:\s+(\d+) kB`).FindSubmatch(data)
-	if m == nil {
-		t.Fatalf("no VmRSS in /proc/%d/status", pid)
-	}
-	kb, _ := strconv.ParseInt(string(m[1]), 10, 64)
-	return kb * 1000
+	return rss
 }

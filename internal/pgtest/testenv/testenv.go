@@ -8,6 +8,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -39,6 +41,23 @@ func Main(m *testing.M, n int, opts pgtest.Options, use func([]*pgtest.Server)) 
 		}
 	}
 	os.Exit(code)
+}
+
+// Freeze stops a server and all its backends with SIGSTOP. The returned
+// thaw (SIGCONT) may be called any number of times; it also runs when the
+// test ends, so a failing test never leaves a server frozen for the next.
+func Freeze(t testing.TB, s *pgtest.Server) (thaw func()) {
+	t.Helper()
+	if err := s.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	thaw = sync.OnceFunc(func() {
+		if err := s.Signal(syscall.SIGCONT); err != nil {
+			t.Error(err)
+		}
+	})
+	t.Cleanup(thaw)
+	return thaw
 }
 
 // Servers starts n servers for one test and stops them when it ends.
