@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -64,18 +65,10 @@ func TestShardFrozen(t *testing.T) {
 	t.Logf("new server connection to the frozen shard: 08001 after %s", time.Since(start).Round(time.Millisecond))
 
 	thaw()
-	eventually(t, 20*time.Second, func() (int, error) {
-		var n int
-		err := frozen.QueryRow(ctx, "SELECT 4").Scan(&n)
-		return n, err
-	}, 4)
+	eventually(t, 20*time.Second, count(ctx, frozen, "SELECT 4", 4))
 	// The statement that timed out is gone from the shard (its socket was
 	// closed; the cancel could not reach a frozen server).
-	eventually(t, 20*time.Second, func() (int, error) {
-		var n int
-		err := frozen.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT 2'").Scan(&n)
-		return n, err
-	}, 0)
+	eventually(t, 20*time.Second, count(ctx, frozen, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT 2'", 0))
 }
 
 // TestClientStopsReading: a client that sends a query with a large result
@@ -147,11 +140,7 @@ func TestClientStopsReading(t *testing.T) {
 			if _, err := io.Copy(io.Discard, hc.Conn); err != nil && strings.Contains(err.Error(), "timeout") {
 				t.Fatalf("the client that stopped reading is still connected: %v", err)
 			}
-			eventually(t, 20*time.Second, func() (int, error) {
-				var n int
-				err := next.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%generate_series(1, 200000)%' AND pid <> pg_backend_pid()").Scan(&n)
-				return n, err
-			}, 0)
+			eventually(t, 20*time.Second, count(ctx, next, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%generate_series(1, 200000)%' AND pid <> pg_backend_pid()", 0))
 		})
 	}
 }
@@ -177,13 +166,7 @@ func TestFanoutShardFrozen(t *testing.T) {
 	}
 	t.Logf("fan-out with a frozen shard: 57014 after %s", time.Since(start).Round(time.Millisecond))
 	thaw()
-	eventually(t, 20*time.Second, func() (int, error) {
-		err := conn.QueryRow(ctx, "SELECT * FROM rt_count_users()").Scan(&n)
-		if err != nil {
-			return 0, err
-		}
-		return 1, nil
-	}, 1)
+	eventually(t, 20*time.Second, func() error { return conn.QueryRow(ctx, "SELECT * FROM rt_count_users()").Scan(&n) })
 }
 
 // TestShardKilledMidTransaction: SIGKILL of a shard's postmaster and
@@ -239,29 +222,39 @@ func TestShardKilledMidTransaction(t *testing.T) {
 	if err := own.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 20*time.Second, func() (int, error) {
-		var n int
-		err := idle.QueryRow(ctx, "SELECT 5").Scan(&n)
-		return n, err
-	}, 5)
+	eventually(t, 20*time.Second, count(ctx, idle, "SELECT 5", 5))
 	fresh := p.connect(t, ctx)
 	if err := fresh.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
 		t.Fatalf("a new client after the restart: %v", err)
 	}
 }
 
-// eventually polls query until it returns want, for at most d.
-func eventually(t *testing.T, d time.Duration, query func() (int, error), want int) {
+// eventually polls check until it returns nil, for at most d.
+func eventually(t *testing.T, d time.Duration, check func() error) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
-		got, err := query()
-		if err == nil && got == want {
+		err := check()
+		if err == nil {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after %s: got %d (%v), want %d", d, got, err, want)
+			t.Fatalf("after %s: %v", d, err)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// count returns a check that query, which counts something, counts want.
+func count(ctx context.Context, conn *pgx.Conn, query string, want int) func() error {
+	return func() error {
+		var n int
+		if err := conn.QueryRow(ctx, query).Scan(&n); err != nil {
+			return err
+		}
+		if n != want {
+			return fmt.Errorf("%s: %d, want %d", query, n, want)
+		}
+		return nil
 	}
 }

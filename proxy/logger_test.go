@@ -1,11 +1,15 @@
 package proxy
 
 import (
+	"errors"
 	"net"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 )
 
@@ -43,5 +47,68 @@ func TestSessionLoggerIsBuiltOnce(t *testing.T) {
 	fields := logs.All()[0].ContextMap()
 	if fields["client_id"] != uint64(42) || fields["user"] != "alice" || fields["database"] != "main" || fields["remote"] != "pipe" {
 		t.Fatalf("fields %v", fields)
+	}
+}
+
+// TestClientLoggerThroughAProxy: through a real proxy, a client that logs in,
+// runs statements, has one refused by pgrouter and cancels one has no logger built while
+// debug is off (nothing was logged for it), and at debug level the failed
+// statement and the forwarded cancel are logged with the client's fields.
+func TestClientLoggerThroughAProxy(t *testing.T) {
+	for _, level := range []zapcore.Level{zap.InfoLevel, zap.DebugLevel} {
+		t.Run(level.String(), func(t *testing.T) {
+			ctx := testContext(t, time.Minute)
+			core, logs := observer.New(level)
+			p := startProxy(t, proxyOpts{log: zap.New(core)})
+			conn := p.connect(t, ctx)
+			var one int
+			if err := conn.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := conn.Exec(ctx, "SET pgrouter.shard = 'nope'", pgx.QueryExecModeSimpleProtocol); pgCode(err) != "42704" { // refused by pgrouter itself
+				t.Fatalf("unknown shard: %v", err)
+			}
+			done := make(chan error, 1)
+			go func() {
+				_, err := conn.Exec(ctx, "SELECT pg_sleep(5)")
+				done <- err
+			}()
+			eventually(t, 10*time.Second, func() error {
+				for _, sess := range p.srv.sessionList() {
+					if sess.lastRequest.Load() != 0 && sess.server != nil {
+						return nil
+					}
+				}
+				return errors.New("the sleep has not reached a server")
+			})
+			time.Sleep(100 * time.Millisecond)
+			if err := conn.PgConn().CancelRequest(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-done; pgCode(err) != "57014" {
+				t.Fatalf("cancelled sleep: %v", err)
+			}
+			sessions := p.srv.sessionList()
+			if len(sessions) != 1 {
+				t.Fatalf("%d sessions", len(sessions))
+			}
+			built := sessions[0].log.Load() != nil
+			var failed, cancelled bool
+			for _, e := range logs.All() {
+				fields := e.ContextMap()
+				switch e.Message {
+				case "statement failed":
+					failed = fields["sqlstate"] == "42704" && fields["user"] == "postgres" && fields["database"] == "main"
+				case "cancel request forwarded":
+					cancelled = fields["client_id"] != nil
+				}
+			}
+			if level == zap.InfoLevel && (built || failed || cancelled) {
+				t.Fatalf("debug off: logger built %v, failure logged %v, cancel logged %v", built, failed, cancelled)
+			}
+			if level == zap.DebugLevel && !(built && failed && cancelled) {
+				t.Fatalf("debug on: logger built %v, failure logged %v, cancel logged %v", built, failed, cancelled)
+			}
+		})
 	}
 }

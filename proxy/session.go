@@ -178,7 +178,7 @@ func (s *session) readTimeoutError(shard string, fatal bool) *Error {
 // debug is off (see logger).
 func (s *session) debug(msg string, fields ...zap.Field) {
 	if s.srv.log.Core().Enabled(zap.DebugLevel) {
-		s.debug(msg, fields...)
+		s.logger().Debug(msg, fields...)
 	}
 }
 
