@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -124,9 +125,17 @@ func TestRunThroughPLProxy(t *testing.T) {
 		t.Fatalf("results %+v", rs)
 	}
 	for _, r := range rs {
-		if r.Queries == 0 || r.Errors != 0 || r.P50us <= 0 || r.MaxUs < r.P99us || r.Seconds < 0.35 {
+		if r.Queries == 0 || r.P50us <= 0 || r.MaxUs < r.P99us || r.Seconds < 0.35 {
 			t.Fatalf("%s: %+v", r.Target, r)
 		}
+	}
+	// PL/Proxy finds every user; shard 0 alone only its own half: a key
+	// looked up on the wrong shard counts as an error, not a fast success.
+	if rs[1].Errors != 0 {
+		t.Fatalf("PL/Proxy: %d errors, the first: %s", rs[1].Errors, rs[1].FirstErr)
+	}
+	if share := float64(rs[0].Errors) / float64(rs[0].Errors+rs[0].Queries); share < 0.25 || share > 0.75 || !strings.Contains(rs[0].FirstErr, "returned 0 rows") {
+		t.Fatalf("shard 0 alone: %d errors of %d (%s); want about half, as missing rows", rs[0].Errors, rs[0].Errors+rs[0].Queries, rs[0].FirstErr)
 	}
 
 	opts.Targets, opts.Workload, opts.Protocol = opts.Targets[1:], "write", "prepared"

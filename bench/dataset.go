@@ -80,7 +80,7 @@ func load(ctx context.Context, sh *shardmap.Shard, rows [][]any) error {
 // placement only matches the router's with hash: hashtext, which is what
 // PL/Proxy hashes with.
 func InitPLProxy(ctx context.Context, dsn string, cl *shardmap.Cluster) error {
-	if cl.Hash.String() != "hashtext" {
+	if cl.Hash != shardmap.HashText {
 		return fmt.Errorf("cluster %s hashes with %s, PL/Proxy with hashtext: set hash: hashtext so both place users alike", cl.Name, cl.Hash)
 	}
 	conn, err := pgx.Connect(ctx, dsn)
@@ -126,12 +126,22 @@ func connInfo(dsn string) (string, error) {
 	if cc.Password != "" {
 		ci += " password=" + value(cc.Password)
 	}
-	if cc.TLSConfig == nil {
-		ci += " sslmode=disable"
-	} else {
-		ci += " sslmode=require"
-	}
+	ci += " sslmode=" + sslMode(cc)
 	return ci, nil
+}
+
+// sslMode recovers the sslmode libpq needs from a parsed config: TLS
+// required, TLS tried with a plain fallback (prefer, the default), or none.
+func sslMode(cc *pgconn.Config) string {
+	if cc.TLSConfig == nil {
+		return "disable"
+	}
+	for _, fb := range cc.Fallbacks {
+		if fb.TLSConfig == nil {
+			return "prefer"
+		}
+	}
+	return "require"
 }
 
 func quote(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }

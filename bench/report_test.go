@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pgrouter/pgrouter/shardmap"
 )
 
 // TestChart: the SVG is well-formed XML with a throughput bar per target
@@ -121,5 +123,30 @@ func TestIdle(t *testing.T) {
 	}
 	if _, err := ProcessRSS(1 << 30); err == nil {
 		t.Fatal("no error for a process that does not exist")
+	}
+}
+
+// TestConnInfo: a shard DSN becomes a libpq connect string PL/Proxy can
+// extend, keeping what sslmode meant (prefer, the default, stays prefer:
+// it must not demand TLS from a shard without it).
+func TestConnInfo(t *testing.T) {
+	for dsn, want := range map[string]string{
+		"postgres://u:p'w@h:5433/db?sslmode=disable": `host='h' port=5433 dbname='db' user='u' password='p\'w' sslmode=disable`,
+		"postgres://u@h/db":                          `host='h' port=5432 dbname='db' user='u' sslmode=prefer`,
+		"postgres://u@h/db?sslmode=require":          `host='h' port=5432 dbname='db' user='u' sslmode=require`,
+	} {
+		got, err := connInfo(dsn)
+		if err != nil || got != want {
+			t.Errorf("connInfo(%q) = %q, %v; want %q", dsn, got, err, want)
+		}
+	}
+}
+
+// TestInitPLProxyRefusesOtherHashes: PL/Proxy places keys with hashtext, so
+// a cluster hashing otherwise is refused before anything is created.
+func TestInitPLProxyRefusesOtherHashes(t *testing.T) {
+	cl := &shardmap.Cluster{Name: "main", Hash: shardmap.XXHash64}
+	if err := InitPLProxy(context.Background(), "postgres://nowhere.invalid/db", cl); err == nil || !strings.Contains(err.Error(), "hash: hashtext") {
+		t.Fatalf("InitPLProxy with xxhash64: %v", err)
 	}
 }

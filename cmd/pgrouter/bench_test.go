@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgrouter/pgrouter/bench"
 	"github.com/pgrouter/pgrouter/internal/pgtest"
 	"github.com/pgrouter/pgrouter/internal/pgtest/testenv"
@@ -51,8 +53,23 @@ clusters:
 %s`, addr, dsns[0], dsns[1], bench.Functions))
 	proxyDSN := servers[0].DSN("plproxy")
 	out, code := pgrouter(ctx, t, "bench", "init", "-c", path, "--users", "1000", "--plproxy", proxyDSN)
-	if code != 0 || !strings.Contains(out, "main: 1000 users loaded on 2 shards") || !strings.Contains(out, "PL/Proxy functions created over 16 partitions") {
+	if code != 0 || !strings.Contains(out, "main: 1000 users loaded on 2 shards") || !strings.Contains(out, "main: sequences strided by 64") ||
+		!strings.Contains(out, "PL/Proxy functions created over 16 partitions") {
 		t.Fatalf("bench init (exit %d):\n%s", code, out)
+	}
+	residues := map[int64]bool{}
+	for i, dsn := range dsns { // the users' id sequence strides by 64, each shard in its own slot
+		conn, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var inc, next int64
+		err = conn.QueryRow(ctx, "SELECT increment_by, nextval('bench_users_id_seq') FROM pg_sequences WHERE sequencename = 'bench_users_id_seq'").Scan(&inc, &next)
+		conn.Close(ctx)
+		if err != nil || inc != 64 || residues[next%64] {
+			t.Fatalf("shard %d sequence: increment %d, next %d, residues so far %v (%v)", i, inc, next, residues, err)
+		}
+		residues[next%64] = true
 	}
 	router := runRouter(ctx, t, path, addr)
 	bouncer, err := pgtest.StartPgBouncer(ctx, map[string]string{
