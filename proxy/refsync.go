@@ -20,7 +20,7 @@ const refsyncPollDefault = 10 * time.Second
 // replaces it or the server closes.
 func (s *Server) watchRefsync(gen *generation) {
 	if gen.cfg.Reference == nil {
-		s.refsyncStatus.Store(nil)
+		s.storeIfCurrent(gen, func() { s.refsyncStatus.Store(nil) })
 		return
 	}
 	interval := gen.cfg.Health.Interval.D()
@@ -31,9 +31,7 @@ func (s *Server) watchRefsync(gen *generation) {
 		ctx, cancel := context.WithTimeout(gen.ctx, interval)
 		st := refsync.ReadStatus(ctx, gen.cfg)
 		cancel()
-		if gen.ctx.Err() == nil { // else replaced by a reload: its status would be stale
-			s.refsyncStatus.Store(st)
-		}
+		s.storeIfCurrent(gen, func() { s.refsyncStatus.Store(st) })
 	})
 }
 

@@ -22,9 +22,7 @@ const seqCheckTimeout = time.Minute
 // it or the server closes.
 func (s *Server) watchSequences(gen *generation) {
 	if gen.cfg.Sequences == nil {
-		s.seqMu.Lock()
-		s.seqReport.Store(nil)
-		s.seqMu.Unlock()
+		s.storeIfCurrent(gen, func() { s.seqReport.Store(nil) })
 		return
 	}
 	s.repeat(gen, gen.cfg.Sequences.CheckInterval.D(), func() { s.checkSequences(gen) })
@@ -59,15 +57,24 @@ func (s *Server) checkSequences(gen *generation) *seqalloc.Report {
 	ctx, cancel := context.WithTimeout(gen.ctx, seqCheckTimeout)
 	defer cancel()
 	report := seqalloc.Check(ctx, gen.shards.Clusters(), seqalloc.OptionsFrom(gen.cfg))
-	s.seqMu.Lock()
-	defer s.seqMu.Unlock()
-	if s.gen.Load() != gen { // a reload replaced it meanwhile: its report is stale
-		return report
-	}
-	prev := s.seqReport.Load()
-	s.seqReport.Store(report)
-	logSequenceChanges(s.log, prev, report)
+	s.storeIfCurrent(gen, func() {
+		prev := s.seqReport.Load()
+		s.seqReport.Store(report)
+		logSequenceChanges(s.log, prev, report)
+	})
 	return report
+}
+
+// storeIfCurrent runs store, which keeps what a poll of gen found, unless a
+// reload has replaced gen: a poll that outlived its generation must not
+// overwrite what the new one stored (under pollMu, so the check and the
+// store are one step).
+func (s *Server) storeIfCurrent(gen *generation, store func()) {
+	s.pollMu.Lock()
+	defer s.pollMu.Unlock()
+	if s.gen.Load() == gen {
+		store()
+	}
 }
 
 // logSequenceChanges logs each violation that the previous report did not

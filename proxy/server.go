@@ -66,12 +66,12 @@ type Server struct {
 	reloads  reloadCounters
 	stats    statsSampler
 	// seqReport is the latest stride sequence check (nil: none yet, or
-	// sequences are not managed); seqMu orders its updates.
-	seqReport atomic.Pointer[seqalloc.Report]
-	seqMu     sync.Mutex
-	// refsyncStatus is the latest read of refsync's positions (nil: none
-	// yet, or no reference tables).
+	// sequences are not managed); refsyncStatus the latest read of
+	// refsync's positions (nil: none yet, or no reference tables). Both are
+	// written through storeIfCurrent, under pollMu.
+	seqReport     atomic.Pointer[seqalloc.Report]
 	refsyncStatus atomic.Pointer[refsync.Status]
+	pollMu        sync.Mutex
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
