@@ -40,10 +40,10 @@ type tableKey = struct{ Schema, Name string }
 // transaction that also moves refsync_state.lsn to the last one's end.
 // Transactions the shard already holds (commitLSN below its lsn, seen again
 // after a restart of the stream) are skipped, and so are changes of a table
-// copied after they committed. It returns how many transactions it applied.
-func (a *applier) apply(ctx context.Context, batch []*txn) (int, error) {
+// copied after they committed.
+func (a *applier) apply(ctx context.Context, batch []*txn) error {
 	var stmts []stmt
-	last, applied := a.lsn, 0
+	last := a.lsn
 	var lastTime string
 	for _, t := range batch {
 		if t.commitLSN < last {
@@ -56,14 +56,13 @@ func (a *applier) apply(ctx context.Context, batch []*txn) (int, error) {
 		}
 		last, lastTime = t.endLSN, t.time.UTC().Format("2006-01-02 15:04:05.999999Z07:00")
 		if len(t.changes) > 0 {
-			applied++
 		}
 	}
 	if last == a.lsn {
-		return 0, nil
+		return nil
 	}
 	if _, err := a.conn.Exec(ctx, "BEGIN"); err != nil {
-		return 0, fmt.Errorf("begin: %w", err)
+		return fmt.Errorf("begin: %w", err)
 	}
 	ok := false
 	defer func() {
@@ -74,24 +73,24 @@ func (a *applier) apply(ctx context.Context, batch []*txn) (int, error) {
 	for len(stmts) > 0 {
 		n := min(len(stmts), pipelineDepth)
 		if err := a.run(ctx, stmts[:n]); err != nil {
-			return 0, err
+			return err
 		}
 		stmts = stmts[n:]
 	}
 	tag, err := a.conn.Exec(ctx, `UPDATE pgrouter.refsync_state SET lsn = $2::text::pg_lsn, synced_to = $3::text::timestamptz, updated_at = now() WHERE slot = $1`,
 		a.slot, last.String(), lastTime)
 	if err != nil {
-		return 0, fmt.Errorf("record position %s in pgrouter.refsync_state: %w", last, err)
+		return fmt.Errorf("record position %s in pgrouter.refsync_state: %w", last, err)
 	}
 	if tag.RowsAffected() != 1 {
-		return 0, fmt.Errorf("the shard's pgrouter.refsync_state row for slot %s is gone: refsync copies the shard again", a.slot)
+		return fmt.Errorf("the shard's pgrouter.refsync_state row for slot %s is gone: refsync copies the shard again", a.slot)
 	}
 	if _, err := a.conn.Exec(ctx, "COMMIT"); err != nil {
-		return 0, fmt.Errorf("commit up to %s: %w", last, err)
+		return fmt.Errorf("commit up to %s: %w", last, err)
 	}
 	ok = true
 	a.lsn = last
-	return applied, nil
+	return nil
 }
 
 // stmt is one statement of a batch, its text parameters and, for updates and

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
-	"sort"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -42,9 +41,6 @@ type Options struct {
 	// holds up the others for at most that long; it re-attaches and replays
 	// from its own position.
 	QueueWait time.Duration
-	// Applied, when set, counts the source transactions applied to shards
-	// (one per shard a transaction reached).
-	Applied *atomic.Int64
 }
 
 func (o *Options) defaults() {
@@ -68,9 +64,6 @@ func (o *Options) defaults() {
 	}
 	if o.QueueWait <= 0 {
 		o.QueueWait = 10 * time.Second
-	}
-	if o.Applied == nil {
-		o.Applied = new(atomic.Int64)
 	}
 }
 
@@ -174,14 +167,9 @@ type shard struct{ name, dsn string }
 // shardsOf lists every shard of every cluster once (two clusters naming the
 // same database get one copy).
 func shardsOf(cfg *config.Config) []shard {
-	var names []string
-	for name := range cfg.Clusters {
-		names = append(names, name)
-	}
-	sort.Strings(names)
 	seen := map[string]bool{}
 	var out []shard
-	for _, name := range names {
+	for _, name := range cfg.ClusterNames() {
 		for _, s := range cfg.Clusters[name].Shards {
 			if !seen[s.DSN] {
 				seen[s.DSN] = true
@@ -345,8 +333,6 @@ func (r *run) attach(ctx context.Context, a *attachment) bool {
 		return false
 	}
 }
-
-func (r *run) applied(n int) { r.opts.Applied.Add(int64(n)) }
 
 func (r *run) progress(p Progress) { r.opts.Progress(p) }
 

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -77,10 +76,9 @@ func (c *cluster) config(t *testing.T, tables ...string) *config.Config {
 
 // refsyncRun is Run in a goroutine, stopped when the test ends.
 type refsyncRun struct {
-	reload  chan *config.Config
-	cancel  context.CancelFunc
-	done    chan error
-	applied atomic.Int64
+	reload chan *config.Config
+	cancel context.CancelFunc
+	done   chan error
 }
 
 func startRun(t *testing.T, cfg *config.Config, adjust ...func(*Options)) *refsyncRun {
@@ -88,7 +86,7 @@ func startRun(t *testing.T, cfg *config.Config, adjust ...func(*Options)) *refsy
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &refsyncRun{reload: make(chan *config.Config), cancel: cancel, done: make(chan error, 1)}
 	opts := Options{Log: zaptest.NewLogger(t), Reload: r.reload, StatusInterval: 200 * time.Millisecond,
-		RetryMin: 100 * time.Millisecond, RetryMax: time.Second, Applied: &r.applied}
+		RetryMin: 100 * time.Millisecond, RetryMax: time.Second}
 	for _, f := range adjust {
 		f(&opts)
 	}
@@ -335,7 +333,7 @@ func TestApplierPreparedCache(t *testing.T) {
 				tx.changes = append(tx.changes, change{kind: 'D', rel: rel, old: row(fmt.Sprint(round-1), "")})
 			}
 		}
-		if _, err := a.apply(ctx, []*txn{tx}); err != nil {
+		if err := a.apply(ctx, []*txn{tx}); err != nil {
 			t.Fatalf("round %d: %v", round, err)
 		}
 		lsn += 0x10

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"sync"
 	"time"
 
@@ -53,13 +52,8 @@ func ReadStatus(ctx context.Context, cfg *config.Config) *Status {
 		return st
 	}
 	slot := cfg.Reference.Slot
-	var names []string
-	for name := range cfg.Clusters {
-		names = append(names, name)
-	}
-	sort.Strings(names)
 	var dsns []string
-	for _, name := range names {
+	for _, name := range cfg.ClusterNames() {
 		for _, s := range cfg.Clusters[name].Shards {
 			st.Shards = append(st.Shards, ShardStatus{Cluster: name, Shard: s.Name})
 			dsns = append(dsns, s.DSN)

@@ -206,7 +206,7 @@ func (w *worker) session(ctx context.Context) (progressed bool, err error) {
 			}
 		}
 		applyCtx, cancelApply := context.WithTimeout(sctx, w.run.opts.ApplyTimeout)
-		n, err := a.apply(applyCtx, batch)
+		err := a.apply(applyCtx, batch)
 		cancelApply()
 		if err != nil {
 			switch {
@@ -219,6 +219,5 @@ func (w *worker) session(ctx context.Context) (progressed bool, err error) {
 		}
 		progressed = true
 		w.floor.Store(uint64(a.lsn))
-		w.run.applied(n)
 	}
 }
