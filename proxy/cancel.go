@@ -81,21 +81,44 @@ func (s *Server) forwardCancel(req *pgproto3.CancelRequest, log *zap.Logger) {
 	sess.cancelRunning(ctx)
 }
 
+// serversLocked lists the servers running the session's statement: the
+// linked one and a fan-out's, each once (a session-mode fan-out runs on the
+// linked server too). The caller holds s.mu.
+func (s *session) serversLocked() []*pool.Conn {
+	var out []*pool.Conn
+	if s.linked != nil {
+		out = append(out, s.linked)
+	}
+	for _, c := range s.fanConns {
+		if c != s.linked {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// cancelInBackground sends a cancel for c's statement without waiting for
+// it (it costs the server a fork, and a frozen server never takes it); what
+// went wrong is logged at level debug under msg.
+func (s *session) cancelInBackground(c *pool.Conn, msg string) {
+	s.srv.wg.Add(1) // the caller holds a count of the group (a session, the watchdog)
+	go func() {
+		defer s.srv.wg.Done()
+		ctx, cancel := context.WithTimeout(s.srv.ctx, cancelTimeout)
+		defer cancel()
+		if err := c.SendCancel(ctx); err != nil {
+			s.debug(msg, zap.String("shard", c.Shard()), zap.Error(err))
+		}
+	}()
+}
+
 // cancelRunning cancels what the client's linked server is running. The
 // server is marked under the session's lock, and the pool does not hand it
 // to another client until the cancel has been delivered, so the cancel can
 // only hit this client's statement.
 func (s *session) cancelRunning(ctx context.Context) {
 	s.mu.Lock()
-	var targets []*pool.Conn
-	if s.linked != nil {
-		targets = append(targets, s.linked)
-	}
-	for _, c := range s.fanConns {
-		if c != s.linked { // a session-mode fan-out runs on the linked server too: one cancel each
-			targets = append(targets, c)
-		}
-	}
+	targets := s.serversLocked()
 	dones := make([]func(), len(targets))
 	for i, c := range targets {
 		dones[i] = c.StartCancel()

@@ -53,7 +53,6 @@ func (s *session) runOnAll(write func(c *pool.Conn)) []shardResult {
 	shards := s.cluster.Shards
 	results := make([]shardResult, len(shards))
 	taken := make([]*pool.Conn, len(shards)) // servers to give back
-	used := make([]*pool.Conn, len(shards))  // servers the shards ran on
 	// server_read_timeout counts from the first statement sent until every
 	// shard has answered (time waiting for a pool slot before that is
 	// query_wait_timeout's).
@@ -94,7 +93,6 @@ func (s *session) runOnAll(write func(c *pool.Conn)) []shardResult {
 				c.CloseSocket()
 			}
 			s.mu.Unlock()
-			used[i] = c
 			begin()
 			write(c)
 			if err := c.W.Flush(); err != nil {
@@ -103,6 +101,10 @@ func (s *session) runOnAll(write func(c *pool.Conn)) []shardResult {
 				return
 			}
 			results[i].msgs, results[i].err = readUntilReady(c)
+			if results[i].err != nil && c.Interrupted() { // server_read_timeout closed it
+				results[i].err = s.readTimeoutError(sh.Name, false)
+			}
+			s.dropFanConn(c) // answered: a timeout of the others must not close it
 		}()
 	}
 	wg.Wait()
@@ -110,11 +112,6 @@ func (s *session) runOnAll(write func(c *pool.Conn)) []shardResult {
 	s.mu.Lock()
 	s.fanConns = nil
 	s.mu.Unlock()
-	for i, c := range used {
-		if c != nil && c.Interrupted() && results[i].err != nil { // server_read_timeout closed it
-			results[i].err = s.readTimeoutError(results[i].shard.Name, false)
-		}
-	}
 	for _, c := range taken {
 		if c != nil {
 			c.Pool().Release(c)
@@ -132,6 +129,19 @@ func (s *session) heldOn(sh *shardmap.Shard) *pool.Conn {
 		return s.server
 	}
 	return s.parked[sh.Name]
+}
+
+// dropFanConn takes a server that has answered its part of a fan-out off
+// the list that cancel requests and the watchdog act on.
+func (s *session) dropFanConn(c *pool.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, x := range s.fanConns {
+		if x == c {
+			s.fanConns = append(s.fanConns[:i], s.fanConns[i+1:]...)
+			return
+		}
+	}
 }
 
 // readUntilReady collects a server's replies up to ReadyForQuery. A server

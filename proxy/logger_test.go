@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"errors"
 	"net"
 	"sync"
 	"testing"
@@ -73,15 +72,12 @@ func TestClientLoggerThroughAProxy(t *testing.T) {
 				_, err := conn.Exec(ctx, "SELECT pg_sleep(5)")
 				done <- err
 			}()
-			eventually(t, 10*time.Second, func() error {
-				for _, sess := range p.srv.sessionList() {
-					if sess.lastRequest.Load() != 0 && sess.server != nil {
-						return nil
-					}
-				}
-				return errors.New("the sleep has not reached a server")
-			})
-			time.Sleep(100 * time.Millisecond)
+			shard, err := pgx.Connect(ctx, shards[0].DSN("postgres"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer shard.Close(ctx)
+			eventually(t, 10*time.Second, count(ctx, shard, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(5)' AND state = 'active'", 1))
 			if err := conn.PgConn().CancelRequest(ctx); err != nil {
 				t.Fatal(err)
 			}

@@ -111,12 +111,10 @@ type session struct {
 	// For the watchdog (watchdog.go): waitingSince is when the session began
 	// a blocking wait on a server (monoNow; 0 when it is not waiting);
 	// readExpired is set, under mu, when server_read_timeout closed the
-	// session's servers during that wait; writeExpired when
-	// client_write_timeout closed the client; watched counts writes to the
+	// session's servers during that wait; watched counts writes to the
 	// client; ws is the watchdog's own memory.
 	waitingSince atomic.Int64
 	readExpired  atomic.Bool
-	writeExpired atomic.Bool
 	watched      *watchedConn
 	ws           watchState
 }
@@ -578,15 +576,7 @@ func (s *session) resetServer(ctx context.Context) error {
 func (s *session) abandonServer() {
 	c := s.server
 	if s.queue.awaitingServer() && !c.Broken() {
-		s.srv.wg.Add(1) // the session's own count keeps the group above zero
-		go func() {
-			defer s.srv.wg.Done()
-			ctx, cancel := context.WithTimeout(s.srv.ctx, cancelTimeout)
-			defer cancel()
-			if err := c.SendCancel(ctx); err != nil {
-				s.debug("cancel of abandoned statement failed", zap.Error(err))
-			}
-		}()
+		s.cancelInBackground(c, "cancel of abandoned statement failed")
 	}
 	c.MarkBroken()
 	s.queue.clear()

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"net"
 	"sync/atomic"
 	"time"
@@ -43,6 +42,7 @@ func (c *watchedConn) Write(p []byte) (int, error) {
 type watchState struct {
 	writes uint64    // the write counter seen last
 	since  time.Time // when that (odd) value was first seen
+	closed bool      // client_write_timeout closed the client
 }
 
 // waitBegin and waitEnd bracket a blocking read or write on the session's
@@ -103,7 +103,8 @@ func (s *Server) checkTimeouts(sess *session, now time.Time, readTimeout, writeT
 			sess.ws.since = time.Time{}
 		case n != sess.ws.writes || sess.ws.since.IsZero():
 			sess.ws.since = now
-		case now.Sub(sess.ws.since) >= writeTimeout && sess.writeExpired.CompareAndSwap(false, true):
+		case now.Sub(sess.ws.since) >= writeTimeout && !sess.ws.closed:
+			sess.ws.closed = true
 			sess.logger().Info("client_write_timeout: the client has not read its results; closing it", zap.Duration("client_write_timeout", writeTimeout))
 			_ = sess.watched.Close() // its write fails and the session ends, abandoning its server
 		}
@@ -130,15 +131,7 @@ func (s *Server) interruptServers(sess *session, began int64, readTimeout time.D
 		return // that wait ended, or was dealt with at an earlier tick
 	}
 	sess.readExpired.Store(true)
-	var targets []*pool.Conn
-	if sess.linked != nil {
-		targets = append(targets, sess.linked)
-	}
-	for _, c := range sess.fanConns {
-		if c != sess.linked {
-			targets = append(targets, c)
-		}
-	}
+	targets := sess.serversLocked()
 	for _, c := range targets {
 		c.MarkInterrupted()
 	}
@@ -147,14 +140,6 @@ func (s *Server) interruptServers(sess *session, began int64, readTimeout time.D
 		zap.Duration("server_read_timeout", readTimeout))
 	for _, c := range targets {
 		c.CloseSocket()
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			ctx, cancel := context.WithTimeout(s.ctx, cancelTimeout)
-			defer cancel()
-			if err := c.SendCancel(ctx); err != nil {
-				sess.logger().Info("cancel after server_read_timeout not delivered", zap.String("shard", c.Shard()), zap.Error(err))
-			}
-		}()
+		sess.cancelInBackground(c, "cancel after server_read_timeout not delivered")
 	}
 }
