@@ -65,7 +65,7 @@ type Conn struct {
 	// Bind follows its Parse across a Sync can have it re-parsed.
 	Unnamed uint64
 	broken  bool
-	// interrupted is set by Interrupt from another goroutine; Release then
+	// interrupted is set by MarkInterrupted from another goroutine; Release then
 	// closes the connection whatever its holder thought of it.
 	interrupted atomic.Bool
 	lastUsed    time.Time // guarded by pool.mu once released
@@ -99,7 +99,7 @@ func (c *Conn) Pool() *Pool { return c.pool }
 // is closed instead of reused when released.
 func (c *Conn) MarkBroken() { c.broken = true }
 
-// Broken reports whether MarkBroken (or Interrupt) was called.
+// Broken reports whether MarkBroken (or MarkInterrupted) was called.
 func (c *Conn) Broken() bool { return c.broken || c.interrupted.Load() }
 
 // MarkInterrupted is the first half of interrupting a connection from a

@@ -164,7 +164,12 @@ func (r *Reader) reserve(total int) {
 		r.r = 0
 		return
 	}
-	grown := make([]byte, max(total, 2*len(r.buf)))
+	r.grow(max(total, 2*len(r.buf)))
+}
+
+// grow moves the unread bytes to the front of a new buffer of size n.
+func (r *Reader) grow(n int) {
+	grown := make([]byte, n)
 	r.w = copy(grown, r.buf[r.r:r.w])
 	r.r = 0
 	r.buf = grown
@@ -180,10 +185,7 @@ func (r *Reader) fill() error {
 	r.w += n
 	if n > 0 {
 		if n == free && len(r.buf) < defaultBufSize { // more may be waiting: read more at once next time
-			grown := make([]byte, 2*len(r.buf))
-			r.w = copy(grown, r.buf[r.r:r.w])
-			r.r = 0
-			r.buf = grown
+			r.grow(2 * len(r.buf))
 		}
 		return nil
 	}

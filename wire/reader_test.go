@@ -158,7 +158,7 @@ func TestWriterBatchesAndStreams(t *testing.T) {
 		t.Fatalf("got %q want %q", out.Bytes(), want)
 	}
 	out.Reset()
-	big := encode(t, &pgproto3.CopyData{Data: bytes.Repeat([]byte("z"), 2*flushThreshold)})
+	big := encode(t, &pgproto3.CopyData{Data: bytes.Repeat([]byte("z"), 2*FlushThreshold)})
 	if err := w.Write(big); err != nil {
 		t.Fatal(err)
 	}

@@ -11,8 +11,6 @@ import (
 // a large result streams through instead of piling up in memory.
 const FlushThreshold = 32 << 10
 
-const flushThreshold = FlushThreshold
-
 // Writer batches outgoing messages. The first write error is sticky: every
 // later call returns it, so a caller may check once, at Flush.
 type Writer struct {
@@ -56,11 +54,11 @@ func (w *Writer) Write(raw []byte) error {
 	if w.err != nil {
 		return w.err
 	}
-	if !w.manual && len(w.buf)+len(raw) > flushThreshold {
+	if !w.manual && len(w.buf)+len(raw) > FlushThreshold {
 		if err := w.Flush(); err != nil {
 			return err
 		}
-		if len(raw) > flushThreshold {
+		if len(raw) > FlushThreshold {
 			_, w.err = w.dst.Write(raw)
 			return w.err
 		}
@@ -79,7 +77,7 @@ func (w *Writer) Send(msg pgproto3.Message) error {
 		return err
 	}
 	w.buf = buf
-	if !w.manual && len(w.buf) > flushThreshold {
+	if !w.manual && len(w.buf) > FlushThreshold {
 		return w.Flush()
 	}
 	return nil
@@ -161,7 +159,7 @@ func (w *Writer) End(start int) error {
 		return w.err
 	}
 	binary.BigEndian.PutUint32(w.buf[start+1:], uint32(len(w.buf)-start-1))
-	if !w.manual && len(w.buf) > flushThreshold {
+	if !w.manual && len(w.buf) > FlushThreshold {
 		return w.Flush()
 	}
 	return nil

@@ -73,7 +73,7 @@ logfile = %s
 		}
 	}
 	if owner != nil {
-		if err := (&Server{owner: owner}).chown(dir); err != nil {
+		if err := chown(dir, owner); err != nil {
 			return nil, errors.Join(err, os.RemoveAll(dir))
 		}
 	}

@@ -100,7 +100,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	if opts.TLS {
 		certs, err := WriteCerts(s.Dir)
 		if err == nil {
-			err = s.chown(s.Dir)
+			err = chown(s.Dir, s.owner)
 		}
 		if err != nil {
 			s.cleanup()
@@ -181,7 +181,7 @@ func (s *Server) prepareDir() error {
 	s.DataDir = filepath.Join(s.Dir, "data")
 	s.logPath = filepath.Join(s.Dir, "postgres.log")
 	if _, err := os.Stat(filepath.Join(s.DataDir, "PG_VERSION")); err == nil {
-		return s.chown(s.Dir)
+		return chown(s.Dir, s.owner)
 	}
 	tmpl, err := template(s.bin, s.owner)
 	if err != nil {
@@ -190,7 +190,7 @@ func (s *Server) prepareDir() error {
 	if out, err := exec.Command("cp", "-a", tmpl, s.DataDir).CombinedOutput(); err != nil {
 		return fmt.Errorf("copy template data folder: %v: %s", err, out)
 	}
-	return s.chown(s.Dir)
+	return chown(s.Dir, s.owner)
 }
 
 // checkReachable makes sure the unprivileged server user can traverse every
@@ -222,15 +222,16 @@ func (s *Server) checkReachable() error {
 	}
 }
 
-func (s *Server) chown(dir string) error {
-	if s.owner == nil {
+// chown gives a folder, and all in it, to owner (nothing when nil: not root).
+func chown(dir string, owner *credential) error {
+	if owner == nil {
 		return nil
 	}
 	return filepath.Walk(dir, func(path string, _ os.FileInfo, err error) error {
 		if err != nil {
 			return err
 		}
-		return os.Lchown(path, int(s.owner.uid), int(s.owner.gid))
+		return os.Lchown(path, int(owner.uid), int(owner.gid))
 	})
 }
 

@@ -98,6 +98,11 @@ func TestSignalFreezesBackends(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
+	kept, err := pgconn.Connect(ctx, s.DSN("postgres")) // idle through the freeze; its backend must thaw too
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kept.Close(ctx)
 	if err := s.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +115,12 @@ func TestSignalFreezesBackends(t *testing.T) {
 	if err := s.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
-	again, err := pgconn.Connect(ctx, s.DSN("postgres"))
+	thawed, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := kept.Exec(thawed, "SELECT 1").ReadAll(); err != nil {
+		t.Fatalf("a connection kept through the freeze, after SIGCONT: %v", err)
+	}
+	again, err := pgconn.Connect(thawed, s.DSN("postgres"))
 	if err != nil {
 		t.Fatalf("after SIGCONT: %v", err)
 	}
