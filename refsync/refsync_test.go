@@ -228,18 +228,11 @@ func TestShardsComeAndGo(t *testing.T) {
 	waitEqual(t, c, 30*time.Second, "countries", "currencies")
 
 	// Every shard records the source's position once it is idle.
-	var at string
-	conn, err := pgconn.Connect(ctx, c.src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res := conn.ExecParams(ctx, "SELECT pg_current_wal_lsn()::text", nil, nil, nil, nil).Read()
-	conn.Close(ctx)
-	if res.Err != nil {
-		t.Fatal(res.Err)
-	}
-	at = string(res.Rows[0][0])
 	cfg := c.config(t, "countries", "currencies")
+	at := ReadStatus(ctx, cfg).SourceLSN
+	if at == 0 {
+		t.Fatal("no source position")
+	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		st := ReadStatus(ctx, cfg)
@@ -251,11 +244,11 @@ func TestShardsComeAndGo(t *testing.T) {
 			behind = "slot not active"
 		}
 		for _, s := range st.Shards {
-			if s.Err != nil || !s.Copied || s.LSN.String() == "" || s.Tables != 2 || lsnBelow(s.LSN.String(), at) {
+			if s.Err != nil || !s.Copied || s.Tables != 2 || s.LSN < at {
 				behind = fmt.Sprintf("%+v", s)
 			}
 		}
-		if behind == "" && !lsnBelow(st.Slot.Confirmed.String(), at) {
+		if behind == "" && st.Slot.Confirmed >= at {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -264,20 +257,6 @@ func TestShardsComeAndGo(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
-
-func lsnBelow(a, b string) bool {
-	pa, err := parseLSN(a)
-	if err != nil {
-		panic(err)
-	}
-	pb, err := parseLSN(b)
-	if err != nil {
-		panic(err)
-	}
-	return pa < pb
-}
-
-func parseLSN(s string) (pglogrepl.LSN, error) { return pglogrepl.ParseLSN(s) }
 
 // TestApplierPreparedCache: when the statement cache fills, it is emptied
 // between batches, never while one is built (a name in the batch must keep
@@ -337,6 +316,18 @@ func TestApplierPreparedCache(t *testing.T) {
 			t.Fatalf("round %d: %v", round, err)
 		}
 		lsn += 0x10
+		// The cache (limit 2) is emptied before each batch that finds it
+		// full: the server holds only this batch's statements, never more.
+		var onServer int
+		if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'refsync\\_%'").Scan(&onServer); err != nil {
+			t.Fatal(err)
+		}
+		if inBatch := 6 + min(round, 1)*6; onServer != len(a.prepared) || onServer != inBatch {
+			t.Fatalf("round %d: %d refsync statements on the server, %d cached, want %d (this batch's)", round, onServer, len(a.prepared), inBatch)
+		}
+	}
+	if a.named != 6+12+12 { // rounds 1 and 2 prepared everything again after the cache was emptied
+		t.Fatalf("%d statements prepared in all, want 30", a.named)
 	}
 	for i := range 6 {
 		var got string
@@ -386,10 +377,15 @@ func TestOneSessionPerShard(t *testing.T) {
 	core, logs := observer.New(zap.InfoLevel)
 	startRun(t, c.config(t, "plans"), func(o *Options) { o.Log = zap.New(core) })
 	waitEqual(t, c, 30*time.Second, "plans")
-	for i := range 200 {
-		mustExec(t, c.src, fmt.Sprintf("UPDATE plans SET v = v + 1 WHERE id = %d", i%10+1))
+	for i := range 200 { // inserts too: applied twice, they would hit a duplicate key (updates would not show)
+		mustExec(t, c.src, fmt.Sprintf("UPDATE plans SET v = v + 1 WHERE id = %d; INSERT INTO plans VALUES (%d, %d)", i%10+1, 100+i, i))
 	}
 	waitEqual(t, c, 30*time.Second, "plans")
+	for _, e := range logs.All() {
+		if strings.Contains(fmt.Sprint(e.Message, e.ContextMap()), "duplicate key") {
+			t.Fatalf("a change was applied twice: %s %v", e.Message, e.ContextMap())
+		}
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for logs.FilterMessageSnippet("not being kept current").FilterFieldKey("error").Len() == 0 ||
 		!strings.Contains(fmt.Sprint(logs.FilterMessageSnippet("not being kept current").All()[0].ContextMap()["error"]), "another session holds refsync's lock") {
