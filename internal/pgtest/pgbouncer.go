@@ -77,19 +77,9 @@ logfile = %s
 			return nil, errors.Join(err, os.RemoveAll(dir))
 		}
 	}
-	cmd := exec.Command(bin, filepath.Join(dir, "pgbouncer.ini"))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if owner != nil {
-		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: owner.uid, Gid: owner.gid}
+	if b.cmd, b.exited, err = spawn(bin, []string{filepath.Join(dir, "pgbouncer.ini")}, owner, nil); err != nil {
+		return nil, errors.Join(err, os.RemoveAll(dir))
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, errors.Join(fmt.Errorf("start pgbouncer: %w", err), os.RemoveAll(dir))
-	}
-	b.cmd, b.exited = cmd, make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(b.exited)
-	}()
 	addr := net.JoinHostPort(b.Host, strconv.Itoa(port))
 	logPath := filepath.Join(dir, "pgbouncer.log")
 	for deadline := time.Now().Add(15 * time.Second); ; {
@@ -126,12 +116,6 @@ func (b *PgBouncer) DSN(database string) string {
 // Stop stops pgbouncer and removes its folder. SIGINT is a safe shutdown in
 // every pgbouncer version (since 1.23 SIGTERM waits for clients to leave).
 func (b *PgBouncer) Stop() {
-	_ = syscall.Kill(-b.cmd.Process.Pid, syscall.SIGINT)
-	select {
-	case <-b.exited:
-	case <-time.After(10 * time.Second):
-		_ = syscall.Kill(-b.cmd.Process.Pid, syscall.SIGKILL)
-		<-b.exited
-	}
+	stopGroup(b.cmd, b.exited, syscall.SIGINT, 10*time.Second)
 	_ = os.RemoveAll(b.Dir)
 }

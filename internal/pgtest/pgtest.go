@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -272,20 +273,10 @@ func (s *Server) start(ctx context.Context) error {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command(filepath.Join(s.bin, "postgres"), args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if s.owner != nil {
-		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: s.owner.uid, Gid: s.owner.gid}
+	cmd, exited, err := spawn(filepath.Join(s.bin, "postgres"), args, s.owner, logf)
+	if err != nil {
+		return err
 	}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start postgres: %w", err)
-	}
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(exited)
-	}()
 	s.mu.Lock()
 	s.cmd, s.exited = cmd, exited
 	s.mu.Unlock()
@@ -404,16 +395,43 @@ func (s *Server) kill(sig syscall.Signal) {
 	if cmd == nil {
 		return
 	}
-	_ = syscall.Kill(-cmd.Process.Pid, sig)
-	select {
-	case <-exited:
-	case <-time.After(15 * time.Second):
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-exited
-	}
+	stopGroup(cmd, exited, sig, 15*time.Second)
 	s.mu.Lock()
 	s.cmd = nil
 	s.mu.Unlock()
+}
+
+// spawn starts a server program (postgres, pgbouncer) in its own process
+// group, as owner when we are root, killed if this process dies; exited is
+// closed when it exits.
+func spawn(bin string, args []string, owner *credential, out io.Writer) (cmd *exec.Cmd, exited chan struct{}, err error) {
+	cmd = exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if owner != nil {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: owner.uid, Gid: owner.gid}
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, nil, fmt.Errorf("start %s: %w", filepath.Base(bin), err)
+	}
+	exited = make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	return cmd, exited, nil
+}
+
+// stopGroup signals a spawned program's process group and waits for it,
+// killing the group if it has not exited after timeout.
+func stopGroup(cmd *exec.Cmd, exited chan struct{}, sig syscall.Signal, timeout time.Duration) {
+	_ = syscall.Kill(-cmd.Process.Pid, sig)
+	select {
+	case <-exited:
+	case <-time.After(timeout):
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-exited
+	}
 }
 
 // Halt stops the server (fast shutdown) but keeps its data, for Restart.
