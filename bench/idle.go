@@ -19,9 +19,11 @@ type IdleResult struct {
 	RSSBefore, RSSAfter int64         `json:"-"` // bytes
 }
 
-// Idle logs n clients in to dsn, one after another, holds them for hold,
-// and reads the resident memory of process pid before and after (0: not
-// read). It fails at the first client refused, with how many got in.
+// Idle logs n clients in to dsn, one after another, has each run one
+// query (an idle client of a real pool has done some work: its buffers
+// have been used), holds them for hold, and reads the resident memory of
+// process pid before and after (0: not read). It fails at the first client
+// refused, with how many got in.
 func Idle(ctx context.Context, dsn string, n int, pid int, hold time.Duration) (*IdleResult, error) {
 	r := &IdleResult{}
 	var err error
@@ -41,6 +43,9 @@ func Idle(ctx context.Context, dsn string, n int, pid int, hold time.Duration) (
 			return nil, fmt.Errorf("client %d of %d: %w", i+1, n, err)
 		}
 		conns = append(conns, c)
+		if _, err := c.Exec(ctx, "SELECT 1").ReadAll(); err != nil {
+			return nil, fmt.Errorf("client %d of %d: %w", i+1, n, err)
+		}
 	}
 	r.Clients, r.LoginTime = len(conns), time.Since(start)
 	select {

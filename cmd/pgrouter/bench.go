@@ -149,7 +149,7 @@ transaction mode, so such a target runs simple or extended.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%d idle clients logged in in %s\n", r.Clients, r.LoginTime.Round(time.Millisecond))
+			fmt.Fprintf(cmd.OutOrStdout(), "%d clients logged in and ran a query each in %s\n", r.Clients, r.LoginTime.Round(time.Millisecond))
 			if idlePID != 0 {
 				fmt.Fprintf(cmd.OutOrStdout(), "process %d resident memory: %.1f MB before, %.1f MB with the clients (%.1f KB per client)\n",
 					idlePID, float64(r.RSSBefore)/1e6, float64(r.RSSAfter)/1e6, float64(r.RSSAfter-r.RSSBefore)/1e3/float64(r.Clients))

@@ -127,7 +127,7 @@ clusters:
 
 	out, code = pgrouter(ctx, t, "bench", "idle", "--target", fmt.Sprintf("postgres://bench@%s/main?sslmode=disable", addr),
 		"--clients", "300", "--pid", fmt.Sprint(router.Process.Pid), "--hold", "100ms")
-	if code != 0 || !strings.Contains(out, "300 idle clients logged in") || !strings.Contains(out, "KB per client") {
+	if code != 0 || !strings.Contains(out, "300 clients logged in and ran a query each") || !strings.Contains(out, "KB per client") {
 		t.Fatalf("bench idle (exit %d):\n%s", code, out)
 	}
 	t.Logf("\n%s", out)
