@@ -244,6 +244,7 @@ func (e *ServerError) Error() string {
 // returned as *ServerError and leaves the connection usable; any other error
 // marks it broken.
 func (c *Conn) Exec(ctx context.Context, sql string) (byte, error) {
+	c.Unnamed = 0 // a simple Query destroys the unnamed statement
 	if err := c.W.Send(&pgproto3.Query{String: sql}); err != nil {
 		c.broken = true
 		return 0, err
