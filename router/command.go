@@ -30,6 +30,14 @@ const (
 	CmdCommit                // one COMMIT / END
 	CmdRollback              // one ROLLBACK / ABORT
 	CmdSets                  // only SET, SET LOCAL and RESET statements
+	CmdSavepoint             // one SAVEPOINT, RELEASE [SAVEPOINT] or ROLLBACK TO [SAVEPOINT]
+)
+
+// Savepoint verbs, in Command.Value of a CmdSavepoint.
+const (
+	SavepointCreate   = "SAVEPOINT"
+	SavepointRelease  = "RELEASE"
+	SavepointRollback = "ROLLBACK"
 )
 
 // Override setting names.
@@ -62,6 +70,9 @@ func ParseCommand(sql string, standard bool) Command {
 			return Command{}
 		}
 		return parseSets(sql, standard)
+	}
+	if cmd, ok := parseSavepoint(l, t); ok {
+		return cmd
 	}
 	st, ok := classify(&l, t)
 	if !ok {
@@ -198,4 +209,47 @@ func parseSets(sql string, standard bool) Command {
 		return Command{}
 	}
 	return Command{Kind: CmdSets, Tags: tags}
+}
+
+// parseSavepoint reads one SAVEPOINT name, RELEASE [SAVEPOINT] name or
+// ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name; first has been read.
+func parseSavepoint(l Lexer, first Token) (Command, bool) {
+	verb := ""
+	switch {
+	case l.EqualFold(first, "savepoint"):
+		verb = SavepointCreate
+	case l.EqualFold(first, "release"):
+		verb = SavepointRelease
+	case l.EqualFold(first, "rollback"):
+		verb = SavepointRollback
+	default:
+		return Command{}, false
+	}
+	t := l.Next()
+	if verb == SavepointRollback {
+		if l.EqualFold(t, "work") || l.EqualFold(t, "transaction") {
+			t = l.Next()
+		}
+		if !l.EqualFold(t, "to") {
+			return Command{}, false
+		}
+		t = l.Next()
+	}
+	if verb != SavepointCreate && l.EqualFold(t, "savepoint") {
+		t = l.Next()
+	}
+	if t.Kind != Ident && t.Kind != QuotedIdent {
+		return Command{}, false
+	}
+	name, err := l.Value(t, '\\')
+	if err != nil {
+		return Command{}, false
+	}
+	end := t.End
+	for t = l.Next(); l.IsOp(t, ";"); t = l.Next() {
+	}
+	if t.Kind != EOF {
+		return Command{}, false
+	}
+	return Command{Kind: CmdSavepoint, Name: name, Value: verb, Text: l.Src()[first.Start:end]}, true
 }

@@ -29,7 +29,7 @@ func TestParseCommand(t *testing.T) {
 		{"COMMIT AND CHAIN", Command{}},
 		{"COMMIT PREPARED 'x'", Command{}},
 		{"ROLLBACK", Command{Kind: CmdRollback, Text: "ROLLBACK"}},
-		{"ROLLBACK TO SAVEPOINT a", Command{}},
+		{"ROLLBACK TO SAVEPOINT a", Command{Kind: CmdSavepoint, Name: "a", Value: SavepointRollback, Text: "ROLLBACK TO SAVEPOINT a"}},
 		{"SET LOCAL statement_timeout = 5; SET search_path = app", Command{Kind: CmdSets, Tags: []string{"SET", "SET"}}},
 		{"RESET work_mem", Command{Kind: CmdSets, Tags: []string{"RESET"}}},
 		{"SET CONSTRAINTS ALL DEFERRED", Command{}},
@@ -95,5 +95,34 @@ func TestReduce(t *testing.T) {
 	}
 	if _, err := Reduce(shardmap.MergeBoolOr, vals("1")); err == nil {
 		t.Error("bool_or of a non-boolean succeeded")
+	}
+}
+
+func TestParseSavepoint(t *testing.T) {
+	for _, tc := range []struct {
+		sql        string
+		verb, name string
+	}{
+		{"SAVEPOINT a", SavepointCreate, "a"},
+		{"savepoint \"My Point\";", SavepointCreate, "My Point"},
+		{"RELEASE a", SavepointRelease, "a"},
+		{"release savepoint B", SavepointRelease, "b"},
+		{"ROLLBACK TO a", SavepointRollback, "a"},
+		{"rollback work to savepoint a", SavepointRollback, "a"},
+		{"ROLLBACK TRANSACTION TO SAVEPOINT a", SavepointRollback, "a"},
+		{"ROLLBACK", "", ""},
+		{"SAVEPOINT a; SELECT 1", "", ""},
+		{"RELEASE", "", ""},
+	} {
+		cmd := ParseCommand(tc.sql, true)
+		if tc.verb == "" {
+			if cmd.Kind == CmdSavepoint {
+				t.Errorf("%q: read as a savepoint command", tc.sql)
+			}
+			continue
+		}
+		if cmd.Kind != CmdSavepoint || cmd.Value != tc.verb || cmd.Name != tc.name {
+			t.Errorf("%q: %+v, want %s %q", tc.sql, cmd, tc.verb, tc.name)
+		}
 	}
 }

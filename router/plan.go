@@ -51,6 +51,11 @@ type Plan struct {
 	// (constant-only SELECTs without FROM, SHOW, SET, RESET, DISCARD,
 	// DEALLOCATE, transaction control, empty).
 	AnyShard bool
+	// Free: the string only reads, and needs no particular shard: SHOW,
+	// VALUES, constant-only SELECTs and catalog reads (see isCatalogRead).
+	// Inside a transaction that has not chosen its shard yet, such a string
+	// runs on any shard outside the transaction and does not choose it.
+	Free bool
 	// Override is a leading /* pgrouter: shard=... */ or key=... comment.
 	Override Override
 	// Err is a reason the string cannot be routed, reported when it runs.
@@ -127,7 +132,10 @@ func (idx functionIndex) lookup(schema, name string) *shardmap.Function {
 // analyze reads a statement string once: the statements pgrouter mirrors,
 // the routed calls and whether the string may run on any shard.
 func analyze(sql string, standard bool, idx functionIndex, cat *Catalog) *Plan {
-	p := &Plan{AnyShard: true, Override: parseOverride(sql), SQL: sql, Command: ParseCommand(sql, standard), Single: Single(sql, standard)}
+	p := &Plan{AnyShard: true, Free: true, Override: parseOverride(sql), SQL: sql, Command: ParseCommand(sql, standard), Single: Single(sql, standard)}
+	if p.Override.Set {
+		p.Free = false
+	}
 	l := NewLexer(sql)
 	l.StandardStrings = standard
 	for {
@@ -136,12 +144,17 @@ func analyze(sql string, standard bool, idx functionIndex, cat *Catalog) *Plan {
 			t = l.Next()
 		}
 		if t.Kind == EOF {
+			if len(p.Calls) > 0 {
+				p.Free = false
+			}
 			return p
 		}
 		if t.Kind == Invalid {
-			p.AnyShard = false
+			p.AnyShard, p.Free = false, false
 			return p
 		}
+		catalogRead := isCatalogRead(l, t)
+		reads := l.EqualFold(t, "show") || l.EqualFold(t, "values")
 		st, classified := classify(&l, t)
 		if classified && st.Kind != KindOther {
 			p.Statements = append(p.Statements, st)
@@ -192,12 +205,18 @@ func analyze(sql string, standard bool, idx functionIndex, cat *Catalog) *Plan {
 			case String, BitString, Number, Param, Punct, Op:
 			}
 		}
-		if !(anyShard || selectWithoutFrom) {
+		if !(anyShard || selectWithoutFrom || catalogRead) {
 			p.AnyShard = false
+		}
+		if !(reads || selectWithoutFrom || catalogRead) {
+			p.Free = false
 		}
 		if t.Kind != Punct {
 			if t.Kind == Invalid {
-				p.AnyShard = false
+				p.AnyShard, p.Free = false, false
+			}
+			if len(p.Calls) > 0 {
+				p.Free = false
 			}
 			return p
 		}

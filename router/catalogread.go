@@ -1,0 +1,227 @@
+package router
+
+import "strings"
+
+// Catalog reads: statements that need no particular shard.
+//
+// Drivers and tools read the system catalogs (asyncpg and JDBC look up
+// types, psql's \d lists relations) in the middle of whatever the
+// application does, inside its transactions too. Every shard has the same
+// schema, so any shard answers them alike, and an unpinned transaction need
+// not be decided by them. A statement counts as a catalog read when it is
+// a SELECT (or WITH ... SELECT) that names at least one relation, and every
+// relation it names is in pg_catalog or information_schema (qualified, or
+// unqualified with PostgreSQL's "pg_" prefix) or is one of its own WITH
+// queries, and it locks nothing (FOR UPDATE/SHARE), writes nothing (INSERT,
+// UPDATE, DELETE, MERGE, SELECT INTO) and calls none of the functions below
+// that change state.
+
+// stateChangingFunctions are functions a catalog read may not call: they
+// take locks, use sequences, notify, assign transaction ids or change
+// server state.
+var stateChangingFunctions = map[string]bool{
+	"nextval": true, "setval": true, "currval": true, "lastval": true,
+	"set_config": true, "pg_notify": true, "txid_current": true, "pg_current_xact_id": true,
+	"pg_terminate_backend": true, "pg_cancel_backend": true, "pg_reload_conf": true,
+	"pg_rotate_logfile": true, "pg_switch_wal": true, "pg_promote": true,
+	"pg_sleep": true, "pg_sleep_for": true, "pg_sleep_until": true,
+}
+
+// stateChangingPrefixes are name prefixes of such function families.
+var stateChangingPrefixes = []string{
+	"pg_advisory", "pg_try_advisory", "lo_", "dblink", "pg_create_", "pg_drop_",
+	"pg_replication_", "pg_stat_reset", "pg_logical_emit", "pg_import_", "pg_file_", "pg_read_",
+}
+
+func stateChanging(name string) bool {
+	if stateChangingFunctions[name] {
+		return true
+	}
+	for _, p := range stateChangingPrefixes {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// isCatalogRead reports whether the statement that starts with first (l
+// positioned just after it) is a catalog read. It reads its own copy of
+// the lexer.
+func isCatalogRead(l Lexer, first Token) bool {
+	if !l.EqualFold(first, "select") && !l.EqualFold(first, "with") {
+		return false
+	}
+	var toks []Token
+	toks = append(toks, first)
+	for t := l.Next(); t.Kind != EOF && !l.IsOp(t, ";"); t = l.Next() {
+		if t.Kind == Invalid {
+			return false
+		}
+		toks = append(toks, t)
+	}
+	ctes := withNames(&l, toks)
+	relations := 0
+	for i := 0; i < len(toks); i++ {
+		t := toks[i]
+		if t.Kind != Ident && t.Kind != QuotedIdent {
+			continue
+		}
+		if t.Kind == Ident {
+			switch {
+			case l.EqualFold(t, "insert"), l.EqualFold(t, "update"), l.EqualFold(t, "delete"), l.EqualFold(t, "merge"),
+				l.EqualFold(t, "into"), l.EqualFold(t, "copy"):
+				return false
+			case l.EqualFold(t, "for") && i+1 < len(toks) && (l.EqualFold(toks[i+1], "update") || l.EqualFold(toks[i+1], "share") ||
+				l.EqualFold(toks[i+1], "no") || l.EqualFold(toks[i+1], "key")):
+				return false
+			case l.EqualFold(t, "from"), l.EqualFold(t, "join"):
+				n, ok := catalogRelations(&l, toks, i+1, ctes)
+				if !ok {
+					return false
+				}
+				relations += n
+				continue
+			}
+		}
+		if i+1 < len(toks) && l.IsOp(toks[i+1], "(") {
+			name, _ := l.Value(t, '\\')
+			if stateChanging(name) {
+				return false
+			}
+		}
+	}
+	return relations > 0
+}
+
+// catalogRelations reads the comma-separated relation list that starts at
+// toks[i] (after FROM or JOIN) and reports how many relations it named and
+// whether all of them are catalog relations or WITH queries. A subquery or
+// a function in FROM is left to the caller's scan.
+func catalogRelations(l *Lexer, toks []Token, i int, ctes []string) (int, bool) {
+	n := 0
+	for i < len(toks) {
+		for i < len(toks) && toks[i].Kind == Ident && (l.EqualFold(toks[i], "lateral") || l.EqualFold(toks[i], "only")) {
+			i++
+		}
+		if i >= len(toks) || l.IsOp(toks[i], "(") {
+			return n, true
+		}
+		if toks[i].Kind != Ident && toks[i].Kind != QuotedIdent {
+			return n, false
+		}
+		schema, name := "", ""
+		name, _ = l.Value(toks[i], '\\')
+		i++
+		if i+1 < len(toks) && l.IsOp(toks[i], ".") && (toks[i+1].Kind == Ident || toks[i+1].Kind == QuotedIdent) {
+			schema = name
+			name, _ = l.Value(toks[i+1], '\\')
+			i += 2
+		}
+		if i < len(toks) && l.IsOp(toks[i], "(") {
+			return n, true // a function in FROM: the caller checks its name
+		}
+		if !catalogRelation(schema, name, ctes) {
+			return n, false
+		}
+		n++
+		// An alias, then maybe a comma and the next relation.
+		if i < len(toks) && toks[i].Kind == Ident && l.EqualFold(toks[i], "as") {
+			i++
+		}
+		if i < len(toks) && (toks[i].Kind == QuotedIdent || toks[i].Kind == Ident && !clauseKeyword(l, toks[i])) {
+			i++
+		}
+		if i < len(toks) && l.IsOp(toks[i], ",") {
+			i++
+			continue
+		}
+		return n, true
+	}
+	return n, true
+}
+
+func catalogRelation(schema, name string, ctes []string) bool {
+	switch schema {
+	case "pg_catalog", "information_schema":
+		return true
+	case "":
+		if strings.HasPrefix(name, "pg_") {
+			return true
+		}
+		for _, c := range ctes {
+			if c == name {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// clauseKeyword reports words that end a relation reference rather than
+// alias it.
+func clauseKeyword(l *Lexer, t Token) bool {
+	for _, kw := range [...]string{"where", "group", "order", "limit", "offset", "having", "window", "union", "intersect", "except",
+		"join", "inner", "left", "right", "full", "cross", "natural", "on", "using", "fetch", "for", "tablesample"} {
+		if l.EqualFold(t, kw) {
+			return true
+		}
+	}
+	return false
+}
+
+// withNames returns the names of the WITH queries a statement defines
+// (at any depth): WITH [RECURSIVE] name [(columns)] AS [[NOT] MATERIALIZED] (...) [, ...].
+func withNames(l *Lexer, toks []Token) []string {
+	var names []string
+	for i := 0; i < len(toks); i++ {
+		if toks[i].Kind != Ident || !l.EqualFold(toks[i], "with") {
+			continue
+		}
+		j := i + 1
+		if j < len(toks) && l.EqualFold(toks[j], "recursive") {
+			j++
+		}
+		for j < len(toks) && (toks[j].Kind == Ident || toks[j].Kind == QuotedIdent) {
+			name, _ := l.Value(toks[j], '\\')
+			names = append(names, name)
+			j++
+			if j < len(toks) && l.IsOp(toks[j], "(") {
+				j = skipParens(l, toks, j)
+			}
+			if j >= len(toks) || !l.EqualFold(toks[j], "as") {
+				break
+			}
+			j++
+			for j < len(toks) && (l.EqualFold(toks[j], "not") || l.EqualFold(toks[j], "materialized")) {
+				j++
+			}
+			if j >= len(toks) || !l.IsOp(toks[j], "(") {
+				break
+			}
+			j = skipParens(l, toks, j)
+			if j >= len(toks) || !l.IsOp(toks[j], ",") {
+				break
+			}
+			j++
+		}
+	}
+	return names
+}
+
+// skipParens returns the index after the parenthesis that closes toks[i].
+func skipParens(l *Lexer, toks []Token, i int) int {
+	depth := 0
+	for ; i < len(toks); i++ {
+		switch {
+		case l.IsOp(toks[i], "("):
+			depth++
+		case l.IsOp(toks[i], ")"):
+			depth--
+			if depth == 0 {
+				return i + 1
+			}
+		}
+	}
+	return i
+}
