@@ -30,13 +30,15 @@ type queryInfo struct {
 	// RESETs, which PostgreSQL returns to the startup packet's value.
 	settings []string
 	resets   []string
+	// free: the statement needs no particular shard (router.Plan.Free).
+	free bool
 }
 
 // planInfo derives what a statement string does to mirrored state from its
 // cached plan, so a statement seen before is not lexed again. It allocates
 // only for the statements it has to act on.
 func planInfo(p *router.Plan) queryInfo {
-	var info queryInfo
+	info := queryInfo{free: p.Free}
 	for _, st := range p.Statements {
 		switch st.Kind {
 		case router.KindDeallocate:

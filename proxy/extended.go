@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"bytes"
+
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgrouter/pgrouter/pool"
@@ -37,7 +39,10 @@ func (s *session) query(m wire.Message) error {
 		return s.fanoutQuery(m, plan, all)
 	}
 	s.dest = dest
-	if err := s.link(); err != nil {
+	s.noPin = s.virtualTx && plan.Free // runs outside the unpinned transaction
+	err = s.link()
+	s.noPin = false
+	if err != nil {
 		return err
 	}
 	c := s.server
@@ -204,8 +209,15 @@ func (s *session) bind(m wire.Message) error {
 		if err != nil {
 			return err
 		}
-		if all != nil { // the pipeline was placed on one shard before this Bind
-			return errorf(codeFeatureNotSupported, "pgrouter: %s runs on all shards and must be alone in its pipeline", all.Fn.FullName())
+		if all != nil { // after a Parse/Describe/Flush on some shard: end that, run the call everywhere at Sync
+			if s.server != nil {
+				if err := s.detach(); err != nil {
+					return err
+				}
+			}
+			s.batchErr = false
+			s.fan = &fanBatch{call: all, bind: bytes.Clone(m.Body()), portal: string(portal)}
+			return nil
 		}
 		s.dest = dest
 	}
@@ -328,6 +340,9 @@ func (s *session) execute(m wire.Message) error {
 	if info.effects&effStatements != 0 {
 		c.Statements.Clear()
 	}
+	if !info.free {
+		s.batchExecuted = true
+	}
 	s.pending |= info.effects
 	s.noteSettings(&info)
 	_ = c.W.Write(m.Raw)
@@ -376,6 +391,7 @@ func (s *session) closeStatement(m wire.Message) error {
 // sync handles Sync: the end of an extended-protocol batch.
 func (s *session) sync(m wire.Message) error {
 	s.inBatch = false
+	s.batchExecuted = false
 	eff := s.pending
 	s.pending = 0
 	if s.server == nil { // nothing went to a server: every reply is local

@@ -32,8 +32,9 @@ type fanBatch struct {
 	call     *router.Call
 	bind     []byte // the client's Bind message body
 	portal   string
-	describe bool // Describe of the portal was sent
-	execute  bool // Execute of the portal was sent
+	describe bool  // Describe of the portal was sent
+	execute  bool  // Execute of the portal was sent
+	limit    int64 // the Execute's row limit (0: all)
 }
 
 // shardResult is what one shard answered.
@@ -43,8 +44,27 @@ type shardResult struct {
 	err   error          // the shard could not be reached or failed mid-answer
 }
 
+// fanError sends the client a fan-out's error; in an unpinned transaction
+// it aborts the transaction, as any error would.
+func (s *session) fanError(msg pgproto3.BackendMessage) error {
+	s.reqFailed = true
+	return clientIO(s.cw.Send(msg))
+}
+
+// fanDone ends a fan-out request with ReadyForQuery.
+func (s *session) fanDone() error {
+	if s.reqFailed {
+		s.abortUnpinned()
+	}
+	s.reqFailed = false
+	return clientIO(s.cw.SendReady(s.txStatus))
+}
+
 // runOnAll sends every shard what write puts on its connection (ending with
-// Query or Sync) and collects the replies up to ReadyForQuery. Each shard
+// Query or Sync) and collects the replies up to ReadyForQuery. In an
+// unpinned transaction each shard runs it in a READ ONLY transaction of its
+// own (BEGIN READ ONLY before, COMMIT after), so a run_on all call there
+// reads and never writes outside the client's transaction. Each shard
 // runs on a server taken from its pool (or, in session mode, the one the
 // client holds there: its session state is there, and taking a second one
 // could wait on itself). While it runs, the servers are registered for
@@ -57,6 +77,7 @@ func (s *session) runOnAll(write func(c *pool.Conn)) []shardResult {
 	// shard has answered (time waiting for a pool slot before that is
 	// query_wait_timeout's).
 	begin := sync.OnceFunc(s.waitBegin)
+	wrap := s.virtualTx
 	var wg sync.WaitGroup
 	for i, sh := range shards {
 		results[i].shard = sh
@@ -94,13 +115,20 @@ func (s *session) runOnAll(write func(c *pool.Conn)) []shardResult {
 			}
 			s.mu.Unlock()
 			begin()
+			if wrap {
+				_ = c.W.Send(&pgproto3.Query{String: "BEGIN READ ONLY"})
+			}
 			write(c)
+			if wrap {
+				_ = c.W.Send(&pgproto3.Query{String: "COMMIT"})
+				c.Unnamed = 0
+			}
 			if err := c.W.Flush(); err != nil {
 				c.MarkBroken()
 				results[i].err = err
 				return
 			}
-			results[i].msgs, results[i].err = readUntilReady(c)
+			results[i].msgs, results[i].err = readWrapped(c, wrap)
 			if results[i].err != nil && c.Interrupted() { // server_read_timeout closed it
 				results[i].err = s.readTimeoutError(sh.Name, false)
 			}
@@ -144,9 +172,32 @@ func (s *session) dropFanConn(c *pool.Conn) {
 	}
 }
 
+// readWrapped collects a fan-out's replies; wrapped in BEGIN READ ONLY and
+// COMMIT, it keeps the errors of those and the statement's replies.
+func readWrapped(c *pool.Conn, wrapped bool) ([]wire.Message, error) {
+	if !wrapped {
+		return readUntilReady(c, wire.TxIdle)
+	}
+	pre, err := readUntilReady(c, 0)
+	if err != nil {
+		return pre, err
+	}
+	msgs, err := readUntilReady(c, 0)
+	if err != nil {
+		return msgs, err
+	}
+	post, err := readUntilReady(c, wire.TxIdle)
+	for _, m := range append(pre, post...) {
+		if m.Type == wire.ErrorResponse {
+			msgs = append(msgs, m)
+		}
+	}
+	return msgs, err
+}
+
 // readUntilReady collects a server's replies up to ReadyForQuery. A server
-// that ends anywhere but idle is not reused.
-func readUntilReady(c *pool.Conn) ([]wire.Message, error) {
+// that ends anywhere but in the status want (0: any) is not reused.
+func readUntilReady(c *pool.Conn, want byte) ([]wire.Message, error) {
 	var msgs []wire.Message
 	for {
 		m, err := c.R.Next()
@@ -156,7 +207,7 @@ func readUntilReady(c *pool.Conn) ([]wire.Message, error) {
 		}
 		switch m.Type {
 		case wire.ReadyForQuery:
-			if body := m.Body(); len(body) != 1 || body[0] != wire.TxIdle {
+			if body := m.Body(); len(body) != 1 || (want != 0 && body[0] != want) {
 				c.MarkBroken()
 			}
 			return msgs, nil
@@ -188,7 +239,7 @@ func (s *session) fanoutQuery(m wire.Message, plan *router.Plan, call *router.Ca
 	if err := s.emitFanout(results, call, nil); err != nil {
 		return err
 	}
-	return clientIO(s.cw.SendReady(s.txStatus))
+	return s.fanDone()
 }
 
 // startFanout begins an extended-protocol run_on all call at its Bind (the
@@ -229,10 +280,10 @@ func (s *session) fanMessage(m wire.Message) error {
 	case wire.Execute:
 		name, rest, ok := cutCString(body)
 		if ok && string(name) == f.portal && !f.execute && len(rest) == 4 {
-			if binary.BigEndian.Uint32(rest) != 0 {
-				s.fan = nil
-				return s.fail(errorf(codeFeatureNotSupported, "pgrouter: %s runs on all shards; fetching its rows in parts (Execute with a row limit) is not supported", f.call.Fn.FullName()), m.Type)
-			}
+			// A row limit (asyncpg's fetchval and fetchrow ask for 1) returns
+			// that many rows and PortalSuspended; the rest are not kept:
+			// the portal ends with the pipeline's Sync.
+			f.limit = int64(binary.BigEndian.Uint32(rest))
 			f.execute = true
 			return nil
 		}
@@ -269,10 +320,10 @@ func (s *session) finishFanout(sync wire.Message) error {
 	stmtName, params, _ := cutCString(rest)
 	def, err := s.definition(stmtName)
 	if err != nil {
-		if err := clientIO(s.cw.Send(toError(err).response())); err != nil {
+		if err := s.fanError(toError(err).response()); err != nil {
 			return err
 		}
-		return clientIO(s.cw.SendReady(s.txStatus))
+		return s.fanDone()
 	}
 	reduce := f.call.Fn.Merge != shardmap.MergeConcat
 	paramPart, resultFormats, ok := splitBindParams(params)
@@ -311,15 +362,16 @@ func (s *session) finishFanout(sync wire.Message) error {
 		c.Unnamed = 0
 	})
 	s.reqStart = time.Time{}
-	if err := s.emitFanout(results, f.call, &fanShape{describe: f.describe, execute: f.execute, formats: resultFormats}); err != nil {
+	if err := s.emitFanout(results, f.call, &fanShape{describe: f.describe, execute: f.execute, limit: f.limit, formats: resultFormats}); err != nil {
 		return err
 	}
-	return clientIO(s.cw.SendReady(s.txStatus))
+	return s.fanDone()
 }
 
 // fanShape is what the client asked of an extended-protocol fan-out.
 type fanShape struct {
 	describe, execute bool
+	limit             int64    // the Execute's row limit (0: all)
 	formats           []uint16 // the Bind's result format codes
 }
 
@@ -396,14 +448,14 @@ func (s *session) emitFanout(results []shardResult, call *router.Call, shape *fa
 			} else {
 				e.Message = "shard " + r.shard.Name + ": " + e.Message
 			}
-			return clientIO(s.cw.Send(e.response()))
+			return s.fanError(e.response())
 		}
 		for _, m := range r.msgs {
 			if m.Type == wire.ErrorResponse {
 				var e pgproto3.ErrorResponse
 				_ = e.Decode(m.Body())
 				e.Message = "shard " + r.shard.Name + ": " + e.Message
-				return clientIO(s.cw.Send(&e))
+				return s.fanError(&e)
 			}
 		}
 	}
@@ -432,13 +484,17 @@ func (s *session) emitFanout(results []shardResult, call *router.Call, shape *fa
 				}
 			}
 		case wire.CommandComplete:
-			total := int64(0)
+			total, sent := int64(0), int64(0)
 			for _, r := range results {
 				for _, rm := range r.msgs {
 					switch rm.Type {
 					case wire.DataRow:
 						if err := s.forward(rm); err != nil {
 							return err
+						}
+						// As PostgreSQL: the limit reached suspends the portal.
+						if sent++; shape != nil && shape.limit > 0 && sent == shape.limit {
+							return clientIO(s.cw.SendEmpty(wire.PortalSuspended))
 						}
 					case wire.CommandComplete:
 						_, n, _ := splitTag(rm.Body())
@@ -475,18 +531,18 @@ func (s *session) emitReduced(results []shardResult, call *router.Call, shape *f
 			case wire.DataRow:
 				var row pgproto3.DataRow
 				if err := row.Decode(m.Body()); err != nil || len(row.Values) != 1 {
-					return clientIO(s.cw.Send(errorf("42804", "pgrouter: %s merges its results, so it must return one column", call.Fn.FullName()).response()))
+					return s.fanError(errorf("42804", "pgrouter: %s merges its results, so it must return one column", call.Fn.FullName()).response())
 				}
 				values = append(values, row.Values[0])
 			}
 		}
 	}
 	if desc == nil || len(desc.Fields) != 1 {
-		return clientIO(s.cw.Send(errorf("42804", "pgrouter: %s merges its results, so it must return one column", call.Fn.FullName()).response()))
+		return s.fanError(errorf("42804", "pgrouter: %s merges its results, so it must return one column", call.Fn.FullName()).response())
 	}
 	v, err := router.Reduce(call.Fn.Merge, values)
 	if err != nil {
-		return clientIO(s.cw.Send(errorf("42804", "pgrouter: %s: %v", call.Fn.FullName(), err).response()))
+		return s.fanError(errorf("42804", "pgrouter: %s: %v", call.Fn.FullName(), err).response())
 	}
 	format := uint16(0)
 	if shape != nil && len(shape.formats) > 0 {
@@ -494,8 +550,8 @@ func (s *session) emitReduced(results []shardResult, call *router.Call, shape *f
 	}
 	if format == 1 && v != nil {
 		if v, err = router.EncodeBinary(desc.Fields[0].DataTypeOID, v); err != nil {
-			return clientIO(s.cw.Send(errorf(codeFeatureNotSupported, "pgrouter: %s: %v", call.Fn.FullName(), err).
-				withHint("Ask for the result in text format, or cast it to bigint, numeric or text.").response()))
+			return s.fanError(errorf(codeFeatureNotSupported, "pgrouter: %s: %v", call.Fn.FullName(), err).
+				withHint("Ask for the result in text format, or cast it to bigint, numeric or text.").response())
 		}
 	}
 	desc.Fields[0].Format = int16(format)
@@ -507,6 +563,9 @@ func (s *session) emitReduced(results []shardResult, call *router.Call, shape *f
 	}
 	if shape == nil || shape.execute {
 		_ = s.cw.Send(&pgproto3.DataRow{Values: [][]byte{v}})
+		if shape != nil && shape.limit == 1 { // as PostgreSQL: the limit reached suspends the portal
+			return clientIO(s.cw.SendEmpty(wire.PortalSuspended))
+		}
 		if err := s.cw.Send(&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}); err != nil {
 			return clientIO(err)
 		}

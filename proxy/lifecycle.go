@@ -15,7 +15,6 @@ import (
 	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/pool"
 	"github.com/pgrouter/pgrouter/shardmap"
-	"github.com/pgrouter/pgrouter/wire"
 )
 
 // Reload reads the config file again and swaps in what it describes: shard
@@ -244,14 +243,6 @@ func (st *statsSampler) window() (map[string]pool.Counters, time.Duration) {
 func errShuttingDown() *Error {
 	return &Error{Fatal: true, Code: codeAdminShutdown, Message: "terminating connection due to administrator command: pgrouter is shutting down",
 		Hint: "Reconnect: another pgrouter instance, or this one once restarted, will serve you."}
-}
-
-// atBoundary reports whether the client is between transactions with
-// nothing in flight: the only moment it may take a new config or be told
-// to leave without losing anything.
-func (s *session) atBoundary() bool {
-	return s.txStatus == wire.TxIdle && !s.virtualTx && s.queue.empty() && !s.inBatch && !s.skipping &&
-		s.held.empty() && s.fan == nil && (s.server == nil || s.mode == config.ModeSession)
 }
 
 // adopt moves the session to a newly loaded config generation. Servers of

@@ -164,7 +164,13 @@ func (s *session) ready(m wire.Message, head *request) error {
 		}
 		return nil
 	}
-	if s.virtualTx { // the server ran a prepare outside the client's unpinned transaction
+	failed := s.reqFailed
+	s.reqFailed = false
+	if s.virtualTx { // the server ran a statement outside the client's unpinned transaction
+		if failed {
+			s.abortUnpinned()
+		}
+		s.reqStart = time.Time{}
 		return clientIO(s.cw.SendReady(s.txStatus))
 	}
 	s.account(body[0])
@@ -216,6 +222,9 @@ func (s *session) internalRow(m wire.Message, head *request) error {
 func (s *session) serverError(m wire.Message, head *request) error {
 	if isFatal(m.Body()) {
 		return s.serverEnded(m)
+	}
+	if !head.internal || head.replace != nil {
+		s.reqFailed = true
 	}
 	switch head.kind {
 	case reqQuery, reqFunctionCall, reqSync: // an error at Sync is a failed implicit COMMIT

@@ -23,12 +23,9 @@ import (
 // handlers on a server of that shard. Parse and Describe before any Bind may
 // run on any shard: every shard has the same schema.
 //
-// A transaction is pinned to the shard of its first routed statement: BEGIN
-// (simple protocol, the form every driver uses) is answered locally and sent
-// later, together with the SET statements that came between, right before
-// that statement on that shard. Until then the transaction exists only in
-// pgrouter, so COMMIT and ROLLBACK of an unpinned transaction are answered
-// locally too.
+// A transaction is pinned to the shard of its first routed statement; until
+// then it exists only in pgrouter (see transaction.go for the states and the
+// rules, in whatever protocol the driver sends them).
 
 // codeUndefinedObject is SQLSTATE undefined_object (an unknown shard).
 const codeUndefinedObject = "42704"
@@ -44,6 +41,9 @@ type hold struct {
 	parsed []heldParse
 	// executes counts held Execute messages.
 	executes int
+	// pinning: a held Bind is of a statement that would pin an unpinned
+	// transaction (one that is not router.Plan.Free).
+	pinning bool
 }
 
 // heldParse is a held Parse's statement name and plan, for a later Bind of
@@ -65,6 +65,7 @@ func (h *hold) reset() {
 	h.ends = h.ends[:0]
 	h.parsed = h.parsed[:0]
 	h.executes = 0
+	h.pinning = false
 	if cap(h.buf) > 4*holdLimit {
 		h.buf = nil
 	}
@@ -104,16 +105,10 @@ func (s *session) stmtPlan(name []byte) *router.Plan {
 	return st.plan
 }
 
-// switchable reports whether a session-mode client is between
-// transactions, so its next statement may use a server on another shard.
-func (s *session) switchable() bool {
-	return s.mode == config.ModeSession && (s.txStatus == wire.TxIdle || s.virtualTx) && s.queue.empty() && !s.inBatch && !s.skipping
-}
-
 // pinned returns the shard the session's current transaction or pipeline
 // is bound to, or nil.
 func (s *session) pinned() *shardmap.Shard {
-	if s.server == nil || s.switchable() {
+	if s.server == nil || s.switchable() || s.movable() {
 		return nil
 	}
 	sh, _ := s.cluster.ShardNamed(s.server.Shard())
@@ -132,10 +127,10 @@ func (s *session) place(p *router.Plan, params router.Params) (*shardmap.Shard, 
 	switch route.Target {
 	case router.TargetAll:
 		switch {
-		case s.txStatus != wire.TxIdle:
-			return nil, nil, errorf(codeFeatureNotSupported, "pgrouter: %s runs on all shards and cannot run inside a transaction", route.Call.Fn.FullName()).
-				withHint("Call it outside BEGIN ... COMMIT.")
-		case pinned != nil || s.inBatch:
+		case s.txStatus != wire.TxIdle && !s.virtualTx:
+			return nil, nil, errorf(codeFeatureNotSupported, "pgrouter: %s runs on all shards and cannot run inside a transaction that already runs on shard %s", route.Call.Fn.FullName(), s.server.Shard()).
+				withHint("Call it before the transaction's first statement that chooses a shard, or outside BEGIN ... COMMIT.")
+		case pinned != nil || (s.inBatch && !s.movable()):
 			return nil, nil, errorf(codeFeatureNotSupported, "pgrouter: %s runs on all shards and must be alone in its pipeline", route.Call.Fn.FullName()).
 				withHint("Send a Sync before and after it.")
 		}
@@ -260,6 +255,18 @@ func (s *session) holdMessage(m wire.Message) error {
 		if p == nil {
 			break // no such statement: any shard will say so
 		}
+		if p.Free {
+			break // runs anywhere: a later Bind may still name the pipeline's shard
+		}
+		s.held.pinning = true
+		switch p.Command.Kind {
+		case router.CmdBegin, router.CmdCommit, router.CmdRollback, router.CmdSets, router.CmdSavepoint:
+			// Transaction control and SETs go where the pipeline's statements go.
+			if len(s.held.buf) > holdLimit {
+				return s.replaySoft()
+			}
+			return nil
+		}
 		sh, all, err := s.place(p, router.BindParams(m.Body()))
 		switch {
 		case err != nil:
@@ -283,9 +290,10 @@ func (s *session) holdMessage(m wire.Message) error {
 
 // replaySoft runs a pipeline that named no shard on any shard. Inside an
 // unpinned transaction, a pipeline that executes nothing (a driver preparing
-// a statement: Parse, Describe, Sync) does not pin the transaction.
+// a statement: Parse, Describe, Sync) or only statements that need no shard
+// does not pin the transaction.
 func (s *session) replaySoft() error {
-	s.noPin = s.held.executes == 0
+	s.noPin = s.held.executes == 0 || !s.held.pinning
 	defer func() { s.noPin = false }()
 	return s.replay(s.anyShard(), nil)
 }
@@ -354,49 +362,20 @@ func (s *session) sessionCommand(p *router.Plan) (bool, error) {
 	switch cmd.Kind {
 	case router.CmdSetOver, router.CmdResetOver, router.CmdShowOver:
 		return true, s.overrideCommand(cmd)
-	case router.CmdBegin:
-		if len(s.cluster.Shards) < 2 || !s.router.HasFunctions() || s.mode == config.ModeStatement || s.txStatus != wire.TxIdle ||
-			!(s.server == nil || s.switchable()) || !s.queue.empty() || s.inBatch {
-			return false, nil
+	case router.CmdBegin, router.CmdCommit, router.CmdRollback, router.CmdSets, router.CmdSavepoint:
+		if !s.localCommand(p) {
+			break
 		}
-		s.virtualTx = true
-		s.beginSQL = cmd.Text
-		s.txStatus = wire.TxActive
-		s.xactStart = time.Now()
-		return true, s.localComplete(wire.TxActive, "BEGIN")
-	case router.CmdCommit, router.CmdRollback:
-		if !s.virtualTx {
-			return false, nil
+		tags, err := s.runLocal(p)
+		if err != nil {
+			return true, err
 		}
-		if cmd.Kind == router.CmdCommit && s.txStatus == wire.TxActive && len(s.deferred) > 0 {
-			return false, nil // its SETs outlive it: COMMIT runs on a shard (any will do)
-		}
-		tag := "ROLLBACK"
-		if cmd.Kind == router.CmdCommit && s.txStatus == wire.TxActive {
-			tag = "COMMIT"
-		}
-		s.endVirtual()
-		return true, s.localComplete(wire.TxIdle, tag)
-	case router.CmdSets:
-		if !s.virtualTx || s.txStatus != wire.TxActive {
-			return false, nil
-		}
-		s.deferred = append(s.deferred, p)
-		return true, s.localComplete(wire.TxActive, cmd.Tags...)
+		return true, s.localComplete(s.txStatus, tags...)
 	}
-	if s.virtualTx && s.txStatus == wire.TxFailed {
+	if s.failedUnpinned() {
 		return true, errorf("25P02", "current transaction is aborted, commands ignored until end of transaction block")
 	}
 	return false, nil
-}
-
-// endVirtual forgets an unpinned transaction.
-func (s *session) endVirtual() {
-	s.virtualTx = false
-	s.beginSQL = ""
-	s.deferred = s.deferred[:0]
-	s.txStatus = wire.TxIdle
-	s.reqStart = time.Time{}
 }
 
 // localComplete answers a simple Query with CommandCompletes and

@@ -42,6 +42,7 @@ CREATE OR REPLACE FUNCTION rt_fail_on(i_shard text) RETURNS int LANGUAGE plpgsql
   $$ BEGIN IF (SELECT name FROM rt_shard) = i_shard THEN RAISE EXCEPTION 'boom on %%', i_shard USING ERRCODE = '22012'; END IF; RETURN 1; END $$;
 CREATE OR REPLACE FUNCTION rt_by_part(i_part int) RETURNS text LANGUAGE sql AS $$ SELECT name FROM rt_shard $$;
 CREATE OR REPLACE FUNCTION rt_any() RETURNS text LANGUAGE sql AS $$ SELECT name FROM rt_shard $$;
+CREATE OR REPLACE FUNCTION rt_rename_shards(i_name text) RETURNS bigint LANGUAGE sql AS $$ UPDATE rt_shard SET name = i_name; SELECT 1::bigint $$;
 `
 
 const routingFunctions = `functions:
@@ -58,6 +59,7 @@ const routingFunctions = `functions:
   - {name: rt_fail_on, run_on: all}
   - {name: rt_by_part, run_on: partition, key: i_part}
   - {name: rt_any, run_on: any}
+  - {name: rt_rename_shards, run_on: all, merge: sum}
 `
 
 // startRouting creates the routing schema on the four shards and starts a
@@ -336,8 +338,17 @@ func TestRoutingRefusesCrossShard(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := tx.Exec(ctx, "SELECT rt_count_users()"); pgCode(err) != "0A000" {
-				t.Fatalf("fan-out in a transaction: %v", err)
+			// A fan-out before the transaction's first routed call runs (read
+			// only, outside it); after that call pins the transaction, it is refused.
+			var users int64
+			if err := tx.QueryRow(ctx, "SELECT rt_count_users()").Scan(&users); err != nil {
+				t.Fatalf("fan-out in an unpinned transaction: %v", err)
+			}
+			if _, err := tx.Exec(ctx, "SELECT rt_where($1)", a); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec(ctx, "SELECT rt_count_users()"); pgCode(err) != "0A000" || !strings.Contains(err.Error(), "already runs on shard "+want) {
+				t.Fatalf("fan-out in a pinned transaction: %v", err)
 			}
 			_ = tx.Rollback(ctx)
 			// The connection is still good.

@@ -72,6 +72,15 @@ type session struct {
 	parked    map[string]*pool.Conn // session mode: the client's servers on other shards
 	fan       *fanBatch             // a run_on all Bind waiting for its Sync
 	batchErr  bool                  // an extended-protocol message failed on the server
+	// batchExecuted: an Execute of a statement that needs a shard was sent
+	// since the last Sync, so the pipeline may not move (see movable).
+	batchExecuted bool
+	// reqFailed: the server reported an error for the client's current
+	// request (an unpinned transaction it ran outside of is aborted).
+	reqFailed bool
+	// localPortals are portals of statements pgrouter answers itself (see
+	// localExtended), by name.
+	localPortals map[string]*router.Plan
 	// An unpinned transaction: BEGIN and the SETs after it wait for the
 	// first routed statement (virtualTx) to be sent to its shard.
 	virtualTx          bool
@@ -232,7 +241,10 @@ func (s *session) dispatch(m wire.Message) error {
 	}
 	switch m.Type {
 	case wire.Parse, wire.Bind, wire.Describe, wire.Execute, wire.Close, wire.Sync, wire.Flush:
-		if s.virtualTx && s.txStatus == wire.TxFailed && m.Type != wire.Sync && m.Type != wire.Flush {
+		if handled, err := s.localExtended(m); handled {
+			return err
+		}
+		if s.failedUnpinned() && m.Type != wire.Sync && m.Type != wire.Flush {
 			return s.fail(errorf("25P02", "current transaction is aborted, commands ignored until end of transaction block"), m.Type)
 		}
 		if s.fan != nil {
@@ -313,9 +325,7 @@ func (s *session) fail(err error, typ byte) error {
 	if s.server != nil && !s.switchable() {
 		return s.failInBand(e, typ)
 	}
-	if s.virtualTx {
-		s.txStatus = wire.TxFailed // as PostgreSQL, an error aborts the transaction
-	}
+	s.abortUnpinned() // as PostgreSQL, an error aborts the transaction
 	s.emitLocals()
 	if err := clientIO(s.cw.Send(e.response())); err != nil {
 		return err
@@ -367,14 +377,25 @@ func (s *session) link() error {
 	if s.server != nil {
 		if dest == nil || s.server.Shard() == dest.Name {
 			if s.virtualTx && !s.noPin {
+				if s.inBatch { // the pin's BEGIN goes between requests
+					if err := s.endBatch(); err != nil {
+						return err
+					}
+				}
 				return s.pin()
 			}
 			return nil
 		}
-		if !s.switchable() { // place refuses this; never send to the wrong shard
+		switch {
+		case s.movable():
+			if err := s.detach(); err != nil {
+				return err
+			}
+		case s.switchable():
+			s.park()
+		default: // place refuses this; never send to the wrong shard
 			return errorf(codeFeatureNotSupported, "pgrouter: this transaction runs on shard %s, not %s", s.server.Shard(), dest.Name)
 		}
-		s.park()
 	}
 	if dest == nil {
 		dest = s.anyShard()
@@ -487,7 +508,7 @@ func (s *session) refuseTransaction() error {
 // maybeRelease returns the server to the pool in transaction and statement
 // mode once the client is outside a transaction with nothing outstanding.
 func (s *session) maybeRelease() {
-	if s.server != nil && s.mode != config.ModeSession && (s.txStatus == wire.TxIdle || s.virtualTx) && s.queue.empty() && !s.inBatch && !s.skipping {
+	if s.server != nil && s.mode != config.ModeSession && s.quiet() {
 		s.unlink()
 	}
 }

@@ -24,7 +24,7 @@ func TestPlanInfo(t *testing.T) {
 		{"EXECUTE PGR_x", queryInfo{effects: effReserved}},
 		{"DEALLOCATE pgr_x", queryInfo{effects: effStatements | effReserved, deallocate: "pgr_x"}},
 		{"PREPARE mine AS SELECT 1", queryInfo{}},
-		{"SELECT 'DEALLOCATE ALL'", queryInfo{}},
+		{"SELECT 'DEALLOCATE ALL'", queryInfo{free: true}},
 		{"SET search_path = a; RESET TimeZone; SELECT set_config('x.y', '1', false)", queryInfo{settings: []string{"search_path", "timezone", "x.y"}, resets: []string{"timezone"}}},
 		{"SET LOCAL work_mem = '1MB'", queryInfo{}},
 	}
