@@ -48,7 +48,6 @@ type matrixDriver struct {
 }
 
 func TestDriverMatrix(t *testing.T) {
-	p := startRouting(t, proxyOpts{size: 2})
 	drivers := []matrixDriver{
 		{"pgx", runPgx},
 		{"pgxpool", runPgxPool},
@@ -59,14 +58,19 @@ func TestDriverMatrix(t *testing.T) {
 		{"jdbc", runJDBC},
 		{"node-postgres", runNode},
 	}
-	for i, d := range drivers {
-		t.Run(d.name, func(t *testing.T) {
-			ctx := testContext(t, 3*time.Minute)
-			prefix := fmt.Sprintf("m%d-", i)
-			keyA, keyB := twoShardKeys(t, prefix)
-			out := d.run(t, ctx, p, prefix, keyA, keyB)
-			checkMatrixRows(t, prefix, keyA, keyB, out)
-		})
+	for m, mode := range bothModes {
+		// Session mode holds a server per shard per client: pgxpool's 4
+		// connections need that many on each shard.
+		p := startRouting(t, proxyOpts{mode: mode, size: 2 + 4*m})
+		for i, d := range drivers {
+			t.Run(mode+"/"+d.name, func(t *testing.T) {
+				ctx := testContext(t, 3*time.Minute)
+				prefix := fmt.Sprintf("m%d%d-", m, i)
+				keyA, keyB := twoShardKeys(t, prefix)
+				out := d.run(t, ctx, p, prefix, keyA, keyB)
+				checkMatrixRows(t, prefix, keyA, keyB, out)
+			})
+		}
 	}
 }
 
