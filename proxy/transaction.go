@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -229,6 +230,9 @@ func (s *session) localExtended(m wire.Message) (bool, error) {
 			return false, nil
 		}
 		query, _, _ := cutCString(def)
+		if !maybeLocalText(query) {
+			return false, nil // most Parses: no plan look-up (and string copy) here
+		}
 		plan := s.router.Plan(string(query), s.standardStrings())
 		if !s.localCommand(plan) || (len(name) > 0 && s.stmts[string(name)] != nil) {
 			return false, nil // a name in use: the server says 42P05
@@ -343,4 +347,29 @@ func (s *session) detach() error {
 	}
 	s.unlink()
 	return nil
+}
+
+// localWords are the first words of the statements localCommand may accept.
+var localWords = [...]string{"begin", "start", "commit", "end", "rollback", "abort", "set", "reset", "savepoint", "release"}
+
+// maybeLocalText is a cheap filter before planning a Parse: false when the
+// text cannot be a statement pgrouter answers itself. A leading comment or
+// anything unusual is left to the planner.
+func maybeLocalText(q []byte) bool {
+	i := 0
+	for i < len(q) && (q[i] == ' ' || q[i] == '\t' || q[i] == '\n' || q[i] == '\r' || q[i] == '(') {
+		i++
+	}
+	if i == len(q) {
+		return false
+	}
+	if q[i] == '/' || q[i] == '-' {
+		return true
+	}
+	for _, w := range localWords {
+		if len(q)-i >= len(w) && bytes.EqualFold(q[i:i+len(w)], []byte(w)) {
+			return true
+		}
+	}
+	return false
 }

@@ -295,3 +295,16 @@ func TestUnpinnedSavepoints(t *testing.T) {
 		t.Fatalf("%d rows after ROLLBACK TO and COMMIT, want 1", n)
 	}
 }
+
+func TestMaybeLocalText(t *testing.T) {
+	for q, want := range map[string]bool{
+		"BEGIN": true, " begin isolation level serializable": true, "START TRANSACTION": true, "COMMIT": true,
+		"end": true, "Rollback to a": true, "SET LOCAL x = 1": true, "reset all": true, "SAVEPOINT a": true,
+		"release a": true, "/* c */ BEGIN": true, "-- c\nBEGIN": true,
+		"select rt_add_user($1, $2)": false, "insert into t values (1)": false, "": false, "   ": false,
+	} {
+		if got := maybeLocalText([]byte(q)); got != want {
+			t.Errorf("%q: %v, want %v", q, got, want)
+		}
+	}
+}
