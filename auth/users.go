@@ -29,6 +29,11 @@ const (
 	Plain Kind = iota
 	MD5
 	SCRAM
+	// Empty is a secret that stands for the empty password: a plain "", the
+	// md5 hash of "", or a SCRAM verifier of "". Files generated from
+	// pg_shadow hold such entries for roles without a password; like
+	// pgbouncer and PostgreSQL, pgrouter lets no one log in with them.
+	Empty
 )
 
 // scramIterations matches PostgreSQL's default scram_iterations.
@@ -51,6 +56,18 @@ type Users struct {
 	// mockKey derives a stable fake salt for unknown users, so a SCRAM
 	// exchange does not reveal whether a user exists.
 	mockKey []byte
+	// empty lists the users whose secret is the empty password, in file
+	// order, for the warning at load.
+	empty []string
+}
+
+// EmptyPasswords returns the users whose entry is the empty password: they
+// cannot log in.
+func (u *Users) EmptyPasswords() []string {
+	if u == nil {
+		return nil
+	}
+	return u.empty
 }
 
 // LoadUsers reads a users file.
@@ -90,6 +107,9 @@ func ParseUsers(data []byte) (*Users, error) {
 		if err != nil {
 			return nil, fmt.Errorf("line %d: user %q: %w", i+1, name, err)
 		}
+		if s.Kind == Empty {
+			u.empty = append(u.empty, name)
+		}
 		u.secrets[name] = s
 	}
 	return u, nil
@@ -114,17 +134,36 @@ func (u *Users) Len() int {
 
 func parseSecret(user, secret string) (*Secret, error) {
 	switch {
+	case secret == "":
+		return &Secret{Kind: Empty, user: user}, nil
 	case strings.HasPrefix(secret, "SCRAM-SHA-256$"):
 		creds, err := parseSCRAM(secret)
 		if err != nil {
 			return nil, err
 		}
+		if scramOfEmpty(creds) {
+			return &Secret{Kind: Empty, user: user}, nil
+		}
 		return &Secret{Kind: SCRAM, scram: creds, user: user}, nil
 	case len(secret) == 35 && strings.HasPrefix(secret, "md5") && isHex(secret[3:]):
+		if strings.EqualFold(secret[3:], md5Hex(user)) { // md5("" + user)
+			return &Secret{Kind: Empty, user: user}, nil
+		}
 		return &Secret{Kind: MD5, MD5: secret[3:], user: user}, nil
 	default:
 		return &Secret{Kind: Plain, Plain: secret, user: user}, nil
 	}
+}
+
+// scramOfEmpty reports whether a SCRAM verifier is that of the empty
+// password (one PBKDF2 run per SCRAM entry, at load).
+func scramOfEmpty(creds scram.StoredCredentials) bool {
+	client, err := scram.SHA256.NewClientUnprepped("", "", "")
+	if err != nil {
+		return false
+	}
+	empty, err := client.GetStoredCredentialsWithError(creds.KeyFactors)
+	return err == nil && hmac.Equal(empty.StoredKey, creds.StoredKey)
 }
 
 // parseSCRAM parses PostgreSQL's verifier format

@@ -111,3 +111,39 @@ func TestSCRAM(t *testing.T) {
 		t.Fatal("mock salt must be stable per user and differ between users")
 	}
 }
+
+// TestEmptyPasswordsNeverMatch: an entry for the empty password, in any of
+// its forms, is loaded as Empty, listed by EmptyPasswords, and no md5 or
+// SCRAM proof of any password (the empty one included) matches it.
+func TestEmptyPasswordsNeverMatch(t *testing.T) {
+	client, _ := scram.SHA256.NewClient("", "", "")
+	creds, _ := client.GetStoredCredentialsWithError(scram.KeyFactors{Salt: "saltsaltsaltsalt", Iters: 4096})
+	verifier := fmt.Sprintf("SCRAM-SHA-256$4096:%s$%s:%s",
+		base64.StdEncoding.EncodeToString([]byte(creds.Salt)),
+		base64.StdEncoding.EncodeToString(creds.StoredKey),
+		base64.StdEncoding.EncodeToString(creds.ServerKey))
+	file := `"plain" ""` + "\n" + `"hashed" "md5` + md5Hex("hashed") + `"` + "\n" + `"stored" "` + verifier + `"` + "\n" + `"real" "s3cret"`
+	u, err := ParseUsers([]byte(file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(u.EmptyPasswords()); got != "[plain hashed stored]" {
+		t.Fatalf("EmptyPasswords = %s", got)
+	}
+	salt := [4]byte{1, 2, 3, 4}
+	for _, name := range []string{"plain", "hashed", "stored"} {
+		s, ok := u.Lookup(name)
+		if !ok || s.Kind != Empty {
+			t.Fatalf("%s: kind %v", name, s.Kind)
+		}
+		if s.CheckMD5(name, salt, "md5"+md5Hex(md5Hex(name)+string(salt[:]))) {
+			t.Fatalf("%s: the md5 proof of the empty password matched", name)
+		}
+		if _, ok := s.SCRAMCredentials(); ok {
+			t.Fatalf("%s: has SCRAM credentials", name)
+		}
+	}
+	if s, _ := u.Lookup("real"); s.Kind != Plain {
+		t.Fatal("a real password was taken for an empty one")
+	}
+}

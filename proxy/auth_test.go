@@ -19,6 +19,7 @@ import (
 // usersFile has one user per secret form: plain, md5 and SCRAM.
 func usersFile(t *testing.T) string {
 	sum := md5.Sum([]byte("secret-b" + "bob"))
+	empty := md5.Sum([]byte("" + "erin")) // what pg_shadow holds for a role without a password
 	client, err := scram.SHA256.NewClient("", "secret-c", "")
 	if err != nil {
 		t.Fatal(err)
@@ -33,7 +34,9 @@ func usersFile(t *testing.T) string {
 "bob" "md5%s"
 "carol" "%s"
 "quote""d" "pa""ss"
-`, hex.EncodeToString(sum[:]), verifier)
+"dave" ""
+"erin" "md5%s"
+`, hex.EncodeToString(sum[:]), verifier, hex.EncodeToString(empty[:]))
 }
 
 func TestAuthentication(t *testing.T) {
@@ -55,6 +58,12 @@ func TestAuthentication(t *testing.T) {
 		{"md5", "bob", "wrong", "main", "28P01"},
 		{"md5", "carol", "secret-c", "main", "28P01"}, // a SCRAM secret cannot answer md5
 		{"md5", "nobody", "x", "main", "28P01"},
+		// An empty password is no password: nobody logs in with it (audit finding 1).
+		{"scram-sha-256", "dave", "", "main", "28P01"},
+		{"scram-sha-256", "erin", "", "main", "28P01"},
+		{"md5", "dave", "", "main", "28P01"},
+		{"md5", "erin", "", "main", "28P01"},
+		{"md5", "erin", "x", "main", "28P01"},
 		{"trust", "alice", "", "main", ""},
 		{"trust", "nobody", "", "main", "28P01"},
 	}

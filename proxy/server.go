@@ -92,6 +92,7 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	warnEmptyPasswords(log, gen)
 	s := &Server{
 		log:       log,
 		started:   time.Now(),
@@ -170,6 +171,16 @@ func loadGeneration(cfg *config.Config) (*generation, error) {
 		g.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	return g, nil
+}
+
+// warnEmptyPasswords names the users-file entries that hold the empty
+// password: nobody can log in as them (as with pgbouncer), which an
+// operator who generated the file from pg_shadow needs to know.
+func warnEmptyPasswords(log *zap.Logger, g *generation) {
+	if names := g.users.EmptyPasswords(); len(names) > 0 {
+		log.Warn("users file: these users have an empty password and cannot log in; give them a password",
+			zap.String("users_file", g.cfg.Auth.UsersFile), zap.Strings("users", names))
+	}
 }
 
 // plainPassword gives the pool a client's plain password from the users file,
