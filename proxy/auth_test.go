@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/xdg-go/scram"
 )
 
@@ -130,4 +131,32 @@ func TestAuthentication(t *testing.T) {
 			t.Fatalf("psql with a wrong password: %s", out)
 		}
 	})
+}
+
+// TestPreAuthMessagesAreSmall: before login completes a client may send no
+// message over 64 KB (a 100 KB "password" gets FATAL 08P01); after login,
+// max_message_size applies again and a 100 KB query runs.
+func TestPreAuthMessagesAreSmall(t *testing.T) {
+	p := startProxy(t, proxyOpts{auth: "md5", users: usersFile(t)})
+	c := dialRaw(t, p.addr)
+	c.send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{"user": "alice", "database": "main"}})
+	m, err := c.receive()
+	if _, ok := m.(*pgproto3.AuthenticationMD5Password); !ok || err != nil {
+		t.Fatalf("first reply %#v, %v", m, err)
+	}
+	c.send(&pgproto3.PasswordMessage{Password: strings.Repeat("x", 100<<10)})
+	if e := c.expectFatal("08P01"); !strings.Contains(e.Message, "exceeds the limit of 65536 bytes") {
+		t.Fatalf("oversized password: %q", e.Message)
+	}
+	ctx := testContext(t, 10*time.Second)
+	host, port := p.hostPort()
+	conn, err := pgx.Connect(ctx, fmt.Sprintf("host=%s port=%s user=alice password=secret-a dbname=main sslmode=disable", host, port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var n int
+	if err := conn.QueryRow(ctx, "SELECT length('"+strings.Repeat("y", 100<<10)+"')").Scan(&n); err != nil || n != 100<<10 {
+		t.Fatalf("100 KB query after login: %d, %v", n, err)
+	}
 }

@@ -37,6 +37,11 @@ type startup struct {
 }
 
 // handle runs one client connection from the first byte to the last.
+// preAuthMaxMessage caps the messages of a client that has not logged in
+// yet: PostgreSQL's own limit for authentication messages is 64 KB less a
+// little (PG_MAX_AUTH_TOKEN_LENGTH is 65535).
+const preAuthMaxMessage = 64 << 10
+
 func (s *Server) handle(conn net.Conn) {
 	gen := s.gen.Load()
 	cfg := gen.cfg
@@ -45,7 +50,9 @@ func (s *Server) handle(conn net.Conn) {
 	conn = watched
 	log := s.log.With(zap.Uint64("client_id", id), zap.String("remote", conn.RemoteAddr().String()))
 	_ = conn.SetDeadline(time.Now().Add(cfg.Pool.ClientLoginTimeout.D()))
-	cc := &clientConn{conn: conn, maxMessage: int(cfg.Pool.MaxMessageSize)}
+	// Until login completes a client may send only small messages (a
+	// password, a SASL response): max_message_size applies after it.
+	cc := &clientConn{conn: conn, maxMessage: min(int(cfg.Pool.MaxMessageSize), preAuthMaxMessage)}
 	cc.r, cc.w = wire.NewReader(conn, cc.maxMessage), wire.NewWriter(conn)
 
 	st, cancel, err := cc.readStartup(gen.tls)
@@ -208,6 +215,7 @@ func (s *Server) login(conn net.Conn, r *wire.Reader, w *wire.Writer, st *startu
 	if err := s.authenticate(r, w, gen, user); err != nil {
 		return nil, err
 	}
+	r.SetMaxBody(int(gen.cfg.Pool.MaxMessageSize))
 	if database == config.AdminDatabase {
 		a, err := s.adminLogin(conn, r, w, gen, user, log)
 		if err != nil {

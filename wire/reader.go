@@ -112,7 +112,10 @@ func (r *Reader) Next() (Message, error) {
 				r.r += total
 				return m, nil
 			}
-			r.reserve(total)
+			// Grow with the bytes that arrive, never on the declared length
+			// alone: a peer that announces 64 MB and sends 10 bytes must
+			// not cost 64 MB.
+			r.reserve(min(total, max(2*n, defaultBufSize)))
 		} else {
 			r.reserve(HeaderLen)
 		}

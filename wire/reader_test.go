@@ -243,3 +243,27 @@ func TestReaderBufferGrowsWithTraffic(t *testing.T) {
 		t.Fatalf("%d reads for %d bytes: the buffer did not grow early", reads, len(stream))
 	}
 }
+
+// TestReaderGrowsWithArrivingBytes: a message that announces 64 MB and
+// then sends a few bytes costs a buffer the size of what arrived, not of
+// what was announced (an unauthenticated client could otherwise make the
+// proxy allocate the declared length on every connection).
+func TestReaderGrowsWithArrivingBytes(t *testing.T) {
+	msg := []byte{'p', 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(msg[1:], 64<<20+4)
+	msg = append(msg, bytes.Repeat([]byte{'x'}, 20000)...)
+	r := NewReader(bytes.NewReader(msg), 1<<30)
+	if _, err := r.Next(); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("truncated message: %v", err)
+	}
+	if len(r.buf) > 64<<10 {
+		t.Fatalf("buffer of %d bytes for 20,005 bytes received", len(r.buf))
+	}
+	// A message that does arrive whole still comes through.
+	big := encode(t, &pgproto3.Query{String: string(bytes.Repeat([]byte{'y'}, 3<<20))})
+	r = NewReader(bytes.NewReader(big), 1<<30)
+	m, err := r.Next()
+	if err != nil || len(m.Raw) != len(big) {
+		t.Fatalf("3 MB query: %d bytes, %v", len(m.Raw), err)
+	}
+}
