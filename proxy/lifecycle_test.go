@@ -207,6 +207,48 @@ func TestLimitsGiveTheirSQLSTATE(t *testing.T) {
 			t.Fatalf("fourth client: %v; want 53300", err)
 		}
 	})
+	// Connections that never send a startup packet count too (otherwise
+	// any number of them pile up); a cancel request still reaches a
+	// router at its limit.
+	t.Run("silent connections count", func(t *testing.T) {
+		p := startProxy(t, proxyOpts{extra: "  max_client_conn: 3\n"})
+		ctx := testContext(t, 30*time.Second)
+		busy := p.connect(t, ctx)
+		for range 2 {
+			c, err := net.Dial("tcp", p.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = c.Close() })
+		}
+		eventually(t, 5*time.Second, func() error {
+			if n := p.srv.ClientCount(); n != 3 {
+				return fmt.Errorf("%d connections counted; want 3", n)
+			}
+			return nil
+		})
+		_, err := pgx.Connect(ctx, p.url("postgres", "main"))
+		if pgCode(err) != "53300" {
+			t.Fatalf("client past two silent connections: %v; want 53300", err)
+		}
+		done := make(chan error, 1)
+		go func() {
+			_, err := busy.Exec(ctx, "SELECT pg_sleep(20)")
+			done <- err
+		}()
+		time.Sleep(300 * time.Millisecond)
+		if err := busy.PgConn().CancelRequest(ctx); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-done:
+			if pgCode(err) != "57014" {
+				t.Fatalf("cancelled sleep: %v; want 57014", err)
+			}
+		case <-ctx.Done():
+			t.Fatal("a cancel request past max_client_conn did not get through")
+		}
+	})
 	t.Run("query_wait_timeout", func(t *testing.T) {
 		p := startProxy(t, proxyOpts{size: 1, extra: "  query_wait_timeout: 300ms\n"})
 		ctx := testContext(t, 30*time.Second)

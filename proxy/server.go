@@ -57,7 +57,8 @@ type Server struct {
 	gen     atomic.Pointer[generation]
 
 	clientIDs atomic.Uint64
-	clients   atomic.Int64 // admitted connections, for max_client_conn
+	clients   atomic.Int64 // connections counted against max_client_conn, from accept on
+	overflow  atomic.Int64 // connections past max_client_conn still being told so
 	started   time.Time
 	// draining is set by Shutdown: clients are told 57P01 as soon as they
 	// are between transactions.
@@ -238,14 +239,22 @@ func (s *Server) Serve(ln net.Listener) error {
 			return fmt.Errorf("accept: %w", err)
 		}
 		backoff = 0
+		adm := s.admit()
+		if adm == dropped {
+			s.log.Warn("max_client_conn reached twice over; closing a connection unanswered", zap.String("remote", conn.RemoteAddr().String()))
+			_ = conn.Close()
+			continue
+		}
 		if !s.track(conn) {
+			s.release(adm)
 			_ = conn.Close()
 			return nil
 		}
 		go func() {
 			defer s.wg.Done()
 			defer s.untrack(conn)
-			s.handle(conn)
+			defer s.release(adm)
+			s.handle(conn, adm)
 		}()
 	}
 }
@@ -304,17 +313,42 @@ func (s *Server) Close() error {
 // Shutdown, which the SHUTDOWN command and SIGTERM start).
 func (s *Server) Done() <-chan struct{} { return s.done }
 
-// admit counts a client against max_client_conn.
-func (s *Server) admit() bool {
+// admission is how an accepted connection is counted.
+type admission int
+
+const (
+	admitted  admission = iota // counted against max_client_conn
+	overLimit                  // past max_client_conn: may cancel, is told 53300 otherwise
+	dropped                    // past max_client_conn twice over: closed unanswered
+)
+
+// admit counts a connection the moment it is accepted, before it has sent
+// a byte: counting only clients that sent a startup packet let any number
+// of silent connections pile up. A connection past the limit is still read
+// (briefly) because a cancel request must get through to a saturated
+// router; those are bounded by max_client_conn too, and past that a
+// connection is closed without an answer. release undoes what admit did.
+func (s *Server) admit() admission {
 	limit := int64(s.gen.Load().cfg.Pool.MaxClientConn)
-	if s.clients.Add(1) > limit {
-		s.clients.Add(-1)
-		return false
+	if s.clients.Add(1) <= limit {
+		return admitted
 	}
-	return true
+	s.clients.Add(-1)
+	if s.overflow.Add(1) <= limit {
+		return overLimit
+	}
+	s.overflow.Add(-1)
+	return dropped
 }
 
-func (s *Server) leave() { s.clients.Add(-1) }
+func (s *Server) release(a admission) {
+	switch a {
+	case admitted:
+		s.clients.Add(-1)
+	case overLimit:
+		s.overflow.Add(-1)
+	}
+}
 
 // ClientCount reports the number of admitted client connections.
 func (s *Server) ClientCount() int { return int(s.clients.Load()) }

@@ -42,14 +42,23 @@ type startup struct {
 // little (PG_MAX_AUTH_TOKEN_LENGTH is 65535).
 const preAuthMaxMessage = 64 << 10
 
-func (s *Server) handle(conn net.Conn) {
+// overLimitWait is how long a connection past max_client_conn may take to
+// send its startup packet: long enough for a cancel request, short enough
+// that refused connections do not pile up.
+const overLimitWait = 2 * time.Second
+
+func (s *Server) handle(conn net.Conn, adm admission) {
 	gen := s.gen.Load()
 	cfg := gen.cfg
 	id := s.clientIDs.Add(1)
 	watched := &watchedConn{Conn: conn}
 	conn = watched
 	log := s.log.With(zap.Uint64("client_id", id), zap.String("remote", conn.RemoteAddr().String()))
-	_ = conn.SetDeadline(time.Now().Add(cfg.Pool.ClientLoginTimeout.D()))
+	wait := cfg.Pool.ClientLoginTimeout.D()
+	if adm == overLimit {
+		wait = min(wait, overLimitWait)
+	}
+	_ = conn.SetDeadline(time.Now().Add(wait))
 	// Until login completes a client may send only small messages (a
 	// password, a SASL response): max_message_size applies after it.
 	cc := &clientConn{conn: conn, maxMessage: min(int(cfg.Pool.MaxMessageSize), preAuthMaxMessage)}
@@ -77,13 +86,12 @@ func (s *Server) handle(conn net.Conn) {
 			withHint("Connect with sslmode=require (or verify-full)."))
 		return
 	}
-	if !s.admit() {
+	if adm != admitted {
 		log.Warn("max_client_conn reached; refusing client", zap.Int("max_client_conn", cfg.Pool.MaxClientConn))
 		sendFatal(w, fatalf(codeTooManyConnections, "pgrouter: no more connections allowed (max_client_conn %d)", cfg.Pool.MaxClientConn).
 			withHint("Raise pool.max_client_conn in router.yaml, or use fewer client connections."))
 		return
 	}
-	defer s.leave()
 
 	sess, err := s.login(conn, r, w, st, gen, id, log)
 	if err != nil {
