@@ -29,6 +29,7 @@ const (
 	codeObjectInUse          = "55006"
 	codeConfigFile           = "F0000"
 	codeSerializationFailure = "40001"
+	codeProgramLimitExceeded = "54000"
 )
 
 // Error is what a client is told: one ErrorResponse. Errors from inside

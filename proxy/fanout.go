@@ -3,7 +3,6 @@ package proxy
 import (
 	"bytes"
 	"encoding/binary"
-	"fmt"
 	"strconv"
 	"sync"
 	"time"
@@ -37,13 +36,6 @@ type fanBatch struct {
 	limit    int64 // the Execute's row limit (0: all)
 }
 
-// shardResult is what one shard answered.
-type shardResult struct {
-	shard *shardmap.Shard
-	msgs  []wire.Message // copies, up to (not including) ReadyForQuery
-	err   error          // the shard could not be reached or failed mid-answer
-}
-
 // fanError sends the client a fan-out's error; in an unpinned transaction
 // it aborts the transaction, as any error would.
 func (s *session) fanError(msg pgproto3.BackendMessage) error {
@@ -61,7 +53,8 @@ func (s *session) fanDone() error {
 }
 
 // runOnAll sends every shard what write puts on its connection (ending with
-// Query or Sync) and collects the replies up to ReadyForQuery. In an
+// Query or Sync) and streams the replies up to ReadyForQuery into f as
+// they arrive, so memory stays bounded whatever the shards return. In an
 // unpinned transaction each shard runs it in a READ ONLY transaction of its
 // own (BEGIN READ ONLY before, COMMIT after), so a run_on all call there
 // reads and never writes outside the client's transaction. Each shard
@@ -69,9 +62,8 @@ func (s *session) fanDone() error {
 // client holds there: its session state is there, and taking a second one
 // could wait on itself). While it runs, the servers are registered for
 // cancel requests.
-func (s *session) runOnAll(write func(c *pool.Conn)) []shardResult {
+func (s *session) runOnAll(f *fanStream, write func(c *pool.Conn)) {
 	shards := s.cluster.Shards
-	results := make([]shardResult, len(shards))
 	taken := make([]*pool.Conn, len(shards)) // servers to give back
 	// server_read_timeout counts from the first statement sent until every
 	// shard has answered (time waiting for a pool slot before that is
@@ -80,11 +72,10 @@ func (s *session) runOnAll(write func(c *pool.Conn)) []shardResult {
 	wrap := s.virtualTx
 	var wg sync.WaitGroup
 	for i, sh := range shards {
-		results[i].shard = sh
 		held := s.heldOn(sh)
 		p, err := s.poolFor(sh)
 		if err != nil && held == nil {
-			results[i].err = err
+			f.lost(sh, err)
 			continue
 		}
 		wg.Add(1)
@@ -94,14 +85,14 @@ func (s *session) runOnAll(write func(c *pool.Conn)) []shardResult {
 			if c == nil {
 				var err error
 				if c, err = p.Acquire(s.srv.ctx, s.waitTimeout); err != nil {
-					results[i].err = err
+					f.lost(sh, err)
 					return
 				}
 				c.SetHolder(s.id)
 				taken[i] = c
 				if err := s.syncSettings(c); err != nil {
 					c.MarkBroken()
-					results[i].err = err
+					f.lost(sh, err)
 					return
 				}
 			}
@@ -125,12 +116,14 @@ func (s *session) runOnAll(write func(c *pool.Conn)) []shardResult {
 			}
 			if err := c.W.Flush(); err != nil {
 				c.MarkBroken()
-				results[i].err = err
+				f.lost(sh, err)
 				return
 			}
-			results[i].msgs, results[i].err = readWrapped(c, wrap)
-			if results[i].err != nil && c.Interrupted() { // server_read_timeout closed it
-				results[i].err = s.readTimeoutError(sh.Name, false)
+			if err := f.read(c, sh, wrap); err != nil {
+				if c.Interrupted() { // server_read_timeout closed it
+					err = s.readTimeoutError(sh.Name, false)
+				}
+				f.lost(sh, err)
 			}
 			s.dropFanConn(c) // answered: a timeout of the others must not close it
 		}()
@@ -145,7 +138,6 @@ func (s *session) runOnAll(write func(c *pool.Conn)) []shardResult {
 			c.Pool().Release(c)
 		}
 	}
-	return results
 }
 
 // heldOn returns the idle server a session-mode client holds on a shard.
@@ -172,71 +164,18 @@ func (s *session) dropFanConn(c *pool.Conn) {
 	}
 }
 
-// readWrapped collects a fan-out's replies; wrapped in BEGIN READ ONLY and
-// COMMIT, it keeps the errors of those and the statement's replies.
-func readWrapped(c *pool.Conn, wrapped bool) ([]wire.Message, error) {
-	if !wrapped {
-		return readUntilReady(c, wire.TxIdle)
-	}
-	pre, err := readUntilReady(c, 0)
-	if err != nil {
-		return pre, err
-	}
-	msgs, err := readUntilReady(c, 0)
-	if err != nil {
-		return msgs, err
-	}
-	post, err := readUntilReady(c, wire.TxIdle)
-	for _, m := range append(pre, post...) {
-		if m.Type == wire.ErrorResponse {
-			msgs = append(msgs, m)
-		}
-	}
-	return msgs, err
-}
-
-// readUntilReady collects a server's replies up to ReadyForQuery. A server
-// that ends anywhere but in the status want (0: any) is not reused.
-func readUntilReady(c *pool.Conn, want byte) ([]wire.Message, error) {
-	var msgs []wire.Message
-	for {
-		m, err := c.R.Next()
-		if err != nil {
-			c.MarkBroken()
-			return msgs, err
-		}
-		switch m.Type {
-		case wire.ReadyForQuery:
-			if body := m.Body(); len(body) != 1 || (want != 0 && body[0] != want) {
-				c.MarkBroken()
-			}
-			return msgs, nil
-		case wire.ParameterStatus:
-			c.Params.NoteStatus(m.Body())
-			continue
-		case wire.ErrorResponse:
-			if isFatal(m.Body()) {
-				c.MarkBroken()
-			}
-		case wire.CopyInResponse, wire.CopyOutResponse:
-			c.MarkBroken()
-			return msgs, fmt.Errorf("COPY is not supported in a run_on all call")
-		}
-		msgs = append(msgs, wire.Message{Type: m.Type, Raw: bytes.Clone(m.Raw)})
-	}
-}
-
 // fanoutQuery runs a simple Query that calls a run_on all function.
 func (s *session) fanoutQuery(m wire.Message, plan *router.Plan, call *router.Call) error {
 	if !router.Single(plan.SQL, s.standardStrings()) {
 		return errorf(codeFeatureNotSupported, "pgrouter: %s runs on all shards and must be the only statement of its query", call.Fn.FullName())
 	}
-	results := s.runOnAll(func(c *pool.Conn) {
+	f := s.newFanStream(call, nil)
+	s.runOnAll(f, func(c *pool.Conn) {
 		_ = c.W.Write(m.Raw)
 		c.Unnamed = 0
 	})
 	s.reqStart = time.Time{}
-	if err := s.emitFanout(results, call, nil); err != nil {
+	if err := f.finish(); err != nil {
 		return err
 	}
 	return s.fanDone()
@@ -330,7 +269,9 @@ func (s *session) finishFanout(sync wire.Message) error {
 	if !ok {
 		return fatalf(codeProtocolViolation, "pgrouter: malformed Bind message")
 	}
-	results := s.runOnAll(func(c *pool.Conn) {
+	shape := &fanShape{describe: f.describe, execute: f.execute, limit: f.limit, formats: resultFormats}
+	fs := s.newFanStream(f.call, shape)
+	s.runOnAll(fs, func(c *pool.Conn) {
 		w := c.W
 		start := w.Begin(wire.Parse)
 		w.AppendByte(0)
@@ -362,17 +303,10 @@ func (s *session) finishFanout(sync wire.Message) error {
 		c.Unnamed = 0
 	})
 	s.reqStart = time.Time{}
-	if err := s.emitFanout(results, f.call, &fanShape{describe: f.describe, execute: f.execute, limit: f.limit, formats: resultFormats}); err != nil {
+	if err := fs.finish(); err != nil {
 		return err
 	}
 	return s.fanDone()
-}
-
-// fanShape is what the client asked of an extended-protocol fan-out.
-type fanShape struct {
-	describe, execute bool
-	limit             int64    // the Execute's row limit (0: all)
-	formats           []uint16 // the Bind's result format codes
 }
 
 // definition returns the Parse definition (query, parameter types) of a
@@ -433,144 +367,6 @@ func splitBindParams(b []byte) ([]byte, []uint16, bool) {
 		formats[i] = binary.BigEndian.Uint16(b[2+2*i:])
 	}
 	return paramPart, formats, true
-}
-
-// emitFanout sends the client the combined result of a fan-out. shape is
-// nil for a simple Query.
-func (s *session) emitFanout(results []shardResult, call *router.Call, shape *fanShape) error {
-	for _, r := range results {
-		if r.err != nil {
-			// Pool errors keep their SQLSTATE (53300 wait, 08001 connect);
-			// anything else broke the server connection mid-statement.
-			e := toError(r.err)
-			if e.Fatal {
-				e = errorf(codeConnectionFailure, "pgrouter: lost the connection to shard %s while running %s", r.shard.Name, call.Fn.FullName()).because(r.err)
-			} else {
-				e.Message = "shard " + r.shard.Name + ": " + e.Message
-			}
-			return s.fanError(e.response())
-		}
-		for _, m := range r.msgs {
-			if m.Type == wire.ErrorResponse {
-				var e pgproto3.ErrorResponse
-				_ = e.Decode(m.Body())
-				e.Message = "shard " + r.shard.Name + ": " + e.Message
-				return s.fanError(&e)
-			}
-		}
-	}
-	for _, r := range results { // notices from every shard, in shard order
-		for _, m := range r.msgs {
-			if m.Type == wire.NoticeResponse {
-				if err := s.forward(m); err != nil {
-					return err
-				}
-			}
-		}
-	}
-	if call.Fn.Merge != shardmap.MergeConcat {
-		return s.emitReduced(results, call, shape)
-	}
-	for _, m := range results[0].msgs {
-		switch m.Type {
-		case wire.BindComplete, wire.NoData, wire.EmptyQueryResponse:
-			if err := s.forward(m); err != nil {
-				return err
-			}
-		case wire.RowDescription:
-			if shape == nil || shape.describe {
-				if err := s.forward(m); err != nil {
-					return err
-				}
-			}
-		case wire.CommandComplete:
-			total, sent := int64(0), int64(0)
-			for _, r := range results {
-				for _, rm := range r.msgs {
-					switch rm.Type {
-					case wire.DataRow:
-						if err := s.forward(rm); err != nil {
-							return err
-						}
-						// As PostgreSQL: the limit reached suspends the portal.
-						if sent++; shape != nil && shape.limit > 0 && sent == shape.limit {
-							return clientIO(s.cw.SendEmpty(wire.PortalSuspended))
-						}
-					case wire.CommandComplete:
-						_, n, _ := splitTag(rm.Body())
-						total += n
-					}
-				}
-			}
-			tag := trimNUL(m.Body())
-			if prefix, _, ok := splitTag(m.Body()); ok {
-				tag = strconv.AppendInt(bytes.Clone(prefix), total, 10)
-			}
-			if err := s.cw.Send(&pgproto3.CommandComplete{CommandTag: tag}); err != nil {
-				return clientIO(err)
-			}
-		}
-	}
-	return nil
-}
-
-// emitReduced sends the one-row result of a merge.
-func (s *session) emitReduced(results []shardResult, call *router.Call, shape *fanShape) error {
-	var values [][]byte
-	var desc *pgproto3.RowDescription
-	for _, r := range results {
-		for _, m := range r.msgs {
-			switch m.Type {
-			case wire.RowDescription:
-				if desc == nil {
-					desc = &pgproto3.RowDescription{}
-					if err := desc.Decode(m.Body()); err != nil {
-						return fatalf(codeProtocolViolation, "pgrouter: malformed RowDescription from shard %s", r.shard.Name)
-					}
-				}
-			case wire.DataRow:
-				var row pgproto3.DataRow
-				if err := row.Decode(m.Body()); err != nil || len(row.Values) != 1 {
-					return s.fanError(errorf("42804", "pgrouter: %s merges its results, so it must return one column", call.Fn.FullName()).response())
-				}
-				values = append(values, row.Values[0])
-			}
-		}
-	}
-	if desc == nil || len(desc.Fields) != 1 {
-		return s.fanError(errorf("42804", "pgrouter: %s merges its results, so it must return one column", call.Fn.FullName()).response())
-	}
-	v, err := router.Reduce(call.Fn.Merge, values)
-	if err != nil {
-		return s.fanError(errorf("42804", "pgrouter: %s: %v", call.Fn.FullName(), err).response())
-	}
-	format := uint16(0)
-	if shape != nil && len(shape.formats) > 0 {
-		format = shape.formats[0]
-	}
-	if format == 1 && v != nil {
-		if v, err = router.EncodeBinary(desc.Fields[0].DataTypeOID, v); err != nil {
-			return s.fanError(errorf(codeFeatureNotSupported, "pgrouter: %s: %v", call.Fn.FullName(), err).
-				withHint("Ask for the result in text format, or cast it to bigint, numeric or text.").response())
-		}
-	}
-	desc.Fields[0].Format = int16(format)
-	if shape != nil {
-		_ = s.cw.Send(&pgproto3.BindComplete{})
-	}
-	if shape == nil || shape.describe {
-		_ = s.cw.Send(desc)
-	}
-	if shape == nil || shape.execute {
-		_ = s.cw.Send(&pgproto3.DataRow{Values: [][]byte{v}})
-		if shape != nil && shape.limit == 1 { // as PostgreSQL: the limit reached suspends the portal
-			return clientIO(s.cw.SendEmpty(wire.PortalSuspended))
-		}
-		if err := s.cw.Send(&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}); err != nil {
-			return clientIO(err)
-		}
-	}
-	return nil
 }
 
 // splitTag splits a CommandComplete tag that ends in a row count ("SELECT

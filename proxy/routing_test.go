@@ -42,6 +42,10 @@ CREATE OR REPLACE FUNCTION rt_fail_on(i_shard text) RETURNS int LANGUAGE plpgsql
   $$ BEGIN IF (SELECT name FROM rt_shard) = i_shard THEN RAISE EXCEPTION 'boom on %%', i_shard USING ERRCODE = '22012'; END IF; RETURN 1; END $$;
 CREATE OR REPLACE FUNCTION rt_by_part(i_part int) RETURNS text LANGUAGE sql AS $$ SELECT name FROM rt_shard $$;
 CREATE OR REPLACE FUNCTION rt_any() RETURNS text LANGUAGE sql AS $$ SELECT name FROM rt_shard $$;
+CREATE OR REPLACE FUNCTION rt_rows(i_n int, i_slow text, i_sleep float8) RETURNS SETOF text LANGUAGE plpgsql AS
+  $$ BEGIN IF (SELECT name FROM rt_shard) = i_slow THEN PERFORM pg_sleep(i_sleep); END IF;
+     RETURN QUERY SELECT repeat('x', 1000) FROM generate_series(1, i_n); END $$;
+CREATE OR REPLACE FUNCTION rt_sum_series(i_n int) RETURNS SETOF bigint LANGUAGE sql AS $$ SELECT generate_series(1, i_n)::bigint $$;
 CREATE OR REPLACE FUNCTION rt_rename_shards(i_name text) RETURNS bigint LANGUAGE sql AS $$ UPDATE rt_shard SET name = i_name; SELECT 1::bigint $$;
 `
 
@@ -60,6 +64,8 @@ const routingFunctions = `functions:
   - {name: rt_by_part, run_on: partition, key: i_part}
   - {name: rt_any, run_on: any}
   - {name: rt_rename_shards, run_on: all, merge: sum}
+  - {name: rt_rows, run_on: all}
+  - {name: rt_sum_series, run_on: all, merge: sum}
 `
 
 // startRouting creates the routing schema on the four shards and starts a
