@@ -17,8 +17,9 @@ type Router struct {
 	catalog atomic.Pointer[Catalog]
 	version atomic.Uint64 // bumped when the catalog changes
 
-	mu    sync.RWMutex
-	cache map[planKey]*Plan
+	mu         sync.RWMutex
+	cache      map[planKey]*Plan
+	cacheBytes int // statement text the cache holds
 }
 
 type planKey struct {
@@ -26,9 +27,17 @@ type planKey struct {
 	standard bool
 }
 
-// planCacheLimit bounds the shared plan cache; past it the cache starts
-// over (statements are usually a small fixed set).
-const planCacheLimit = 8192
+// The shared plan cache is bounded in entries and in the statement text it
+// holds; past either it starts over (an application's statements are
+// usually a small fixed set). A statement longer than planCacheMaxText is
+// planned each time and never kept: a client sending distinct 8 MB
+// statements must not make the router hold them (lexing is linear, so
+// replanning a long statement costs about as much as receiving it).
+const (
+	planCacheLimit   = 8192
+	planCacheBytes   = 8 << 20
+	planCacheMaxText = 16 << 10
+)
 
 // New returns a Router for a cluster; its catalog is loaded separately.
 func New(cl *shardmap.Cluster) *Router {
@@ -48,6 +57,7 @@ func (r *Router) SetCatalog(c *Catalog) {
 	r.version.Store(versions.Add(1))
 	r.mu.Lock()
 	r.cache = map[planKey]*Plan{}
+	r.cacheBytes = 0
 	r.mu.Unlock()
 }
 
@@ -73,13 +83,27 @@ func (r *Router) Plan(sql string, standard bool) *Plan {
 	version := r.version.Load()
 	p = analyze(sql, standard, r.index, r.catalog.Load())
 	p.catalog = version
+	if len(sql) > planCacheMaxText {
+		return p
+	}
+	size := p.size()
 	r.mu.Lock()
-	if len(r.cache) >= planCacheLimit {
+	if len(r.cache) >= planCacheLimit || r.cacheBytes+size > planCacheBytes {
 		r.cache = map[planKey]*Plan{}
+		r.cacheBytes = 0
+	}
+	if _, ok := r.cache[key]; !ok {
+		r.cacheBytes += size
 	}
 	r.cache[key] = p
 	r.mu.Unlock()
 	return p
+}
+
+// size estimates the memory a cached plan holds: its text, and its
+// statements and calls, which grow with the text.
+func (p *Plan) size() int {
+	return 256 + len(p.SQL) + 96*(len(p.Statements)+len(p.Calls))
 }
 
 // Target says where a statement goes.
