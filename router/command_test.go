@@ -2,6 +2,7 @@ package router
 
 import (
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/pgrouter/pgrouter/shardmap"
@@ -68,6 +69,18 @@ func TestReduce(t *testing.T) {
 		{shardmap.MergeSum, vals("1.5", "-0.25", "3"), "4.25"},
 		{shardmap.MergeSum, vals("-0.5", "0.25"), "-0.25"},
 		{shardmap.MergeSum, vals("1e3", "1"), "1001"},
+		{shardmap.MergeSum, vals("999.99", "0.01", "-1000"), "0.00"},
+		{shardmap.MergeSum, vals("-999.5", "0.25", "-0.75"), "-1000.00"},
+		{shardmap.MergeSum, vals("0012", "+3.", ".5"), "15.5"},
+		{shardmap.MergeSum, vals("-0.001", "0.0005"), "-0.0005"},
+		{shardmap.MergeSum, vals("-0", "0"), "0"},
+		{shardmap.MergeSum, vals(strings.Repeat("9", numericMaxInt), "1"), "1" + strings.Repeat("0", numericMaxInt)},
+		{shardmap.MergeSum, vals("NaN", "1"), "NaN"},
+		{shardmap.MergeSum, vals("Infinity", "1.5e300"), "Infinity"},
+		{shardmap.MergeMin, vals("-10", "-9.99", "3"), "-10"},
+		{shardmap.MergeMax, vals("-0.5", "-0.25", "-1"), "-0.25"},
+		{shardmap.MergeMax, vals("1.10", "1.1", "1.09"), "1.10"},
+		{shardmap.MergeMin, vals("1e-5", "0.001"), "1e-5"},
 		{shardmap.MergeSum, vals("NULL", "NULL"), "NULL"},
 		{shardmap.MergeMin, vals("10", "9", "NULL", "11"), "9"},
 		{shardmap.MergeMax, vals("10", "9.5", "100"), "100"},
@@ -92,6 +105,13 @@ func TestReduce(t *testing.T) {
 	}
 	if _, err := Reduce(shardmap.MergeSum, vals("1", "x")); err == nil {
 		t.Error("sum of a non-number succeeded")
+	}
+	for _, tooLong := range []string{strings.Repeat("9", numericMaxInt+1), "1." + strings.Repeat("9", numericMaxFrac+1)} {
+		for _, m := range []shardmap.Merge{shardmap.MergeSum, shardmap.MergeMax} {
+			if _, err := Reduce(m, vals("1", tooLong)); err == nil || !strings.Contains(err.Error(), "beyond numeric's range") {
+				t.Errorf("Reduce(%d) of a %d-character value: %v; want an error naming numeric's range", m, len(tooLong), err)
+			}
+		}
 	}
 	if _, err := Reduce(shardmap.MergeBoolOr, vals("1")); err == nil {
 		t.Error("bool_or of a non-boolean succeeded")
@@ -123,6 +143,18 @@ func TestParseSavepoint(t *testing.T) {
 		}
 		if cmd.Kind != CmdSavepoint || cmd.Value != tc.verb || cmd.Name != tc.name {
 			t.Errorf("%q: %+v, want %s %q", tc.sql, cmd, tc.verb, tc.name)
+		}
+	}
+}
+
+// BenchmarkReduceLongNumeric: summing values of numeric's full length is
+// linear in their digits (big.Int's parsing was quadratic).
+func BenchmarkReduceLongNumeric(b *testing.B) {
+	v := [][]byte{[]byte(strings.Repeat("9", numericMaxInt) + "." + strings.Repeat("9", numericMaxFrac)), []byte("1")}
+	b.SetBytes(int64(len(v[0])))
+	for b.Loop() {
+		if _, err := Reduce(shardmap.MergeSum, v); err != nil {
+			b.Fatal(err)
 		}
 	}
 }

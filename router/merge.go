@@ -3,9 +3,9 @@ package router
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
-	"math/big"
 	"strconv"
 	"strings"
 
@@ -78,77 +78,187 @@ func parseBool(v []byte) (bool, bool) {
 	return false, false
 }
 
-// decimal is an exact decimal number: unscaled * 10^-scale.
+// numeric's limits: PostgreSQL's numeric holds at most this many digits
+// before and after the decimal point, so a shard cannot send more.
+const (
+	numericMaxInt  = 131072
+	numericMaxFrac = 16383
+)
+
+// decimal is an exact decimal number kept as its digits, so that summing
+// and comparing take time linear in its length (big.Int's conversions are
+// quadratic: a 2M-digit value once took 12 s of CPU).
 type decimal struct {
-	unscaled *big.Int
-	scale    int
+	neg   bool
+	whole string // digits before the point, no leading zeros
+	frac  string // digits after the point, as sent (they set the scale)
 }
 
 // parseDecimal reads [-+]digits[.digits]; anything else is not a decimal.
-func parseDecimal(v []byte) (decimal, bool) {
+// A value beyond numeric's limits is an error.
+func parseDecimal(v []byte) (decimal, bool, error) {
 	s := string(v)
-	intPart, frac, hasDot := strings.Cut(s, ".")
-	digits := intPart + frac
-	if len(digits) == 0 || (hasDot && len(frac) == 0 && len(intPart) == 0) {
-		return decimal{}, false
+	var d decimal
+	if len(s) > 0 && (s[0] == '-' || s[0] == '+') {
+		d.neg = s[0] == '-'
+		s = s[1:]
 	}
-	for i, c := range digits {
-		if c >= '0' && c <= '9' {
-			continue
-		}
-		if i == 0 && (c == '-' || c == '+') && len(digits) > 1 {
-			continue
-		}
-		return decimal{}, false
+	whole, frac, _ := strings.Cut(s, ".")
+	if whole == "" && frac == "" || !allDigits(whole) || !allDigits(frac) {
+		return decimal{}, false, nil
 	}
-	n, ok := new(big.Int).SetString(digits, 10)
-	if !ok {
-		return decimal{}, false
+	d.whole = strings.TrimLeft(whole, "0")
+	d.frac = frac
+	if len(d.whole) > numericMaxInt || len(d.frac) > numericMaxFrac {
+		return decimal{}, false, fmt.Errorf("a value of %d digits is beyond numeric's range (%d before the point, %d after)", len(whole)+len(frac), numericMaxInt, numericMaxFrac)
 	}
-	return decimal{unscaled: n, scale: len(frac)}, true
+	return d, true, nil
 }
 
-func (d decimal) rescale(scale int) *big.Int {
-	if scale == d.scale {
-		return d.unscaled
+func allDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
 	}
-	f := new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(scale-d.scale)), nil)
-	return new(big.Int).Mul(d.unscaled, f)
+	return true
 }
 
-func (d decimal) String() string {
-	s := d.unscaled.String()
-	if d.scale == 0 {
-		return s
+// isZero reports whether every digit is 0.
+func (d decimal) isZero() bool { return d.whole == "" && strings.Trim(d.frac, "0") == "" }
+
+// digit returns the digit at power 10^p (p < 0: after the point).
+func (d decimal) digit(p int) int64 {
+	if p >= 0 {
+		if i := len(d.whole) - 1 - p; i >= 0 {
+			return int64(d.whole[i] - '0')
+		}
+		return 0
 	}
-	neg := strings.HasPrefix(s, "-")
-	s = strings.TrimPrefix(s, "-")
-	for len(s) <= d.scale {
-		s = "0" + s
+	if i := -p - 1; i < len(d.frac) {
+		return int64(d.frac[i] - '0')
 	}
-	s = s[:len(s)-d.scale] + "." + s[len(s)-d.scale:]
-	if neg {
-		s = "-" + s
+	return 0
+}
+
+// compareDecimal orders two decimals by value.
+func compareDecimal(a, b decimal) int {
+	if a.isZero() && b.isZero() {
+		return 0
 	}
-	return s
+	switch {
+	case a.neg && !a.isZero() && (!b.neg || b.isZero()):
+		return -1
+	case b.neg && !b.isZero() && (!a.neg || a.isZero()):
+		return 1
+	}
+	c := compareMagnitude(a, b)
+	if a.neg {
+		return -c
+	}
+	return c
+}
+
+func compareMagnitude(a, b decimal) int {
+	if len(a.whole) != len(b.whole) {
+		return cmpInt(len(a.whole), len(b.whole))
+	}
+	if c := strings.Compare(a.whole, b.whole); c != 0 {
+		return c
+	}
+	for p := -1; p >= -max(len(a.frac), len(b.frac)); p-- {
+		if c := cmpInt(int(a.digit(p)), int(b.digit(p))); c != 0 {
+			return c
+		}
+	}
+	return 0
+}
+
+func cmpInt(a, b int) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// sumDecimals adds decimals column by column: each column holds the signed
+// sum of its digits (a handful of shards cannot overflow it), and carries
+// are settled once at the end. The result has the largest scale, as
+// PostgreSQL's sum(numeric).
+func sumDecimals(decs []decimal) string {
+	width, scale := 0, 0
+	for _, d := range decs {
+		width, scale = max(width, len(d.whole)), max(scale, len(d.frac))
+	}
+	columns := func(flip bool) ([]int64, int64) {
+		cols := make([]int64, width+scale) // cols[i] is the digit at 10^(width-1-i)
+		for _, d := range decs {
+			sign := int64(1)
+			if d.neg != flip {
+				sign = -1
+			}
+			for i := range cols {
+				cols[i] += sign * d.digit(width-1-i)
+			}
+		}
+		carry := int64(0)
+		for i := len(cols) - 1; i >= 0; i-- {
+			v := cols[i] + carry
+			carry = v / 10
+			if v%10 < 0 {
+				carry--
+			}
+			cols[i] = v - 10*carry
+		}
+		return cols, carry
+	}
+	neg := false
+	cols, carry := columns(false)
+	if carry < 0 {
+		neg = true
+		cols, carry = columns(true)
+	}
+	var b strings.Builder
+	if carry > 0 {
+		b.WriteString(strconv.FormatInt(carry, 10))
+	}
+	for _, c := range cols[:width] {
+		if b.Len() > 0 || c != 0 {
+			b.WriteByte(byte('0' + c))
+		}
+	}
+	if b.Len() == 0 {
+		b.WriteByte('0')
+	}
+	if scale > 0 {
+		b.WriteByte('.')
+		for _, c := range cols[width:] {
+			b.WriteByte(byte('0' + c))
+		}
+	}
+	out := b.String()
+	if neg && strings.Trim(out, "0.") != "" {
+		out = "-" + out
+	}
+	return out
 }
 
 func sum(values [][]byte) ([]byte, error) {
 	decs := make([]decimal, 0, len(values))
-	scale := 0
 	for _, v := range values {
-		d, ok := parseDecimal(v)
+		d, ok, err := parseDecimal(v)
+		if err != nil {
+			return nil, fmt.Errorf("merge sum: %w", err)
+		}
 		if !ok {
 			return floatSum(values)
 		}
 		decs = append(decs, d)
-		scale = max(scale, d.scale)
 	}
-	total := new(big.Int)
-	for _, d := range decs {
-		total.Add(total, d.rescale(scale))
-	}
-	return []byte(decimal{unscaled: total, scale: scale}.String()), nil
+	return []byte(sumDecimals(decs)), nil
 }
 
 func floatSum(values [][]byte) ([]byte, error) {
@@ -163,19 +273,16 @@ func floatSum(values [][]byte) ([]byte, error) {
 	return []byte(formatFloat(total)), nil
 }
 
+// parseFloat reads a number in PostgreSQL's float output (digits with an
+// exponent, NaN, Infinity); strconv reads long inputs in linear time.
 func parseFloat(v []byte) (float64, bool) {
-	f, _, err := big.ParseFloat(string(v), 10, 64, big.ToNearestEven)
-	if err == nil {
-		x, _ := f.Float64()
-		return x, true
+	s := string(v)
+	if strings.ContainsAny(s, "_xXpP") { // Go syntax PostgreSQL never prints
+		return 0, false
 	}
-	switch strings.ToLower(string(v)) {
-	case "nan":
-		return nan(), true
-	case "infinity", "inf":
-		return inf(1), true
-	case "-infinity", "-inf":
-		return inf(-1), true
+	f, err := strconv.ParseFloat(s, 64)
+	if err == nil || errors.Is(err, strconv.ErrRange) {
+		return f, true
 	}
 	return 0, false
 }
@@ -183,11 +290,16 @@ func parseFloat(v []byte) (float64, bool) {
 // compare orders two values: numerically when both are numbers, else
 // byte-wise.
 func compare(a, b []byte) (int, error) {
-	if da, ok := parseDecimal(a); ok {
-		if db, ok := parseDecimal(b); ok {
-			scale := max(da.scale, db.scale)
-			return da.rescale(scale).Cmp(db.rescale(scale)), nil
-		}
+	da, okA, err := parseDecimal(a)
+	if err != nil {
+		return 0, err
+	}
+	db, okB, err := parseDecimal(b)
+	if err != nil {
+		return 0, err
+	}
+	if okA && okB {
+		return compareDecimal(da, db), nil
 	}
 	if fa, ok := parseFloat(a); ok {
 		if fb, ok := parseFloat(b); ok {
@@ -202,9 +314,6 @@ func compare(a, b []byte) (int, error) {
 	}
 	return bytes.Compare(a, b), nil
 }
-
-func nan() float64      { return math.NaN() }
-func inf(s int) float64 { return math.Inf(s) }
 
 // formatFloat prints a float as PostgreSQL does (Infinity, NaN).
 func formatFloat(f float64) string {
@@ -276,7 +385,7 @@ func encodeNumeric(s string) ([]byte, error) {
 	}
 	s = strings.TrimPrefix(s, "+")
 	intPart, frac, _ := strings.Cut(s, ".")
-	if _, ok := parseDecimal([]byte(intPart + "." + frac)); !ok && intPart+frac != "" {
+	if _, ok, err := parseDecimal([]byte(intPart + "." + frac)); (!ok || err != nil) && intPart+frac != "" {
 		return nil, fmt.Errorf("merged value %s is not a decimal number", s)
 	}
 	dscale := len(frac)
