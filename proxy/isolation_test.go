@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"strings"
 	"sync"
@@ -217,5 +219,35 @@ func TestRefusedStatementAbortsLikePostgres(t *testing.T) {
 				t.Fatalf("%d rows survived the aborted transactions", n)
 			}
 		})
+	}
+}
+
+// TestPlantedStatementIsNeverRun: a client that knows (or guesses) the
+// server-side name another client's statement will get, plants a statement
+// under it through SQL that pgrouter's reserved-name check cannot see (a DO
+// block, a U&"..." UESCAPE name), and makes pgrouter re-read the server's
+// statements. The victim must still run its own statement.
+func TestPlantedStatementIsNeverRun(t *testing.T) {
+	p := startProxy(t, proxyOpts{size: 1})
+	a := rawLogin(t, p)
+	x := rawLogin(t, p)
+	definition := []byte("SELECT 'honest'\x00\x00\x00") // query, no parameter types
+	name := newStatement(definition, queryInfo{}, nil).serverName
+	sum := sha256.Sum256(definition)
+	if name == serverStmtPrefix+hex.EncodeToString(sum[:16]) {
+		t.Fatal("server statement names are a plain hash of the text: computable by any client")
+	}
+	escaped := `U&"!0070` + name[1:] + `" UESCAPE '!'`
+	if got := x.roundTrip(&pgproto3.Query{String: "PREPARE " + escaped + " AS SELECT 'evil'"}); !strings.Contains(got, "42939") {
+		t.Fatalf("reserved name disguised with UESCAPE: %s", got)
+	}
+	x.roundTrip(&pgproto3.Query{String: "PREPARE mine AS SELECT 1"})
+	if got := x.roundTrip(&pgproto3.Query{String: "DO $$ BEGIN EXECUTE 'PREPARE " + name + " AS SELECT ''evil'''; END $$"}); !strings.Contains(got, "Complete(DO)") {
+		t.Fatalf("planting through DO: %s", got)
+	}
+	x.roundTrip(&pgproto3.Query{String: "DEALLOCATE mine"}) // makes pgrouter re-read the server's statements
+	got := a.roundTrip(&pgproto3.Parse{Name: "q", Query: "SELECT 'honest'"}, &pgproto3.Bind{PreparedStatement: "q"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	if !strings.Contains(got, "Row(honest)") {
+		t.Fatalf("the victim's statement ran the planted one: %s", got)
 	}
 }

@@ -1,7 +1,10 @@
 package proxy
 
 import (
+	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
+	"fmt"
 	"encoding/hex"
 	"hash/maphash"
 	"strings"
@@ -17,7 +20,9 @@ import (
 // A client's named statement may be used on any server connection, so the
 // proxy keeps its definition (query text and parameter types) and gives it a
 // server-side name derived from that definition: "pgr_" + 32 hex digits of
-// its SHA-256. Clients preparing the same text share one server statement,
+// its HMAC-SHA-256 under a secret drawn when the process starts, so no
+// client can compute in advance the name another client's statement will
+// have and plant it. Clients preparing the same text share one server statement,
 // and a client's own name never reaches a server, so two clients reusing a
 // name cannot collide. Before a Bind or Describe the statement is prepared
 // on the linked server if its cache lacks it; a Parse the server already has
@@ -26,8 +31,13 @@ import (
 // transaction they abort is exactly the one PostgreSQL would abort.
 //
 // The "pgr_" prefix is reserved: SQL-level PREPARE, EXECUTE and DEALLOCATE
-// of such names are refused, so no client can plant or drop a statement
-// another client relies on.
+// of such names are refused (the lexer decodes U&"..." UESCAPE names, so
+// they cannot be disguised), and a server found holding a "pgr_" name that
+// was prepared through SQL (from a DO block or a function) is closed rather
+// than reused (see queueStatementResync). What remains is the reach of the
+// server role itself: clients sharing a server user can run any SQL as
+// that role on the same servers, as with pgbouncer, so tenants that must
+// not trust one another need distinct server users.
 
 // serverStmtPrefix starts every server-side statement name pgrouter makes.
 const serverStmtPrefix = "pgr_"
@@ -48,9 +58,19 @@ type statement struct {
 	plan *router.Plan
 }
 
+// statementKey is the secret server statement names are derived with.
+var statementKey = func() []byte {
+	k := make([]byte, 32)
+	if _, err := rand.Read(k); err != nil {
+		panic(fmt.Sprintf("pgrouter: no randomness for statement names: %v", err))
+	}
+	return k
+}()
+
 func newStatement(definition []byte, info queryInfo, plan *router.Plan) *statement {
-	sum := sha256.Sum256(definition)
-	name := serverStmtPrefix + hex.EncodeToString(sum[:16])
+	mac := hmac.New(sha256.New, statementKey)
+	mac.Write(definition)
+	name := serverStmtPrefix + hex.EncodeToString(mac.Sum(nil)[:16])
 	body := make([]byte, 0, len(name)+1+len(definition))
 	body = append(body, name...)
 	body = append(body, 0)

@@ -85,7 +85,7 @@ func isCatalogRead(l Lexer, first Token) bool {
 			}
 		}
 		if i+1 < len(toks) && l.IsOp(toks[i+1], "(") {
-			name, _ := l.Value(t, '\\')
+			name, _ := l.Value(t)
 			if stateChanging(name) {
 				return false
 			}
@@ -111,11 +111,11 @@ func catalogRelations(l *Lexer, toks []Token, i int, ctes []string) (int, bool) 
 			return n, false
 		}
 		schema, name := "", ""
-		name, _ = l.Value(toks[i], '\\')
+		name, _ = l.Value(toks[i])
 		i++
 		if i+1 < len(toks) && l.IsOp(toks[i], ".") && (toks[i+1].Kind == Ident || toks[i+1].Kind == QuotedIdent) {
 			schema = name
-			name, _ = l.Value(toks[i+1], '\\')
+			name, _ = l.Value(toks[i+1])
 			i += 2
 		}
 		if i < len(toks) && l.IsOp(toks[i], "(") {
@@ -183,7 +183,7 @@ func withNames(l *Lexer, toks []Token) []string {
 			j++
 		}
 		for j < len(toks) && (toks[j].Kind == Ident || toks[j].Kind == QuotedIdent) {
-			name, _ := l.Value(toks[j], '\\')
+			name, _ := l.Value(toks[j])
 			names = append(names, name)
 			j++
 			if j < len(toks) && l.IsOp(toks[j], "(") {

@@ -135,7 +135,7 @@ func parseOverrideCommand(l *Lexer, verb Token) (Command, bool) {
 		v := l.Next()
 		switch v.Kind {
 		case String, Ident, QuotedIdent, Number:
-			val, err := l.Value(v, '\\')
+			val, err := l.Value(v)
 			if err != nil {
 				return Command{}, false
 			}
@@ -241,7 +241,7 @@ func parseSavepoint(l Lexer, first Token) (Command, bool) {
 	if t.Kind != Ident && t.Kind != QuotedIdent {
 		return Command{}, false
 	}
-	name, err := l.Value(t, '\\')
+	name, err := l.Value(t)
 	if err != nil {
 		return Command{}, false
 	}

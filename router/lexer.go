@@ -1,5 +1,7 @@
 package router
 
+import "strings"
+
 // TokenKind classifies a lexeme.
 type TokenKind uint8
 
@@ -27,6 +29,11 @@ type Token struct {
 	Escapes bool
 	// Form is the literal's prefix: 0, 'E', 'U', 'N', 'B', 'X' or '$'.
 	Form byte
+	// UEscape is the escape character a UESCAPE clause gave a U&-string or
+	// U&-identifier (0: the default backslash). The clause is part of the
+	// token, consumed with it, so that U&"d!0061ta" UESCAPE '!' is read as
+	// the name "data" the server sees, never as something else.
+	UEscape byte
 }
 
 // Lexer splits a PostgreSQL statement string into tokens the way the
@@ -154,12 +161,12 @@ func (l *Lexer) Next() Token {
 		l.pos += 2
 		t := l.quoted(start, 'U', false)
 		t.Escapes = true
-		return t
+		return l.uescape(t)
 	case (c == 'u' || c == 'U') && l.peek(1) == '&' && l.peek(2) == '"':
 		l.pos += 2
 		t := l.quotedIdent(start)
 		t.Escapes = true
-		return t
+		return l.uescape(t)
 	case isIdentStart(c):
 		for l.pos < len(l.src) && isIdentCont(l.src[l.pos]) {
 			l.pos++
@@ -202,6 +209,36 @@ func (l *Lexer) Next() Token {
 	}
 	l.pos++
 	return Token{Kind: Op, Start: start, End: l.pos}
+}
+
+// uescape reads a UESCAPE 'c' clause after a U&-literal into the token.
+// A clause with anything but one valid escape character makes the token
+// Invalid, as the server rejects it.
+func (l *Lexer) uescape(t Token) Token {
+	if t.Kind == Invalid {
+		return t
+	}
+	save := l.pos
+	if !l.skipSpace() || l.pos+7 > len(l.src) || !strings.EqualFold(l.src[l.pos:l.pos+7], "uescape") ||
+		(l.pos+7 < len(l.src) && isIdentCont(l.src[l.pos+7])) {
+		l.pos = save
+		return t
+	}
+	l.pos += 7
+	if !l.skipSpace() || l.pos+3 > len(l.src) || l.src[l.pos] != '\'' || l.src[l.pos+2] != '\'' || !validUEscape(l.src[l.pos+1]) {
+		l.pos = len(l.src)
+		return Token{Kind: Invalid, Start: t.Start, End: len(l.src)}
+	}
+	t.UEscape = l.src[l.pos+1]
+	l.pos += 3
+	return t
+}
+
+// validUEscape is PostgreSQL's rule for a UESCAPE character: not a hex
+// digit, '+', a quote or whitespace.
+func validUEscape(c byte) bool {
+	return c < 0x80 && !isSpace(c) && c != '+' && c != '\'' && c != '"' &&
+		!isDigit(c) && !(c|0x20 >= 'a' && c|0x20 <= 'f')
 }
 
 // quoted scans a '...' literal whose opening quote is at l.pos. With

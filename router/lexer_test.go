@@ -92,18 +92,35 @@ func TestValue(t *testing.T) {
 		{`"Keep""Case"`, `Keep"Case`, true},
 		{`U&"d\0061t"`, "dat", true},
 		{"N'nat'", "nat", true},
+		{`U&"p!0067r_x" UESCAPE '!'`, "pgr_x", true},
+		{`U&'d#0061t#+000061'  uescape  '#'`, "data", true},
+		{`U&"a\0062" /* c */ UESCAPE
+'*'`, `a\0062`, true},
 	}
 	for _, tc := range cases {
 		l := NewLexer(tc.src)
 		l.StandardStrings = tc.standard
 		tk := l.Next()
-		got, err := l.Value(tk, '\\')
+		got, err := l.Value(tk)
 		if err != nil || got != tc.want {
 			t.Errorf("%q: got %q, %v; want %q", tc.src, got, err, tc.want)
 		}
+		if next := l.Next(); next.Kind != EOF {
+			t.Errorf("%q: after the literal %v %q; want the UESCAPE clause consumed", tc.src, next.Kind, l.Text(next))
+		}
+	}
+	for _, bad := range []string{`U&"x" UESCAPE 'a'`, `U&"x" UESCAPE '+'`, `U&"x" UESCAPE '!!'`, `U&"x" UESCAPE`} {
+		l := NewLexer(bad)
+		if tk := l.Next(); tk.Kind != Invalid {
+			t.Errorf("%q: %v; want Invalid, as the server rejects it", bad, tk.Kind)
+		}
+	}
+	l0 := NewLexer(`U&"x" uescaped`)
+	if l0.Next(); l0.Text(l0.Next()) != "uescaped" {
+		t.Error("an identifier starting with uescape was taken for the clause")
 	}
 	l := NewLexer(`U&'\zzzz'`)
-	if _, err := l.Value(l.Next(), '\\'); err == nil {
+	if _, err := l.Value(l.Next()); err == nil {
 		t.Error("bad unicode escape accepted")
 	}
 }
@@ -142,11 +159,11 @@ func FuzzLexer(f *testing.F) {
 				t.Fatalf("empty token %+v in %q", tk, src)
 			}
 			prev = tk.End
-			v, err := l.Value(tk, '\\')
+			v, err := l.Value(tk)
 			if err == nil && tk.Kind == String && tk.Form == 0 && standard {
 				quoted := "'" + strings.ReplaceAll(v, "'", "''") + "'"
 				l2 := NewLexer(quoted)
-				if v2, err := l2.Value(l2.Next(), '\\'); err != nil || v2 != v {
+				if v2, err := l2.Value(l2.Next()); err != nil || v2 != v {
 					t.Fatalf("round trip of %q: %q, %v", v, v2, err)
 				}
 			}

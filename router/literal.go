@@ -12,10 +12,13 @@ var errBadEscape = errors.New("invalid escape sequence in string literal")
 
 // Value returns the value of a string literal token. Plain literals are
 // returned as a slice of the source without allocating; escaped ones are
-// decoded. uescape is the escape character of a U&-string (normally '\\'; a following
-// UESCAPE clause changes it).
-func (l *Lexer) Value(t Token, uescape byte) (string, error) {
+// decoded (a U&-string with its UESCAPE character, see Token.UEscape).
+func (l *Lexer) Value(t Token) (string, error) {
 	raw := l.src[t.Start:t.End]
+	uescape := t.UEscape
+	if uescape == 0 {
+		uescape = '\\'
+	}
 	switch t.Kind {
 	case Ident:
 		return foldIdent(raw), nil

@@ -182,9 +182,9 @@ func analyze(sql string, standard bool, idx functionIndex, cat *Catalog) *Plan {
 				l = save
 				schema := ""
 				if l.IsOp(prev, ".") && (prev2.Kind == Ident || prev2.Kind == QuotedIdent) {
-					schema, _ = l.Value(prev2, '\\')
+					schema, _ = l.Value(prev2)
 				}
-				name, _ := l.Value(t, '\\')
+				name, _ := l.Value(t)
 				if name == "set_config" {
 					if n, ok := setConfigName(&l); ok {
 						p.Statements = append(p.Statements, Statement{Kind: KindSet, Names: []string{n}})
@@ -275,7 +275,7 @@ func resolveCall(l *Lexer, f *shardmap.Function, cat *Catalog, args [][]Token) (
 	named := map[string][]Token{}
 	for _, a := range args {
 		if len(a) >= 2 && (a[0].Kind == Ident || a[0].Kind == QuotedIdent) && (l.IsOp(a[1], "=>") || l.IsOp(a[1], ":=")) {
-			name, _ := l.Value(a[0], '\\')
+			name, _ := l.Value(a[0])
 			named[name] = a[2:]
 			continue
 		}
@@ -399,7 +399,7 @@ func readKey(l *Lexer, toks []Token) (Key, error) {
 		t := toks[0]
 		switch t.Kind {
 		case String, BitString:
-			v, err := l.Value(t, '\\')
+			v, err := l.Value(t)
 			if err != nil {
 				return Key{}, err
 			}
@@ -438,7 +438,7 @@ func readKey(l *Lexer, toks []Token) (Key, error) {
 	// type 'literal'
 	if n := len(toks); n >= 2 && toks[n-1].Kind == String {
 		if oid := castType(typeText(l, toks[:n-1])); oid != 0 {
-			v, err := l.Value(toks[n-1], '\\')
+			v, err := l.Value(toks[n-1])
 			if err != nil {
 				return Key{}, err
 			}
@@ -486,7 +486,7 @@ func typeText(l *Lexer, toks []Token) string {
 	var words []string
 	for _, t := range toks {
 		if t.Kind == Ident || t.Kind == QuotedIdent {
-			v, _ := l.Value(t, '\\')
+			v, _ := l.Value(t)
 			words = append(words, v)
 		}
 		if l.IsOp(t, "(") || l.IsOp(t, "[") {

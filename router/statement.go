@@ -109,7 +109,7 @@ func classify(l *Lexer, first Token) (Statement, bool) {
 			kind = KindExecute
 		}
 		if t := l.Next(); t.Kind == Ident || t.Kind == QuotedIdent {
-			if name, err := l.Value(t, '\\'); err == nil {
+			if name, err := l.Value(t); err == nil {
 				return Statement{Kind: kind, Names: []string{name}}, true
 			}
 		}
@@ -122,7 +122,7 @@ func classify(l *Lexer, first Token) (Statement, bool) {
 			return Statement{Kind: KindDeallocateAll}, true
 		}
 		if t.Kind == Ident || t.Kind == QuotedIdent {
-			name, err := l.Value(t, '\\')
+			name, err := l.Value(t)
 			if err == nil {
 				return Statement{Kind: KindDeallocate, Names: []string{name}}, true
 			}
@@ -180,7 +180,7 @@ func settingName(l *Lexer, t Token) (string, bool) {
 	if t.Kind != Ident && t.Kind != QuotedIdent {
 		return "", false
 	}
-	name, err := l.Value(t, '\\')
+	name, err := l.Value(t)
 	if err != nil {
 		return "", false
 	}
@@ -194,7 +194,7 @@ func settingName(l *Lexer, t Token) (string, bool) {
 		if part.Kind != Ident && part.Kind != QuotedIdent {
 			return "", false
 		}
-		v, err := l.Value(part, '\\')
+		v, err := l.Value(part)
 		if err != nil {
 			return "", false
 		}
@@ -213,7 +213,7 @@ func setConfigName(l *Lexer) (string, bool) {
 	if arg.Kind != String {
 		return "", false
 	}
-	name, err := l.Value(arg, '\\')
+	name, err := l.Value(arg)
 	if err != nil {
 		return "", false
 	}
