@@ -17,6 +17,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -66,6 +67,22 @@ func (e *ConnectError) Error() string {
 }
 
 func (e *ConnectError) Unwrap() error { return e.Err }
+
+// Reason says why the connection failed without the shard's host, port,
+// user or the server's own words, which the client should not learn (the
+// log has them all).
+func (e *ConnectError) Reason() string {
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.As(e.Err, &pgErr):
+		return "the server refused it, SQLSTATE " + pgErr.Code
+	case errors.Is(e.Err, context.DeadlineExceeded):
+		return "no answer within server_connect_timeout"
+	case errors.Is(e.Err, syscall.ECONNREFUSED):
+		return "connection refused"
+	}
+	return "network error"
+}
 
 // Config describes one pool.
 type Config struct {
@@ -411,6 +428,7 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 		if ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded) {
 			err = fmt.Errorf("no answer within server_connect_timeout (%s): %w", st.ConnectTimeout, err)
 		}
+		p.cfg.Log.Warn("cannot connect to shard", zap.String("shard", p.cfg.Shard), zap.String("server_user", p.cfg.User), zap.Error(err))
 		return nil, &ConnectError{Shard: p.cfg.Shard, Err: err}
 	}
 	if err := pc.SyncConn(ctx); err != nil {

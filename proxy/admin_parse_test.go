@@ -84,10 +84,16 @@ func TestPartitionRangesAndMasking(t *testing.T) {
 		t.Errorf("partitionRanges: %q", got)
 	}
 	for in, want := range map[string]string{
-		"postgres://app:secret@h:5432/db?sslmode=disable": "postgres://app:xxxxx@h:5432/db?sslmode=disable",
-		"postgres://app@h/db?password=secret":             "postgres://app@h/db?password=xxxxx",
-		"host=h user=app password=secret dbname=db":       "host=h user=app password=xxxxx dbname=db",
-		"host=h password='s e\\'cret' dbname=db":          "host=h password=xxxxx dbname=db",
+		"postgres://app:secret@h:5432/db?sslmode=disable":          "postgres://app:xxxxx@h:5432/db?sslmode=disable",
+		"postgres://app@h/db?password=secret":                      "postgres://app@h/db?password=xxxxx",
+		"host=h user=app password=secret dbname=db":                "host=h user=app password=xxxxx dbname=db",
+		"host=h password='s e\\'cret' dbname=db":                   "host=h password=xxxxx dbname=db",
+		"host=h password=se\\ cret dbname=db":                      "host=h password=xxxxx dbname=db",
+		"host=h sslpassword=keypass dbname=db":                     "host=h sslpassword=xxxxx dbname=db",
+		"postgres://app@h/db?sslpassword=keypass&sslmode=require":  "postgres://app@h/db?sslpassword=xxxxx&sslmode=require",
+		"postgresql://app:se%40cret@h1:5432,h2:5433/db?password=x": "postgresql://app:xxxxx@h1:5432,h2:5433/db?password=xxxxx",
+		"postgres://app:p@ss@h/db":                                 "postgres://app:xxxxx@h/db",
+		"postgres://h/db?application_name=a&PassWord=x":            "postgres://h/db?application_name=a&PassWord=xxxxx",
 	} {
 		if got := maskPassword(in); got != want {
 			t.Errorf("maskPassword(%q) = %q, want %q", in, got, want)

@@ -466,20 +466,38 @@ func join(prefix, key string) string {
 	return prefix + "." + key
 }
 
-var keywordPassword = regexp.MustCompile(`(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
+// keywordSecret finds password and sslpassword in a keyword/value DSN,
+// with libpq's value syntax: quoted with \' and \\ escapes, or unquoted up
+// to unescaped whitespace (a backslash escapes there too).
+var keywordSecret = regexp.MustCompile(`((?:^|\s)(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|(?:[^\s'\\]|\\.)(?:[^\s\\]|\\.)*)`)
 
-// maskPassword hides the password of a URL or keyword/value DSN.
+// maskPassword hides the secrets of a URL or keyword/value DSN. URLs are
+// taken apart by hand, not with net/url, which refuses libpq's multi-host
+// form (h1:5432,h2:5433) and would leave it unmasked.
 func maskPassword(dsn string) string {
-	if u, err := url.Parse(dsn); err == nil && u.Scheme != "" {
-		if _, has := u.User.Password(); has {
-			u.User = url.UserPassword(u.User.Username(), "xxxxx")
-		}
-		q := u.Query()
-		if q.Has("password") {
-			q.Set("password", "xxxxx")
-			u.RawQuery = q.Encode()
-		}
-		return u.String()
+	scheme, rest, ok := strings.Cut(dsn, "://")
+	if !ok || (scheme != "postgres" && scheme != "postgresql") {
+		return keywordSecret.ReplaceAllString(dsn, "${1}xxxxx")
 	}
-	return keywordPassword.ReplaceAllString(dsn, "${1}xxxxx")
+	end := strings.IndexAny(rest, "/?#")
+	if end < 0 {
+		end = len(rest)
+	}
+	authority, tail := rest[:end], rest[end:]
+	if at := strings.LastIndex(authority, "@"); at >= 0 {
+		if user, _, hasPassword := strings.Cut(authority[:at], ":"); hasPassword {
+			authority = user + ":xxxxx" + authority[at:]
+		}
+	}
+	if path, query, ok := strings.Cut(tail, "?"); ok {
+		params := strings.Split(query, "&")
+		for i, kv := range params {
+			k, _, _ := strings.Cut(kv, "=")
+			if name, err := url.QueryUnescape(k); err == nil && (strings.EqualFold(name, "password") || strings.EqualFold(name, "sslpassword")) {
+				params[i] = k + "=xxxxx"
+			}
+		}
+		tail = path + "?" + strings.Join(params, "&")
+	}
+	return scheme + "://" + authority + tail
 }

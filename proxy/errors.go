@@ -96,8 +96,8 @@ func toError(err error) *Error {
 	}
 	var connErr *pool.ConnectError
 	if errors.As(err, &connErr) {
-		return errorf(codeCannotConnect, "pgrouter: %s", connErr.Error()).
-			withHint("Check that shard %s is running and reachable; the next statement tries again.", connErr.Shard).
+		return errorf(codeCannotConnect, "pgrouter: cannot connect to shard %s (%s)", connErr.Shard, connErr.Reason()).
+			withHint("Check that shard %s is running and reachable (pgrouter's log has the details); the next statement tries again.", connErr.Shard).
 			because(err)
 	}
 	var srvErr *pool.ServerError

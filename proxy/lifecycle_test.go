@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -425,6 +426,9 @@ func TestShardDownAndBack(t *testing.T) {
 	_, err = conn.Exec(ctx, "SELECT 1")
 	if pgCode(err) != "08001" || !strings.Contains(err.Error(), "shard s0") {
 		t.Fatalf("second statement with the shard down: %v; want 08001 naming shard s0", err)
+	}
+	if strings.Contains(err.Error(), own.Host) || strings.Contains(err.Error(), strconv.Itoa(own.Port)) {
+		t.Fatalf("the client learns the shard's address: %v", err)
 	}
 	late := p.connect(t, ctx) // login still works: the other shard answers the greeting
 	if err := own.Restart(ctx); err != nil {

@@ -292,7 +292,7 @@ func (s *Server) greetingParams(cl *shardmap.Cluster, user string) (map[string]s
 			firstErr = err
 		}
 	}
-	return nil, &Error{Fatal: true, Code: codeCannotConnect, Message: "pgrouter: no shard of cluster " + cl.Name + " is reachable: " + firstErr.Error(), Err: firstErr}
+	return nil, &Error{Fatal: true, Code: codeCannotConnect, Message: "pgrouter: no shard of cluster " + cl.Name + " is reachable: " + strings.TrimPrefix(toError(firstErr).Message, "pgrouter: "), Err: firstErr}
 }
 
 // sendGreetingParams sends the server's ParameterStatus values, with the
