@@ -61,6 +61,9 @@ type Pool struct {
 	ClientWriteTimeout     Duration `yaml:"client_write_timeout"`
 	PreparedStatements     int      `yaml:"prepared_statements"`
 	MaxMessageSize         ByteSize `yaml:"max_message_size"`
+	// MaxClientState bounds what one client makes pgrouter hold between its
+	// messages: named statements, portals, SETs of an unpinned transaction.
+	MaxClientState ByteSize `yaml:"max_client_state"`
 }
 
 // Health configures the periodic check of every shard that SHOW SHARDS and
@@ -249,6 +252,7 @@ func Defaults() Config {
 			ClientWriteTimeout:   Duration(60 * time.Second),
 			PreparedStatements:   256,
 			MaxMessageSize:       64 << 20,
+			MaxClientState:       16 << 20,
 		},
 		Log:             Log{Level: "info", Format: "auto"},
 		DefaultRoute:    RouteError,

@@ -245,6 +245,9 @@ func (c *Config) validatePool(l *errorList) {
 	if p.PreparedStatements < 0 {
 		l.add("pool.prepared_statements", "%d must not be negative", p.PreparedStatements)
 	}
+	if p.MaxClientState < 64<<10 {
+		l.add("pool.max_client_state", "%s must be at least 64kB", p.MaxClientState)
+	}
 	if p.MaxMessageSize < 8<<10 || p.MaxMessageSize > 1<<30 {
 		l.add("pool.max_message_size", "%s must be between 8kB and 1GB", p.MaxMessageSize)
 	}

@@ -17,6 +17,10 @@ const (
 	// effReserved: the statement names a statement with pgrouter's reserved
 	// "pgr_" prefix in SQL (PREPARE, EXECUTE, DEALLOCATE) and is refused.
 	effReserved
+	// effSessionState: the statement leaves state on the server that would
+	// outlive the client's transaction (LISTEN, a session advisory lock, a
+	// temporary table, ...); outside session mode it is refused.
+	effSessionState
 )
 
 // queryInfo is what pgrouter learns from the text of a simple Query or of a
@@ -32,6 +36,8 @@ type queryInfo struct {
 	resets   []string
 	// free: the statement needs no particular shard (router.Plan.Free).
 	free bool
+	// sessionState names what an effSessionState statement leaves behind.
+	sessionState string
 }
 
 // planInfo derives what a statement string does to mirrored state from its
@@ -57,6 +63,11 @@ func planInfo(p *router.Plan) queryInfo {
 			if reservedName(st.Names[0]) {
 				info.effects |= effReserved
 			}
+		case router.KindSessionState:
+			info.effects |= effSessionState
+			if info.sessionState == "" {
+				info.sessionState = st.Names[0]
+			}
 		case router.KindSet:
 			info.settings = append(info.settings, st.Names...)
 		case router.KindReset:
@@ -72,3 +83,12 @@ func planInfo(p *router.Plan) queryInfo {
 
 // changesState reports whether running the statement needs any follow-up.
 func (q *queryInfo) changesState() bool { return q.effects != 0 || len(q.settings) > 0 }
+
+// sessionStateError refuses, outside session mode, a statement whose
+// effect would stay on a server other clients use after this client's
+// transaction ends (and reach them: a lock they cannot take, notifications
+// they never asked for, a temporary table shadowing theirs).
+func sessionStateError(mode, what string) *Error {
+	return errorf(codeFeatureNotSupported, "pgrouter: %s cannot be used in %s pooling mode: the server is shared with other clients after this transaction", what, mode).
+		withHint("Use the transaction-scoped form (pg_advisory_xact_lock, CREATE TEMP TABLE ... ON COMMIT DROP, set_config(name, value, true) or a literal name, a cursor WITHOUT HOLD), or a pgrouter with pool.mode: session.")
+}

@@ -6,6 +6,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
+	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/pool"
 	"github.com/pgrouter/pgrouter/router"
 	"github.com/pgrouter/pgrouter/wire"
@@ -25,6 +26,9 @@ func (s *session) query(m wire.Message) error {
 	info := planInfo(plan)
 	if info.effects&effReserved != 0 && !s.passthrough {
 		return reservedNameError()
+	}
+	if info.effects&effSessionState != 0 && s.mode != config.ModeSession {
+		return sessionStateError(s.mode, info.sessionState)
 	}
 	if handled, err := s.answerLocally(info); handled {
 		return err
@@ -51,14 +55,27 @@ func (s *session) query(m wire.Message) error {
 	c.Unnamed = 0
 	_ = c.W.Write(m.Raw)
 	s.queue.push(request{kind: reqQuery})
+	if plan.Copy {
+		// A COPY FROM STDIN would read pgrouter's follow-up questions as
+		// COPY data: they wait for the client's ReadyForQuery.
+		if err := s.exchange(); err != nil {
+			return err
+		}
+		if s.server == nil {
+			return s.afterRequest(info.effects)
+		}
+		c = s.server
+	}
 	if info.effects&effStatements != 0 {
 		c.Statements.Clear()
 		s.queueStatementResync(c)
 	}
 	s.noteSettings(&info)
 	s.queueSettingsReadBack(c)
-	if err := s.exchange(); err != nil {
-		return err
+	if !s.queue.empty() || c.W.Len() > 0 {
+		if err := s.exchange(); err != nil {
+			return err
+		}
 	}
 	return s.afterRequest(info.effects)
 }
@@ -157,7 +174,9 @@ func (s *session) parse(m wire.Message) error {
 		// it is prepared where it executes.
 		if st := newStatement(definition, info, plan); s.known.has(st.serverName) {
 			clientName := string(name)
-			s.stmts[clientName] = st
+			if err := s.keepStatement(clientName, st); err != nil {
+				return err
+			}
 			s.queue.push(request{kind: reqLocal, reply: wire.ParseComplete, clientStmt: clientName, serverStmt: st.serverName})
 			s.emitLocals()
 			return nil
@@ -165,6 +184,9 @@ func (s *session) parse(m wire.Message) error {
 	}
 	if !s.passthrough && info.effects&effReserved != 0 {
 		return reservedNameError()
+	}
+	if info.effects&effSessionState != 0 && s.mode != config.ModeSession {
+		return sessionStateError(s.mode, info.sessionState)
 	}
 	if err := extendedOverride(plan); err != nil {
 		return err
@@ -202,7 +224,9 @@ func (s *session) parse(m wire.Message) error {
 	}
 	st := newStatement(definition, info, plan)
 	clientName := string(name)
-	s.stmts[clientName] = st
+	if err := s.keepStatement(clientName, st); err != nil {
+		return err
+	}
 	if c.Statements.Has(st.serverName) {
 		s.queue.push(request{kind: reqLocal, reply: wire.ParseComplete, serverStmt: st.serverName, clientStmt: clientName})
 		return nil
@@ -246,16 +270,20 @@ func (s *session) bind(m wire.Message) error {
 			s.ensureUnnamed(c)
 			info = s.unnamed.info
 		}
-		s.bindPortal(portal, info)
+		if err := s.bindPortal(portal, info); err != nil {
+			return err
+		}
 		_ = c.W.Write(m.Raw)
 		s.queue.push(request{kind: reqBind})
 		return s.pushServer()
 	}
+	if st := s.stmts[string(name)]; st != nil {
+		if err := s.bindPortal(portal, st.info); err != nil {
+			return err
+		}
+	}
 	serverName, req := s.serverStatement(c, name)
 	req.kind = reqBind
-	if st := s.stmts[string(name)]; st != nil {
-		s.bindPortal(portal, st.info)
-	}
 	start := c.W.Begin(wire.Bind)
 	c.W.AppendBytes(portal)
 	c.W.AppendByte(0)
@@ -268,18 +296,24 @@ func (s *session) bind(m wire.Message) error {
 }
 
 // bindPortal remembers what executing a portal will do.
-func (s *session) bindPortal(portal []byte, info queryInfo) {
+func (s *session) bindPortal(portal []byte, info queryInfo) error {
 	if len(portal) == 0 {
 		s.unnamedPortal = info
-		return
+		return nil
 	}
 	if !info.changesState() && s.portals == nil {
-		return
+		return nil
 	}
 	if s.portals == nil {
 		s.portals = map[string]queryInfo{}
 	}
+	if _, ok := s.portals[string(portal)]; !ok {
+		if err := s.charge(portalCost(string(portal))); err != nil {
+			return err
+		}
+	}
 	s.portals[string(portal)] = info
+	return nil
 }
 
 // serverStatement returns the server-side name for a client's statement,
@@ -379,7 +413,7 @@ func (s *session) closeStatement(m wire.Message) error {
 	if body[0] == 'S' && len(name) > 0 && !s.passthrough {
 		clientName := string(name)
 		old := s.stmts[clientName]
-		delete(s.stmts, clientName)
+		s.dropStatement(clientName)
 		s.queue.push(request{kind: reqLocal, reply: wire.CloseComplete, clientStmt: clientName, restore: old})
 		if s.server == nil {
 			s.emitLocals()
@@ -449,7 +483,7 @@ func (s *session) answerLocally(info queryInfo) (bool, error) {
 	if _, ok := s.stmts[info.deallocate]; !ok {
 		return false, nil // maybe an SQL-level PREPARE on the server: let it answer
 	}
-	delete(s.stmts, info.deallocate)
+	s.dropStatement(info.deallocate)
 	_ = s.cw.Send(&pgproto3.CommandComplete{CommandTag: []byte("DEALLOCATE")})
 	return true, clientIO(s.cw.SendReady(s.txStatus))
 }

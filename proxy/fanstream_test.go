@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -106,5 +107,32 @@ func TestFanoutMergeIsCapped(t *testing.T) {
 	var one int
 	if err := conn.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestFanoutCannotChangeSettings: a run_on all call whose statement also
+// changes a setting would leave it on every shard's server, where pgrouter
+// cannot follow it to the client's next server: refused before it runs.
+func TestFanoutCannotChangeSettings(t *testing.T) {
+	p := startRouting(t, proxyOpts{size: 1})
+	ctx := testContext(t, time.Minute)
+	conn := p.connect(t, ctx)
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol} {
+		_, err := conn.Exec(ctx, "SELECT * FROM rt_rows(1, set_config('search_path', 'evil', false), 0)", mode)
+		if pgCode(err) != "0A000" || !strings.Contains(err.Error(), "changes session settings") {
+			t.Fatalf("%v: %v; want 0A000", mode, err)
+		}
+	}
+	// Every shard's server still has the default search_path.
+	rows, err := conn.Query(ctx, "SELECT * FROM rt_rows(1, '', 0)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for rows.Next() {
+		n++
+	}
+	if err := rows.Err(); err != nil || n != 4 {
+		t.Fatalf("after the refused calls: %d rows, %v; want one per shard", n, err)
 	}
 }

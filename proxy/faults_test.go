@@ -192,7 +192,7 @@ func TestShardKilledMidTransaction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tx.Exec(ctx, "CREATE TEMP TABLE t (x int)"); err != nil {
+	if _, err := tx.Exec(ctx, "CREATE TEMP TABLE t (x int) ON COMMIT DROP"); err != nil {
 		t.Fatal(err)
 	}
 

@@ -4,8 +4,8 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
-	"fmt"
 	"encoding/hex"
+	"fmt"
 	"hash/maphash"
 	"strings"
 	"sync"
@@ -213,7 +213,7 @@ func (s *session) undo(r request, failed bool) {
 			s.forget(r.clientStmt, r.serverStmt)
 		case wire.CloseComplete:
 			if r.restore != nil {
-				s.stmts[r.clientStmt] = r.restore
+				s.restoreStatement(r.clientStmt, r.restore)
 			}
 		}
 	}
@@ -225,7 +225,7 @@ func (s *session) forget(clientName, serverName string) {
 		return
 	}
 	if st := s.stmts[clientName]; st != nil && st.serverName == serverName {
-		delete(s.stmts, clientName)
+		s.dropStatement(clientName)
 	}
 }
 

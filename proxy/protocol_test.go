@@ -310,7 +310,7 @@ var goldenCases = []struct {
 		&pgproto3.Sync{},
 	}},
 	{"error aborts the implicit transaction", []pgproto3.FrontendMessage{
-		&pgproto3.Query{String: "CREATE TEMP TABLE IF NOT EXISTS golden_t (x int)"},
+		&pgproto3.Query{String: "CREATE TABLE IF NOT EXISTS golden_t (x int)"},
 		&pgproto3.Parse{Query: "INSERT INTO golden_t VALUES (1)"},
 		&pgproto3.Bind{},
 		&pgproto3.Execute{},
@@ -364,7 +364,7 @@ var goldenCases = []struct {
 		&pgproto3.Sync{},
 	}},
 	{"extended COPY FROM STDIN", []pgproto3.FrontendMessage{
-		&pgproto3.Query{String: "CREATE TEMP TABLE IF NOT EXISTS gcopy (x int)"},
+		&pgproto3.Query{String: "CREATE TABLE IF NOT EXISTS gcopy (x int)"},
 		&pgproto3.Parse{Query: "COPY gcopy FROM STDIN"},
 		&pgproto3.Bind{},
 		&pgproto3.Execute{},

@@ -110,6 +110,11 @@ func (s *session) handleServerMessage(m wire.Message, allowCopy bool) (suspend b
 		}
 		return false, s.forward(m)
 	case wire.NotificationResponse:
+		if s.mode != config.ModeSession {
+			// LISTEN is refused outside session mode, so a notification is
+			// for a LISTEN some function ran for an earlier client.
+			return false, nil
+		}
 		return false, s.forward(m)
 	case wire.ParameterStatus:
 		return false, s.parameterStatus(m, head)
@@ -175,6 +180,9 @@ func (s *session) ready(m wire.Message, head *request) error {
 	}
 	s.account(body[0])
 	s.txStatus = body[0]
+	if body[0] == wire.TxIdle && s.portals != nil && s.queue.empty() {
+		s.endPortals() // the transaction that held them ended
+	}
 	if s.mode == config.ModeStatement && body[0] != wire.TxIdle {
 		s.stmtViolation = true // ReadyForQuery is held back: afterRequest rolls back and says why
 		return nil

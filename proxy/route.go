@@ -445,7 +445,7 @@ func (s *session) pin() error {
 		}
 		s.virtualTx = false
 		s.beginSQL = ""
-		s.deferred = s.deferred[:0]
+		s.truncateDeferred(0)
 		return nil
 	}
 	if c.Broken() {

@@ -86,6 +86,9 @@ type session struct {
 	virtualTx          bool
 	beginSQL           string
 	deferred           []*router.Plan
+	deferredBytes      int    // of the state budget, held by deferred
+	stateBytes         int    // what the client makes pgrouter hold (see charge)
+	stateLimit         int    // pool.max_client_state
 	overShard, overKey string // SET pgrouter.shard / pgrouter.key
 
 	// What portals bound in the current batch will do, and what the
@@ -142,6 +145,7 @@ func newSession(srv *Server, gen *generation, conn net.Conn, r *wire.Reader, w *
 		idleTxLimit: cfg.Pool.IdleTransactionTimeout.D(),
 		idleLimit:   cfg.Pool.ClientIdleTimeout.D(),
 		passthrough: cfg.Pool.PreparedStatements == 0,
+		stateLimit:  int(cfg.Pool.MaxClientState),
 		cr:          r,
 		cw:          w,
 		pools:       map[string]*pool.Pool{},
@@ -561,6 +565,12 @@ func (s *session) releaseServer(c *pool.Conn) {
 	c.Pool().Release(c)
 }
 
+// poolReset undoes, on the server a client held when it vanished in
+// transaction or statement mode, the session state pgrouter refuses in SQL
+// but a function may still have created. It keeps prepared statements
+// (pgrouter tracks those) and settings (mirrored per client).
+const poolReset = "CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD TEMP"
+
 // resetServer ends whatever the departed client left open on its server.
 func (s *session) resetServer(ctx context.Context) error {
 	c := s.server
@@ -583,6 +593,8 @@ func (s *session) resetServer(ctx context.Context) error {
 		c.Statements.Clear()
 		c.Unnamed = 0
 		c.Applied = pool.ParamState{}
+	} else if status, err = c.Exec(ctx, poolReset); err != nil {
+		return err
 	}
 	if status != wire.TxIdle {
 		return errors.New("server still in a transaction after ROLLBACK")

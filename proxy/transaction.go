@@ -99,7 +99,7 @@ func (s *session) startUnpinned(begin string) {
 func (s *session) endVirtual() {
 	s.virtualTx = false
 	s.beginSQL = ""
-	s.deferred = s.deferred[:0]
+	s.truncateDeferred(0)
 	s.txStatus = wire.TxIdle
 	s.reqStart = time.Time{}
 }
@@ -183,7 +183,9 @@ func (s *session) runLocal(p *router.Plan) ([]string, error) {
 	case router.CmdSavepoint:
 		cmd := &p.Command
 		if cmd.Value == router.SavepointCreate {
-			s.deferred = append(s.deferred, p)
+			if err := s.deferSet(p); err != nil {
+				return nil, err
+			}
 			return []string{"SAVEPOINT"}, nil
 		}
 		i := s.savepointIndex(cmd.Name)
@@ -193,11 +195,14 @@ func (s *session) runLocal(p *router.Plan) ([]string, error) {
 		if cmd.Value == router.SavepointRollback {
 			// Undo what was kept since the savepoint, which stays; the
 			// transaction is usable again.
-			s.deferred = s.deferred[:i+1]
+			s.truncateDeferred(i + 1)
 			s.txStatus = wire.TxActive
 			return []string{"ROLLBACK"}, nil
 		}
-		s.deferred = append(s.deferred, p) // replayed at the pin: the savepoint's SETs stay
+		// Replayed at the pin: the savepoint's SETs stay.
+		if err := s.deferSet(p); err != nil {
+			return nil, err
+		}
 		return []string{"RELEASE"}, nil
 	case router.CmdCommit, router.CmdRollback:
 		tag := "ROLLBACK"
@@ -207,7 +212,9 @@ func (s *session) runLocal(p *router.Plan) ([]string, error) {
 		s.endVirtual()
 		return []string{tag}, nil
 	case router.CmdSets:
-		s.deferred = append(s.deferred, p)
+		if err := s.deferSet(p); err != nil {
+			return nil, err
+		}
 		return p.Command.Tags, nil
 	}
 	return nil, nil
@@ -240,7 +247,9 @@ func (s *session) localExtended(m wire.Message) (bool, error) {
 		if len(name) == 0 {
 			s.unnamed.set(m.Raw, def, planInfo(plan), plan)
 		} else {
-			s.stmts[string(name)] = newStatement(def, planInfo(plan), plan)
+			if err := s.keepStatement(string(name), newStatement(def, planInfo(plan), plan)); err != nil {
+				return true, err
+			}
 		}
 		return true, clientIO(s.cw.SendEmpty(wire.ParseComplete))
 	case wire.Bind:
@@ -253,9 +262,16 @@ func (s *session) localExtended(m wire.Message) (bool, error) {
 		if !s.localCommand(plan) {
 			return false, nil
 		}
-		s.bindPortal(portal, queryInfo{})
+		if err := s.bindPortal(portal, queryInfo{}); err != nil {
+			return true, err
+		}
 		if s.localPortals == nil {
 			s.localPortals = map[string]*router.Plan{}
+		}
+		if _, ok := s.localPortals[string(portal)]; !ok && len(portal) > 0 {
+			if err := s.charge(portalCost(string(portal))); err != nil {
+				return true, err
+			}
 		}
 		s.localPortals[string(portal)] = plan
 		return true, clientIO(s.cw.SendEmpty(wire.BindComplete))
@@ -310,8 +326,7 @@ func (s *session) localExtended(m wire.Message) (bool, error) {
 		if body[0] == 'S' {
 			s.unnamed.drop()
 		} else {
-			delete(s.localPortals, string(name))
-			delete(s.portals, string(name))
+			s.dropPortal(string(name))
 		}
 		return true, clientIO(s.cw.SendEmpty(wire.CloseComplete))
 	}

@@ -64,6 +64,9 @@ type Plan struct {
 	SQL string
 	// Single: the string holds at most one statement.
 	Single bool
+	// Copy: a statement of the string is a COPY, which may read COPY data
+	// from the client: nothing may follow the string in the same write.
+	Copy bool
 	// Command is set when the session answers or holds back the string
 	// itself (see ParseCommand).
 	Command Command
@@ -153,10 +156,16 @@ func analyze(sql string, standard bool, idx functionIndex, cat *Catalog) *Plan {
 			p.AnyShard, p.Free = false, false
 			return p
 		}
+		if l.EqualFold(t, "copy") {
+			p.Copy = true
+		}
 		catalogRead := isCatalogRead(l, t)
 		reads := l.EqualFold(t, "show") || l.EqualFold(t, "values")
 		st, classified := classify(&l, t)
-		if classified && st.Kind != KindOther {
+		// A temporary object is session state unless ON COMMIT DROP ends it
+		// with its transaction; that clause comes later, so it waits.
+		temp := classified && st.Kind == KindSessionState && st.Names[0] == StateTemp
+		if classified && st.Kind != KindOther && !temp {
 			p.Statements = append(p.Statements, st)
 		}
 		anyShard := classified || l.EqualFold(t, "show") || l.EqualFold(t, "savepoint") || l.EqualFold(t, "release") || l.EqualFold(t, "values")
@@ -165,6 +174,18 @@ func analyze(sql string, standard bool, idx functionIndex, cat *Catalog) *Plan {
 		// whatever makes a SELECT more than constants.
 		var prev, prev2 Token
 		for t = l.Next(); t.Kind != EOF && t.Kind != Invalid && !l.IsOp(t, ";"); prev2, prev, t = prev, t, l.Next() {
+			switch {
+			case temp && l.EqualFold(t, "drop") && l.EqualFold(prev, "commit") && l.EqualFold(prev2, "on"):
+				temp = false
+			case (l.EqualFold(t, "temp") || l.EqualFold(t, "temporary")) && l.EqualFold(prev, "into"):
+				p.Statements = append(p.Statements, Statement{Kind: KindSessionState, Names: []string{StateTemp}})
+			case isSessionLock(&l, t):
+				save := l
+				if l.IsOp(l.Next(), "(") {
+					p.Statements = append(p.Statements, Statement{Kind: KindSessionState, Names: []string{StateLock}})
+				}
+				l = save
+			}
 			switch t.Kind {
 			case Ident, QuotedIdent:
 				if t.Kind == Ident && isConstantKeyword(&l, t) {
@@ -186,8 +207,10 @@ func analyze(sql string, standard bool, idx functionIndex, cat *Catalog) *Plan {
 				}
 				name, _ := l.Value(t)
 				if name == "set_config" {
-					if n, ok := setConfigName(&l); ok {
+					if n, ok, computed := setConfigName(&l); ok {
 						p.Statements = append(p.Statements, Statement{Kind: KindSet, Names: []string{n}})
+					} else if computed {
+						p.Statements = append(p.Statements, Statement{Kind: KindSessionState, Names: []string{StateSetConfig}})
 					}
 					continue
 				}
@@ -195,7 +218,7 @@ func analyze(sql string, standard bool, idx functionIndex, cat *Catalog) *Plan {
 				if f == nil {
 					continue
 				}
-				call, err := parseCall(&l, f, cat)
+				call, err := parseCall(&l, f, cat, p)
 				if err != nil && p.Err == nil {
 					p.Err = err
 				}
@@ -204,6 +227,9 @@ func analyze(sql string, standard bool, idx functionIndex, cat *Catalog) *Plan {
 				}
 			case String, BitString, Number, Param, Punct, Op:
 			}
+		}
+		if temp {
+			p.Statements = append(p.Statements, st)
 		}
 		if !(anyShard || selectWithoutFrom || catalogRead) {
 			p.AnyShard = false
@@ -235,7 +261,9 @@ func isConstantKeyword(l *Lexer, t Token) bool {
 
 // parseCall reads the argument list of a call whose name the lexer has
 // just passed, and finds the key.
-func parseCall(l *Lexer, f *shardmap.Function, cat *Catalog) (Call, *Error) {
+// Session changes in the arguments (set_config, a session advisory lock)
+// are recorded in p.Statements, as anywhere else in the string.
+func parseCall(l *Lexer, f *shardmap.Function, cat *Catalog, p *Plan) (Call, *Error) {
 	l.Next() // (
 	var args [][]Token
 	var cur []Token
@@ -259,6 +287,17 @@ func parseCall(l *Lexer, f *shardmap.Function, cat *Catalog) (Call, *Error) {
 			args = append(args, cur)
 			cur = nil
 			continue
+		case t.Kind == Ident && l.EqualFold(t, "set_config"):
+			sub := *l
+			if name, ok, computed := setConfigName(&sub); ok {
+				p.Statements = append(p.Statements, Statement{Kind: KindSet, Names: []string{name}})
+			} else if computed {
+				p.Statements = append(p.Statements, Statement{Kind: KindSessionState, Names: []string{StateSetConfig}})
+			}
+		case isSessionLock(l, t):
+			if sub := *l; l.IsOp(sub.Next(), "(") {
+				p.Statements = append(p.Statements, Statement{Kind: KindSessionState, Names: []string{StateLock}})
+			}
 		}
 		cur = append(cur, t)
 	}

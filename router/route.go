@@ -208,7 +208,12 @@ func (r *Router) Route(p *Plan, params Params) (Route, *Error) {
 		c := &p.Calls[i]
 		switch c.Fn.RunOn {
 		case shardmap.RunAll:
-			if len(p.Calls) > 1 || len(p.Statements) > 0 {
+			if len(p.Statements) > 0 {
+				// Every shard's server would keep the change, where pgrouter
+				// cannot follow it to the client's next server.
+				return Route{}, planError("0A000", "a call of %s (run_on: all) cannot be in a statement that changes session settings or state (SET, set_config, BEGIN, ...)", c.Fn.FullName())
+			}
+			if len(p.Calls) > 1 {
 				return Route{}, planError("0A000", "a call of %s (run_on: all) must be alone in its statement", c.Fn.FullName())
 			}
 			return Route{Target: TargetAll, Call: c}, nil

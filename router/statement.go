@@ -19,7 +19,26 @@ const (
 	KindDeallocateAll      // DEALLOCATE [PREPARE] ALL
 	KindPrepare            // PREPARE name ...: an SQL-level prepared statement
 	KindExecute            // EXECUTE name ...
+	// KindSessionState: the statement leaves state on the server that
+	// outlives its transaction and that pgrouter cannot carry to another
+	// server: LISTEN, a session advisory lock, a temporary object (unless
+	// ON COMMIT DROP), a WITH HOLD cursor, set_config of a computed name.
+	// Names[0] says which, for the error a pooled client gets.
+	KindSessionState
 )
+
+// What a KindSessionState statement leaves behind.
+const (
+	StateListen     = "LISTEN"
+	StateLock       = "session advisory locks"
+	StateTemp       = "temporary tables"
+	StateHoldCursor = "WITH HOLD cursors"
+	StateSetConfig  = "set_config of a computed setting name"
+)
+
+// sessionLockFunctions take advisory locks held until the session ends (the
+// pg_advisory_xact_* ones end with the transaction and pool fine).
+var sessionLockFunctions = []string{"pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared"}
 
 // Statement describes one statement of a query string.
 type Statement struct {
@@ -27,38 +46,6 @@ type Statement struct {
 	// Names are the run-time parameters a SET or RESET changes (several for
 	// SET SESSION CHARACTERISTICS), or the statement name of a DEALLOCATE.
 	Names []string
-}
-
-// Scan reads a query string statement by statement and reports each one
-// that is not KindOther, plus a KindSet for every set_config(name, value,
-// false) call with a constant name anywhere in it. It allocates only for
-// the statements it reports. standard is standard_conforming_strings.
-func Scan(sql string, standard bool, report func(Statement)) {
-	l := NewLexer(sql)
-	l.StandardStrings = standard
-	for {
-		t := l.Next()
-		for l.IsOp(t, ";") {
-			t = l.Next()
-		}
-		if t.Kind == EOF || t.Kind == Invalid {
-			return
-		}
-		if st, ok := classify(&l, t); ok && st.Kind != KindOther {
-			report(st)
-		}
-		// Walk to the end of the statement, watching for set_config calls.
-		for t = l.Next(); t.Kind != EOF && t.Kind != Invalid && !l.IsOp(t, ";"); t = l.Next() {
-			if l.EqualFold(t, "set_config") {
-				if name, ok := setConfigName(&l); ok {
-					report(Statement{Kind: KindSet, Names: []string{name}})
-				}
-			}
-		}
-		if t.Kind != Punct {
-			return
-		}
-	}
 }
 
 // classify looks at a statement's first tokens; first is already read. It
@@ -113,6 +100,29 @@ func classify(l *Lexer, first Token) (Statement, bool) {
 				return Statement{Kind: kind, Names: []string{name}}, true
 			}
 		}
+	case l.EqualFold(first, "listen"):
+		return Statement{Kind: KindSessionState, Names: []string{StateListen}}, true
+	case l.EqualFold(first, "create"):
+		save := *l
+		t := l.Next()
+		if l.EqualFold(t, "global") || l.EqualFold(t, "local") {
+			t = l.Next()
+		}
+		if l.EqualFold(t, "temp") || l.EqualFold(t, "temporary") {
+			return Statement{Kind: KindSessionState, Names: []string{StateTemp}}, true
+		}
+		*l = save
+	case l.EqualFold(first, "declare"):
+		// DECLARE name [options] CURSOR [WITH HOLD | WITHOUT HOLD] FOR query
+		save := *l
+		var prev Token
+		for t := l.Next(); t.Kind != EOF && t.Kind != Invalid && !l.IsOp(t, ";") && !l.EqualFold(t, "for"); prev, t = t, l.Next() {
+			if l.EqualFold(t, "hold") && l.EqualFold(prev, "with") {
+				*l = save
+				return Statement{Kind: KindSessionState, Names: []string{StateHoldCursor}}, true
+			}
+		}
+		*l = save
 	case l.EqualFold(first, "deallocate"):
 		t := l.Next()
 		if l.EqualFold(t, "prepare") {
@@ -203,23 +213,36 @@ func settingName(l *Lexer, t Token) (string, bool) {
 	return foldIdent(name), true
 }
 
-// setConfigName reads set_config('name', value, false) after the function
-// name; it reports the name of a session-level change with a constant name.
-func setConfigName(l *Lexer) (string, bool) {
+// setConfigName reads set_config(name, value, is_local) after the function
+// name. It reports the name of a session-level change with a constant name;
+// computed is set for a session-level change (is_local not the constant
+// true) whose name pgrouter cannot know.
+func setConfigName(l *Lexer) (name string, ok, computed bool) {
 	if !l.IsOp(l.Next(), "(") {
-		return "", false
+		return "", false, false
 	}
 	arg := l.Next()
-	if arg.Kind != String {
-		return "", false
+	constant := false
+	if arg.Kind == String {
+		v, err := l.Value(arg)
+		if err != nil {
+			return "", false, false
+		}
+		// A literal alone (not 'a' || x) is the whole name.
+		save := *l
+		constant = l.IsOp(l.Next(), ",")
+		*l = save
+		name = v
 	}
-	name, err := l.Value(arg)
-	if err != nil {
-		return "", false
-	}
-	// Skip the value expression to the last argument at this depth.
+	// Skip to the last argument at this depth.
 	depth := 0
 	var last Token
+	if !constant {
+		last = arg
+		if l.IsOp(arg, "(") || l.IsOp(arg, "[") {
+			depth++
+		}
+	}
 	for t := l.Next(); t.Kind != EOF && t.Kind != Invalid; t = l.Next() {
 		switch {
 		case l.IsOp(t, "(") || l.IsOp(t, "["):
@@ -227,17 +250,20 @@ func setConfigName(l *Lexer) (string, bool) {
 		case l.IsOp(t, ")") || l.IsOp(t, "]"):
 			if depth == 0 {
 				if l.EqualFold(last, "true") {
-					return "", false // is_local: transaction-scoped
+					return "", false, false // is_local: transaction-scoped
 				}
-				return foldIdent(name), true
+				if !constant {
+					return "", false, true
+				}
+				return foldIdent(name), true, false
 			}
 			depth--
 		case l.IsOp(t, ";"):
-			return "", false
+			return "", false, !constant
 		}
 		last = t
 	}
-	return "", false
+	return "", false, !constant
 }
 
 // Single reports whether a query string holds at most one statement (empty
@@ -257,4 +283,18 @@ func Single(sql string, standard bool) bool {
 		}
 	}
 	return statements <= 1
+}
+
+// isSessionLock reports a name of a session advisory lock function (the
+// caller checks that a call follows).
+func isSessionLock(l *Lexer, t Token) bool {
+	if t.Kind != Ident {
+		return false
+	}
+	for _, f := range sessionLockFunctions {
+		if l.EqualFold(t, f) {
+			return true
+		}
+	}
+	return false
 }
