@@ -2,7 +2,12 @@ package proxy
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
+	"crypto/sha512"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"hash"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/xdg-go/scram"
@@ -12,12 +17,41 @@ import (
 	"github.com/pgrouter/pgrouter/wire"
 )
 
-const scramMechanism = "SCRAM-SHA-256"
+const (
+	scramMechanism     = "SCRAM-SHA-256"
+	scramPlusMechanism = "SCRAM-SHA-256-PLUS"
+)
+
+// endPointBinding computes tls-server-end-point channel binding data for
+// a certificate (RFC 5929 section 4.1): its hash with the hash function of
+// its signature, SHA-256 when that is MD5 or SHA-1. A client using
+// SCRAM-SHA-256-PLUS proves it sees this certificate, so a man in the
+// middle that terminates TLS with another one cannot relay its login.
+func endPointBinding(cert tls.Certificate) ([]byte, error) {
+	leaf := cert.Leaf
+	if leaf == nil {
+		var err error
+		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return nil, err
+		}
+	}
+	var h hash.Hash
+	switch leaf.SignatureAlgorithm {
+	case x509.SHA384WithRSA, x509.SHA384WithRSAPSS, x509.ECDSAWithSHA384:
+		h = sha512.New384()
+	case x509.SHA512WithRSA, x509.SHA512WithRSAPSS, x509.ECDSAWithSHA512:
+		h = sha512.New()
+	default: // SHA-256 signatures, MD5/SHA-1 ones, and Ed25519 (as PostgreSQL)
+		h = sha256.New()
+	}
+	h.Write(leaf.Raw)
+	return h.Sum(nil), nil
+}
 
 // authenticate runs the configured exchange. Every failure, including an
 // unknown user, ends in the same 28P01 after the same exchange, so a client
 // cannot tell a wrong password from a user that does not exist.
-func (s *Server) authenticate(r *wire.Reader, w *wire.Writer, gen *generation, user string) error {
+func (s *Server) authenticate(r *wire.Reader, w *wire.Writer, gen *generation, user string, binding []byte) error {
 	secret, known := gen.users.Lookup(user)
 	switch gen.cfg.Auth.Type {
 	case config.AuthTrust:
@@ -28,7 +62,7 @@ func (s *Server) authenticate(r *wire.Reader, w *wire.Writer, gen *generation, u
 	case config.AuthMD5:
 		return authMD5(r, w, user, secret, known)
 	case config.AuthSCRAM:
-		return authSCRAM(r, w, gen.users, user, secret, known)
+		return authSCRAM(r, w, gen.users, user, secret, known, binding)
 	}
 	return fmt.Errorf("unknown auth type %q", gen.cfg.Auth.Type)
 }
@@ -56,7 +90,11 @@ func authMD5(r *wire.Reader, w *wire.Writer, user string, secret *auth.Secret, k
 	return nil
 }
 
-func authSCRAM(r *wire.Reader, w *wire.Writer, users *auth.Users, user string, secret *auth.Secret, known bool) error {
+// authSCRAM runs SCRAM-SHA-256, and over TLS offers SCRAM-SHA-256-PLUS
+// with tls-server-end-point channel binding (binding not nil), as
+// PostgreSQL does; a client that supports binding but was told the server
+// does not (a downgrade) is refused.
+func authSCRAM(r *wire.Reader, w *wire.Writer, users *auth.Users, user string, secret *auth.Secret, known bool, binding []byte) error {
 	var creds scram.StoredCredentials
 	ok := false
 	if known {
@@ -72,8 +110,13 @@ func authSCRAM(r *wire.Reader, w *wire.Writer, users *auth.Users, user string, s
 		return err
 	}
 	conv := server.NewConversation()
+	mechanisms := []string{scramMechanism}
+	if binding != nil {
+		conv = server.NewConversationWithChannelBinding(scram.ChannelBinding{Type: scram.ChannelBindingTLSServerEndpoint, Data: binding})
+		mechanisms = []string{scramPlusMechanism, scramMechanism}
+	}
 
-	body, err := challenge(r, w, &pgproto3.AuthenticationSASL{AuthMechanisms: []string{scramMechanism}})
+	body, err := challenge(r, w, &pgproto3.AuthenticationSASL{AuthMechanisms: mechanisms})
 	if err != nil {
 		return err
 	}
@@ -81,7 +124,7 @@ func authSCRAM(r *wire.Reader, w *wire.Writer, users *auth.Users, user string, s
 	if err := initial.Decode(body); err != nil {
 		return fatalf(codeProtocolViolation, "pgrouter: malformed SASL initial response").because(err)
 	}
-	if initial.AuthMechanism != scramMechanism {
+	if initial.AuthMechanism != scramMechanism && (binding == nil || initial.AuthMechanism != scramPlusMechanism) {
 		return fatalf(codeProtocolViolation, "pgrouter: client selected an invalid SASL authentication mechanism %q", initial.AuthMechanism)
 	}
 	first, err := conv.Step(string(initial.Data))

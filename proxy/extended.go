@@ -185,6 +185,12 @@ func (s *session) parse(m wire.Message) error {
 	if !s.passthrough && info.effects&effReserved != 0 {
 		return reservedNameError()
 	}
+	if s.passthrough && len(name) > 0 && s.mode != config.ModeSession {
+		// The name would reach shared servers as it is: another client's
+		// statement of the same name would collide with it, or run instead.
+		return errorf(codeFeatureNotSupported, "pgrouter: named prepared statements need pool.prepared_statements above 0 in %s pooling mode", s.mode).
+			withHint("Set pool.prepared_statements (default 256), use unnamed statements, or pool.mode: session.")
+	}
 	if info.effects&effSessionState != 0 && s.mode != config.ModeSession {
 		return sessionStateError(s.mode, info.sessionState)
 	}

@@ -215,3 +215,21 @@ func TestConsoleNeverReachesShards(t *testing.T) {
 		}
 	}
 }
+
+// TestTrustWithoutUsersIsAnnounced: trust without a users file admits
+// anyone under any name, the admin console included: pgrouter says so at
+// start, and not when a users file limits who may log in.
+func TestTrustWithoutUsersIsAnnounced(t *testing.T) {
+	for _, withUsers := range []bool{false, true} {
+		core, logs := observer.New(zap.WarnLevel)
+		o := proxyOpts{log: zap.New(core)}
+		if withUsers {
+			o.users = usersFile(t)
+		}
+		startProxy(t, o)
+		n := logs.FilterMessageSnippet("ANY client can log in under ANY user name").Len()
+		if (n == 1) != !withUsers {
+			t.Fatalf("users file %v: %d warnings about trust; want one without a users file only", withUsers, n)
+		}
+	}
+}

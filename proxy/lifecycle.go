@@ -63,7 +63,7 @@ func (s *Server) Reload() (notes []string, err error) {
 	if err != nil {
 		return nil, err
 	}
-	warnEmptyPasswords(s.log, gen)
+	warnAuth(s.log, gen)
 	all := gen.allShards()
 	s.pools.Watch(all, healthConfig(cfg))
 	s.startCatalogs(gen) // routes work the moment clients see the new map

@@ -28,6 +28,9 @@ type generation struct {
 	shards *shardmap.Map
 	users  *auth.Users // nil with trust and no users file
 	tls    *tls.Config // nil when tls.mode is disable
+	// binding is SCRAM's tls-server-end-point channel binding data: the
+	// hash of pgrouter's certificate (RFC 5929), nil without TLS.
+	binding []byte
 	// routers place statements, one per cluster.
 	routers map[string]*router.Router
 	// ctx ends when a reload replaces the generation, stopping its
@@ -93,7 +96,7 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	warnEmptyPasswords(log, gen)
+	warnAuth(log, gen)
 	s := &Server{
 		log:       log,
 		started:   time.Now(),
@@ -170,14 +173,24 @@ func loadGeneration(cfg *config.Config) (*generation, error) {
 			return nil, fmt.Errorf("tls: %w", err)
 		}
 		g.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		if g.binding, err = endPointBinding(cert); err != nil {
+			return nil, fmt.Errorf("tls: %w", err)
+		}
 	}
 	return g, nil
 }
 
-// warnEmptyPasswords names the users-file entries that hold the empty
-// password: nobody can log in as them (as with pgbouncer), which an
-// operator who generated the file from pg_shadow needs to know.
-func warnEmptyPasswords(log *zap.Logger, g *generation) {
+// warnAuth says at start and at each reload what in the auth setup an
+// operator must know: trust without a users file admits any client under
+// any name (the admin console's admin_users included, and shards see the
+// client's name as their login role when a DSN names no user), and
+// users-file entries with the empty password, which nobody can log in as
+// (as with pgbouncer), as happens to files generated from pg_shadow.
+func warnAuth(log *zap.Logger, g *generation) {
+	if g.cfg.Auth.Type == config.AuthTrust && g.users == nil {
+		log.Warn("auth.type is trust and auth.users_file is not set: ANY client can log in under ANY user name, the admin console's admin_users included; set auth.users_file or use scram-sha-256 unless only trusted local clients can reach "+g.cfg.Listen,
+			zap.String("listen", g.cfg.Listen))
+	}
 	if names := g.users.EmptyPasswords(); len(names) > 0 {
 		log.Warn("users file: these users have an empty password and cannot log in; give them a password",
 			zap.String("users_file", g.cfg.Auth.UsersFile), zap.Strings("users", names))

@@ -140,3 +140,21 @@ func TestSetThenCopyInOneQuery(t *testing.T) {
 		t.Fatalf("after the COPY: %d rows, application_name %q, %v", n, app, err)
 	}
 }
+
+// TestUntrackedStatementNamesAreRefusedWhenShared: with
+// prepared_statements: 0 statement names reach servers as they are, where
+// in transaction mode another client's statement of the same name would
+// collide with them or run in their place: named ones are refused, with a
+// hint; unnamed ones work.
+func TestUntrackedStatementNamesAreRefusedWhenShared(t *testing.T) {
+	p := startProxy(t, proxyOpts{size: 1, extra: "  prepared_statements: 0\n"})
+	a := rawLogin(t, p)
+	got := a.roundTrip(&pgproto3.Parse{Name: "q", Query: "SELECT 1"}, &pgproto3.Sync{})
+	if !strings.Contains(got, "0A000") || !strings.Contains(got, "prepared_statements") {
+		t.Fatalf("named Parse with prepared_statements 0: %s", got)
+	}
+	got = a.roundTrip(&pgproto3.Parse{Query: "SELECT 'unnamed'"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	if !strings.Contains(got, "Row(unnamed)") {
+		t.Fatalf("unnamed statement: %s", got)
+	}
+}

@@ -220,7 +220,11 @@ func (s *Server) login(conn net.Conn, r *wire.Reader, w *wire.Writer, st *startu
 			return nil, err
 		}
 	}
-	if err := s.authenticate(r, w, gen, user); err != nil {
+	var binding []byte // SCRAM-SHA-256-PLUS is offered over TLS only
+	if _, ok := conn.(*tls.Conn); ok {
+		binding = gen.binding
+	}
+	if err := s.authenticate(r, w, gen, user, binding); err != nil {
 		return nil, err
 	}
 	r.SetMaxBody(int(gen.cfg.Pool.MaxMessageSize))

@@ -91,3 +91,49 @@ func TestServerTLSThroughDSN(t *testing.T) {
 		t.Fatalf("server connection uses TLS: %v, %v", ssl, err)
 	}
 }
+
+// TestSCRAMChannelBinding: over TLS, SCRAM-SHA-256-PLUS with
+// tls-server-end-point binding is offered, and pgx and psql requiring
+// channel binding log in with it (their binding data, computed from the
+// certificate they received, must match pgrouter's); a wrong password still
+// fails; without TLS only plain SCRAM-SHA-256 is offered.
+func TestSCRAMChannelBinding(t *testing.T) {
+	certs, err := pgtest.WriteCerts(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startProxy(t, proxyOpts{auth: "scram-sha-256", users: usersFile(t),
+		topLevel: fmt.Sprintf("tls:\n  mode: allow\n  cert: %s\n  key: %s\n", certs.Cert, certs.Key)})
+	_, port := p.hostPort()
+	ctx := testContext(t, time.Minute)
+	for _, tc := range []struct{ user, password, want string }{
+		{"alice", "secret-a", ""}, // plain secret in the users file
+		{"carol", "secret-c", ""}, // SCRAM verifier
+		{"alice", "wrong", "28P01"},
+	} {
+		dsn := fmt.Sprintf("host=localhost port=%s user=%s password=%s dbname=main sslmode=verify-full sslrootcert=%s channel_binding=require", port, tc.user, tc.password, certs.CA)
+		conn, err := pgx.Connect(ctx, dsn)
+		if (tc.want == "" && err != nil) || pgCode(err) != tc.want {
+			t.Fatalf("%s/%s with channel_binding=require: %v; want %q", tc.user, tc.password, err, tc.want)
+		}
+		if err == nil {
+			conn.Close(ctx)
+		}
+	}
+	cmd := exec.CommandContext(ctx, "psql", "-X", "-At", "-c", "SELECT 'bound'")
+	cmd.Env = append(os.Environ(), "PGHOST=127.0.0.1", "PGPORT="+port, "PGUSER=alice", "PGPASSWORD=secret-a", "PGDATABASE=main", "PGSSLMODE=require", "PGCHANNELBINDING=require")
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "bound") {
+		t.Fatalf("psql with PGCHANNELBINDING=require: %v\n%s", err, out)
+	}
+	// Without TLS there is nothing to bind to: require fails in the client,
+	// and a client that merely prefers it logs in with plain SCRAM.
+	plain := fmt.Sprintf("host=127.0.0.1 port=%s user=alice password=secret-a dbname=main sslmode=disable channel_binding=", port)
+	if _, err := pgx.Connect(ctx, plain+"require"); err == nil || !strings.Contains(err.Error(), "channel binding") {
+		t.Fatalf("channel_binding=require without TLS: %v; want the client to refuse", err)
+	}
+	conn, err := pgx.Connect(ctx, plain+"prefer")
+	if err != nil {
+		t.Fatalf("channel_binding=prefer without TLS: %v", err)
+	}
+	conn.Close(ctx)
+}
