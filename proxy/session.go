@@ -585,19 +585,24 @@ func (s *session) resetServer(ctx context.Context) error {
 		if status, err = c.Exec(ctx, "ROLLBACK"); err != nil {
 			return err
 		}
+		if status != wire.TxIdle {
+			return errors.New("server still in a transaction after ROLLBACK")
+		}
+	}
+	reset := poolReset
+	if s.mode == config.ModeSession {
+		reset = "DISCARD ALL"
+	}
+	if status, err = c.Exec(ctx, reset); err != nil {
+		return err
 	}
 	if s.mode == config.ModeSession {
-		if status, err = c.Exec(ctx, "DISCARD ALL"); err != nil {
-			return err
-		}
 		c.Statements.Clear()
 		c.Unnamed = 0
 		c.Applied = pool.ParamState{}
-	} else if status, err = c.Exec(ctx, poolReset); err != nil {
-		return err
 	}
 	if status != wire.TxIdle {
-		return errors.New("server still in a transaction after ROLLBACK")
+		return errors.New("server still in a transaction after " + reset)
 	}
 	return nil
 }

@@ -286,7 +286,8 @@ func TestPlanCacheIsBounded(t *testing.T) {
 		t.Fatalf("cache holds %d statements, %d bytes of text; want some, at most %d bytes", len(r.cache), held, planCacheBytes)
 	}
 	short := "select get_user($1)"
-	if r.Plan(short, true) != r.Plan(short, true) {
+	first := r.Plan(short, true)
+	if second := r.Plan(short, true); first != second {
 		t.Fatal("a short statement is not cached")
 	}
 }
