@@ -188,7 +188,7 @@ func loadGeneration(cfg *config.Config) (*generation, error) {
 // (as with pgbouncer), as happens to files generated from pg_shadow.
 func warnAuth(log *zap.Logger, g *generation) {
 	if g.cfg.Auth.Type == config.AuthTrust && g.users == nil {
-		log.Warn("auth.type is trust and auth.users_file is not set: ANY client can log in under ANY user name, the admin console's admin_users included; set auth.users_file or use scram-sha-256 unless only trusted local clients can reach "+g.cfg.Listen,
+		log.Warn("auth.type is trust and auth.users_file is not set: ANY client can log in under ANY user name, the admin console's admin_users included, and shards whose DSN names no user see that name as the login role; set auth.users_file or use scram-sha-256 unless only trusted local clients can reach "+g.cfg.Listen,
 			zap.String("listen", g.cfg.Listen))
 	}
 	if names := g.users.EmptyPasswords(); len(names) > 0 {
