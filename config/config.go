@@ -42,7 +42,7 @@ type Auth struct {
 
 // Pool holds the pooling limits and timeouts, pgbouncer's names where they exist.
 type Pool struct {
-	Mode                   string   `yaml:"mode"` // session | transaction | statement
+	Mode                   PoolMode `yaml:"mode"`
 	Size                   int      `yaml:"size"`
 	MinIdle                int      `yaml:"min_idle"`
 	ReservePoolSize        int      `yaml:"reserve_pool_size"`
@@ -211,12 +211,22 @@ const (
 	RunOnAll       = "all"
 )
 
+// PoolMode is when a client gives its server connection back: at
+// disconnect (session), at the end of each transaction (transaction), or
+// after each statement, transactions refused (statement).
+type PoolMode string
+
 // Pool modes.
 const (
-	ModeSession     = "session"
-	ModeTransaction = "transaction"
-	ModeStatement   = "statement"
+	ModeSession     PoolMode = "session"
+	ModeTransaction PoolMode = "transaction"
+	ModeStatement   PoolMode = "statement"
 )
+
+// Shared reports whether a server connection serves other clients between
+// this client's transactions, so nothing the client leaves on it may
+// outlive its transaction.
+func (m PoolMode) Shared() bool { return m != ModeSession }
 
 // Auth types.
 const (

@@ -57,9 +57,10 @@ func TestAcquireWaitsThenTimesOut(t *testing.T) {
 		}
 		got <- c
 	}()
-	time.Sleep(50 * time.Millisecond)
-	if st := p.Stats(); st.Waiting != 1 {
-		t.Fatalf("waiter not queued: %+v", st)
+	for deadline := time.Now().Add(5 * time.Second); p.Stats().Waiting != 1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("waiter not queued: %+v", p.Stats())
+		}
 	}
 	p.Release(c1)
 	select {

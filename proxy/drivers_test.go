@@ -16,7 +16,7 @@ import (
 	"github.com/pgrouter/pgrouter/config"
 )
 
-var bothModes = []string{config.ModeSession, config.ModeTransaction}
+var bothModes = []string{string(config.ModeSession), string(config.ModeTransaction)}
 
 // TestPgxQueriesAndTransactions runs pgx in every query mode through both
 // pool modes: parameters, transactions that commit and roll back, errors

@@ -6,7 +6,6 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
-	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/pool"
 	"github.com/pgrouter/pgrouter/router"
 	"github.com/pgrouter/pgrouter/wire"
@@ -27,7 +26,7 @@ func (s *session) query(m wire.Message) error {
 	if info.effects&effReserved != 0 && !s.passthrough {
 		return reservedNameError()
 	}
-	if info.effects&effSessionState != 0 && s.mode != config.ModeSession {
+	if info.effects&effSessionState != 0 && s.mode.Shared() {
 		return sessionStateError(s.mode, info.sessionState)
 	}
 	if handled, err := s.answerLocally(info); handled {
@@ -185,13 +184,13 @@ func (s *session) parse(m wire.Message) error {
 	if !s.passthrough && info.effects&effReserved != 0 {
 		return reservedNameError()
 	}
-	if s.passthrough && len(name) > 0 && s.mode != config.ModeSession {
+	if s.passthrough && len(name) > 0 && s.mode.Shared() {
 		// The name would reach shared servers as it is: another client's
 		// statement of the same name would collide with it, or run instead.
 		return errorf(codeFeatureNotSupported, "pgrouter: named prepared statements need pool.prepared_statements above 0 in %s pooling mode", s.mode).
 			withHint("Set pool.prepared_statements (default 256), use unnamed statements, or pool.mode: session.")
 	}
-	if info.effects&effSessionState != 0 && s.mode != config.ModeSession {
+	if info.effects&effSessionState != 0 && s.mode.Shared() {
 		return sessionStateError(s.mode, info.sessionState)
 	}
 	if err := extendedOverride(plan); err != nil {

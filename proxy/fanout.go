@@ -9,7 +9,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/pool"
 	"github.com/pgrouter/pgrouter/router"
 	"github.com/pgrouter/pgrouter/shardmap"
@@ -142,7 +141,7 @@ func (s *session) runOnAll(f *fanStream, write func(c *pool.Conn)) {
 
 // heldOn returns the idle server a session-mode client holds on a shard.
 func (s *session) heldOn(sh *shardmap.Shard) *pool.Conn {
-	if s.mode != config.ModeSession {
+	if s.mode.Shared() {
 		return nil
 	}
 	if s.server != nil && s.server.Shard() == sh.Name {

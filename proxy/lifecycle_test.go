@@ -121,14 +121,19 @@ func TestCancel(t *testing.T) {
 			p := startProxy(t, proxyOpts{mode: mode, size: 2})
 			ctx := testContext(t, time.Minute)
 			conn := p.connect(t, ctx)
+			done := make(chan error, 1)
 			go func() {
-				time.Sleep(300 * time.Millisecond)
-				_ = conn.PgConn().CancelRequest(context.Background())
+				_, err := conn.Exec(ctx, "SELECT pg_sleep(30)")
+				done <- err
 			}()
+			waitRunning(t, "SELECT pg_sleep(30)")
 			start := time.Now()
-			_, err := conn.Exec(ctx, "SELECT pg_sleep(30)")
-			if elapsed := time.Since(start); pgCode(err) != "57014" || elapsed > 1300*time.Millisecond {
-				t.Fatalf("cancelled pg_sleep: %v after %s; want 57014 within a second", err, elapsed)
+			if err := conn.PgConn().CancelRequest(ctx); err != nil {
+				t.Fatal(err)
+			}
+			err := <-done
+			if elapsed := time.Since(start); pgCode(err) != "57014" || elapsed > time.Second {
+				t.Fatalf("cancelled pg_sleep: %v %s after the cancel; want 57014 within a second", err, elapsed)
 			}
 			var one int
 			if err := conn.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
@@ -138,12 +143,11 @@ func TestCancel(t *testing.T) {
 			// A cancel sent by an idle client must not reach another client's query.
 			idle := p.connect(t, ctx)
 			busy := p.connect(t, ctx)
-			done := make(chan error, 1)
 			go func() {
-				_, err := busy.Exec(ctx, "SELECT pg_sleep(0.7)")
+				_, err := busy.Exec(ctx, "SELECT pg_sleep(1.5)")
 				done <- err
 			}()
-			time.Sleep(150 * time.Millisecond)
+			waitRunning(t, "SELECT pg_sleep(1.5)")
 			if err := idle.PgConn().CancelRequest(ctx); err != nil {
 				t.Fatal(err)
 			}
@@ -152,6 +156,18 @@ func TestCancel(t *testing.T) {
 			}
 		})
 	}
+}
+
+// waitRunning waits until shard s0 runs a statement of exactly this text.
+func waitRunning(t *testing.T, sql string) {
+	t.Helper()
+	eventually(t, 10*time.Second, func() error {
+		n := shardQueryInt(t, 0, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = '"+strings.ReplaceAll(sql, "'", "''")+"'")
+		if n == 0 {
+			return fmt.Errorf("%q is not running on s0 yet", sql)
+		}
+		return nil
+	})
 }
 
 // TestCancelNeverHitsTheNextClient hammers cancel while the client's server is

@@ -60,7 +60,7 @@ type testProxy struct {
 func startProxy(t testing.TB, o proxyOpts) *testProxy {
 	t.Helper()
 	if o.mode == "" {
-		o.mode = config.ModeTransaction
+		o.mode = string(config.ModeTransaction)
 	}
 	if o.size == 0 {
 		o.size = 4

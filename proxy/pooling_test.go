@@ -3,11 +3,13 @@ package proxy
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgrouter/pgrouter/pool"
 )
@@ -60,21 +62,16 @@ func TestIdleTimeouts(t *testing.T) {
 	p := startProxy(t, proxyOpts{size: 2, extra: "  idle_transaction_timeout: 300ms\n  client_idle_timeout: 1s\n"})
 	ctx := testContext(t, 30*time.Second)
 
-	holder := p.connect(t, ctx)
-	if _, err := holder.Exec(ctx, "BEGIN"); err != nil {
-		t.Fatal(err)
+	// Raw clients: the FATAL arrives on its own, without sending anything,
+	// and nothing else will do (a connection reset would not tell why).
+	holder := rawLogin(t, p)
+	if got := holder.roundTrip(&pgproto3.Query{String: "BEGIN; UPDATE idle_t SET v = 1 WHERE id = 1"}); !strings.HasSuffix(got, "Ready(T)") {
+		t.Fatal(got)
 	}
-	if _, err := holder.Exec(ctx, "UPDATE idle_t SET v = 1 WHERE id = 1"); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(600 * time.Millisecond)
-	_, err := holder.Exec(ctx, "COMMIT")
-	if err == nil {
-		t.Fatal("transaction survived idle_transaction_timeout")
-	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code != "25P03" {
-		t.Fatalf("idle transaction: %v; want 25P03", err)
+	start := time.Now()
+	holder.expectFatal("25P03")
+	if waited := time.Since(start); waited < 250*time.Millisecond {
+		t.Fatalf("idle transaction ended after %s; idle_transaction_timeout is 300ms", waited)
 	}
 	other := p.connect(t, ctx)
 	lockCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -86,14 +83,11 @@ func TestIdleTimeouts(t *testing.T) {
 		t.Fatalf("v = %d: the timed-out transaction must not have committed", n)
 	}
 
-	idle := p.connect(t, ctx)
-	time.Sleep(1500 * time.Millisecond)
-	_, err = idle.Exec(ctx, "SELECT 1")
-	if err == nil {
-		t.Fatal("idle client survived client_idle_timeout")
-	}
-	if errors.As(err, &pgErr) && pgErr.Code != "57P05" {
-		t.Fatalf("idle client: %v; want 57P05", err)
+	idle := rawLogin(t, p)
+	start = time.Now()
+	idle.expectFatal("57P05")
+	if waited := time.Since(start); waited < 900*time.Millisecond {
+		t.Fatalf("idle client closed after %s; client_idle_timeout is 1s", waited)
 	}
 }
 

@@ -110,7 +110,7 @@ func (s *session) handleServerMessage(m wire.Message, allowCopy bool) (suspend b
 		}
 		return false, s.forward(m)
 	case wire.NotificationResponse:
-		if s.mode != config.ModeSession {
+		if s.mode.Shared() {
 			// LISTEN is refused outside session mode, so a notification is
 			// for a LISTEN some function ran for an earlier client.
 			return false, nil

@@ -458,7 +458,7 @@ func (s *session) pin() error {
 		}
 		cancel()
 	}
-	if s.mode != config.ModeSession { // a session-mode server keeps the client's session state
+	if s.mode.Shared() { // a session-mode server keeps the client's session state
 		s.unlink()
 	}
 	if err == nil {

@@ -40,7 +40,7 @@ type session struct {
 	log         atomic.Pointer[zap.Logger] // built by logger() on first use
 	user        string
 	cluster     *shardmap.Cluster
-	mode        string
+	mode        config.PoolMode
 	waitTimeout time.Duration
 	idleTxLimit time.Duration // idle_transaction_timeout (0: none)
 	idleLimit   time.Duration // client_idle_timeout (0: none)
@@ -512,7 +512,7 @@ func (s *session) refuseTransaction() error {
 // maybeRelease returns the server to the pool in transaction and statement
 // mode once the client is outside a transaction with nothing outstanding.
 func (s *session) maybeRelease() {
-	if s.server != nil && s.mode != config.ModeSession && s.quiet() {
+	if s.server != nil && s.mode.Shared() && s.quiet() {
 		s.unlink()
 	}
 }

@@ -7,7 +7,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/pool"
 	"github.com/pgrouter/pgrouter/wire"
 )
@@ -63,7 +62,7 @@ func (s *session) idleLimitNow() (time.Duration, string, string) {
 // session-mode server says meanwhile.
 func (s *session) readClientWatching() (wire.Message, error) {
 	c := s.server
-	if c == nil || s.mode != config.ModeSession || s.cr.HasMessage() ||
+	if c == nil || s.mode.Shared() || s.cr.HasMessage() ||
 		!s.queue.empty() || s.inBatch || c.W.Len() > 0 { // the server may still be answering the client
 		return s.cr.Next()
 	}
