@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
+	"github.com/pgrouter/pgrouter/sqlstate"
 	"github.com/pgrouter/pgrouter/wire"
 )
 
@@ -104,7 +105,7 @@ func unknownAdmin(stmt string) *Error {
 	if len(stmt) > 60 {
 		stmt = stmt[:60] + "..."
 	}
-	return errorf(codeSyntaxError, "pgrouter: unknown admin console command %q", stmt).
+	return errorf(sqlstate.SyntaxError, "pgrouter: unknown admin console command %q", stmt).
 		withHint("The commands are: %s.", strings.Join(names, ", "))
 }
 
@@ -122,7 +123,7 @@ type adminSession struct {
 // adminLogin finishes the login of an admin console client.
 func (s *Server) adminLogin(conn net.Conn, r *wire.Reader, w *wire.Writer, gen *generation, user string, log *zap.Logger) (*adminSession, error) {
 	if !gen.cfg.IsAdmin(user) {
-		return nil, fatalf(codeInsufficientPriv, "permission denied: user %q may not use the admin console", user).
+		return nil, fatalf(sqlstate.InsufficientPrivilege, "permission denied: user %q may not use the admin console", user).
 			withHint("List the user under admin_users in router.yaml.")
 	}
 	_ = w.Send(&pgproto3.AuthenticationOk{})
@@ -181,11 +182,11 @@ func (a *adminSession) run() {
 		case wire.Parse, wire.Bind, wire.Describe, wire.Execute, wire.Close, wire.Flush:
 			if !a.skipping {
 				a.skipping = true
-				_ = a.w.Send(errorf(codeFeatureNotSupported, "pgrouter: the admin console speaks the simple query protocol only").
+				_ = a.w.Send(errorf(sqlstate.FeatureNotSupported, "pgrouter: the admin console speaks the simple query protocol only").
 					withHint("Use psql, or your driver's simple protocol mode (pgx: default_query_exec_mode=simple_protocol).").response())
 			}
 		default:
-			sendFatal(a.w, fatalf(codeProtocolViolation, "pgrouter: invalid frontend message type %q", m.Type))
+			sendFatal(a.w, fatalf(sqlstate.ProtocolViolation, "pgrouter: invalid frontend message type %q", m.Type))
 			return
 		}
 	}
@@ -259,7 +260,7 @@ func (a *adminSession) exec(cmd adminCommand) error {
 		a.log.Info("RELOAD requested")
 		notes, err := s.Reload()
 		if err != nil {
-			return errorf(codeConfigFile, "pgrouter: reload failed, the running config is unchanged: %v", err).
+			return errorf(sqlstate.ConfigFileError, "pgrouter: reload failed, the running config is unchanged: %v", err).
 				withHint("Fix the file and run RELOAD again.")
 		}
 		for _, n := range notes {
@@ -315,7 +316,7 @@ func (a *adminSession) pause(name string) error {
 			return a.w.Send(&pgproto3.CommandComplete{CommandTag: []byte("PAUSE")})
 		}
 		if time.Now().After(deadline) {
-			return errorf(codeObjectInUse, "pgrouter: paused, but %d server connections are still in use after %s", busy, limit).
+			return errorf(sqlstate.ObjectInUse, "pgrouter: paused, but %d server connections are still in use after %s", busy, limit).
 				withHint("New transactions wait; the running ones have not finished. Run PAUSE again to keep waiting, or RESUME.")
 		}
 		if s.draining.Load() {
@@ -336,7 +337,7 @@ func (s *Server) shardNames(name string) ([]string, error) {
 		return out, nil
 	}
 	if _, ok := gen.shards.Shard(name); !ok {
-		return nil, errorf(codeUndefinedObject, "pgrouter: shard %q does not exist", name).
+		return nil, errorf(sqlstate.UndefinedObject, "pgrouter: shard %q does not exist", name).
 			withHint("SHOW SHARDS lists the shards.")
 	}
 	return []string{name}, nil
@@ -344,7 +345,7 @@ func (s *Server) shardNames(name string) ([]string, error) {
 
 // notice sends a WARNING to the console client.
 func (a *adminSession) notice(msg string) {
-	_ = a.w.Send(&pgproto3.NoticeResponse{Severity: "WARNING", SeverityUnlocalized: "WARNING", Code: "01000", Message: msg})
+	_ = a.w.Send(&pgproto3.NoticeResponse{Severity: "WARNING", SeverityUnlocalized: "WARNING", Code: sqlstate.Warning, Message: msg})
 }
 
 // Type OIDs of console columns.

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/pgrouter/pgrouter/shardmap"
+	"github.com/pgrouter/pgrouter/sqlstate"
 )
 
 func TestParseAdmin(t *testing.T) {
@@ -33,7 +34,7 @@ func TestParseAdmin(t *testing.T) {
 	} {
 		got, err := parseAdmin(tc.in)
 		if tc.err {
-			if err == nil || toError(err).Code != codeSyntaxError || !strings.Contains(toError(err).Hint, "SHOW SHARDS") {
+			if err == nil || toError(err).Code != sqlstate.SyntaxError || !strings.Contains(toError(err).Hint, "SHOW SHARDS") {
 				t.Errorf("%q: %v, want 42601 listing the commands", tc.in, err)
 			}
 			continue

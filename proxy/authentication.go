@@ -14,6 +14,7 @@ import (
 
 	"github.com/pgrouter/pgrouter/auth"
 	"github.com/pgrouter/pgrouter/config"
+	"github.com/pgrouter/pgrouter/sqlstate"
 	"github.com/pgrouter/pgrouter/wire"
 )
 
@@ -68,7 +69,7 @@ func (s *Server) authenticate(r *wire.Reader, w *wire.Writer, gen *generation, u
 }
 
 func passwordFailed(user string) *Error {
-	return fatalf(codeInvalidPassword, "password authentication failed for user %q", user)
+	return fatalf(sqlstate.InvalidPassword, "password authentication failed for user %q", user)
 }
 
 func authMD5(r *wire.Reader, w *wire.Writer, user string, secret *auth.Secret, known bool) error {
@@ -82,7 +83,7 @@ func authMD5(r *wire.Reader, w *wire.Writer, user string, secret *auth.Secret, k
 	}
 	var msg pgproto3.PasswordMessage
 	if err := msg.Decode(body); err != nil {
-		return fatalf(codeProtocolViolation, "pgrouter: malformed password message").because(err)
+		return fatalf(sqlstate.ProtocolViolation, "pgrouter: malformed password message").because(err)
 	}
 	if !known || !secret.CheckMD5(user, salt, msg.Password) {
 		return passwordFailed(user)
@@ -122,10 +123,10 @@ func authSCRAM(r *wire.Reader, w *wire.Writer, users *auth.Users, user string, s
 	}
 	var initial pgproto3.SASLInitialResponse
 	if err := initial.Decode(body); err != nil {
-		return fatalf(codeProtocolViolation, "pgrouter: malformed SASL initial response").because(err)
+		return fatalf(sqlstate.ProtocolViolation, "pgrouter: malformed SASL initial response").because(err)
 	}
 	if initial.AuthMechanism != scramMechanism && (binding == nil || initial.AuthMechanism != scramPlusMechanism) {
-		return fatalf(codeProtocolViolation, "pgrouter: client selected an invalid SASL authentication mechanism %q", initial.AuthMechanism)
+		return fatalf(sqlstate.ProtocolViolation, "pgrouter: client selected an invalid SASL authentication mechanism %q", initial.AuthMechanism)
 	}
 	first, err := conv.Step(string(initial.Data))
 	if err != nil {
@@ -137,7 +138,7 @@ func authSCRAM(r *wire.Reader, w *wire.Writer, users *auth.Users, user string, s
 	}
 	var resp pgproto3.SASLResponse
 	if err := resp.Decode(body); err != nil {
-		return fatalf(codeProtocolViolation, "pgrouter: malformed SASL response").because(err)
+		return fatalf(sqlstate.ProtocolViolation, "pgrouter: malformed SASL response").because(err)
 	}
 	final, err := conv.Step(string(resp.Data))
 	if err != nil || !conv.Valid() || !ok {
@@ -168,7 +169,7 @@ func readPassword(r *wire.Reader) ([]byte, error) {
 		if m.Type == wire.Terminate {
 			return nil, errClientGone
 		}
-		return nil, fatalf(codeProtocolViolation, "pgrouter: expected a password response, got message type %q", m.Type)
+		return nil, fatalf(sqlstate.ProtocolViolation, "pgrouter: expected a password response, got message type %q", m.Type)
 	}
 	// The body aliases the reader's buffer; the decoders copy what they keep.
 	return m.Body(), nil

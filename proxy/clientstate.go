@@ -3,6 +3,7 @@ package proxy
 import (
 	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/router"
+	"github.com/pgrouter/pgrouter/sqlstate"
 )
 
 // What a client makes pgrouter hold between its messages (the definitions
@@ -17,7 +18,7 @@ const stateEntryCost = 128
 // 54000 saying what to do.
 func (s *session) charge(n int) error {
 	if s.stateBytes+n > s.stateLimit {
-		return errorf(codeProgramLimitExceeded, "pgrouter: this client would hold more than %s of prepared statements, portals and transaction SETs (pool.max_client_state)", config.ByteSize(s.stateLimit)).
+		return errorf(sqlstate.ProgramLimitExceeded, "pgrouter: this client would hold more than %s of prepared statements, portals and transaction SETs (pool.max_client_state)", config.ByteSize(s.stateLimit)).
 			withHint("Close the prepared statements and portals it no longer uses (Close, DEALLOCATE), or raise pool.max_client_state.")
 	}
 	s.stateBytes += n

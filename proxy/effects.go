@@ -3,6 +3,7 @@ package proxy
 import (
 	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/router"
+	"github.com/pgrouter/pgrouter/sqlstate"
 )
 
 // effects are what running a statement does to state pgrouter mirrors.
@@ -90,6 +91,6 @@ func (q *queryInfo) changesState() bool { return q.effects != 0 || len(q.setting
 // transaction ends (and reach them: a lock they cannot take, notifications
 // they never asked for, a temporary table shadowing theirs).
 func sessionStateError(mode config.PoolMode, what string) *Error {
-	return errorf(codeFeatureNotSupported, "pgrouter: %s cannot be used in %s pooling mode: the server is shared with other clients after this transaction", what, mode).
+	return errorf(sqlstate.FeatureNotSupported, "pgrouter: %s cannot be used in %s pooling mode: the server is shared with other clients after this transaction", what, mode).
 		withHint("Use the transaction-scoped form (pg_advisory_xact_lock, CREATE TEMP TABLE ... ON COMMIT DROP, set_config(name, value, true) or a literal name, a cursor WITHOUT HOLD), or a pgrouter with pool.mode: session.")
 }

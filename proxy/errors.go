@@ -8,28 +8,8 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgrouter/pgrouter/pool"
+	"github.com/pgrouter/pgrouter/sqlstate"
 	"github.com/pgrouter/pgrouter/wire"
-)
-
-// SQLSTATEs pgrouter reports itself.
-const (
-	codeProtocolViolation    = "08P01"
-	codeConnectionFailure    = "08006"
-	codeQueryCanceled        = "57014"
-	codeCannotConnect        = "08001"
-	codeInvalidAuthorization = "28000"
-	codeInvalidPassword      = "28P01"
-	codeTooManyConnections   = "53300"
-	codeAdminShutdown        = "57P01"
-	codeFeatureNotSupported  = "0A000"
-	codeInvalidCatalogName   = "3D000"
-	codeInternalError        = "XX000"
-	codeInsufficientPriv     = "42501"
-	codeSyntaxError          = "42601"
-	codeObjectInUse          = "55006"
-	codeConfigFile           = "F0000"
-	codeSerializationFailure = "40001"
-	codeProgramLimitExceeded = "54000"
 )
 
 // Error is what a client is told: one ErrorResponse. Errors from inside
@@ -85,18 +65,18 @@ func toError(err error) *Error {
 	}
 	var waitErr *pool.WaitTimeoutError
 	if errors.As(err, &waitErr) && waitErr.Paused {
-		return errorf(codeTooManyConnections, "pgrouter: query_wait_timeout: %s", waitErr.Error()).
+		return errorf(sqlstate.TooManyConnections, "pgrouter: query_wait_timeout: %s", waitErr.Error()).
 			withHint("An operator paused the shard (PAUSE in the admin console); retry after RESUME.").
 			because(err)
 	}
 	if errors.As(err, &waitErr) {
-		return errorf(codeTooManyConnections, "pgrouter: query_wait_timeout: %s", waitErr.Error()).
+		return errorf(sqlstate.TooManyConnections, "pgrouter: query_wait_timeout: %s", waitErr.Error()).
 			withHint("Raise pool.size or pool.query_wait_timeout in router.yaml, or look for long transactions holding server connections.").
 			because(err)
 	}
 	var connErr *pool.ConnectError
 	if errors.As(err, &connErr) {
-		return errorf(codeCannotConnect, "pgrouter: cannot connect to shard %s (%s)", connErr.Shard, connErr.Reason()).
+		return errorf(sqlstate.UnableToConnect, "pgrouter: cannot connect to shard %s (%s)", connErr.Shard, connErr.Reason()).
 			withHint("Check that shard %s is running and reachable (pgrouter's log has the details); the next statement tries again.", connErr.Shard).
 			because(err)
 	}
@@ -106,24 +86,24 @@ func toError(err error) *Error {
 	}
 	var tooLarge *wire.TooLargeError
 	if errors.As(err, &tooLarge) {
-		return fatalf(codeProtocolViolation, "pgrouter: %s", tooLarge.Error()).
+		return fatalf(sqlstate.ProtocolViolation, "pgrouter: %s", tooLarge.Error()).
 			withHint("Raise pool.max_message_size in router.yaml if such messages are expected.").
 			because(err)
 	}
 	if errors.Is(err, wire.ErrMalformed) {
-		return fatalf(codeProtocolViolation, "pgrouter: invalid message framing: %v", err).because(err)
+		return fatalf(sqlstate.ProtocolViolation, "pgrouter: invalid message framing: %v", err).because(err)
 	}
 	if errors.Is(err, pool.ErrRetired) {
-		return errorf(codeSerializationFailure, "pgrouter: the shard map changed (RELOAD) while this statement waited to be placed; it was not run anywhere").
+		return errorf(sqlstate.SerializationFailure, "pgrouter: the shard map changed (RELOAD) while this statement waited to be placed; it was not run anywhere").
 			withHint("Run it again: it will be placed with the new map.").because(err)
 	}
 	if errors.Is(err, pool.ErrClosed) {
-		return fatalf(codeAdminShutdown, "pgrouter: terminating connection: the pool is shutting down").because(err)
+		return fatalf(sqlstate.AdminShutdown, "pgrouter: terminating connection: the pool is shutting down").because(err)
 	}
 	if errors.Is(err, context.Canceled) {
-		return fatalf(codeAdminShutdown, "pgrouter: terminating connection due to administrator command").because(err)
+		return fatalf(sqlstate.AdminShutdown, "pgrouter: terminating connection due to administrator command").because(err)
 	}
-	return fatalf(codeInternalError, "pgrouter: internal error: %v", err).because(err)
+	return fatalf(sqlstate.InternalError, "pgrouter: internal error: %v", err).because(err)
 }
 
 // errorResponse encodes e as an ErrorResponse.

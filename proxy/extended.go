@@ -4,147 +4,16 @@ import (
 	"bytes"
 
 	"github.com/jackc/pgx/v5/pgproto3"
-	"go.uber.org/zap"
 
 	"github.com/pgrouter/pgrouter/pool"
 	"github.com/pgrouter/pgrouter/router"
+	"github.com/pgrouter/pgrouter/sqlstate"
 	"github.com/pgrouter/pgrouter/wire"
 )
 
-// codeReservedName is SQLSTATE reserved_name.
-const codeReservedName = "42939"
-
 func reservedNameError() *Error {
-	return errorf(codeReservedName, "pgrouter: prepared statement names starting with %q are reserved for pgrouter", serverStmtPrefix).
+	return errorf(sqlstate.ReservedName, "pgrouter: prepared statement names starting with %q are reserved for pgrouter", serverStmtPrefix).
 		withHint("Choose another name; protocol-level prepared statements (what drivers use) may have any name.")
-}
-
-// query handles a simple Query message.
-func (s *session) query(m wire.Message) error {
-	plan := s.router.Plan(string(trimNUL(m.Body())), s.standardStrings())
-	info := planInfo(plan)
-	if info.effects&effReserved != 0 && !s.passthrough {
-		return reservedNameError()
-	}
-	if info.effects&effSessionState != 0 && s.mode.Shared() {
-		return sessionStateError(s.mode, info.sessionState)
-	}
-	if handled, err := s.answerLocally(info); handled {
-		return err
-	}
-	if handled, err := s.sessionCommand(plan); handled {
-		return err
-	}
-	dest, all, err := s.place(plan, router.Params{})
-	if err != nil {
-		return err
-	}
-	if all != nil {
-		return s.fanoutQuery(m, plan, all)
-	}
-	s.dest = dest
-	s.noPin = s.virtualTx && plan.Free // runs outside the unpinned transaction
-	err = s.link()
-	s.noPin = false
-	if err != nil {
-		return err
-	}
-	c := s.server
-	s.unnamed.drop() // a simple Query destroys the unnamed statement
-	c.Unnamed = 0
-	_ = c.W.Write(m.Raw)
-	s.queue.push(request{kind: reqQuery})
-	if plan.Copy {
-		// A COPY FROM STDIN would read pgrouter's follow-up questions as
-		// COPY data: they wait for the client's ReadyForQuery.
-		if err := s.exchange(); err != nil {
-			return err
-		}
-		if s.server == nil {
-			return s.afterRequest(info.effects)
-		}
-		c = s.server
-	}
-	if info.effects&effStatements != 0 {
-		c.Statements.Clear()
-		s.queueStatementResync(c)
-	}
-	s.noteSettings(&info)
-	s.queueSettingsReadBack(c)
-	if !s.queue.empty() || c.W.Len() > 0 {
-		if err := s.exchange(); err != nil {
-			return err
-		}
-	}
-	return s.afterRequest(info.effects)
-}
-
-// functionCall handles the legacy FunctionCall message.
-func (s *session) functionCall(m wire.Message) error {
-	dest, _, err := s.place(&unroutedPlan, router.Params{})
-	if err != nil {
-		return err
-	}
-	s.dest = dest
-	if err := s.link(); err != nil {
-		return err
-	}
-	_ = s.server.W.Write(m.Raw)
-	s.queue.push(request{kind: reqFunctionCall})
-	if err := s.exchange(); err != nil {
-		return err
-	}
-	return s.afterRequest(0)
-}
-
-// unroutedPlan places a message that carries no statement text
-// (FunctionCall) by the unrouted rules.
-var unroutedPlan router.Plan
-
-// exchange writes what was queued for the server and relays the answers.
-func (s *session) exchange() error {
-	if err := s.flushServer(); err != nil {
-		return err
-	}
-	return s.relay()
-}
-
-// queueStatementResync asks the server, right after the client's request,
-// which pgrouter statements it still has, and makes its cache say exactly
-// that (after DEALLOCATE or DISCARD ALL, whose effect on a multi-statement
-// string or a failed transaction pgrouter cannot know for sure). Only
-// statements prepared through the protocol are pgrouter's (clients' own
-// Parse names never reach a server): a "pgr_" name prepared through SQL was
-// planted, from a DO block or a function, so the server is not reused. If
-// the question fails (an aborted transaction), it is not reused either.
-func (s *session) queueStatementResync(c *pool.Conn) {
-	_ = c.W.Send(&pgproto3.Query{String: "SELECT name, from_sql FROM pg_catalog.pg_prepared_statements WHERE starts_with(name, '" + serverStmtPrefix + "')"})
-	c.Unnamed = 0
-	var names []string
-	planted := false
-	s.queue.push(request{kind: reqQuery, internal: true,
-		onRow: func(v [][]byte) {
-			switch {
-			case len(v) != 2:
-			case string(v[1]) != "f":
-				planted = true
-			default:
-				names = append(names, string(v[0]))
-			}
-		},
-		onEnd: func(ok bool) {
-			switch {
-			case !ok:
-				c.MarkBroken()
-			case planted:
-				s.logger().Warn("a server held a pgrouter statement name prepared through SQL (a DO block or function?); closing it",
-					zap.String("shard", c.Shard()))
-				c.MarkBroken()
-			default:
-				c.Statements.Reset(names)
-			}
-		},
-	})
 }
 
 // applyEffects mirrors, after a request, what its statements did.
@@ -163,7 +32,7 @@ func (s *session) applyEffects(eff effects) error {
 func (s *session) parse(m wire.Message) error {
 	name, definition, ok := cutCString(m.Body())
 	if !ok {
-		return fatalf(codeProtocolViolation, "pgrouter: malformed Parse message")
+		return fatalf(sqlstate.ProtocolViolation, "pgrouter: malformed Parse message")
 	}
 	query, _, _ := cutCString(definition)
 	plan := s.router.Plan(string(query), s.standardStrings())
@@ -187,7 +56,7 @@ func (s *session) parse(m wire.Message) error {
 	if s.passthrough && len(name) > 0 && s.mode.Shared() {
 		// The name would reach shared servers as it is: another client's
 		// statement of the same name would collide with it, or run instead.
-		return errorf(codeFeatureNotSupported, "pgrouter: named prepared statements need pool.prepared_statements above 0 in %s pooling mode", s.mode).
+		return errorf(sqlstate.FeatureNotSupported, "pgrouter: named prepared statements need pool.prepared_statements above 0 in %s pooling mode", s.mode).
 			withHint("Set pool.prepared_statements (default 256), use unnamed statements, or pool.mode: session.")
 	}
 	if info.effects&effSessionState != 0 && s.mode.Shared() {
@@ -245,7 +114,7 @@ func (s *session) bind(m wire.Message) error {
 	portal, rest, ok1 := cutCString(m.Body())
 	name, params, ok2 := cutCString(rest)
 	if !ok1 || !ok2 {
-		return fatalf(codeProtocolViolation, "pgrouter: malformed Bind message")
+		return fatalf(sqlstate.ProtocolViolation, "pgrouter: malformed Bind message")
 	}
 	if p := s.stmtPlan(name); p != nil {
 		dest, all, err := s.place(p, router.BindParams(m.Body()))
@@ -340,11 +209,11 @@ func (s *session) serverStatement(c *pool.Conn, name []byte) (string, request) {
 func (s *session) describe(m wire.Message) error {
 	body := m.Body()
 	if len(body) < 2 || (body[0] != 'S' && body[0] != 'P') {
-		return fatalf(codeProtocolViolation, "pgrouter: malformed Describe message")
+		return fatalf(sqlstate.ProtocolViolation, "pgrouter: malformed Describe message")
 	}
 	name, _, ok := cutCString(body[1:])
 	if !ok {
-		return fatalf(codeProtocolViolation, "pgrouter: malformed Describe message")
+		return fatalf(sqlstate.ProtocolViolation, "pgrouter: malformed Describe message")
 	}
 	if err := s.link(); err != nil {
 		return err
@@ -379,7 +248,7 @@ func (s *session) describe(m wire.Message) error {
 func (s *session) execute(m wire.Message) error {
 	portal, _, ok := cutCString(m.Body())
 	if !ok {
-		return fatalf(codeProtocolViolation, "pgrouter: malformed Execute message")
+		return fatalf(sqlstate.ProtocolViolation, "pgrouter: malformed Execute message")
 	}
 	if err := s.link(); err != nil {
 		return err
@@ -409,11 +278,11 @@ func (s *session) execute(m wire.Message) error {
 func (s *session) closeStatement(m wire.Message) error {
 	body := m.Body()
 	if len(body) < 2 || (body[0] != 'S' && body[0] != 'P') {
-		return fatalf(codeProtocolViolation, "pgrouter: malformed Close message")
+		return fatalf(sqlstate.ProtocolViolation, "pgrouter: malformed Close message")
 	}
 	name, _, ok := cutCString(body[1:])
 	if !ok {
-		return fatalf(codeProtocolViolation, "pgrouter: malformed Close message")
+		return fatalf(sqlstate.ProtocolViolation, "pgrouter: malformed Close message")
 	}
 	if body[0] == 'S' && len(name) > 0 && !s.passthrough {
 		clientName := string(name)

@@ -12,6 +12,7 @@ import (
 	"github.com/pgrouter/pgrouter/pool"
 	"github.com/pgrouter/pgrouter/router"
 	"github.com/pgrouter/pgrouter/shardmap"
+	"github.com/pgrouter/pgrouter/sqlstate"
 	"github.com/pgrouter/pgrouter/wire"
 )
 
@@ -166,7 +167,7 @@ func (s *session) dropFanConn(c *pool.Conn) {
 // fanoutQuery runs a simple Query that calls a run_on all function.
 func (s *session) fanoutQuery(m wire.Message, plan *router.Plan, call *router.Call) error {
 	if !router.Single(plan.SQL, s.standardStrings()) {
-		return errorf(codeFeatureNotSupported, "pgrouter: %s runs on all shards and must be the only statement of its query", call.Fn.FullName())
+		return errorf(sqlstate.FeatureNotSupported, "pgrouter: %s runs on all shards and must be the only statement of its query", call.Fn.FullName())
 	}
 	f := s.newFanStream(call, nil)
 	s.runOnAll(f, func(c *pool.Conn) {
@@ -231,7 +232,7 @@ func (s *session) fanMessage(m wire.Message) error {
 		return s.finishFanout(m)
 	}
 	s.fan = nil
-	return s.fail(errorf(codeFeatureNotSupported, "pgrouter: %s runs on all shards and must be alone in its pipeline (Bind, Describe, Execute, Sync)", f.call.Fn.FullName()), m.Type)
+	return s.fail(errorf(sqlstate.FeatureNotSupported, "pgrouter: %s runs on all shards and must be alone in its pipeline (Bind, Describe, Execute, Sync)", f.call.Fn.FullName()), m.Type)
 }
 
 // finishFanout runs an extended-protocol run_on all call at its Sync.
@@ -266,7 +267,7 @@ func (s *session) finishFanout(sync wire.Message) error {
 	reduce := f.call.Fn.Merge != shardmap.MergeConcat
 	paramPart, resultFormats, ok := splitBindParams(params)
 	if !ok {
-		return fatalf(codeProtocolViolation, "pgrouter: malformed Bind message")
+		return fatalf(sqlstate.ProtocolViolation, "pgrouter: malformed Bind message")
 	}
 	shape := &fanShape{describe: f.describe, execute: f.execute, limit: f.limit, formats: resultFormats}
 	fs := s.newFanStream(f.call, shape)
@@ -313,14 +314,14 @@ func (s *session) finishFanout(sync wire.Message) error {
 func (s *session) definition(name []byte) ([]byte, error) {
 	if len(name) == 0 {
 		if !s.unnamed.valid {
-			return nil, errorf("26000", "unnamed prepared statement does not exist")
+			return nil, errorf(sqlstate.InvalidStatementName, "unnamed prepared statement does not exist")
 		}
 		_, def, _ := cutCString(s.unnamed.raw[wire.HeaderLen:])
 		return def, nil
 	}
 	st := s.stmts[string(name)]
 	if st == nil {
-		return nil, errorf("26000", "prepared statement %q does not exist", name)
+		return nil, errorf(sqlstate.InvalidStatementName, "prepared statement %q does not exist", name)
 	}
 	_, def, _ := cutCString(st.parseBody)
 	return def, nil

@@ -11,6 +11,7 @@ import (
 	"github.com/pgrouter/pgrouter/pool"
 	"github.com/pgrouter/pgrouter/router"
 	"github.com/pgrouter/pgrouter/shardmap"
+	"github.com/pgrouter/pgrouter/sqlstate"
 	"github.com/pgrouter/pgrouter/wire"
 )
 
@@ -140,7 +141,7 @@ func pump(c *pool.Conn, want byte, idle func(), fn func(wire.Message)) error {
 func (f *fanStream) lost(sh *shardmap.Shard, err error) {
 	e := toError(err)
 	if e.Fatal {
-		e = errorf(codeConnectionFailure, "pgrouter: lost the connection to shard %s while running %s", sh.Name, f.call.Fn.FullName()).because(err)
+		e = errorf(sqlstate.ConnectionFailure, "pgrouter: lost the connection to shard %s while running %s", sh.Name, f.call.Fn.FullName()).because(err)
 	} else {
 		e.Message = "shard " + sh.Name + ": " + e.Message
 	}
@@ -228,7 +229,7 @@ func (f *fanStream) keep(m wire.Message) {
 		return
 	}
 	if f.buffered += len(row.Values[0]); f.buffered > mergeBufferLimit {
-		f.failure = errorf(codeProgramLimitExceeded, "pgrouter: %s returned more than %d bytes to merge", f.call.Fn.FullName(), mergeBufferLimit).
+		f.failure = errorf(sqlstate.ProgramLimitExceeded, "pgrouter: %s returned more than %d bytes to merge", f.call.Fn.FullName(), mergeBufferLimit).
 			withHint("A merged function returns one small value per shard; declare it without merge to stream its rows.").response()
 		return
 	}
@@ -236,7 +237,7 @@ func (f *fanStream) keep(m wire.Message) {
 }
 
 func (f *fanStream) oneColumn() *pgproto3.ErrorResponse {
-	return errorf("42804", "pgrouter: %s merges its results, so it must return one column", f.call.Fn.FullName()).response()
+	return errorf(sqlstate.DatatypeMismatch, "pgrouter: %s merges its results, so it must return one column", f.call.Fn.FullName()).response()
 }
 
 // finish ends the client's result once every shard has answered.
@@ -268,7 +269,7 @@ func (f *fanStream) emitReduced() error {
 	}
 	v, err := router.Reduce(f.call.Fn.Merge, f.values)
 	if err != nil {
-		return s.fanError(errorf("42804", "pgrouter: %s: %v", f.call.Fn.FullName(), err).response())
+		return s.fanError(errorf(sqlstate.DatatypeMismatch, "pgrouter: %s: %v", f.call.Fn.FullName(), err).response())
 	}
 	format := uint16(0)
 	if shape != nil && len(shape.formats) > 0 {
@@ -276,7 +277,7 @@ func (f *fanStream) emitReduced() error {
 	}
 	if format == 1 && v != nil {
 		if v, err = router.EncodeBinary(desc.Fields[0].DataTypeOID, v); err != nil {
-			return s.fanError(errorf(codeFeatureNotSupported, "pgrouter: %s: %v", f.call.Fn.FullName(), err).
+			return s.fanError(errorf(sqlstate.FeatureNotSupported, "pgrouter: %s: %v", f.call.Fn.FullName(), err).
 				withHint("Ask for the result in text format, or cast it to bigint, numeric or text.").response())
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/pool"
 	"github.com/pgrouter/pgrouter/shardmap"
+	"github.com/pgrouter/pgrouter/sqlstate"
 )
 
 // Reload reads the config file again and swaps in what it describes: shard
@@ -242,7 +243,7 @@ func (st *statsSampler) window() (map[string]pool.Counters, time.Duration) {
 // errShuttingDown is what clients are told when a shutdown reaches them
 // (a new value each time: senders set fields on it).
 func errShuttingDown() *Error {
-	return &Error{Fatal: true, Code: codeAdminShutdown, Message: "terminating connection due to administrator command: pgrouter is shutting down",
+	return &Error{Fatal: true, Code: sqlstate.AdminShutdown, Message: "terminating connection due to administrator command: pgrouter is shutting down",
 		Hint: "Reconnect: another pgrouter instance, or this one once restarted, will serve you."}
 }
 
@@ -254,7 +255,7 @@ func errShuttingDown() *Error {
 func (s *session) adopt(g *generation) error {
 	cl, ok := g.shards.Cluster(s.cluster.Name)
 	if !ok {
-		return &Error{Fatal: true, Code: codeAdminShutdown, Message: fmt.Sprintf("terminating connection: cluster %s was removed from the config by a reload", s.cluster.Name)}
+		return &Error{Fatal: true, Code: sqlstate.AdminShutdown, Message: fmt.Sprintf("terminating connection: cluster %s was removed from the config by a reload", s.cluster.Name)}
 	}
 	cfg := g.cfg
 	s.gen, s.cluster, s.router = g, cl, g.routers[cl.Name]

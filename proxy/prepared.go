@@ -10,6 +10,9 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
+
 	"github.com/pgrouter/pgrouter/pool"
 	"github.com/pgrouter/pgrouter/router"
 	"github.com/pgrouter/pgrouter/wire"
@@ -285,4 +288,42 @@ func (r *knownRegistry) get(cluster, user string) *knownStatements {
 		r.sets[key] = k
 	}
 	return k
+}
+
+// queueStatementResync asks the server, right after the client's request,
+// which pgrouter statements it still has, and makes its cache say exactly
+// that (after DEALLOCATE or DISCARD ALL, whose effect on a multi-statement
+// string or a failed transaction pgrouter cannot know for sure). Only
+// statements prepared through the protocol are pgrouter's (clients' own
+// Parse names never reach a server): a "pgr_" name prepared through SQL was
+// planted, from a DO block or a function, so the server is not reused. If
+// the question fails (an aborted transaction), it is not reused either.
+func (s *session) queueStatementResync(c *pool.Conn) {
+	_ = c.W.Send(&pgproto3.Query{String: "SELECT name, from_sql FROM pg_catalog.pg_prepared_statements WHERE starts_with(name, '" + serverStmtPrefix + "')"})
+	c.Unnamed = 0
+	var names []string
+	planted := false
+	s.queue.push(request{kind: reqQuery, internal: true,
+		onRow: func(v [][]byte) {
+			switch {
+			case len(v) != 2:
+			case string(v[1]) != "f":
+				planted = true
+			default:
+				names = append(names, string(v[0]))
+			}
+		},
+		onEnd: func(ok bool) {
+			switch {
+			case !ok:
+				c.MarkBroken()
+			case planted:
+				s.logger().Warn("a server held a pgrouter statement name prepared through SQL (a DO block or function?); closing it",
+					zap.String("shard", c.Shard()))
+				c.MarkBroken()
+			default:
+				c.Statements.Reset(names)
+			}
+		},
+	})
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/pool"
+	"github.com/pgrouter/pgrouter/sqlstate"
 	"github.com/pgrouter/pgrouter/wire"
 )
 
@@ -123,7 +124,7 @@ func (s *session) handleServerMessage(m wire.Message, allowCopy bool) (suspend b
 	case wire.CopyInResponse:
 		if !allowCopy {
 			s.server.MarkBroken()
-			return false, fatalf(codeProtocolViolation, "pgrouter: COPY FROM STDIN started in the middle of a pipelined batch; wait for CopyInResponse before sending more")
+			return false, fatalf(sqlstate.ProtocolViolation, "pgrouter: COPY FROM STDIN started in the middle of a pipelined batch; wait for CopyInResponse before sending more")
 		}
 		if err := s.forward(m); err != nil {
 			return false, err
@@ -252,7 +253,7 @@ func (s *session) serverError(m wire.Message, head *request) error {
 	s.batchErr = true
 	failed := s.queue.pop()
 	s.undo(failed, true)
-	if (failed.kind == reqBind || failed.kind == reqDescribeStatement) && failed.serverStmt != "" && errorCode(m.Body()) == "26000" {
+	if (failed.kind == reqBind || failed.kind == reqDescribeStatement) && failed.serverStmt != "" && errorCode(m.Body()) == sqlstate.InvalidStatementName {
 		// The server lacks a statement the cache said it had: believe the server.
 		s.server.Statements.Remove(failed.serverStmt)
 	}
@@ -363,65 +364,6 @@ func (s *session) emitLocals() {
 	}
 }
 
-// copyIn relays COPY FROM STDIN data from the client until CopyDone or
-// CopyFail. Syncs already sent after the COPY are ignored by the server
-// while it reads data, so they no longer expect a ReadyForQuery. For a COPY
-// run by Execute, the server answers only after the client's next Sync, so
-// the relay is suspended (suspend true) and the batch stays open.
-func (s *session) copyIn() (suspend bool, err error) {
-	for i := 1; i < s.queue.len(); {
-		if s.queue.at(i).kind == reqSync {
-			s.queue.removeAt(i)
-			continue
-		}
-		i++
-	}
-	if err := s.cw.Flush(); err != nil {
-		return false, clientIO(err)
-	}
-	for {
-		c := s.server
-		if c == nil {
-			return false, nil
-		}
-		if !s.cr.HasMessage() && c.W.Len() > 0 {
-			if err := s.flushServer(); err != nil {
-				return false, err
-			}
-			if c = s.server; c == nil {
-				return false, nil
-			}
-		}
-		m, err := s.cr.Next()
-		if errors.Is(err, os.ErrDeadlineExceeded) && s.srv.draining.Load() {
-			_ = s.conn.SetReadDeadline(time.Time{}) // Shutdown woke us: a COPY is a transaction, let it finish
-			continue
-		}
-		if err != nil {
-			return false, clientIO(err)
-		}
-		switch m.Type {
-		case wire.CopyData, wire.Flush, wire.Sync: // the server ignores Flush and Sync during COPY
-			_ = c.W.Write(m.Raw)
-			if err := s.pushServer(); err != nil {
-				return false, err
-			}
-		case wire.Terminate:
-			return false, errTerminate
-		default: // CopyDone, CopyFail, or a message that makes the server abort the COPY
-			_ = c.W.Write(m.Raw)
-			if err := s.flushServer(); err != nil {
-				return false, err
-			}
-			if s.server != nil && !s.queue.empty() && s.queue.peek().kind == reqExecute {
-				s.inBatch = true
-				return true, nil
-			}
-			return false, nil
-		}
-	}
-}
-
 // pushServer writes out the server batch once it is large, reading the
 // server's replies meanwhile if it owes any.
 func (s *session) pushServer() error {
@@ -504,7 +446,7 @@ func (s *session) flushServer() error {
 // connection's state can no longer be trusted.
 func (s *session) unexpected(m wire.Message, head *request) error {
 	s.server.MarkBroken()
-	return fatalf(codeProtocolViolation, "pgrouter: protocol out of step with shard %s", s.server.Shard()).
+	return fatalf(sqlstate.ProtocolViolation, "pgrouter: protocol out of step with shard %s", s.server.Shard()).
 		because(fmt.Errorf("server sent %q while waiting for reply to request kind %d", m.Type, head.kind))
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/pgrouter/pgrouter/pool"
 	"github.com/pgrouter/pgrouter/router"
 	"github.com/pgrouter/pgrouter/shardmap"
+	"github.com/pgrouter/pgrouter/sqlstate"
 	"github.com/pgrouter/pgrouter/wire"
 )
 
@@ -26,9 +27,6 @@ import (
 // A transaction is pinned to the shard of its first routed statement; until
 // then it exists only in pgrouter (see transaction.go for the states and the
 // rules, in whatever protocol the driver sends them).
-
-// codeUndefinedObject is SQLSTATE undefined_object (an unknown shard).
-const codeUndefinedObject = "42704"
 
 // holdLimit bounds the bytes of a pipeline held before its shard is known;
 // past it the pipeline is placed as if it had ended there.
@@ -128,10 +126,10 @@ func (s *session) place(p *router.Plan, params router.Params) (*shardmap.Shard, 
 	case router.TargetAll:
 		switch {
 		case s.txStatus != wire.TxIdle && !s.virtualTx:
-			return nil, nil, errorf(codeFeatureNotSupported, "pgrouter: %s runs on all shards and cannot run inside a transaction that already runs on shard %s", route.Call.Fn.FullName(), s.server.Shard()).
+			return nil, nil, errorf(sqlstate.FeatureNotSupported, "pgrouter: %s runs on all shards and cannot run inside a transaction that already runs on shard %s", route.Call.Fn.FullName(), s.server.Shard()).
 				withHint("Call it before the transaction's first statement that chooses a shard, or outside BEGIN ... COMMIT.")
 		case pinned != nil || (s.inBatch && !s.movable()):
-			return nil, nil, errorf(codeFeatureNotSupported, "pgrouter: %s runs on all shards and must be alone in its pipeline", route.Call.Fn.FullName()).
+			return nil, nil, errorf(sqlstate.FeatureNotSupported, "pgrouter: %s runs on all shards and must be alone in its pipeline", route.Call.Fn.FullName()).
 				withHint("Send a Sync before and after it.")
 		}
 		return nil, route.Call, nil
@@ -148,7 +146,7 @@ func (s *session) place(p *router.Plan, params router.Params) (*shardmap.Shard, 
 		if s.txStatus == wire.TxIdle {
 			what = "pipeline"
 		}
-		return nil, nil, errorf(codeFeatureNotSupported, "pgrouter: this %s runs on shard %s; the statement belongs to shard %s", what, pinned.Name, sh.Name).
+		return nil, nil, errorf(sqlstate.FeatureNotSupported, "pgrouter: this %s runs on shard %s; the statement belongs to shard %s", what, pinned.Name, sh.Name).
 			withHint("A transaction (or a pipeline up to Sync) must stay on one shard; split it per key.")
 	}
 	return sh, nil, nil
@@ -176,7 +174,7 @@ func (s *session) unrouted(p *router.Plan, anyShard bool, pinned *shardmap.Shard
 	case shardmap.RouteAny:
 		return s.anyShard(), nil
 	}
-	return nil, errorf(codeFeatureNotSupported, "pgrouter: cannot route this statement: it calls no routed function and default_route is %q", config.RouteError).
+	return nil, errorf(sqlstate.FeatureNotSupported, "pgrouter: cannot route this statement: it calls no routed function and default_route is %q", config.RouteError).
 		withHint("Call a function declared in router.yaml, name a shard with SET pgrouter.shard or /* pgrouter: shard=NAME */, or set default_route.")
 }
 
@@ -187,7 +185,7 @@ func (s *session) overrideShard(name, key string) (*shardmap.Shard, error) {
 	}
 	sh, ok := s.cluster.ShardNamed(name)
 	if !ok {
-		return nil, errorf(codeUndefinedObject, "pgrouter: cluster %s has no shard %q", s.cluster.Name, name).
+		return nil, errorf(sqlstate.UndefinedObject, "pgrouter: cluster %s has no shard %q", s.cluster.Name, name).
 			withHint("SHOW pgrouter.shard, or the admin console's SHOW SHARDS, lists the shards.")
 	}
 	return sh, nil
@@ -241,7 +239,7 @@ func (s *session) holdMessage(m wire.Message) error {
 	case wire.Parse:
 		name, def, ok := cutCString(m.Body())
 		if !ok {
-			return fatalf(codeProtocolViolation, "pgrouter: malformed Parse message")
+			return fatalf(sqlstate.ProtocolViolation, "pgrouter: malformed Parse message")
 		}
 		q, _, _ := cutCString(def)
 		s.held.parsed = append(s.held.parsed, heldParse{name: string(name), plan: s.router.Plan(string(q), s.standardStrings())})
@@ -249,7 +247,7 @@ func (s *session) holdMessage(m wire.Message) error {
 		_, rest, ok1 := cutCString(m.Body())
 		name, _, ok2 := cutCString(rest)
 		if !ok1 || !ok2 {
-			return fatalf(codeProtocolViolation, "pgrouter: malformed Bind message")
+			return fatalf(sqlstate.ProtocolViolation, "pgrouter: malformed Bind message")
 		}
 		p := s.stmtPlan(name)
 		if p == nil {
@@ -304,7 +302,7 @@ func (s *session) replaySoft() error {
 func extendedOverride(p *router.Plan) error {
 	switch p.Command.Kind {
 	case router.CmdSetOver, router.CmdResetOver, router.CmdShowOver:
-		return errorf(codeFeatureNotSupported, "pgrouter: %s is a pgrouter session command and needs the simple query protocol", p.Command.Name).
+		return errorf(sqlstate.FeatureNotSupported, "pgrouter: %s is a pgrouter session command and needs the simple query protocol", p.Command.Name).
 			withHint("Send it as a plain query without parameters (psql, or your driver's simple-protocol mode).")
 	}
 	return nil
@@ -373,7 +371,7 @@ func (s *session) sessionCommand(p *router.Plan) (bool, error) {
 		return true, s.localComplete(s.txStatus, tags...)
 	}
 	if s.failedUnpinned() {
-		return true, errorf("25P02", "current transaction is aborted, commands ignored until end of transaction block")
+		return true, errorf(sqlstate.InFailedTransaction, "current transaction is aborted, commands ignored until end of transaction block")
 	}
 	return false, nil
 }
@@ -462,7 +460,7 @@ func (s *session) pin() error {
 		s.unlink()
 	}
 	if err == nil {
-		err = errorf(codeProtocolViolation, "pgrouter: %q did not open a transaction on shard %s", s.beginSQL, c.Shard())
+		err = errorf(sqlstate.ProtocolViolation, "pgrouter: %q did not open a transaction on shard %s", s.beginSQL, c.Shard())
 	}
 	return err
 }

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"errors"
 	"net"
 	"sync"
@@ -15,6 +14,7 @@ import (
 	"github.com/pgrouter/pgrouter/pool"
 	"github.com/pgrouter/pgrouter/router"
 	"github.com/pgrouter/pgrouter/shardmap"
+	"github.com/pgrouter/pgrouter/sqlstate"
 	"github.com/pgrouter/pgrouter/wire"
 )
 
@@ -178,9 +178,9 @@ func (s *session) logger() *zap.Logger {
 // the server connection its statement was waiting on.
 func (s *session) readTimeoutError(shard string, fatal bool) *Error {
 	d := s.srv.gen.Load().cfg.Pool.ServerReadTimeout.D()
-	e := errorf(codeQueryCanceled, "pgrouter: server_read_timeout (%s) expired: shard %s sent nothing for that long; the statement was cancelled and its server connection closed", d, shard)
+	e := errorf(sqlstate.QueryCanceled, "pgrouter: server_read_timeout (%s) expired: shard %s sent nothing for that long; the statement was cancelled and its server connection closed", d, shard)
 	if fatal {
-		e = fatalf(codeQueryCanceled, "pgrouter: server_read_timeout (%s) expired: shard %s sent nothing for that long; the transaction or session state on it is gone", d, shard)
+		e = fatalf(sqlstate.QueryCanceled, "pgrouter: server_read_timeout (%s) expired: shard %s sent nothing for that long; the transaction or session state on it is gone", d, shard)
 	}
 	return e.withHint("The limit is pool.server_read_timeout in router.yaml; for statements that are merely slow, set statement_timeout on the shards below it.")
 }
@@ -249,7 +249,7 @@ func (s *session) dispatch(m wire.Message) error {
 			return err
 		}
 		if s.failedUnpinned() && m.Type != wire.Sync && m.Type != wire.Flush {
-			return s.fail(errorf("25P02", "current transaction is aborted, commands ignored until end of transaction block"), m.Type)
+			return s.fail(errorf(sqlstate.InFailedTransaction, "current transaction is aborted, commands ignored until end of transaction block"), m.Type)
 		}
 		if s.fan != nil {
 			return s.fanMessage(m)
@@ -307,7 +307,7 @@ func (s *session) handle(m wire.Message) error {
 	case wire.Terminate:
 		return errTerminate
 	default:
-		return fatalf(codeProtocolViolation, "pgrouter: invalid frontend message type %q", m.Type)
+		return fatalf(sqlstate.ProtocolViolation, "pgrouter: invalid frontend message type %q", m.Type)
 	}
 	if err == nil {
 		return nil
@@ -398,7 +398,7 @@ func (s *session) link() error {
 		case s.switchable():
 			s.park()
 		default: // place refuses this; never send to the wrong shard
-			return errorf(codeFeatureNotSupported, "pgrouter: this transaction runs on shard %s, not %s", s.server.Shard(), dest.Name)
+			return errorf(sqlstate.FeatureNotSupported, "pgrouter: this transaction runs on shard %s, not %s", s.server.Shard(), dest.Name)
 		}
 	}
 	if dest == nil {
@@ -489,164 +489,10 @@ func (s *session) afterRequest(eff effects) error {
 	return nil
 }
 
-// refuseTransaction rolls back a transaction a statement-mode client opened
-// and tells it so (its ReadyForQuery was held back).
-func (s *session) refuseTransaction() error {
-	s.stmtViolation = false
-	c := s.server
-	ctx, cancel := context.WithTimeout(s.srv.ctx, resetTimeout)
-	status, err := c.Exec(ctx, "ROLLBACK")
-	cancel()
-	if err != nil || status != wire.TxIdle {
-		c.MarkBroken()
-	}
-	s.txStatus = wire.TxIdle
-	e := errorf(codeFeatureNotSupported, "pgrouter: transactions are not allowed in statement pooling mode; the transaction was rolled back").
-		withHint("Use pool.mode: transaction for clients that open transactions.")
-	if err := clientIO(s.cw.Send(e.response())); err != nil {
-		return err
-	}
-	return clientIO(s.cw.SendReady(wire.TxIdle))
-}
-
 // maybeRelease returns the server to the pool in transaction and statement
 // mode once the client is outside a transaction with nothing outstanding.
 func (s *session) maybeRelease() {
 	if s.server != nil && s.mode.Shared() && s.quiet() {
 		s.unlink()
 	}
-}
-
-// finish runs when the client is gone: the server is rolled back (and reset
-// in session mode) before anyone else can get it, or closed if that fails.
-func (s *session) finish() {
-	s.srv.removeSession(s)
-	s.srv.cancels.unregister(s)
-	s.releaseParked()
-	c := s.server
-	if c == nil {
-		return
-	}
-	if c.Broken() || s.queue.awaitingServer() {
-		s.abandonServer()
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), resetTimeout)
-	defer cancel()
-	if err := s.resetServer(ctx); err != nil {
-		s.logger().Info("closing server connection that could not be reset", zap.String("shard", c.Shard()), zap.Error(err))
-		c.MarkBroken()
-	}
-	s.unlink()
-}
-
-// releaseParked resets and returns the servers a session-mode client held
-// on other shards; they are idle, so DISCARD ALL is all they need.
-func (s *session) releaseParked() {
-	for name, c := range s.parked {
-		delete(s.parked, name)
-		s.releaseServer(c)
-	}
-}
-
-// releaseServer resets an idle server the client held in session mode and
-// gives it back; DISCARD ALL is all it needs.
-func (s *session) releaseServer(c *pool.Conn) {
-	ctx, cancel := context.WithTimeout(context.Background(), resetTimeout)
-	status, err := c.Exec(ctx, "DISCARD ALL")
-	cancel()
-	if err != nil || status != wire.TxIdle {
-		c.MarkBroken()
-	} else {
-		c.Statements.Clear()
-		c.Unnamed = 0
-		c.Applied = pool.ParamState{}
-	}
-	c.Pool().Release(c)
-}
-
-// poolReset undoes, on the server a client held when it vanished in
-// transaction or statement mode, the session state pgrouter refuses in SQL
-// but a function may still have created. It keeps prepared statements
-// (pgrouter tracks those) and settings (mirrored per client).
-const poolReset = "CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD TEMP"
-
-// resetServer ends whatever the departed client left open on its server.
-func (s *session) resetServer(ctx context.Context) error {
-	c := s.server
-	status := s.txStatus
-	var err error
-	if s.inBatch { // extended messages without their Sync: close the implicit transaction
-		if status, err = c.Sync(ctx); err != nil {
-			return err
-		}
-	}
-	if status != wire.TxIdle {
-		if status, err = c.Exec(ctx, "ROLLBACK"); err != nil {
-			return err
-		}
-		if status != wire.TxIdle {
-			return errors.New("server still in a transaction after ROLLBACK")
-		}
-	}
-	reset := poolReset
-	if s.mode == config.ModeSession {
-		reset = "DISCARD ALL"
-	}
-	if status, err = c.Exec(ctx, reset); err != nil {
-		return err
-	}
-	if s.mode == config.ModeSession {
-		c.Statements.Clear()
-		c.Unnamed = 0
-		c.Applied = pool.ParamState{}
-	}
-	if status != wire.TxIdle {
-		return errors.New("server still in a transaction after " + reset)
-	}
-	return nil
-}
-
-// abandonServer closes a server whose protocol state is unknown (a request is
-// in flight or it failed). A statement still running is cancelled, so no
-// lock outlives the client; the cancel is delivered in the background (it
-// costs the server a fork) while the socket is closed at once.
-func (s *session) abandonServer() {
-	c := s.server
-	if s.queue.awaitingServer() && !c.Broken() {
-		s.cancelInBackground(c, "cancel of abandoned statement failed")
-	}
-	c.MarkBroken()
-	s.queue.clear()
-	s.unlink()
-}
-
-// serverLost handles a failed read or write on the linked server. A client
-// that was outside a transaction keeps its connection and gets an error;
-// one inside a transaction (or in session mode, whose state lived on that
-// server) is disconnected, as PostgreSQL would disconnect it.
-func (s *session) serverLost(err error) error {
-	c := s.server
-	shard := c.Shard()
-	c.MarkBroken()
-	s.queue.clear()
-	s.inBatch = false
-	s.unlink()
-	fatal := s.mode == config.ModeSession || s.txStatus != wire.TxIdle
-	if c.Interrupted() { // server_read_timeout: the watchdog closed it (watchdog.go)
-		s.txStatus = wire.TxIdle
-		return s.readTimeoutError(shard, fatal).because(err)
-	}
-	s.logger().Warn("server connection lost", zap.String("shard", shard), zap.Error(err))
-	if fatal {
-		return fatalf(codeConnectionFailure, "pgrouter: lost the connection to shard %s; the transaction or session state on it is gone", shard).because(err)
-	}
-	s.txStatus = wire.TxIdle
-	return errorf(codeConnectionFailure, "pgrouter: lost the connection to shard %s while running the statement; it may or may not have completed", shard).because(err)
-}
-
-// sendFatal reports a fatal error to the client.
-func (s *session) sendFatal(e *Error) {
-	e.Fatal = true
-	sendFatal(s.cw, e)
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgrouter/pgrouter/pool"
+	"github.com/pgrouter/pgrouter/sqlstate"
 	"github.com/pgrouter/pgrouter/wire"
 )
 
@@ -53,7 +54,7 @@ func (s *session) syncSettings(c *pool.Conn) error {
 func (s *session) serverLostBeforeUse(err error) error {
 	shard := s.server.Shard()
 	s.unlink()
-	return errorf(codeConnectionFailure, "pgrouter: lost the connection to shard %s", shard).because(err)
+	return errorf(sqlstate.ConnectionFailure, "pgrouter: lost the connection to shard %s", shard).because(err)
 }
 
 // settingsSQL returns the statements that turn the applied settings into the

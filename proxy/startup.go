@@ -19,6 +19,7 @@ import (
 	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/pool"
 	"github.com/pgrouter/pgrouter/shardmap"
+	"github.com/pgrouter/pgrouter/sqlstate"
 	"github.com/pgrouter/pgrouter/wire"
 )
 
@@ -82,13 +83,13 @@ func (s *Server) handle(conn net.Conn, adm admission) {
 	}
 	if cfg.TLS.Mode == config.TLSRequire && !cc.encrypted {
 		log.Info("refusing a client without TLS (tls.mode: require)")
-		sendFatal(w, fatalf(codeInvalidAuthorization, "pgrouter: TLS is required (tls.mode: require)").
+		sendFatal(w, fatalf(sqlstate.InvalidAuthorization, "pgrouter: TLS is required (tls.mode: require)").
 			withHint("Connect with sslmode=require (or verify-full)."))
 		return
 	}
 	if adm != admitted {
 		log.Warn("max_client_conn reached; refusing client", zap.Int("max_client_conn", cfg.Pool.MaxClientConn))
-		sendFatal(w, fatalf(codeTooManyConnections, "pgrouter: no more connections allowed (max_client_conn %d)", cfg.Pool.MaxClientConn).
+		sendFatal(w, fatalf(sqlstate.TooManyConnections, "pgrouter: no more connections allowed (max_client_conn %d)", cfg.Pool.MaxClientConn).
 			withHint("Raise pool.max_client_conn in router.yaml, or use fewer client connections."))
 		return
 	}
@@ -137,7 +138,7 @@ func (cc *clientConn) readStartup(tlsConfig *tls.Config) (*startup, *pgproto3.Ca
 		switch code {
 		case codeSSLRequest, codeGSSENCRequest:
 			if cc.r.Buffered() > 0 { // the client must wait for our answer: bytes now would be injected (CVE-2021-23222)
-				return nil, nil, fatalf(codeProtocolViolation, "pgrouter: unexpected data after encryption request")
+				return nil, nil, fatalf(sqlstate.ProtocolViolation, "pgrouter: unexpected data after encryption request")
 			}
 			if code == codeGSSENCRequest || tlsConfig == nil || cc.encrypted {
 				if _, err := cc.conn.Write([]byte{'N'}); err != nil {
@@ -158,23 +159,23 @@ func (cc *clientConn) readStartup(tlsConfig *tls.Config) (*startup, *pgproto3.Ca
 		case codeCancelRequest:
 			var req pgproto3.CancelRequest
 			if err := req.Decode(body); err != nil {
-				return nil, nil, fatalf(codeProtocolViolation, "pgrouter: malformed cancel request").because(err)
+				return nil, nil, fatalf(sqlstate.ProtocolViolation, "pgrouter: malformed cancel request").because(err)
 			}
 			return nil, &req, nil
 		}
 		if major := code >> 16; major != 3 {
-			return nil, nil, fatalf(codeFeatureNotSupported, "pgrouter: unsupported frontend protocol %d.%d: pgrouter supports 3.0", major, code&0xffff)
+			return nil, nil, fatalf(sqlstate.FeatureNotSupported, "pgrouter: unsupported frontend protocol %d.%d: pgrouter supports 3.0", major, code&0xffff)
 		}
 		st := &startup{minor: code & 0xffff, params: map[string]string{}}
 		rest := body[4:]
 		for len(rest) > 0 && rest[0] != 0 {
 			key, after, ok := cutCString(rest)
 			if !ok {
-				return nil, nil, fatalf(codeProtocolViolation, "pgrouter: invalid startup packet layout: expected terminator as last byte")
+				return nil, nil, fatalf(sqlstate.ProtocolViolation, "pgrouter: invalid startup packet layout: expected terminator as last byte")
 			}
 			value, after2, ok := cutCString(after)
 			if !ok {
-				return nil, nil, fatalf(codeProtocolViolation, "pgrouter: invalid startup packet layout: expected terminator as last byte")
+				return nil, nil, fatalf(sqlstate.ProtocolViolation, "pgrouter: invalid startup packet layout: expected terminator as last byte")
 			}
 			k := string(key)
 			if strings.HasPrefix(k, "_pq_.") {
@@ -186,7 +187,7 @@ func (cc *clientConn) readStartup(tlsConfig *tls.Config) (*startup, *pgproto3.Ca
 		}
 		return st, nil, nil
 	}
-	return nil, nil, fatalf(codeProtocolViolation, "pgrouter: too many encryption requests")
+	return nil, nil, fatalf(sqlstate.ProtocolViolation, "pgrouter: too many encryption requests")
 }
 
 // cutCString splits a NUL-terminated string off the front of b.
@@ -204,7 +205,7 @@ func (s *Server) login(conn net.Conn, r *wire.Reader, w *wire.Writer, st *startu
 	cfg := gen.cfg
 	user := st.params["user"]
 	if user == "" {
-		return nil, fatalf(codeInvalidAuthorization, "no PostgreSQL user name specified in startup packet")
+		return nil, fatalf(sqlstate.InvalidAuthorization, "no PostgreSQL user name specified in startup packet")
 	}
 	database := st.params["database"]
 	if database == "" {
@@ -212,7 +213,7 @@ func (s *Server) login(conn net.Conn, r *wire.Reader, w *wire.Writer, st *startu
 	}
 	log = log.With(zap.String("user", user), zap.String("database", database))
 	if v, ok := st.params["replication"]; ok && isTrue(v) {
-		return nil, fatalf(codeFeatureNotSupported, "pgrouter: replication connections are not proxied").
+		return nil, fatalf(sqlstate.FeatureNotSupported, "pgrouter: replication connections are not proxied").
 			withHint("Connect replication clients to the shard directly.")
 	}
 	if st.minor > 0 || len(st.protoOpt) > 0 { // negotiate down to 3.0
@@ -237,7 +238,7 @@ func (s *Server) login(conn net.Conn, r *wire.Reader, w *wire.Writer, st *startu
 	}
 	cluster, ok := gen.shards.Cluster(database)
 	if !ok {
-		return nil, fatalf(codeInvalidCatalogName, "database %q does not exist", database).
+		return nil, fatalf(sqlstate.InvalidCatalogName, "database %q does not exist", database).
 			withHint("pgrouter serves the clusters named in router.yaml: %s.", strings.Join(cfg.ClusterNames(), ", "))
 	}
 	desired, err := startupSettings(st.params)
@@ -296,7 +297,7 @@ func (s *Server) greetingParams(cl *shardmap.Cluster, user string) (map[string]s
 			firstErr = err
 		}
 	}
-	return nil, &Error{Fatal: true, Code: codeCannotConnect, Message: "pgrouter: no shard of cluster " + cl.Name + " is reachable: " + strings.TrimPrefix(toError(firstErr).Message, "pgrouter: "), Err: firstErr}
+	return nil, &Error{Fatal: true, Code: sqlstate.UnableToConnect, Message: "pgrouter: no shard of cluster " + cl.Name + " is reachable: " + strings.TrimPrefix(toError(firstErr).Message, "pgrouter: "), Err: firstErr}
 }
 
 // sendGreetingParams sends the server's ParameterStatus values, with the
@@ -368,7 +369,7 @@ func parseOptions(opts string) ([][2]string, error) {
 	}
 	var out [][2]string
 	bad := func(w string) error {
-		return fatalf(codeFeatureNotSupported, "pgrouter: unsupported startup option %q: only -c name=value and --name=value are accepted", w)
+		return fatalf(sqlstate.FeatureNotSupported, "pgrouter: unsupported startup option %q: only -c name=value and --name=value are accepted", w)
 	}
 	for i := 0; i < len(words); i++ {
 		w := words[i]

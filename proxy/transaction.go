@@ -2,12 +2,14 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/router"
+	"github.com/pgrouter/pgrouter/sqlstate"
 	"github.com/pgrouter/pgrouter/wire"
 )
 
@@ -190,7 +192,7 @@ func (s *session) runLocal(p *router.Plan) ([]string, error) {
 		}
 		i := s.savepointIndex(cmd.Name)
 		if i < 0 {
-			return nil, errorf("3B001", "savepoint %q does not exist", cmd.Name)
+			return nil, errorf(sqlstate.InvalidSavepoint, "savepoint %q does not exist", cmd.Name)
 		}
 		if cmd.Value == router.SavepointRollback {
 			// Undo what was kept since the savepoint, which stays; the
@@ -387,4 +389,24 @@ func maybeLocalText(q []byte) bool {
 		}
 	}
 	return false
+}
+
+// refuseTransaction rolls back a transaction a statement-mode client opened
+// and tells it so (its ReadyForQuery was held back).
+func (s *session) refuseTransaction() error {
+	s.stmtViolation = false
+	c := s.server
+	ctx, cancel := context.WithTimeout(s.srv.ctx, resetTimeout)
+	status, err := c.Exec(ctx, "ROLLBACK")
+	cancel()
+	if err != nil || status != wire.TxIdle {
+		c.MarkBroken()
+	}
+	s.txStatus = wire.TxIdle
+	e := errorf(sqlstate.FeatureNotSupported, "pgrouter: transactions are not allowed in statement pooling mode; the transaction was rolled back").
+		withHint("Use pool.mode: transaction for clients that open transactions.")
+	if err := clientIO(s.cw.Send(e.response())); err != nil {
+		return err
+	}
+	return clientIO(s.cw.SendReady(wire.TxIdle))
 }

@@ -8,6 +8,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgrouter/pgrouter/pool"
+	"github.com/pgrouter/pgrouter/sqlstate"
 	"github.com/pgrouter/pgrouter/wire"
 )
 
@@ -53,9 +54,9 @@ func (s *session) readClient() (wire.Message, error) {
 // outside one.
 func (s *session) idleLimitNow() (time.Duration, string, string) {
 	if s.server != nil && s.txStatus != wire.TxIdle {
-		return s.idleTxLimit, "25P03", "idle_transaction_timeout"
+		return s.idleTxLimit, sqlstate.IdleInTransactionTimeout, "idle_transaction_timeout"
 	}
-	return s.idleLimit, "57P05", "client_idle_timeout"
+	return s.idleLimit, sqlstate.IdleSessionTimeout, "client_idle_timeout"
 }
 
 // readClientWatching reads the client's next message, relaying what a linked

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgrouter/pgrouter/config"
+	"github.com/pgrouter/pgrouter/sqlstate"
 )
 
 // What refsync keeps on every shard. The state row and the rows it applies
@@ -239,5 +240,5 @@ func ensureTable(ctx context.Context, shard pgx.Tx, d *tableDef) error {
 // isUndefinedTable says whether err is PostgreSQL's 42P01.
 func isUndefinedTable(err error) bool {
 	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "42P01"
+	return errors.As(err, &pgErr) && pgErr.Code == sqlstate.UndefinedTable
 }

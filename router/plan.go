@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/pgrouter/pgrouter/shardmap"
+	"github.com/pgrouter/pgrouter/sqlstate"
 )
 
 // KeyKind says where a routed call's key comes from.
@@ -270,7 +271,7 @@ func parseCall(l *Lexer, f *shardmap.Function, cat *Catalog, p *Plan) (Call, *Er
 	depth := 0
 	for t := l.Next(); ; t = l.Next() {
 		if t.Kind == EOF || t.Kind == Invalid || (depth == 0 && l.IsOp(t, ";")) {
-			return Call{}, planError("0A000", "unterminated call of %s", f.FullName())
+			return Call{}, planError(sqlstate.FeatureNotSupported, "unterminated call of %s", f.FullName())
 		}
 		switch {
 		case l.IsOp(t, "(") || l.IsOp(t, "["):
@@ -319,17 +320,17 @@ func resolveCall(l *Lexer, f *shardmap.Function, cat *Catalog, args [][]Token) (
 			continue
 		}
 		if len(named) > 0 {
-			return call, planError("42601", "positional argument after a named one in a call of %s", f.FullName())
+			return call, planError(sqlstate.SyntaxError, "positional argument after a named one in a call of %s", f.FullName())
 		}
 		positional++
 	}
 	sig := chooseSignature(cat.Signatures(f), positional, named)
 	if sig == nil {
 		if cat == nil || len(cat.Signatures(f)) == 0 {
-			return call, &Error{Code: "55000", Message: fmt.Sprintf("pgrouter: the signature of %s is not loaded yet, so its key cannot be found", f.FullName()),
+			return call, &Error{Code: sqlstate.ObjectNotInPrerequisiteState, Message: fmt.Sprintf("pgrouter: the signature of %s is not loaded yet, so its key cannot be found", f.FullName()),
 				Hint: "pgrouter reads function signatures from the first reachable shard at start; check that the function exists there (pgrouter check)."}
 		}
-		return call, planError("42883", "no declared signature of %s takes %d positional and %d named arguments", f.FullName(), positional, len(named))
+		return call, planError(sqlstate.UndefinedFunction, "no declared signature of %s takes %d positional and %d named arguments", f.FullName(), positional, len(named))
 	}
 	call.Sig = sig
 	argName := sig.ArgNames[sig.KeyIndex]
@@ -342,11 +343,11 @@ func resolveCall(l *Lexer, f *shardmap.Function, cat *Catalog, args [][]Token) (
 	} else if toks, ok := named[sig.ArgNames[sig.KeyIndex]]; ok {
 		keyToks = toks
 	} else {
-		return call, planError("0A000", "the key argument %s of %s is omitted, so it takes its default; pass it explicitly", argName, f.FullName())
+		return call, planError(sqlstate.FeatureNotSupported, "the key argument %s of %s is omitted, so it takes its default; pass it explicitly", argName, f.FullName())
 	}
 	key, err := readKey(l, keyToks)
 	if err != nil {
-		return call, planError("0A000", "the key argument %s of %s is an expression; routing needs a constant or a parameter ($n)", argName, f.FullName())
+		return call, planError(sqlstate.FeatureNotSupported, "the key argument %s of %s is an expression; routing needs a constant or a parameter ($n)", argName, f.FullName())
 	}
 	key.Type = sig.KeyType()
 	if key.ParamType == 0 {

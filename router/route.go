@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 
 	"github.com/pgrouter/pgrouter/shardmap"
+	"github.com/pgrouter/pgrouter/sqlstate"
 )
 
 // Router plans and routes statements for one cluster. It is safe for
@@ -211,10 +212,10 @@ func (r *Router) Route(p *Plan, params Params) (Route, *Error) {
 			if len(p.Statements) > 0 {
 				// Every shard's server would keep the change, where pgrouter
 				// cannot follow it to the client's next server.
-				return Route{}, planError("0A000", "a call of %s (run_on: all) cannot be in a statement that changes session settings or state (SET, set_config, BEGIN, ...)", c.Fn.FullName())
+				return Route{}, planError(sqlstate.FeatureNotSupported, "a call of %s (run_on: all) cannot be in a statement that changes session settings or state (SET, set_config, BEGIN, ...)", c.Fn.FullName())
 			}
 			if len(p.Calls) > 1 {
-				return Route{}, planError("0A000", "a call of %s (run_on: all) must be alone in its statement", c.Fn.FullName())
+				return Route{}, planError(sqlstate.FeatureNotSupported, "a call of %s (run_on: all) must be alone in its statement", c.Fn.FullName())
 			}
 			return Route{Target: TargetAll, Call: c}, nil
 		case shardmap.RunAny:
@@ -226,7 +227,7 @@ func (r *Router) Route(p *Plan, params Params) (Route, *Error) {
 			return Route{}, err
 		}
 		if route.Shard != nil && route.Shard != sh {
-			return Route{}, planError("0A000", "the statement calls %s for shard %s and for shard %s; one statement must stay on one shard", c.Fn.FullName(), route.Shard.Name, sh.Name)
+			return Route{}, planError(sqlstate.FeatureNotSupported, "the statement calls %s for shard %s and for shard %s; one statement must stay on one shard", c.Fn.FullName(), route.Shard.Name, sh.Name)
 		}
 		route = Route{Target: TargetShard, Shard: sh}
 	}
@@ -252,11 +253,11 @@ func (r *Router) shardFor(c *Call, params Params) (*shardmap.Shard, *Error) {
 		var ok bool
 		value, bin, null, ok = params.Param(c.Key.Param)
 		if !ok {
-			return nil, planError("08P01", "the Bind for %s has no parameter $%d (its key %s)", c.Fn.FullName(), c.Key.Param+1, c.Key.Arg)
+			return nil, planError(sqlstate.ProtocolViolation, "the Bind for %s has no parameter $%d (its key %s)", c.Fn.FullName(), c.Key.Param+1, c.Key.Arg)
 		}
 	}
 	if null {
-		return nil, &Error{Code: "22004", Message: "pgrouter: shard key " + c.Key.Arg + " of " + c.Fn.FullName() + " is NULL"}
+		return nil, &Error{Code: sqlstate.NullValueNotAllowed, Message: "pgrouter: shard key " + c.Key.Arg + " of " + c.Fn.FullName() + " is NULL"}
 	}
 	cl := r.Cluster
 	if c.Fn.RunOn == shardmap.RunPartition {
@@ -265,7 +266,7 @@ func (r *Router) shardFor(c *Call, params Params) (*shardmap.Shard, *Error) {
 			return nil, keyError(c, err)
 		}
 		if n < 0 || n >= int64(cl.Partitions) {
-			return nil, planError("22003", "partition %d for %s is out of range 0-%d", n, c.Fn.FullName(), cl.Partitions-1)
+			return nil, planError(sqlstate.NumericValueOutOfRange, "partition %d for %s is out of range 0-%d", n, c.Fn.FullName(), cl.Partitions-1)
 		}
 		return cl.ShardOf(int(n)), nil
 	}
@@ -277,7 +278,7 @@ func (r *Router) shardFor(c *Call, params Params) (*shardmap.Shard, *Error) {
 }
 
 func keyError(c *Call, err error) *Error {
-	return &Error{Code: "22P02", Message: "pgrouter: shard key " + c.Key.Arg + " of " + c.Fn.FullName() + ": " + err.Error()}
+	return &Error{Code: sqlstate.InvalidTextRepresentation, Message: "pgrouter: shard key " + c.Key.Arg + " of " + c.Fn.FullName() + ": " + err.Error()}
 }
 
 // KeyShard returns the shard a text key belongs to, for SET pgrouter.key

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgrouter/pgrouter/shardmap"
+	"github.com/pgrouter/pgrouter/sqlstate"
 )
 
 // Change is one sequence that apply restarts.
@@ -333,12 +334,12 @@ func begin(ctx context.Context, sm *shardmap.Shard, opts Options) (*shardTx, err
 
 func isLockTimeout(err error) bool {
 	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "55P03"
+	return errors.As(err, &pgErr) && pgErr.Code == sqlstate.LockNotAvailable
 }
 
 func lockError(shard, seq string, opts Options, err error) error {
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "40P01" {
+	if errors.As(err, &pgErr) && pgErr.Code == sqlstate.DeadlockDetected {
 		return fmt.Errorf("shard %s: locking %s deadlocked with a transaction of the application; nothing was changed: run apply again: %w", shard, seq, err)
 	}
 	if isLockTimeout(err) {
