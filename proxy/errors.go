@@ -12,6 +12,12 @@ import (
 	"github.com/pgrouter/pgrouter/wire"
 )
 
+// malformed is the one error a message that does not parse gets (see
+// wire.MalformedError).
+func malformed(err error) *Error {
+	return fatalf(sqlstate.ProtocolViolation, "pgrouter: %v", err).because(err)
+}
+
 // Error is what a client is told: one ErrorResponse. Errors from inside
 // pgrouter are translated to it in exactly one place, toError; FATAL is used
 // only when the connection is closed right after.

@@ -6,7 +6,6 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgrouter/pgrouter/pool"
-	"github.com/pgrouter/pgrouter/router"
 	"github.com/pgrouter/pgrouter/sqlstate"
 	"github.com/pgrouter/pgrouter/wire"
 )
@@ -30,12 +29,12 @@ func (s *session) applyEffects(eff effects) error {
 
 // parse handles Parse.
 func (s *session) parse(m wire.Message) error {
-	name, definition, ok := cutCString(m.Body())
-	if !ok {
-		return fatalf(sqlstate.ProtocolViolation, "pgrouter: malformed Parse message")
+	msg, err := wire.ReadParse(m.Body())
+	if err != nil {
+		return malformed(err)
 	}
-	query, _, _ := cutCString(definition)
-	plan := s.router.Plan(string(query), s.standardStrings())
+	name, definition := msg.Name, msg.Definition
+	plan := s.router.Plan(string(msg.Query), s.standardStrings())
 	info := planInfo(plan)
 	if len(name) > 0 && !s.passthrough && s.server == nil && s.txStatus == wire.TxIdle && s.stmts[string(name)] == nil {
 		// A statement some server has already parsed needs no server now:
@@ -111,13 +110,13 @@ func (s *session) parse(m wire.Message) error {
 
 // bind handles Bind, pointing it at the server-side statement name.
 func (s *session) bind(m wire.Message) error {
-	portal, rest, ok1 := cutCString(m.Body())
-	name, params, ok2 := cutCString(rest)
-	if !ok1 || !ok2 {
-		return fatalf(sqlstate.ProtocolViolation, "pgrouter: malformed Bind message")
+	msg, err := wire.ReadBind(m.Body())
+	if err != nil {
+		return malformed(err)
 	}
+	portal, name := msg.Portal, msg.Statement
 	if p := s.stmtPlan(name); p != nil {
-		dest, all, err := s.place(p, router.BindParams(m.Body()))
+		dest, all, err := s.place(p, msg)
 		if err != nil {
 			return err
 		}
@@ -163,7 +162,8 @@ func (s *session) bind(m wire.Message) error {
 	c.W.AppendByte(0)
 	c.W.AppendString(serverName)
 	c.W.AppendByte(0)
-	c.W.AppendBytes(params)
+	c.W.AppendBytes(msg.Params)
+	c.W.AppendBytes(msg.Results)
 	_ = c.W.End(start)
 	s.queue.push(req)
 	return s.pushServer()
@@ -207,20 +207,17 @@ func (s *session) serverStatement(c *pool.Conn, name []byte) (string, request) {
 
 // describe handles Describe of a statement or a portal.
 func (s *session) describe(m wire.Message) error {
-	body := m.Body()
-	if len(body) < 2 || (body[0] != 'S' && body[0] != 'P') {
-		return fatalf(sqlstate.ProtocolViolation, "pgrouter: malformed Describe message")
+	msg, err := wire.ReadTarget(m.Type, m.Body())
+	if err != nil {
+		return malformed(err)
 	}
-	name, _, ok := cutCString(body[1:])
-	if !ok {
-		return fatalf(sqlstate.ProtocolViolation, "pgrouter: malformed Describe message")
-	}
+	name := msg.Name
 	if err := s.link(); err != nil {
 		return err
 	}
 	c := s.server
 	s.inBatch = true
-	if body[0] == 'P' {
+	if msg.Kind == 'P' {
 		_ = c.W.Write(m.Raw)
 		s.queue.push(request{kind: reqDescribePortal})
 		return s.pushServer()
@@ -246,10 +243,11 @@ func (s *session) describe(m wire.Message) error {
 
 // execute handles Execute.
 func (s *session) execute(m wire.Message) error {
-	portal, _, ok := cutCString(m.Body())
-	if !ok {
-		return fatalf(sqlstate.ProtocolViolation, "pgrouter: malformed Execute message")
+	msg, err := wire.ReadExecute(m.Body())
+	if err != nil {
+		return malformed(err)
 	}
+	portal := msg.Portal
 	if err := s.link(); err != nil {
 		return err
 	}
@@ -276,15 +274,12 @@ func (s *session) execute(m wire.Message) error {
 // client's name (the server keeps the statement in its cache for others),
 // so it is answered locally and needs no server.
 func (s *session) closeStatement(m wire.Message) error {
-	body := m.Body()
-	if len(body) < 2 || (body[0] != 'S' && body[0] != 'P') {
-		return fatalf(sqlstate.ProtocolViolation, "pgrouter: malformed Close message")
+	msg, err := wire.ReadTarget(m.Type, m.Body())
+	if err != nil {
+		return malformed(err)
 	}
-	name, _, ok := cutCString(body[1:])
-	if !ok {
-		return fatalf(sqlstate.ProtocolViolation, "pgrouter: malformed Close message")
-	}
-	if body[0] == 'S' && len(name) > 0 && !s.passthrough {
+	name := msg.Name
+	if msg.Kind == 'S' && len(name) > 0 && !s.passthrough {
 		clientName := string(name)
 		old := s.stmts[clientName]
 		s.dropStatement(clientName)
@@ -300,7 +295,7 @@ func (s *session) closeStatement(m wire.Message) error {
 	c := s.server
 	s.inBatch = true
 	r := request{kind: reqClose}
-	if body[0] == 'S' && len(name) == 0 {
+	if msg.Kind == 'S' && len(name) == 0 {
 		s.unnamed.drop()
 		r.unnamed, r.prevUnnamed = true, c.Unnamed
 		c.Unnamed = 0

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"encoding/binary"
 	"strconv"
 	"sync"
 	"time"
@@ -193,7 +192,7 @@ func (s *session) startFanout(call *router.Call) error {
 	bind := bytes.Clone(s.held.buf[start+wire.HeaderLen : s.held.ends[n-1]])
 	s.held.ends = s.held.ends[:n-1]
 	s.held.buf = s.held.buf[:start]
-	portal, _, _ := cutCString(bind)
+	portal, _, _ := wire.CString(bind)
 	if !s.held.empty() {
 		if err := s.replay(s.anyShard(), nil); err != nil {
 			return err
@@ -210,19 +209,16 @@ func (s *session) fanMessage(m wire.Message) error {
 	body := m.Body()
 	switch m.Type {
 	case wire.Describe:
-		if len(body) > 1 && body[0] == 'P' {
-			if name, _, ok := cutCString(body[1:]); ok && string(name) == f.portal && !f.execute {
-				f.describe = true
-				return nil
-			}
+		if d, err := wire.ReadTarget(m.Type, body); err == nil && d.Kind == 'P' && string(d.Name) == f.portal && !f.execute {
+			f.describe = true
+			return nil
 		}
 	case wire.Execute:
-		name, rest, ok := cutCString(body)
-		if ok && string(name) == f.portal && !f.execute && len(rest) == 4 {
+		if e, err := wire.ReadExecute(body); err == nil && string(e.Portal) == f.portal && !f.execute {
 			// A row limit (asyncpg's fetchval and fetchrow ask for 1) returns
 			// that many rows and PortalSuspended; the rest are not kept:
 			// the portal ends with the pipeline's Sync.
-			f.limit = int64(binary.BigEndian.Uint32(rest))
+			f.limit = e.MaxRows
 			f.execute = true
 			return nil
 		}
@@ -255,9 +251,11 @@ func (s *session) finishFanout(sync wire.Message) error {
 			return clientIO(s.cw.SendReady(s.txStatus))
 		}
 	}
-	_, rest, _ := cutCString(f.bind)
-	stmtName, params, _ := cutCString(rest)
-	def, err := s.definition(stmtName)
+	bind, err := wire.ReadBind(f.bind)
+	if err != nil {
+		return malformed(err)
+	}
+	def, err := s.definition(bind.Statement)
 	if err != nil {
 		if err := s.fanError(toError(err).response()); err != nil {
 			return err
@@ -265,11 +263,7 @@ func (s *session) finishFanout(sync wire.Message) error {
 		return s.fanDone()
 	}
 	reduce := f.call.Fn.Merge != shardmap.MergeConcat
-	paramPart, resultFormats, ok := splitBindParams(params)
-	if !ok {
-		return fatalf(sqlstate.ProtocolViolation, "pgrouter: malformed Bind message")
-	}
-	shape := &fanShape{describe: f.describe, execute: f.execute, limit: f.limit, formats: resultFormats}
+	shape := &fanShape{describe: f.describe, execute: f.execute, limit: f.limit, formats: bind.ResultFormats()}
 	fs := s.newFanStream(f.call, shape)
 	s.runOnAll(fs, func(c *pool.Conn) {
 		w := c.W
@@ -280,11 +274,11 @@ func (s *session) finishFanout(sync wire.Message) error {
 		start = w.Begin(wire.Bind)
 		w.AppendByte(0)
 		w.AppendByte(0)
-		w.AppendBytes(paramPart)
+		w.AppendBytes(bind.Params)
 		if reduce { // reduce text values; the result is encoded as the client asked
 			w.AppendBytes([]byte{0, 0})
 		} else {
-			w.AppendBytes(params[len(paramPart):])
+			w.AppendBytes(bind.Results)
 		}
 		_ = w.End(start)
 		if f.describe || reduce {
@@ -316,57 +310,15 @@ func (s *session) definition(name []byte) ([]byte, error) {
 		if !s.unnamed.valid {
 			return nil, errorf(sqlstate.InvalidStatementName, "unnamed prepared statement does not exist")
 		}
-		_, def, _ := cutCString(s.unnamed.raw[wire.HeaderLen:])
+		_, def, _ := wire.CString(s.unnamed.raw[wire.HeaderLen:])
 		return def, nil
 	}
 	st := s.stmts[string(name)]
 	if st == nil {
 		return nil, errorf(sqlstate.InvalidStatementName, "prepared statement %q does not exist", name)
 	}
-	_, def, _ := cutCString(st.parseBody)
+	_, def, _ := wire.CString(st.parseBody)
 	return def, nil
-}
-
-// splitBindParams splits what follows the statement name in a Bind body
-// into the parameter part and the result format codes.
-func splitBindParams(b []byte) ([]byte, []uint16, bool) {
-	orig := b
-	if len(b) < 2 {
-		return nil, nil, false
-	}
-	nf := int(binary.BigEndian.Uint16(b))
-	if len(b) < 2+2*nf+2 {
-		return nil, nil, false
-	}
-	b = b[2+2*nf:]
-	np := int(binary.BigEndian.Uint16(b))
-	b = b[2:]
-	for range np {
-		if len(b) < 4 {
-			return nil, nil, false
-		}
-		n := int32(binary.BigEndian.Uint32(b))
-		b = b[4:]
-		if n > 0 {
-			if int(n) > len(b) {
-				return nil, nil, false
-			}
-			b = b[n:]
-		}
-	}
-	paramPart := orig[:len(orig)-len(b)]
-	if len(b) < 2 {
-		return nil, nil, false
-	}
-	nr := int(binary.BigEndian.Uint16(b))
-	if len(b) != 2+2*nr {
-		return nil, nil, false
-	}
-	formats := make([]uint16, nr)
-	for i := range formats {
-		formats[i] = binary.BigEndian.Uint16(b[2+2*i:])
-	}
-	return paramPart, formats, true
 }
 
 // splitTag splits a CommandComplete tag that ends in a row count ("SELECT

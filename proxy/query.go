@@ -21,7 +21,7 @@ func (s *session) query(m wire.Message) error {
 	if handled, err := s.sessionCommand(plan); handled {
 		return err
 	}
-	dest, all, err := s.place(plan, router.Params{})
+	dest, all, err := s.place(plan, wire.BindMsg{})
 	if err != nil {
 		return err
 	}
@@ -67,7 +67,7 @@ func (s *session) query(m wire.Message) error {
 
 // functionCall handles the legacy FunctionCall message.
 func (s *session) functionCall(m wire.Message) error {
-	dest, _, err := s.place(&unroutedPlan, router.Params{})
+	dest, _, err := s.place(&unroutedPlan, wire.BindMsg{})
 	if err != nil {
 		return err
 	}

@@ -75,8 +75,8 @@ func (s *session) planOf(p *router.Plan, parseBody []byte) *router.Plan {
 	if p != nil && !s.router.Stale(p) {
 		return p
 	}
-	_, def, _ := cutCString(parseBody)
-	q, _, _ := cutCString(def)
+	_, def, _ := wire.CString(parseBody)
+	q, _, _ := wire.CString(def)
 	return s.router.Plan(string(q), s.standardStrings())
 }
 
@@ -115,7 +115,7 @@ func (s *session) pinned() *shardmap.Shard {
 
 // place decides where a statement runs: one shard, or every shard (all is
 // the run_on all call) for a fan-out.
-func (s *session) place(p *router.Plan, params router.Params) (*shardmap.Shard, *router.Call, error) {
+func (s *session) place(p *router.Plan, params wire.BindMsg) (*shardmap.Shard, *router.Call, error) {
 	route, rerr := s.router.Route(p, params)
 	if rerr != nil {
 		return nil, nil, &Error{Code: rerr.Code, Message: rerr.Message, Hint: rerr.Hint}
@@ -237,19 +237,17 @@ func (s *session) holdMessage(m wire.Message) error {
 	s.held.add(m.Raw)
 	switch m.Type {
 	case wire.Parse:
-		name, def, ok := cutCString(m.Body())
-		if !ok {
-			return fatalf(sqlstate.ProtocolViolation, "pgrouter: malformed Parse message")
+		msg, err := wire.ReadParse(m.Body())
+		if err != nil {
+			return malformed(err)
 		}
-		q, _, _ := cutCString(def)
-		s.held.parsed = append(s.held.parsed, heldParse{name: string(name), plan: s.router.Plan(string(q), s.standardStrings())})
+		s.held.parsed = append(s.held.parsed, heldParse{name: string(msg.Name), plan: s.router.Plan(string(msg.Query), s.standardStrings())})
 	case wire.Bind:
-		_, rest, ok1 := cutCString(m.Body())
-		name, _, ok2 := cutCString(rest)
-		if !ok1 || !ok2 {
-			return fatalf(sqlstate.ProtocolViolation, "pgrouter: malformed Bind message")
+		msg, err := wire.ReadBind(m.Body())
+		if err != nil {
+			return malformed(err)
 		}
-		p := s.stmtPlan(name)
+		p := s.stmtPlan(msg.Statement)
 		if p == nil {
 			break // no such statement: any shard will say so
 		}
@@ -265,7 +263,7 @@ func (s *session) holdMessage(m wire.Message) error {
 			}
 			return nil
 		}
-		sh, all, err := s.place(p, router.BindParams(m.Body()))
+		sh, all, err := s.place(p, msg)
 		switch {
 		case err != nil:
 			// The messages before this Bind run anywhere; the Bind fails.

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -169,11 +168,11 @@ func (cc *clientConn) readStartup(tlsConfig *tls.Config) (*startup, *pgproto3.Ca
 		st := &startup{minor: code & 0xffff, params: map[string]string{}}
 		rest := body[4:]
 		for len(rest) > 0 && rest[0] != 0 {
-			key, after, ok := cutCString(rest)
+			key, after, ok := wire.CString(rest)
 			if !ok {
 				return nil, nil, fatalf(sqlstate.ProtocolViolation, "pgrouter: invalid startup packet layout: expected terminator as last byte")
 			}
-			value, after2, ok := cutCString(after)
+			value, after2, ok := wire.CString(after)
 			if !ok {
 				return nil, nil, fatalf(sqlstate.ProtocolViolation, "pgrouter: invalid startup packet layout: expected terminator as last byte")
 			}
@@ -188,15 +187,6 @@ func (cc *clientConn) readStartup(tlsConfig *tls.Config) (*startup, *pgproto3.Ca
 		return st, nil, nil
 	}
 	return nil, nil, fatalf(sqlstate.ProtocolViolation, "pgrouter: too many encryption requests")
-}
-
-// cutCString splits a NUL-terminated string off the front of b.
-func cutCString(b []byte) (s, rest []byte, ok bool) {
-	i := bytes.IndexByte(b, 0)
-	if i < 0 {
-		return nil, nil, false
-	}
-	return b[:i], b[i+1:], true
 }
 
 // login authenticates the client, picks its cluster and sends the

@@ -231,14 +231,15 @@ func (s *session) localExtended(m wire.Message) (bool, error) {
 	if !s.unbound() || s.passthrough {
 		return false, nil
 	}
+	// A malformed message is not answered here: the usual path refuses it.
 	body := m.Body()
 	switch m.Type {
 	case wire.Parse:
-		name, def, ok := cutCString(body)
-		if !ok {
+		msg, err := wire.ReadParse(body)
+		if err != nil {
 			return false, nil
 		}
-		query, _, _ := cutCString(def)
+		name, def, query := msg.Name, msg.Definition, msg.Query
 		if !maybeLocalText(query) {
 			return false, nil // most Parses: no plan look-up (and string copy) here
 		}
@@ -255,12 +256,12 @@ func (s *session) localExtended(m wire.Message) (bool, error) {
 		}
 		return true, clientIO(s.cw.SendEmpty(wire.ParseComplete))
 	case wire.Bind:
-		portal, rest, ok1 := cutCString(body)
-		name, _, ok2 := cutCString(rest)
-		if !ok1 || !ok2 {
+		msg, err := wire.ReadBind(body)
+		if err != nil {
 			return false, nil
 		}
-		plan := s.stmtPlan(name)
+		portal := msg.Portal
+		plan := s.stmtPlan(msg.Statement)
 		if !s.localCommand(plan) {
 			return false, nil
 		}
@@ -278,14 +279,12 @@ func (s *session) localExtended(m wire.Message) (bool, error) {
 		s.localPortals[string(portal)] = plan
 		return true, clientIO(s.cw.SendEmpty(wire.BindComplete))
 	case wire.Describe:
-		if len(body) < 2 {
+		msg, err := wire.ReadTarget(m.Type, body)
+		if err != nil {
 			return false, nil
 		}
-		name, _, ok := cutCString(body[1:])
-		if !ok {
-			return false, nil
-		}
-		if body[0] == 'S' {
+		name := msg.Name
+		if msg.Kind == 'S' {
 			if !s.localCommand(s.stmtPlan(name)) {
 				return false, nil
 			}
@@ -295,13 +294,17 @@ func (s *session) localExtended(m wire.Message) (bool, error) {
 		}
 		return true, clientIO(s.cw.SendEmpty(wire.NoData))
 	case wire.Execute:
-		portal, _, ok := cutCString(body)
-		if !ok {
+		msg, err := wire.ReadExecute(body)
+		if err != nil {
 			return false, nil
 		}
+		portal := msg.Portal
 		plan := s.localPortals[string(portal)]
 		if plan == nil {
 			return false, nil
+		}
+		if len(portal) > 0 {
+			s.refund(portalCost(string(portal)))
 		}
 		delete(s.localPortals, string(portal))
 		if !s.localCommand(plan) { // the state changed since Bind (a BEGIN executed twice)
@@ -318,14 +321,12 @@ func (s *session) localExtended(m wire.Message) (bool, error) {
 	case wire.Close:
 		// The unnamed statement or a portal while no server is linked: no
 		// server has the client's, so forgetting it is all there is to do.
-		if s.server != nil || len(body) < 2 {
+		msg, err := wire.ReadTarget(m.Type, body)
+		if s.server != nil || err != nil || (msg.Kind == 'S' && len(msg.Name) > 0) {
 			return false, nil
 		}
-		name, _, ok := cutCString(body[1:])
-		if !ok || (body[0] == 'S' && len(name) > 0) {
-			return false, nil
-		}
-		if body[0] == 'S' {
+		name := msg.Name
+		if msg.Kind == 'S' {
 			s.unnamed.drop()
 		} else {
 			s.dropPortal(string(name))

@@ -1,12 +1,12 @@
 package router
 
 import (
-	"encoding/binary"
 	"sync"
 	"sync/atomic"
 
 	"github.com/pgrouter/pgrouter/shardmap"
 	"github.com/pgrouter/pgrouter/sqlstate"
+	"github.com/pgrouter/pgrouter/wire"
 )
 
 // Router plans and routes statements for one cluster. It is safe for
@@ -125,81 +125,10 @@ type Route struct {
 	Call   *Call           // TargetAll: the call whose results are combined
 }
 
-// Params gives a routing decision access to a Bind's parameter values
-// without copying them.
-type Params struct {
-	body []byte // the Bind message body
-}
-
-// BindParams wraps a Bind message body.
-func BindParams(body []byte) Params { return Params{body: body} }
-
-// Param returns parameter i's value and format; null reports SQL NULL.
-func (p Params) Param(i int) (value []byte, binaryFormat, null, ok bool) {
-	b := p.body
-	for range 2 { // portal and statement names
-		j := indexByte(b, 0)
-		if j < 0 {
-			return nil, false, false, false
-		}
-		b = b[j+1:]
-	}
-	if len(b) < 2 {
-		return nil, false, false, false
-	}
-	nFormats := int(binary.BigEndian.Uint16(b))
-	b = b[2:]
-	if len(b) < 2*nFormats+2 {
-		return nil, false, false, false
-	}
-	format := uint16(0)
-	switch {
-	case nFormats == 1:
-		format = binary.BigEndian.Uint16(b)
-	case i < nFormats:
-		format = binary.BigEndian.Uint16(b[2*i:])
-	}
-	b = b[2*nFormats:]
-	nParams := int(binary.BigEndian.Uint16(b))
-	b = b[2:]
-	if i >= nParams {
-		return nil, false, false, false
-	}
-	for k := 0; ; k++ {
-		if len(b) < 4 {
-			return nil, false, false, false
-		}
-		n := int32(binary.BigEndian.Uint32(b))
-		b = b[4:]
-		if n < 0 {
-			if k == i {
-				return nil, format == 1, true, true
-			}
-			continue
-		}
-		if int(n) > len(b) {
-			return nil, false, false, false
-		}
-		if k == i {
-			return b[:n], format == 1, false, true
-		}
-		b = b[n:]
-	}
-}
-
-func indexByte(b []byte, c byte) int {
-	for i, x := range b {
-		if x == c {
-			return i
-		}
-	}
-	return -1
-}
-
 // Route decides where a planned statement goes; params are the Bind's
 // (zero for a simple Query). For a cached plan it does not allocate on
 // success.
-func (r *Router) Route(p *Plan, params Params) (Route, *Error) {
+func (r *Router) Route(p *Plan, params wire.BindMsg) (Route, *Error) {
 	if p.Err != nil {
 		return Route{}, p.Err
 	}
@@ -241,7 +170,7 @@ func (r *Router) Route(p *Plan, params Params) (Route, *Error) {
 }
 
 // shardFor computes the shard owning a call's key.
-func (r *Router) shardFor(c *Call, params Params) (*shardmap.Shard, *Error) {
+func (r *Router) shardFor(c *Call, params wire.BindMsg) (*shardmap.Shard, *Error) {
 	var value []byte
 	var bin, null bool
 	switch c.Key.Kind {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/shardmap"
+	"github.com/pgrouter/pgrouter/wire"
 )
 
 const routeConfig = `
@@ -92,6 +93,19 @@ func bind(formats []uint16, params ...[]byte) []byte {
 	return binary.BigEndian.AppendUint16(b, 0)
 }
 
+// bindParams reads a Bind body as the proxy does before routing.
+func bindParams(t testing.TB, body []byte) wire.BindMsg {
+	t.Helper()
+	if body == nil {
+		return wire.BindMsg{} // a simple Query: no parameters
+	}
+	m, err := wire.ReadBind(body)
+	if err != nil {
+		t.Fatalf("test Bind: %v", err)
+	}
+	return m
+}
+
 func int8Bytes(v int64) []byte { return binary.BigEndian.AppendUint64(nil, uint64(v)) }
 func int4Bytes(v int32) []byte { return binary.BigEndian.AppendUint32(nil, uint32(v)) }
 
@@ -161,7 +175,7 @@ func TestRoute(t *testing.T) {
 		}
 		for _, tc := range cases {
 			p := r.Plan(tc.sql, true)
-			got, err := r.Route(p, BindParams(tc.params))
+			got, err := r.Route(p, bindParams(t, tc.params))
 			switch {
 			case tc.code != "":
 				if err == nil || err.Code != tc.code {
@@ -178,11 +192,11 @@ func TestRoute(t *testing.T) {
 
 func TestRouteErrorsNameFunctionAndArgument(t *testing.T) {
 	r := testRouter(t, "xxhash64")
-	_, err := r.Route(r.Plan("SELECT get_user(lower($1))", true), Params{})
+	_, err := r.Route(r.Plan("SELECT get_user(lower($1))", true), wire.BindMsg{})
 	if err == nil || !strings.Contains(err.Message, "i_username") || !strings.Contains(err.Message, "public.get_user") {
 		t.Fatalf("%v", err)
 	}
-	_, err = r.Route(r.Plan("SELECT get_user(NULL)", true), Params{})
+	_, err = r.Route(r.Plan("SELECT get_user(NULL)", true), wire.BindMsg{})
 	if err == nil || err.Message != "pgrouter: shard key i_username of public.get_user is NULL" {
 		t.Fatalf("%v", err)
 	}
@@ -204,7 +218,7 @@ func TestOverrideComment(t *testing.T) {
 func TestCatalogNotLoaded(t *testing.T) {
 	r := testRouter(t, "xxhash64")
 	r.SetCatalog(nil)
-	_, err := r.Route(r.Plan("SELECT get_user('bob')", true), Params{})
+	_, err := r.Route(r.Plan("SELECT get_user('bob')", true), wire.BindMsg{})
 	if err == nil || err.Code != "55000" {
 		t.Fatalf("%v", err)
 	}
@@ -215,7 +229,7 @@ func TestCatalogNotLoaded(t *testing.T) {
 func BenchmarkRouteCached(b *testing.B) {
 	r := testRouter(b, "hashtext")
 	sql := "SELECT * FROM get_user($1)"
-	params := BindParams(bind(nil, []byte("some.user@example.com")))
+	params := bindParams(b, bind(nil, []byte("some.user@example.com")))
 	r.Plan(sql, true)
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -230,7 +244,7 @@ func BenchmarkRouteCached(b *testing.B) {
 func TestRouteCachedDoesNotAllocate(t *testing.T) {
 	r := testRouter(t, "xxhash64")
 	sql := "SELECT user_by_id($1)"
-	params := BindParams(bind([]uint16{1}, int8Bytes(7)))
+	params := bindParams(t, bind([]uint16{1}, int8Bytes(7)))
 	r.Plan(sql, true)
 	if n := testing.AllocsPerRun(200, func() {
 		if _, err := r.Route(r.Plan(sql, true), params); err != nil {
@@ -250,7 +264,7 @@ func FuzzRoute(f *testing.F) {
 	r := testRouter(f, "hashtext")
 	f.Fuzz(func(t *testing.T, sql string, param []byte) {
 		p := analyze(sql, true, r.index, r.Catalog())
-		route, err := r.Route(p, BindParams(bind(nil, param, param)))
+		route, err := r.Route(p, bindParams(t, bind(nil, param, param)))
 		if err == nil && route.Target == TargetShard {
 			if s, ok := r.Cluster.ShardNamed(route.Shard.Name); !ok || s != route.Shard {
 				t.Fatalf("%q routed to a shard outside the cluster", sql)
