@@ -167,10 +167,7 @@ func checkSeqExamples(t *testing.T, demoOut string) {
 	if !strings.Contains(demoOut, "pgrouter seq check -c "+path) {
 		t.Fatalf("demo does not print how to check its sequences:\n%s", demoOut)
 	}
-	readme, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
+	readme := docsText(t)
 	run := func(f func(context.Context, io.Writer, string) error) string {
 		var b strings.Builder
 		if err := f(context.Background(), &b, path); err != nil {
@@ -222,6 +219,25 @@ func readmeExample(t *testing.T, readme, marker string) string {
 // checkRefsyncExamples runs the README's refsync examples on the demo with
 // psql: every shard's copy of countries, then again after an update on the
 // source the demo prints.
+// docsText is the README and every document under docs/, where the
+// examples the demo must reproduce live.
+func docsText(t *testing.T) []byte {
+	t.Helper()
+	files, err := filepath.Glob("../../docs/*.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all []byte
+	for _, f := range append([]string{"../../README.md"}, files...) {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, b...)
+	}
+	return all
+}
+
 // anyRowOrder sorts the rows of psql's table output: a run_on all call
 // streams each shard's rows as they come, so shards interleave in any order.
 func anyRowOrder(out string) string {
@@ -243,10 +259,7 @@ func anyRowOrder(out string) string {
 
 func checkRefsyncExamples(t *testing.T, demoOut, host, port string) {
 	t.Helper()
-	readme, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
+	readme := docsText(t)
 	bin, err := pgtest.BinDir()
 	if err != nil {
 		t.Fatal(err)
