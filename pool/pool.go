@@ -94,6 +94,8 @@ type Config struct {
 }
 
 // Pool is the set of server connections for one (shard, server user).
+// mu is a leaf lock: nothing else is taken while it is held, and waiters
+// are woken with sends on buffered channels.
 type Pool struct {
 	cfg    Config // Settings in it are the first ones; see settings
 	nextID *atomic.Uint64

@@ -267,19 +267,13 @@ func (f *fanStream) emitReduced() error {
 	if f.desc == nil || desc.Decode(f.desc) != nil || len(desc.Fields) != 1 {
 		return s.fanError(f.oneColumn())
 	}
-	v, err := router.Reduce(f.call.Fn.Merge, f.values)
-	if err != nil {
-		return s.fanError(errorf(sqlstate.DatatypeMismatch, "pgrouter: %s: %v", f.call.Fn.FullName(), err).response())
-	}
 	format := uint16(0)
 	if shape != nil && len(shape.formats) > 0 {
 		format = shape.formats[0]
 	}
-	if format == 1 && v != nil {
-		if v, err = router.EncodeBinary(desc.Fields[0].DataTypeOID, v); err != nil {
-			return s.fanError(errorf(sqlstate.FeatureNotSupported, "pgrouter: %s: %v", f.call.Fn.FullName(), err).
-				withHint("Ask for the result in text format, or cast it to bigint, numeric or text.").response())
-		}
+	v, merr := router.Merged(f.call.Fn.FullName(), f.call.Fn.Merge, f.values, desc.Fields[0].DataTypeOID, format == 1)
+	if merr != nil {
+		return s.fanError((&Error{Code: merr.Code, Message: merr.Message, Hint: merr.Hint}).response())
 	}
 	desc.Fields[0].Format = int16(format)
 	if shape != nil {

@@ -49,6 +49,12 @@ func (g *generation) allShards() []*shardmap.Shard {
 }
 
 // Server accepts client connections and runs one session per client.
+//
+// Locks (docs/architecture.md has them all): reloadMu is taken first, by
+// Reload alone, which under it takes pool.Set's, each pool.Pool's and
+// pollMu one at a time; mu is never held while any other lock is taken
+// (the watchdog and SHOW CLIENTS copy the session list and let go of mu
+// before taking a session's mu); pool.Pool.mu is a leaf.
 type Server struct {
 	// Set at construction.
 	log     *zap.Logger

@@ -30,7 +30,10 @@ var errTerminate = errors.New("client sent Terminate")
 // forwards it to the linked server, and at each Sync, Query or Flush relays
 // the server's answers back before reading the client again. Working one
 // request at a time in one goroutine keeps the order of responses obvious and
-// costs no goroutine hand-offs on the hot path.
+// costs no goroutine hand-offs on the hot path. Other goroutines (cancel,
+// watchdog, SHOW CLIENTS) read only mu's fields and the atomics, and mu is
+// never held while another lock is taken. During a fan-out the shards'
+// goroutines write to the client under fanStream.mu while this one waits.
 type session struct {
 	// Set at construction.
 	srv         *Server

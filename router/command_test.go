@@ -1,6 +1,7 @@
 package router
 
 import (
+	"bytes"
 	"slices"
 	"strings"
 	"testing"
@@ -155,6 +156,49 @@ func BenchmarkReduceLongNumeric(b *testing.B) {
 	for b.Loop() {
 		if _, err := Reduce(shardmap.MergeSum, v); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestMerged: what a merged fan-out sends, from the shards' values, in
+// text and in binary, and the SQLSTATE of what cannot be merged or sent.
+func TestMerged(t *testing.T) {
+	v := func(s ...string) [][]byte {
+		out := make([][]byte, len(s))
+		for i := range s {
+			if s[i] != "NULL" {
+				out[i] = []byte(s[i])
+			}
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		m      shardmap.Merge
+		values [][]byte
+		oid    uint32
+		binary bool
+		want   []byte
+		code   string
+	}{
+		{shardmap.MergeSum, v("40", "2"), OIDInt8, false, []byte("42"), ""},
+		{shardmap.MergeSum, v("40", "2"), OIDInt8, true, []byte{0, 0, 0, 0, 0, 0, 0, 42}, ""},
+		{shardmap.MergeSum, v("NULL", "NULL"), OIDInt8, true, nil, ""},
+		{shardmap.MergeMax, v("b", "a"), OIDText, true, []byte("b"), ""},
+		{shardmap.MergeBoolAnd, v("t", "f"), OIDBool, true, []byte{0}, ""},
+		{shardmap.MergeSum, v("1", "x"), OIDInt8, false, nil, "42804"},
+		{shardmap.MergeSum, v("2147483647", "1"), OIDInt4, true, nil, "0A000"},
+		{shardmap.MergeMax, v("1", "2"), 1186 /* interval */, true, nil, "0A000"},
+	} {
+		got, err := Merged("public.f", tc.m, tc.values, tc.oid, tc.binary)
+		code := ""
+		if err != nil {
+			code = err.Code
+			if !strings.Contains(err.Message, "public.f") {
+				t.Errorf("error %q does not name the function", err.Message)
+			}
+		}
+		if code != tc.code || !bytes.Equal(got, tc.want) || (tc.want == nil) != (got == nil) {
+			t.Errorf("Merged(%d, %q, oid %d, binary %v) = %v, %v; want %v, %q", tc.m, tc.values, tc.oid, tc.binary, got, err, tc.want, tc.code)
 		}
 	}
 }

@@ -10,7 +10,28 @@ import (
 	"strings"
 
 	"github.com/pgrouter/pgrouter/shardmap"
+	"github.com/pgrouter/pgrouter/sqlstate"
 )
+
+// Merged is the one value a merged fan-out returns: the shards' values
+// reduced (text format; nil is SQL NULL), then encoded in binary when the
+// client asked for it. fn names the function in errors; typeOID is the
+// result column's type. Errors carry their SQLSTATE: 42804 for values the
+// merge cannot combine, 0A000 for a type pgrouter cannot send in binary.
+func Merged(fn string, m shardmap.Merge, values [][]byte, typeOID uint32, binaryFormat bool) ([]byte, *Error) {
+	v, err := Reduce(m, values)
+	if err != nil {
+		return nil, planError(sqlstate.DatatypeMismatch, "%s: %v", fn, err)
+	}
+	if binaryFormat && v != nil {
+		if v, err = EncodeBinary(typeOID, v); err != nil {
+			e := planError(sqlstate.FeatureNotSupported, "%s: %v", fn, err)
+			e.Hint = "Ask for the result in text format, or cast it to bigint, numeric or text."
+			return nil, e
+		}
+	}
+	return v, nil
+}
 
 // Reduce combines one value per shard (text format; nil is SQL NULL) the way
 // the function's merge says, as the SQL aggregate of the same name would:
