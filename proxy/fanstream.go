@@ -94,9 +94,26 @@ func (f *fanStream) flush() {
 	if f.clientErr != nil || f.s.cw.Len() == 0 {
 		return
 	}
-	if err := f.s.cw.Flush(); err != nil {
+	if err := f.clientWrite(f.s.cw.Flush); err != nil {
 		f.clientErr = err
 	}
+}
+
+// clientWrite runs a write to the client that may block (a flush) with the
+// fan-out's server_read_timeout clock stopped: time the client takes to
+// read is client_write_timeout's business, not a shard's silence. The
+// clock resumes where it was, so the shards' own time still counts.
+func (f *fanStream) clientWrite(write func() error) error {
+	s := f.s
+	began := s.waitingSince.Load()
+	if began == 0 {
+		return write()
+	}
+	s.waitingSince.Store(0)
+	start := monoNow()
+	err := write()
+	s.waitingSince.Store(began + (monoNow() - start))
+	return err
 }
 
 // pump reads a server's replies up to ReadyForQuery, handing each to fn
@@ -216,7 +233,13 @@ func (f *fanStream) take(sh *shardmap.Shard, m wire.Message) {
 
 // forward writes a shard's message to the client; the caller holds mu.
 func (f *fanStream) forward(m wire.Message) {
-	if err := f.s.forward(m); err != nil {
+	var err error
+	if f.s.cw.Len()+len(m.Raw) > wire.FlushThreshold { // the write flushes, and may block
+		err = f.clientWrite(func() error { return f.s.forward(m) })
+	} else {
+		err = f.s.forward(m)
+	}
+	if err != nil {
 		f.clientErr = err
 	}
 }

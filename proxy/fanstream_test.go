@@ -1,13 +1,17 @@
 package proxy
 
 import (
+	"io"
+	"net"
 	"runtime"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // TestFanoutStreams: a run_on all call's rows reach the client as shards
@@ -134,5 +138,62 @@ func TestFanoutCannotChangeSettings(t *testing.T) {
 	}
 	if err := rows.Err(); err != nil || n != 4 {
 		t.Fatalf("after the refused calls: %d rows, %v; want one per shard", n, err)
+	}
+}
+
+// slowReader reads at most 64 kB at a time, 2 ms apart: with a small
+// receive buffer, a client that keeps reading, slowly.
+type slowReader struct{ r io.Reader }
+
+func (s slowReader) Read(p []byte) (int, error) {
+	time.Sleep(2 * time.Millisecond)
+	return s.r.Read(p[:min(len(p), 64<<10)])
+}
+
+// TestFanoutSlowClientIsNotAShardTimeout: a client that reads an 8 MB
+// run_on all result slowly (seconds, over a small receive buffer) is not
+// a shard that stopped answering: with server_read_timeout 1s the call
+// completes. Before, the time pgrouter spent blocked on the client counted
+// toward the shards' timeout and the call failed with 57014.
+func TestFanoutSlowClientIsNotAShardTimeout(t *testing.T) {
+	p := startRouting(t, proxyOpts{size: 2, extra: "  server_read_timeout: 1s\n"})
+	d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 16<<10) })
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	conn, err := d.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(time.Minute))
+	c := &rawClient{t: t, conn: conn, fe: pgproto3.NewFrontend(slowReader{conn}, conn)}
+	c.login(trustLogin)
+	start := time.Now()
+	c.send(&pgproto3.Query{String: "SELECT * FROM rt_rows(2000, '', 0)"})
+	rows := 0
+	for {
+		m, err := c.receive()
+		if err != nil {
+			t.Fatalf("after %d rows: %v", rows, err)
+		}
+		switch m := m.(type) {
+		case *pgproto3.DataRow:
+			rows++
+		case *pgproto3.ErrorResponse:
+			t.Fatalf("after %d rows and %s: %s %s", rows, time.Since(start).Round(time.Millisecond), m.Code, m.Message)
+		case *pgproto3.ReadyForQuery:
+			if rows != 8000 {
+				t.Fatalf("%d rows; want 8000", rows)
+			}
+			if took := time.Since(start); took < 1500*time.Millisecond {
+				t.Fatalf("read in %s: the client was not slow enough to test anything", took)
+			}
+			return
+		}
 	}
 }
