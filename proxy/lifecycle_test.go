@@ -253,7 +253,7 @@ func TestLimitsGiveTheirSQLSTATE(t *testing.T) {
 			_, err := busy.Exec(ctx, "SELECT pg_sleep(20)")
 			done <- err
 		}()
-		time.Sleep(300 * time.Millisecond)
+		waitRunning(t, "SELECT pg_sleep(20)")
 		if err := busy.PgConn().CancelRequest(ctx); err != nil {
 			t.Fatal(err)
 		}

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"crypto/tls"
 	"fmt"
 	"os"
@@ -68,11 +67,16 @@ func TestClientTLS(t *testing.T) {
 			t.Fatalf("sslmode=%s: TLS %v", mode, isTLS)
 		}
 		// Cancel requests work over TLS clients too.
+		done := make(chan error, 1)
 		go func() {
-			time.Sleep(200 * time.Millisecond)
-			_ = c.PgConn().CancelRequest(context.Background())
+			_, err := c.Exec(ctx, "SELECT pg_sleep(10)")
+			done <- err
 		}()
-		if _, err := c.Exec(ctx, "SELECT pg_sleep(10)"); pgCode(err) != "57014" {
+		waitRunning(t, "SELECT pg_sleep(10)")
+		if err := c.PgConn().CancelRequest(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-done; pgCode(err) != "57014" {
 			t.Fatalf("cancel with sslmode=%s: %v", mode, err)
 		}
 		c.Close(ctx)
