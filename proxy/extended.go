@@ -36,7 +36,7 @@ func (s *session) parse(m wire.Message) error {
 	name, definition := msg.Name, msg.Definition
 	plan := s.router.Plan(string(msg.Query), s.standardStrings())
 	info := planInfo(plan)
-	if len(name) > 0 && !s.passthrough && s.server == nil && s.txStatus == wire.TxIdle && s.stmts[string(name)] == nil {
+	if len(name) > 0 && !s.passthrough && s.server == nil && s.tx == txIdle && s.stmts[string(name)] == nil {
 		// A statement some server has already parsed needs no server now:
 		// it is prepared where it executes.
 		if st := newStatement(definition, info, plan); s.known.has(st.serverName) {
@@ -313,7 +313,7 @@ func (s *session) sync(m wire.Message) error {
 	s.pending = 0
 	if s.server == nil { // nothing went to a server: every reply is local
 		s.emitLocals()
-		return clientIO(s.cw.SendReady(s.txStatus))
+		return clientIO(s.cw.SendReady(s.tx.status()))
 	}
 	c := s.server
 	_ = c.W.Write(m.Raw)
@@ -346,7 +346,7 @@ func (s *session) flush(m wire.Message) error {
 // through the protocol (the server knows it under another name), when it
 // is the whole query and nothing else is in flight.
 func (s *session) answerLocally(info queryInfo) (bool, error) {
-	if info.deallocate == "" || s.passthrough || s.txStatus == wire.TxFailed || !s.queue.empty() || s.inBatch {
+	if info.deallocate == "" || s.passthrough || s.tx.status() == wire.TxFailed || !s.queue.empty() || s.inBatch {
 		return false, nil
 	}
 	if _, ok := s.stmts[info.deallocate]; !ok {
@@ -354,7 +354,7 @@ func (s *session) answerLocally(info queryInfo) (bool, error) {
 	}
 	s.dropStatement(info.deallocate)
 	_ = s.cw.Send(&pgproto3.CommandComplete{CommandTag: []byte("DEALLOCATE")})
-	return true, clientIO(s.cw.SendReady(s.txStatus))
+	return true, clientIO(s.cw.SendReady(s.tx.status()))
 }
 
 // standardStrings reports the client's standard_conforming_strings, which

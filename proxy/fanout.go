@@ -48,7 +48,7 @@ func (s *session) fanDone() error {
 		s.abortUnpinned()
 	}
 	s.reqFailed = false
-	return clientIO(s.cw.SendReady(s.txStatus))
+	return clientIO(s.cw.SendReady(s.tx.status()))
 }
 
 // runOnAll sends every shard what write puts on its connection (ending with
@@ -68,7 +68,7 @@ func (s *session) runOnAll(f *fanStream, write func(c *pool.Conn)) {
 	// shard has answered (time waiting for a pool slot before that is
 	// query_wait_timeout's).
 	begin := sync.OnceFunc(s.waitBegin)
-	wrap := s.virtualTx
+	wrap := s.tx.unpinned()
 	var wg sync.WaitGroup
 	for i, sh := range shards {
 		held := s.heldOn(sh)
@@ -248,7 +248,7 @@ func (s *session) finishFanout(sync wire.Message) error {
 		}
 		if s.batchErr {
 			s.batchErr = false
-			return clientIO(s.cw.SendReady(s.txStatus))
+			return clientIO(s.cw.SendReady(s.tx.status()))
 		}
 	}
 	bind, err := wire.ReadBind(f.bind)

@@ -29,7 +29,7 @@ func (s *session) query(m wire.Message) error {
 		return s.fanoutQuery(m, plan, all)
 	}
 	s.dest = dest
-	s.noPin = s.virtualTx && plan.Free // runs outside the unpinned transaction
+	s.noPin = s.tx.unpinned() && plan.Free // runs outside the unpinned transaction
 	err = s.link()
 	s.noPin = false
 	if err != nil {

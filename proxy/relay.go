@@ -172,15 +172,15 @@ func (s *session) ready(m wire.Message, head *request) error {
 	}
 	failed := s.reqFailed
 	s.reqFailed = false
-	if s.virtualTx { // the server ran a statement outside the client's unpinned transaction
+	if s.tx.unpinned() { // the server ran a statement outside the client's unpinned transaction
 		if failed {
 			s.abortUnpinned()
 		}
 		s.reqStart = time.Time{}
-		return clientIO(s.cw.SendReady(s.txStatus))
+		return clientIO(s.cw.SendReady(s.tx.status()))
 	}
 	s.account(body[0])
-	s.txStatus = body[0]
+	s.tx = serverTx(body[0])
 	if body[0] == wire.TxIdle && s.portals != nil && s.queue.empty() {
 		s.endPortals() // the transaction that held them ended
 	}
@@ -198,9 +198,9 @@ func (s *session) account(status byte) {
 	p := s.server.Pool()
 	p.RecordQuery(now.Sub(s.reqStart), s.bytesIn, s.bytesOut)
 	switch {
-	case s.txStatus == wire.TxIdle && status == wire.TxIdle:
+	case s.tx == txIdle && status == wire.TxIdle:
 		p.RecordXact(now.Sub(s.reqStart))
-	case s.txStatus == wire.TxIdle:
+	case s.tx == txIdle:
 		s.xactStart = s.reqStart
 	case status == wire.TxIdle:
 		p.RecordXact(now.Sub(s.xactStart))
@@ -313,7 +313,7 @@ func (s *session) serverEnded(m wire.Message) error {
 	s.unlink()
 	out := &Error{Code: e.Code, Message: e.Message, Detail: e.Detail, Hint: e.Hint,
 		Err: fmt.Errorf("shard %s ended the server connection: %s", shard, e.Message)}
-	if s.mode == config.ModeSession || s.txStatus != wire.TxIdle {
+	if s.mode == config.ModeSession || s.tx != txIdle {
 		out.Fatal = true
 		return out
 	}

@@ -125,7 +125,7 @@ func (s *session) place(p *router.Plan, params wire.BindMsg) (*shardmap.Shard, *
 	switch route.Target {
 	case router.TargetAll:
 		switch {
-		case s.txStatus != wire.TxIdle && !s.virtualTx:
+		case s.tx.onServer():
 			return nil, nil, errorf(sqlstate.FeatureNotSupported, "pgrouter: %s runs on all shards and cannot run inside a transaction that already runs on shard %s", route.Call.Fn.FullName(), s.server.Shard()).
 				withHint("Call it before the transaction's first statement that chooses a shard, or outside BEGIN ... COMMIT.")
 		case pinned != nil || (s.inBatch && !s.movable()):
@@ -143,7 +143,7 @@ func (s *session) place(p *router.Plan, params wire.BindMsg) (*shardmap.Shard, *
 	}
 	if pinned != nil && sh != pinned {
 		what := "transaction"
-		if s.txStatus == wire.TxIdle {
+		if s.tx == txIdle {
 			what = "pipeline"
 		}
 		return nil, nil, errorf(sqlstate.FeatureNotSupported, "pgrouter: this %s runs on shard %s; the statement belongs to shard %s", what, pinned.Name, sh.Name).
@@ -366,7 +366,7 @@ func (s *session) sessionCommand(p *router.Plan) (bool, error) {
 		if err != nil {
 			return true, err
 		}
-		return true, s.localComplete(s.txStatus, tags...)
+		return true, s.localComplete(s.tx.status(), tags...)
 	}
 	if s.failedUnpinned() {
 		return true, errorf(sqlstate.InFailedTransaction, "current transaction is aborted, commands ignored until end of transaction block")
@@ -396,7 +396,7 @@ func (s *session) overrideCommand(cmd *router.Command) error {
 		} else {
 			s.overShard, s.overKey = "", cmd.Value
 		}
-		return s.localComplete(s.txStatus, "SET")
+		return s.localComplete(s.tx.status(), "SET")
 	case router.CmdResetOver:
 		if cmd.Name == router.OverShard {
 			s.overShard = ""
@@ -404,9 +404,9 @@ func (s *session) overrideCommand(cmd *router.Command) error {
 			s.overKey = ""
 		}
 		if cmd.Value != "" { // SET ... = DEFAULT
-			return s.localComplete(s.txStatus, "SET")
+			return s.localComplete(s.tx.status(), "SET")
 		}
-		return s.localComplete(s.txStatus, "RESET")
+		return s.localComplete(s.tx.status(), "RESET")
 	}
 	value := s.overShard
 	if cmd.Name == router.OverKey {
@@ -416,7 +416,7 @@ func (s *session) overrideCommand(cmd *router.Command) error {
 		Name: []byte(cmd.Name), DataTypeOID: router.OIDText, DataTypeSize: -1, TypeModifier: -1,
 	}}})
 	_ = s.cw.Send(&pgproto3.DataRow{Values: [][]byte{[]byte(value)}})
-	return s.localComplete(s.txStatus, "SHOW")
+	return s.localComplete(s.tx.status(), "SHOW")
 }
 
 // pin starts the client's unpinned transaction on the server just linked:
@@ -439,7 +439,7 @@ func (s *session) pin() error {
 			info := planInfo(p)
 			s.noteSettings(&info)
 		}
-		s.virtualTx = false
+		s.tx = txPinned // the server answered BEGIN with 'T'
 		s.beginSQL = ""
 		s.truncateDeferred(0)
 		return nil

@@ -56,7 +56,7 @@ type session struct {
 	cw       *wire.Writer
 	server   *pool.Conn            // linked server, nil between transactions in transaction mode
 	pools    map[string]*pool.Pool // by shard name
-	txStatus byte                  // status of the last ReadyForQuery the client got
+	tx       txState               // the client's transaction (txstate.go)
 	queue    queue                 // requests sent to the server and not yet answered
 	inBatch  bool                  // extended-protocol messages sent since the last Sync
 	skipping bool                  // an extended message failed: discard until Sync, as PostgreSQL does
@@ -84,9 +84,8 @@ type session struct {
 	// localPortals are portals of statements pgrouter answers itself (see
 	// localExtended), by name.
 	localPortals map[string]*router.Plan
-	// An unpinned transaction: BEGIN and the SETs after it wait for the
-	// first routed statement (virtualTx) to be sent to its shard.
-	virtualTx          bool
+	// An unpinned transaction (tx.unpinned()): BEGIN and the SETs after it
+	// wait for the first routed statement to be sent to its shard.
 	beginSQL           string
 	deferred           []*router.Plan
 	deferredBytes      int    // of the state budget, held by deferred
@@ -152,7 +151,6 @@ func newSession(srv *Server, gen *generation, conn net.Conn, r *wire.Reader, w *
 		cr:          r,
 		cw:          w,
 		pools:       map[string]*pool.Pool{},
-		txStatus:    wire.TxIdle,
 		stmts:       map[string]*statement{},
 		known:       srv.known.get(cl.Name, user),
 		router:      gen.routers[cl.Name],
@@ -340,7 +338,7 @@ func (s *session) fail(err error, typ byte) error {
 	switch typ {
 	case wire.Query, wire.FunctionCall, wire.Sync:
 		s.inBatch = false
-		return clientIO(s.cw.SendReady(s.txStatus))
+		return clientIO(s.cw.SendReady(s.tx.status()))
 	}
 	s.skipping = true
 	return nil
@@ -383,7 +381,7 @@ func (s *session) link() error {
 	dest := s.dest
 	if s.server != nil {
 		if dest == nil || s.server.Shard() == dest.Name {
-			if s.virtualTx && !s.noPin {
+			if s.tx.unpinned() && !s.noPin {
 				if s.inBatch { // the pin's BEGIN goes between requests
 					if err := s.endBatch(); err != nil {
 						return err
@@ -439,7 +437,7 @@ func (s *session) link() error {
 		s.unlink()
 		return err
 	}
-	if s.virtualTx && !s.noPin {
+	if s.tx.unpinned() && !s.noPin {
 		return s.pin()
 	}
 	return nil

@@ -9,7 +9,6 @@ import (
 
 	"github.com/pgrouter/pgrouter/pool"
 	"github.com/pgrouter/pgrouter/sqlstate"
-	"github.com/pgrouter/pgrouter/wire"
 )
 
 // applySettings makes the linked server's session settings equal the
@@ -160,7 +159,7 @@ func (s *session) queueSettingsReadBack(c *pool.Conn) {
 			}
 		},
 		onEnd: func(ok bool) {
-			if !ok || s.txStatus != wire.TxIdle || len(values) != len(names) {
+			if !ok || s.tx != txIdle || len(values) != len(names) {
 				return // not final yet: asked again after the transaction
 			}
 			for i, n := range names {
@@ -186,7 +185,7 @@ func (s *session) queueSettingsReadBack(c *pool.Conn) {
 // settle runs after a client request: it re-applies settings a RESET took
 // back to the server default, once the client is outside a transaction.
 func (s *session) settle() error {
-	if !s.needApply || s.server == nil || s.txStatus != wire.TxIdle {
+	if !s.needApply || s.server == nil || s.tx != txIdle {
 		return nil
 	}
 	s.needApply = false

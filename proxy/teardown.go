@@ -69,7 +69,7 @@ const poolReset = "CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCA
 // resetServer ends whatever the departed client left open on its server.
 func (s *session) resetServer(ctx context.Context) error {
 	c := s.server
-	status := s.txStatus
+	status := s.tx.status()
 	var err error
 	if s.inBatch { // extended messages without their Sync: close the implicit transaction
 		if status, err = c.Sync(ctx); err != nil {
@@ -127,16 +127,16 @@ func (s *session) serverLost(err error) error {
 	s.queue.clear()
 	s.inBatch = false
 	s.unlink()
-	fatal := s.mode == config.ModeSession || s.txStatus != wire.TxIdle
+	fatal := s.mode == config.ModeSession || s.tx != txIdle
 	if c.Interrupted() { // server_read_timeout: the watchdog closed it (watchdog.go)
-		s.txStatus = wire.TxIdle
+		s.tx = txIdle
 		return s.readTimeoutError(shard, fatal).because(err)
 	}
 	s.logger().Warn("server connection lost", zap.String("shard", shard), zap.Error(err))
 	if fatal {
 		return fatalf(sqlstate.ConnectionFailure, "pgrouter: lost the connection to shard %s; the transaction or session state on it is gone", shard).because(err)
 	}
-	s.txStatus = wire.TxIdle
+	s.tx = txIdle
 	return errorf(sqlstate.ConnectionFailure, "pgrouter: lost the connection to shard %s while running the statement; it may or may not have completed", shard).because(err)
 }
 

@@ -20,8 +20,8 @@ import (
 // ReadyForQuery status the client sees:
 //
 //	idle      (I)  no transaction
-//	unpinned  (T)  BEGIN answered by pgrouter; no shard chosen yet (virtualTx)
-//	pinned    (T)  open on the linked server (txStatus from that server)
+//	unpinned  (T)  BEGIN answered by pgrouter; no shard chosen yet
+//	pinned    (T)  open on the linked server (its ReadyForQuery status)
 //	failed    (E)  aborted, pinned or unpinned: only ROLLBACK ends it
 //
 // On a cluster of more than one shard with routed functions (not in
@@ -46,7 +46,7 @@ import (
 // transaction (answered by pgrouter) rather than running on a server.
 func (s *session) canStartUnpinned() bool {
 	return len(s.cluster.Shards) > 1 && s.router.HasFunctions() && s.mode != config.ModeStatement &&
-		s.txStatus == wire.TxIdle && s.unbound()
+		s.tx == txIdle && s.unbound()
 }
 
 // unbound reports whether no server holds any part of the client's current
@@ -59,7 +59,7 @@ func (s *session) unbound() bool {
 // quiet reports whether the client is between transactions (idle or
 // unpinned) with nothing in flight: its server may go back to the pool.
 func (s *session) quiet() bool {
-	return (s.txStatus == wire.TxIdle || s.virtualTx) && s.queue.empty() && !s.inBatch && !s.skipping
+	return !s.tx.onServer() && s.queue.empty() && !s.inBatch && !s.skipping
 }
 
 // switchable reports whether a session-mode client is between
@@ -75,41 +75,39 @@ func (s *session) switchable() bool {
 // Parse/Describe/Flush before it binds).
 func (s *session) movable() bool {
 	return s.server != nil && s.inBatch && !s.batchExecuted && !s.skipping && s.fan == nil &&
-		(s.txStatus == wire.TxIdle || s.virtualTx)
+		!s.tx.onServer()
 }
 
 // atBoundary reports whether the client is between transactions with
 // nothing in flight: the only moment it may take a new config or be told
 // to leave without losing anything.
 func (s *session) atBoundary() bool {
-	return s.quiet() && s.txStatus == wire.TxIdle && !s.virtualTx && s.held.empty() && s.fan == nil &&
+	return s.quiet() && s.tx == txIdle && s.held.empty() && s.fan == nil &&
 		(s.server == nil || s.mode == config.ModeSession)
 }
 
 // failedUnpinned reports an unpinned transaction that an error aborted.
-func (s *session) failedUnpinned() bool { return s.virtualTx && s.txStatus == wire.TxFailed }
+func (s *session) failedUnpinned() bool { return s.tx == txUnpinnedFailed }
 
 // startUnpinned begins an unpinned transaction for a BEGIN statement.
 func (s *session) startUnpinned(begin string) {
-	s.virtualTx = true
+	s.tx = txUnpinned
 	s.beginSQL = begin
-	s.txStatus = wire.TxActive
 	s.xactStart = time.Now()
 }
 
 // endVirtual forgets an unpinned transaction.
 func (s *session) endVirtual() {
-	s.virtualTx = false
+	s.tx = txIdle
 	s.beginSQL = ""
 	s.truncateDeferred(0)
-	s.txStatus = wire.TxIdle
 	s.reqStart = time.Time{}
 }
 
 // abortUnpinned marks an unpinned transaction failed after an error.
 func (s *session) abortUnpinned() {
-	if s.virtualTx {
-		s.txStatus = wire.TxFailed
+	if s.tx == txUnpinned {
+		s.tx = txUnpinnedFailed
 	}
 }
 
@@ -125,13 +123,13 @@ func (s *session) localCommand(p *router.Plan) bool {
 	case router.CmdBegin:
 		return s.canStartUnpinned()
 	case router.CmdRollback:
-		return s.virtualTx
+		return s.tx.unpinned()
 	case router.CmdCommit:
-		return s.virtualTx && (s.txStatus == wire.TxFailed || len(s.deferred) == 0)
+		return s.tx.unpinned() && (s.tx.status() == wire.TxFailed || len(s.deferred) == 0)
 	case router.CmdSets:
-		return s.virtualTx && s.txStatus == wire.TxActive
+		return s.tx.unpinned() && s.tx.status() == wire.TxActive
 	case router.CmdSavepoint: // ROLLBACK TO also recovers a failed one
-		return s.virtualTx && (s.txStatus == wire.TxActive || p.Command.Value == router.SavepointRollback)
+		return s.tx.unpinned() && (s.tx.status() == wire.TxActive || p.Command.Value == router.SavepointRollback)
 	}
 	return false
 }
@@ -198,7 +196,7 @@ func (s *session) runLocal(p *router.Plan) ([]string, error) {
 			// Undo what was kept since the savepoint, which stays; the
 			// transaction is usable again.
 			s.truncateDeferred(i + 1)
-			s.txStatus = wire.TxActive
+			s.tx = txUnpinned
 			return []string{"ROLLBACK"}, nil
 		}
 		// Replayed at the pin: the savepoint's SETs stay.
@@ -208,7 +206,7 @@ func (s *session) runLocal(p *router.Plan) ([]string, error) {
 		return []string{"RELEASE"}, nil
 	case router.CmdCommit, router.CmdRollback:
 		tag := "ROLLBACK"
-		if p.Command.Kind == router.CmdCommit && s.txStatus == wire.TxActive {
+		if p.Command.Kind == router.CmdCommit && s.tx.status() == wire.TxActive {
 			tag = "COMMIT"
 		}
 		s.endVirtual()
@@ -403,7 +401,7 @@ func (s *session) refuseTransaction() error {
 	if err != nil || status != wire.TxIdle {
 		c.MarkBroken()
 	}
-	s.txStatus = wire.TxIdle
+	s.tx = txIdle
 	e := errorf(sqlstate.FeatureNotSupported, "pgrouter: transactions are not allowed in statement pooling mode; the transaction was rolled back").
 		withHint("Use pool.mode: transaction for clients that open transactions.")
 	if err := clientIO(s.cw.Send(e.response())); err != nil {

@@ -53,7 +53,7 @@ func (s *session) readClient() (wire.Message, error) {
 // client: idle_transaction_timeout inside a transaction, client_idle_timeout
 // outside one.
 func (s *session) idleLimitNow() (time.Duration, string, string) {
-	if s.server != nil && s.txStatus != wire.TxIdle {
+	if s.server != nil && s.tx != txIdle {
 		return s.idleTxLimit, sqlstate.IdleInTransactionTimeout, "idle_transaction_timeout"
 	}
 	return s.idleLimit, sqlstate.IdleSessionTimeout, "client_idle_timeout"
