@@ -115,7 +115,9 @@ func (s *session) bind(m wire.Message) error {
 		return malformed(err)
 	}
 	portal, name := msg.Portal, msg.Statement
-	if p := s.stmtPlan(name); p != nil {
+	// A replayed pipeline was placed when it was held (holdMessage): all of
+	// it runs on s.dest, so its Binds are not placed a second time.
+	if p := s.stmtPlan(name); p != nil && !s.replaying {
 		dest, all, err := s.place(p, msg)
 		if err != nil {
 			return err
