@@ -305,15 +305,11 @@ func errorCode(body []byte) string {
 func (s *session) serverEnded(m wire.Message) error {
 	var e pgproto3.ErrorResponse
 	_ = e.Decode(m.Body())
-	c := s.server
+	c, fatal := s.dropServer()
 	shard := c.Shard()
-	c.MarkBroken()
-	s.queue.clear()
-	s.inBatch = false
-	s.unlink()
 	out := &Error{Code: e.Code, Message: e.Message, Detail: e.Detail, Hint: e.Hint,
 		Err: fmt.Errorf("shard %s ended the server connection: %s", shard, e.Message)}
-	if s.mode == config.ModeSession || s.tx != txIdle {
+	if fatal {
 		out.Fatal = true
 		return out
 	}

@@ -121,13 +121,8 @@ func (s *session) abandonServer() {
 // one inside a transaction (or in session mode, whose state lived on that
 // server) is disconnected, as PostgreSQL would disconnect it.
 func (s *session) serverLost(err error) error {
-	c := s.server
+	c, fatal := s.dropServer()
 	shard := c.Shard()
-	c.MarkBroken()
-	s.queue.clear()
-	s.inBatch = false
-	s.unlink()
-	fatal := s.mode == config.ModeSession || s.tx != txIdle
 	if c.Interrupted() { // server_read_timeout: the watchdog closed it (watchdog.go)
 		s.tx = txIdle
 		return s.readTimeoutError(shard, fatal).because(err)
@@ -138,6 +133,19 @@ func (s *session) serverLost(err error) error {
 	}
 	s.tx = txIdle
 	return errorf(sqlstate.ConnectionFailure, "pgrouter: lost the connection to shard %s while running the statement; it may or may not have completed", shard).because(err)
+}
+
+// dropServer forgets a server that is gone (lost, or ending with a FATAL)
+// and everything owed by it. fatal reports that the client loses state
+// with it (a transaction, or a session-mode session) and must be
+// disconnected too.
+func (s *session) dropServer() (c *pool.Conn, fatal bool) {
+	c = s.server
+	c.MarkBroken()
+	s.queue.clear()
+	s.inBatch = false
+	s.unlink()
+	return c, s.mode == config.ModeSession || s.tx != txIdle
 }
 
 // sendFatal reports a fatal error to the client.
