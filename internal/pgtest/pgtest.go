@@ -423,51 +423,15 @@ func spawn(bin string, args []string, owner *credential, out io.Writer) (cmd *ex
 }
 
 // stopGroup signals a spawned program's process group and waits for it,
-// killing the group if it has not exited after timeout. Once the program
-// has exited, what is left of its group (a PostgreSQL backend forked as its
-// postmaster was killed, still holding the shared memory a restart needs)
-// is killed and waited for too.
+// killing the group if it has not exited after timeout.
 func stopGroup(cmd *exec.Cmd, exited chan struct{}, sig syscall.Signal, timeout time.Duration) {
-	pgid := cmd.Process.Pid
-	_ = syscall.Kill(-pgid, sig)
+	_ = syscall.Kill(-cmd.Process.Pid, sig)
 	select {
 	case <-exited:
 	case <-time.After(timeout):
-		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-exited
 	}
-	for deadline := time.Now().Add(timeout); groupAlive(pgid) && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		_ = syscall.Kill(-pgid, syscall.SIGKILL)
-	}
-}
-
-// groupAlive reports whether a process of group pgid is still running
-// (zombies, which hold nothing, do not count: a container's init may never
-// reap them).
-func groupAlive(pgid int) bool {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return false
-	}
-	for _, e := range entries {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		i := bytes.LastIndexByte(stat, ')')
-		if i < 0 {
-			continue
-		}
-		// after ')': state ppid pgrp ...
-		f := strings.Fields(string(stat[i+1:]))
-		if len(f) > 2 && f[2] == strconv.Itoa(pgid) && f[0] != "Z" {
-			return true
-		}
-	}
-	return false
 }
 
 // Halt stops the server (fast shutdown) but keeps its data, for Restart.
