@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -358,15 +359,71 @@ func (s *Server) Signal(sig syscall.Signal) error {
 		return errors.New("server not running")
 	}
 	pid := s.cmd.Process.Pid
+	// To kill or freeze, stop the postmaster first: it then forks no new
+	// backend between the scan for its children and their signal, and they
+	// are still its children (not reparented) when they are looked for.
+	if sig == syscall.SIGKILL || sig == syscall.SIGSTOP {
+		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+			return err
+		}
+	}
+	children := childrenOf(pid)
+	for _, c := range children {
+		_ = syscall.Kill(c, sig)
+	}
 	if err := syscall.Kill(pid, sig); err != nil {
 		return err
 	}
+	if sig == syscall.SIGKILL {
+		// Gone before Signal returns: a statement sent now meets no
+		// survivor, and a restart finds the shared memory free.
+		waitGone(append(children, pid), 10*time.Second)
+	}
+	return nil
+}
+
+// childrenOf lists the processes whose parent is pid.
+func childrenOf(pid int) []int {
+	var out []int
+	for _, p := range procs() {
+		if p.ppid == pid {
+			out = append(out, p.pid)
+		}
+	}
+	return out
+}
+
+// waitGone waits until none of pids runs (zombies, which hold nothing and
+// which a container's init may never reap, do not count).
+func waitGone(pids []int, timeout time.Duration) {
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		running := false
+		for _, p := range procs() {
+			if p.state != "Z" && slices.Contains(pids, p.pid) {
+				running = true
+				break
+			}
+		}
+		if !running {
+			return
+		}
+	}
+}
+
+type proc struct {
+	pid, ppid int
+	state     string
+}
+
+// procs reads every process's pid, parent and state from /proc.
+func procs() []proc {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
-		return err
+		return nil
 	}
+	var out []proc
 	for _, e := range entries {
-		child, err := strconv.Atoi(e.Name())
+		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
@@ -380,11 +437,13 @@ func (s *Server) Signal(sig syscall.Signal) error {
 			continue
 		}
 		fields := strings.Fields(string(stat[i+1:]))
-		if len(fields) > 1 && fields[1] == strconv.Itoa(pid) {
-			_ = syscall.Kill(child, sig)
+		if len(fields) < 2 {
+			continue
 		}
+		ppid, _ := strconv.Atoi(fields[1])
+		out = append(out, proc{pid: pid, ppid: ppid, state: fields[0]})
 	}
-	return nil
+	return out
 }
 
 // kill signals the whole process group and waits for the postmaster to exit.
