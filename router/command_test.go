@@ -48,18 +48,19 @@ func TestParseCommand(t *testing.T) {
 	}
 }
 
-func TestReduce(t *testing.T) {
-	vals := func(s ...string) [][]byte {
-		var out [][]byte
-		for _, v := range s {
-			if v == "NULL" {
-				out = append(out, nil)
-			} else {
-				out = append(out, []byte(v))
-			}
+// textValues are shard values in text format, "NULL" standing for SQL NULL.
+func textValues(s ...string) [][]byte {
+	out := make([][]byte, len(s))
+	for i := range s {
+		if s[i] != "NULL" {
+			out[i] = []byte(s[i])
 		}
-		return out
 	}
+	return out
+}
+
+func TestReduce(t *testing.T) {
+	vals := textValues
 	cases := []struct {
 		m    shardmap.Merge
 		in   [][]byte
@@ -163,15 +164,7 @@ func BenchmarkReduceLongNumeric(b *testing.B) {
 // TestMerged: what a merged fan-out sends, from the shards' values, in
 // text and in binary, and the SQLSTATE of what cannot be merged or sent.
 func TestMerged(t *testing.T) {
-	v := func(s ...string) [][]byte {
-		out := make([][]byte, len(s))
-		for i := range s {
-			if s[i] != "NULL" {
-				out[i] = []byte(s[i])
-			}
-		}
-		return out
-	}
+	v := textValues
 	for _, tc := range []struct {
 		m      shardmap.Merge
 		values [][]byte

@@ -44,7 +44,8 @@ type Call struct {
 // Plan is what pgrouter knows about a statement string before running it.
 // Plans are immutable and cached by text.
 type Plan struct {
-	// Statements are the statements pgrouter must mirror (see Scan).
+	// Statements are the statements pgrouter must mirror or refuse (see
+	// classify and Kind).
 	Statements []Statement
 	// Calls are the routed calls found, in text order.
 	Calls []Call
