@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // TestClientStateIsBounded: a client that prepares statements it never
@@ -63,5 +65,25 @@ func TestClientStateIsBounded(t *testing.T) {
 	}
 	if _, err := other.Exec(ctx, "SET app.after = '"+pad+"'"); err != nil {
 		t.Fatalf("after the ROLLBACK released them: %v", err)
+	}
+}
+
+// TestPortalsEndWithTheirTransaction: a driver that names a new portal for
+// every query (JDBC's C_1, C_2, ...) must not fill its state budget, since
+// PostgreSQL drops portals when their transaction ends; here 1,000 portals
+// of a statement that changes a setting (the ones pgrouter tracks), one
+// per transaction, against a 64 kB budget that holds about 450.
+func TestPortalsEndWithTheirTransaction(t *testing.T) {
+	p := startProxy(t, proxyOpts{size: 1, extra: "  max_client_state: 64kB\n"})
+	c := rawLogin(t, p)
+	if got := c.roundTrip(&pgproto3.Parse{Name: "s", Query: "SET application_name = 'portals'"}, &pgproto3.Sync{}); got != "ParseComplete Ready(I)" {
+		t.Fatal(got)
+	}
+	for i := range 1000 {
+		portal := fmt.Sprintf("C_%d", i)
+		got := c.roundTrip(&pgproto3.Bind{DestinationPortal: portal, PreparedStatement: "s"}, &pgproto3.Execute{Portal: portal}, &pgproto3.Sync{})
+		if got != "BindComplete Complete(SET) Ready(I)" {
+			t.Fatalf("portal %d: %s", i, got)
+		}
 	}
 }

@@ -181,9 +181,6 @@ func (s *session) ready(m wire.Message, head *request) error {
 	}
 	s.account(body[0])
 	s.tx = serverTx(body[0])
-	if body[0] == wire.TxIdle && s.portals != nil && s.queue.empty() {
-		s.endPortals() // the transaction that held them ended
-	}
 	if s.mode == config.ModeStatement && body[0] != wire.TxIdle {
 		s.stmtViolation = true // ReadyForQuery is held back: afterRequest rolls back and says why
 		return nil

@@ -486,6 +486,9 @@ func (s *session) afterRequest(eff effects) error {
 		}
 	}
 	s.dest = nil
+	if len(s.portals) > 0 && s.tx == txIdle && s.queue.empty() && !s.inBatch {
+		s.endPortals() // the transaction that held them ended, and they with it
+	}
 	s.maybeRelease()
 	return nil
 }
