@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"hash"
 	"hash/maphash"
 	"strings"
 	"sync"
@@ -70,15 +71,23 @@ var statementKey = func() []byte {
 	return k
 }()
 
+// statementMACs keeps keyed HMAC states for reuse: building one costs more
+// than hashing a typical statement.
+var statementMACs = sync.Pool{New: func() any { return hmac.New(sha256.New, statementKey) }}
+
 func newStatement(definition []byte, info queryInfo, plan *router.Plan) *statement {
-	mac := hmac.New(sha256.New, statementKey)
+	mac := statementMACs.Get().(hash.Hash)
+	mac.Reset()
 	mac.Write(definition)
-	name := serverStmtPrefix + hex.EncodeToString(mac.Sum(nil)[:16])
-	body := make([]byte, 0, len(name)+1+len(definition))
-	body = append(body, name...)
-	body = append(body, 0)
-	body = append(body, definition...)
-	return &statement{serverName: name, parseBody: body, info: info, plan: plan}
+	var sum [sha256.Size]byte
+	mac.Sum(sum[:0])
+	statementMACs.Put(mac)
+	const nameLen = len(serverStmtPrefix) + 32
+	body := make([]byte, nameLen+1+len(definition))
+	copy(body, serverStmtPrefix)
+	hex.Encode(body[len(serverStmtPrefix):nameLen], sum[:16])
+	copy(body[nameLen+1:], definition)
+	return &statement{serverName: string(body[:nameLen]), parseBody: body, info: info, plan: plan}
 }
 
 // unnamedStatement is the client's latest unnamed statement. Drivers often
