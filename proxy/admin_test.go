@@ -1,4 +1,4 @@
-package proxy
+package proxy_test
 
 import (
 	"context"
@@ -16,6 +16,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/pgrouter/pgrouter/proxy"
 )
 
 const adminTopLevel = "admin_users: [admin]\n"
@@ -156,7 +158,7 @@ func TestAdminConsole(t *testing.T) {
 		t.Fatalf("PAUSE of an unknown shard: %v; want 42704", err)
 	}
 	help := adminRows(t, ctx, adm, "show help")
-	if len(help) != len(adminCommands) {
+	if len(help) != len(proxy.AdminCommands) {
 		t.Fatalf("SHOW HELP: %d rows", len(help))
 	}
 	cfgRows := adminRows(t, ctx, adm, "SHOW CONFIG")

@@ -1,4 +1,4 @@
-package proxy
+package proxy_test
 
 import (
 	"context"
@@ -18,6 +18,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/lib/pq"
+
+	"github.com/pgrouter/pgrouter/proxy"
 )
 
 // The driver matrix: each driver most applications use runs the same
@@ -98,7 +100,7 @@ var countUsersRE = regexp.MustCompile(`(?m)^count_users=(\d+)\s*$`)
 func checkMatrixRows(t *testing.T, prefix, keyA, keyB, out string) {
 	t.Helper()
 	var total, mine int64
-	like := quoteLiteral(strings.ReplaceAll(prefix, "-", `\-`) + "%")
+	like := proxy.QuoteLiteral(strings.ReplaceAll(prefix, "-", `\-`) + "%")
 	for i := range allShards {
 		total += shardQueryInt(t, i, "SELECT count(*) FROM rt_users")
 		mine += shardQueryInt(t, i, "SELECT count(*) FROM rt_users WHERE username LIKE "+like)
@@ -106,13 +108,13 @@ func checkMatrixRows(t *testing.T, prefix, keyA, keyB, out string) {
 			t.Errorf("shard s%d holds %d of the driver's rows that belong to another shard", i, bad)
 		}
 		for _, k := range []string{prefix + "r0", keyA, keyB} {
-			if n := shardQueryInt(t, i, "SELECT count(*) FROM rt_users WHERE username = "+quoteLiteral(k)); n != 0 {
+			if n := shardQueryInt(t, i, "SELECT count(*) FROM rt_users WHERE username = "+proxy.QuoteLiteral(k)); n != 0 {
 				t.Errorf("shard s%d holds %q, which was rolled back or refused", i, k)
 			}
 		}
 	}
 	for _, k := range []string{prefix + "a0", prefix + fmt.Sprintf("a%d", matrixKeys-1), prefix + "t0", prefix + fmt.Sprintf("t%d", matrixKeys)} {
-		if n := shardQueryInt(t, shardIndex(t, k), "SELECT count(*) FROM rt_users WHERE username = "+quoteLiteral(k)); n != 1 {
+		if n := shardQueryInt(t, shardIndex(t, k), "SELECT count(*) FROM rt_users WHERE username = "+proxy.QuoteLiteral(k)); n != 1 {
 			t.Errorf("key %q: %d rows on its shard, want 1", k, n)
 		}
 	}

@@ -1,4 +1,4 @@
-package proxy
+package proxy_test
 
 import (
 	"context"
@@ -17,6 +17,7 @@ import (
 
 	"github.com/pgrouter/pgrouter/internal/pgtest"
 	"github.com/pgrouter/pgrouter/internal/pgtest/testenv"
+	"github.com/pgrouter/pgrouter/proxy"
 )
 
 // TestShardFrozen: a shard stopped with SIGSTOP (backends included) does not
@@ -108,7 +109,7 @@ func TestClientStopsReading(t *testing.T) {
 				t.Fatalf("TLS %v with sslmode=%s", isTLS, sslmode)
 			}
 			// 200 MB of rows, far more than the socket buffers hold.
-			if _, err := hc.Conn.Write(encodeAll(&pgproto3.Query{String: "SELECT repeat('x', 1000) FROM generate_series(1, 200000)"})); err != nil {
+			if _, err := hc.Conn.Write(proxy.EncodeAll(&pgproto3.Query{String: "SELECT repeat('x', 1000) FROM generate_series(1, 200000)"})); err != nil {
 				t.Fatal(err)
 			}
 			var grew int64 // the most the heap grew while the client did not read

@@ -1,37 +1,24 @@
-package proxy
+package proxy_test
 
 import (
 	"io"
 	"net"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/pgrouter/pgrouter/wire"
+	"github.com/pgrouter/pgrouter/proxy"
 )
-
-// encodeAll concatenates encoded frontend messages.
-func encodeAll(msgs ...pgproto3.FrontendMessage) []byte {
-	var out []byte
-	for _, m := range msgs {
-		var err error
-		if out, err = m.Encode(out); err != nil {
-			panic(err)
-		}
-	}
-	return out
-}
 
 // FuzzClientMessages feeds arbitrary bytes, after a valid login, to a proxy
 // in front of real PostgreSQL. Whatever arrives, the process must not panic,
 // the session must end once the client hangs up, and no server connection
 // may stay checked out.
 func FuzzClientMessages(f *testing.F) {
-	f.Add(encodeAll(&pgproto3.Query{String: "SELECT 1"}))
-	f.Add(encodeAll(&pgproto3.Query{String: "BEGIN; SELECT 1/0"}, &pgproto3.Query{String: "SELECT 1"}))
-	f.Add(encodeAll(
+	f.Add(proxy.EncodeAll(&pgproto3.Query{String: "SELECT 1"}))
+	f.Add(proxy.EncodeAll(&pgproto3.Query{String: "BEGIN; SELECT 1/0"}, &pgproto3.Query{String: "SELECT 1"}))
+	f.Add(proxy.EncodeAll(
 		&pgproto3.Parse{Name: "s1", Query: "SELECT $1::int"},
 		&pgproto3.Bind{PreparedStatement: "s1", Parameters: [][]byte{[]byte("5")}},
 		&pgproto3.Describe{ObjectType: 'P'},
@@ -41,10 +28,10 @@ func FuzzClientMessages(f *testing.F) {
 		&pgproto3.Flush{},
 		&pgproto3.Sync{},
 	))
-	f.Add(encodeAll(&pgproto3.Query{String: "COPY (SELECT 1) TO STDOUT"}, &pgproto3.Query{String: "CREATE TEMP TABLE f(x int); COPY f FROM STDIN"},
+	f.Add(proxy.EncodeAll(&pgproto3.Query{String: "COPY (SELECT 1) TO STDOUT"}, &pgproto3.Query{String: "CREATE TEMP TABLE f(x int); COPY f FROM STDIN"},
 		&pgproto3.CopyData{Data: []byte("1\n")}, &pgproto3.CopyDone{}))
-	f.Add(encodeAll(&pgproto3.Parse{Name: "a", Query: "SELECT 1"}, &pgproto3.Parse{Name: "a", Query: "SELECT 2"}, &pgproto3.Bind{PreparedStatement: "b"}, &pgproto3.Sync{}))
-	f.Add(encodeAll(&pgproto3.Query{String: "DEALLOCATE ALL"}, &pgproto3.Query{String: "DISCARD ALL"}, &pgproto3.Terminate{}))
+	f.Add(proxy.EncodeAll(&pgproto3.Parse{Name: "a", Query: "SELECT 1"}, &pgproto3.Parse{Name: "a", Query: "SELECT 2"}, &pgproto3.Bind{PreparedStatement: "b"}, &pgproto3.Sync{}))
+	f.Add(proxy.EncodeAll(&pgproto3.Query{String: "DEALLOCATE ALL"}, &pgproto3.Query{String: "DISCARD ALL"}, &pgproto3.Terminate{}))
 	f.Add([]byte{'Q', 0, 0, 0, 3})
 	f.Add([]byte{'B', 0, 0, 0, 5, 0})
 
@@ -56,7 +43,7 @@ func FuzzClientMessages(f *testing.F) {
 		}
 		defer conn.Close()
 		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-		login := encodeAll(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{
+		login := proxy.EncodeAll(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{
 			"user": "postgres", "database": "main",
 			"options": "-c statement_timeout=500 -c lock_timeout=500",
 		}})
@@ -83,51 +70,4 @@ func anyActive(p *testProxy) bool {
 		}
 	}
 	return false
-}
-
-// FuzzStartup feeds arbitrary bytes to the startup phase: startup packets,
-// SSLRequest and GSSENCRequest (answered N), cancel requests, then the
-// startup parameters (options included) as login reads them. Nothing may
-// panic or hang; a startup that is returned must be well formed.
-func FuzzStartup(f *testing.F) {
-	f.Add(encodeAll(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{
-		"user": "u", "database": "d", "options": "-c search_path=a,b --work_mem=4MB", "_pq_.x": "1"}}))
-	f.Add(encodeAll(&pgproto3.SSLRequest{}, &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{"user": "u"}}))
-	f.Add(encodeAll(&pgproto3.GSSEncRequest{}, &pgproto3.SSLRequest{}, &pgproto3.SSLRequest{}, &pgproto3.SSLRequest{}))
-	f.Add(encodeAll(&pgproto3.CancelRequest{ProcessID: 7, SecretKey: []byte{1, 2, 3, 4}}))
-	f.Add([]byte{0, 0, 0, 8, 0, 2, 0, 0})
-	f.Add([]byte{0, 0, 0, 9, 0, 3, 0, 1, 'x'})
-	f.Fuzz(func(t *testing.T, data []byte) {
-		client, server := net.Pipe()
-		defer client.Close()
-		defer server.Close()
-		_ = server.SetDeadline(time.Now().Add(5 * time.Second))
-		go func() { _, _ = io.Copy(io.Discard, client) }() // the N answers
-		go func() {
-			_, _ = client.Write(data)
-			_ = client.Close()
-		}()
-		cc := &clientConn{conn: server, maxMessage: 1 << 20}
-		cc.r, cc.w = wire.NewReader(server, cc.maxMessage), wire.NewWriter(server)
-		st, cancel, err := cc.readStartup(nil)
-		switch {
-		case err != nil:
-			if st != nil || cancel != nil {
-				t.Fatal("a startup returned with an error")
-			}
-		case cancel != nil:
-			if st != nil {
-				t.Fatal("both a startup and a cancel request")
-			}
-		case st == nil:
-			t.Fatal("no startup, no cancel request and no error")
-		default:
-			for k := range st.params {
-				if k == "" || strings.HasPrefix(k, "_pq_.") {
-					t.Fatalf("startup parameter %q", k)
-				}
-			}
-			_, _ = startupSettings(st.params)
-		}
-	})
 }

@@ -1,4 +1,4 @@
-package proxy
+package proxy_test
 
 import (
 	"errors"
@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/pgrouter/pgrouter/config"
+	"github.com/pgrouter/pgrouter/proxy"
 )
 
 // TestLoginStallsMidAuth: a client that starts a password exchange (md5 or
@@ -77,7 +78,7 @@ func TestCancelKeys(t *testing.T) {
 	defer shard.Close(ctx)
 	send := func(secret []byte) {
 		c := dialRaw(t, p.addr)
-		c.write(encodeAll(&pgproto3.CancelRequest{ProcessID: busy.PgConn().PID(), SecretKey: secret}))
+		c.write(proxy.EncodeAll(&pgproto3.CancelRequest{ProcessID: busy.PgConn().PID(), SecretKey: secret}))
 		_, _ = c.conn.Read(make([]byte, 1)) // pgrouter closes it once handled
 	}
 	for _, right := range []bool{false, true} {

@@ -1,4 +1,4 @@
-package proxy
+package proxy_test
 
 import (
 	"crypto/sha256"
@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgrouter/pgrouter/proxy"
 )
 
 // These tests put several clients on one server connection (pool size 1) and
@@ -232,9 +234,9 @@ func TestPlantedStatementIsNeverRun(t *testing.T) {
 	a := rawLogin(t, p)
 	x := rawLogin(t, p)
 	definition := []byte("SELECT 'honest'\x00\x00\x00") // query, no parameter types
-	name := newStatement(definition, queryInfo{}, nil).serverName
+	name := proxy.StatementName(definition)
 	sum := sha256.Sum256(definition)
-	if name == serverStmtPrefix+hex.EncodeToString(sum[:16]) {
+	if name == proxy.ServerStmtPrefix+hex.EncodeToString(sum[:16]) {
 		t.Fatal("server statement names are a plain hash of the text: computable by any client")
 	}
 	escaped := `U&"!0070` + name[1:] + `" UESCAPE '!'`

@@ -1,8 +1,6 @@
-package proxy
+package proxy_test
 
 import (
-	"net"
-	"sync"
 	"testing"
 	"time"
 
@@ -10,44 +8,9 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
-)
 
-// TestSessionLoggerIsBuiltOnce: a client's log lines carry its id, address,
-// user and database, and the logger built on first use is the same one for
-// every caller, the cancel goroutine included (run with -race).
-func TestSessionLoggerIsBuiltOnce(t *testing.T) {
-	core, logs := observer.New(zap.InfoLevel)
-	a, b := net.Pipe()
-	defer a.Close()
-	defer b.Close()
-	s := &session{srv: &Server{log: zap.New(core)}, conn: a, id: 42, user: "alice", dbName: "main"}
-	if s.log.Load() != nil {
-		t.Fatal("logger built before use")
-	}
-	var wg sync.WaitGroup
-	got := make([]*zap.Logger, 8)
-	for i := range got {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			got[i] = s.logger()
-			got[i].Info("hello")
-		}()
-	}
-	wg.Wait()
-	for _, l := range got {
-		if l != got[0] {
-			t.Fatal("two loggers built for one client")
-		}
-	}
-	if logs.Len() != len(got) {
-		t.Fatalf("%d lines logged", logs.Len())
-	}
-	fields := logs.All()[0].ContextMap()
-	if fields["client_id"] != uint64(42) || fields["user"] != "alice" || fields["database"] != "main" || fields["remote"] != "pipe" {
-		t.Fatalf("fields %v", fields)
-	}
-}
+	"github.com/pgrouter/pgrouter/proxy"
+)
 
 // TestClientLoggerThroughAProxy: through a real proxy, a client that logs in,
 // runs statements, has one refused by pgrouter and cancels one has no logger built while
@@ -84,11 +47,11 @@ func TestClientLoggerThroughAProxy(t *testing.T) {
 			if err := <-done; pgCode(err) != "57014" {
 				t.Fatalf("cancelled sleep: %v", err)
 			}
-			sessions := p.srv.sessionList()
-			if len(sessions) != 1 {
-				t.Fatalf("%d sessions", len(sessions))
+			loggers := proxy.LoggersBuilt(p.srv)
+			if len(loggers) != 1 {
+				t.Fatalf("%d sessions", len(loggers))
 			}
-			built := sessions[0].log.Load() != nil
+			built := loggers[0]
 			var failed, cancelled bool
 			for _, e := range logs.All() {
 				fields := e.ContextMap()

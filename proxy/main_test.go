@@ -1,4 +1,4 @@
-package proxy
+package proxy_test
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/internal/pgtest"
 	"github.com/pgrouter/pgrouter/internal/pgtest/testenv"
+	"github.com/pgrouter/pgrouter/proxy"
 )
 
 // allShards are real PostgreSQL servers shared by every test of the
@@ -50,7 +51,7 @@ type proxyOpts struct {
 
 // testProxy is a running proxy in front of the shared shards.
 type testProxy struct {
-	srv  *Server
+	srv  *proxy.Server
 	addr string
 	cfg  *config.Config
 }
@@ -143,7 +144,7 @@ func startProxyLog(t testing.TB, path string, log *zap.Logger) *testProxy {
 // startProxyConfig starts a proxy for a loaded config.
 func startProxyConfig(t testing.TB, cfg *config.Config, log *zap.Logger) *testProxy {
 	t.Helper()
-	srv, err := NewServer(cfg, log)
+	srv, err := proxy.NewServer(cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}

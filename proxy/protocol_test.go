@@ -1,4 +1,4 @@
-package proxy
+package proxy_test
 
 import (
 	"bytes"
@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgrouter/pgrouter/proxy"
 )
 
 // rawClient speaks the protocol by hand, for what drivers never send.
@@ -145,7 +147,7 @@ var trustLogin = map[string]string{"user": "postgres", "database": "main"}
 
 func TestEncryptionRequestsAreDeclined(t *testing.T) {
 	p := startProxy(t, proxyOpts{})
-	for _, code := range []uint32{codeGSSENCRequest, codeSSLRequest} {
+	for _, code := range []uint32{proxy.CodeGSSENCRequest, proxy.CodeSSLRequest} {
 		c := dialRaw(t, p.addr)
 		req := make([]byte, 8)
 		binary.BigEndian.PutUint32(req, 8)

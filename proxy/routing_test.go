@@ -1,4 +1,4 @@
-package proxy
+package proxy_test
 
 import (
 	"context"
@@ -14,6 +14,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/pgrouter/pgrouter/proxy"
 )
 
 // The routing tests run a cluster of four real shards with 16 partitions
@@ -236,7 +238,7 @@ func overUsers(t *testing.T, ctx context.Context, p *testProxy, n int, fn func(c
 // expectShard asks PostgreSQL which shard hashtext puts a key on.
 func expectShard(t *testing.T, key string) string {
 	t.Helper()
-	h := shardQueryInt(t, 0, fmt.Sprintf("SELECT (hashtext(%s) & 15) / 4", quoteLiteral(key)))
+	h := shardQueryInt(t, 0, fmt.Sprintf("SELECT (hashtext(%s) & 15) / 4", proxy.QuoteLiteral(key)))
 	return "s" + strconv.FormatInt(h, 10)
 }
 
@@ -258,7 +260,7 @@ func userCount(t *testing.T, names ...string) int64 {
 	var n int64
 	for i := range allShards {
 		for _, name := range names {
-			n += shardQueryInt(t, i, "SELECT count(*) FROM rt_users WHERE username = "+quoteLiteral(name))
+			n += shardQueryInt(t, i, "SELECT count(*) FROM rt_users WHERE username = "+proxy.QuoteLiteral(name))
 		}
 	}
 	return n
@@ -306,7 +308,7 @@ func TestRoutingRefusesCrossShard(t *testing.T) {
 				t.Fatalf("%d rows left by the refused pipeline", n)
 			}
 			// One simple Query over two shards.
-			_, err = conn.Exec(ctx, fmt.Sprintf("SELECT rt_add_user(%s, 'a@x'); SELECT rt_add_user(%s, 'b@x')", quoteLiteral(a), quoteLiteral(b)))
+			_, err = conn.Exec(ctx, fmt.Sprintf("SELECT rt_add_user(%s, 'a@x'); SELECT rt_add_user(%s, 'b@x')", proxy.QuoteLiteral(a), proxy.QuoteLiteral(b)))
 			if pgCode(err) != "0A000" {
 				t.Fatalf("query over two shards: %v; want 0A000", err)
 			}
@@ -322,10 +324,10 @@ func TestRoutingRefusesCrossShard(t *testing.T) {
 			}
 			want := expectShard(t, a)
 			idx, _ := strconv.Atoi(want[1:])
-			if n := shardQueryInt(t, idx, "SELECT count(*) FROM rt_users WHERE username = "+quoteLiteral(a)); n != 1 {
+			if n := shardQueryInt(t, idx, "SELECT count(*) FROM rt_users WHERE username = "+proxy.QuoteLiteral(a)); n != 1 {
 				t.Fatalf("%s not on %s", a, want)
 			}
-			shardExec(t, idx, "DELETE FROM rt_users WHERE username = "+quoteLiteral(a))
+			shardExec(t, idx, "DELETE FROM rt_users WHERE username = "+proxy.QuoteLiteral(a))
 
 			expectCode := func(code, contains, sql string, args ...any) {
 				t.Helper()

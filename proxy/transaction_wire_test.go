@@ -1,4 +1,4 @@
-package proxy
+package proxy_test
 
 import (
 	"errors"
@@ -11,6 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgrouter/pgrouter/proxy"
 )
 
 // Golden wire tests: the message sequences drivers send for a transaction
@@ -177,11 +179,11 @@ func TestDriverSequencesGolden(t *testing.T) {
 	}
 	for _, k := range []string{"p1", "j1", "j2", "a1", "n1"} {
 		sh := shardIndex(t, key(k))
-		if n := shardQueryInt(t, sh, "SELECT count(*) FROM rt_users WHERE username = "+quoteLiteral(key(k))); n != 1 {
+		if n := shardQueryInt(t, sh, "SELECT count(*) FROM rt_users WHERE username = "+proxy.QuoteLiteral(key(k))); n != 1 {
 			t.Errorf("key %s: %d rows on its shard s%d, want 1", key(k), n, sh)
 		}
 	}
-	if n := shardQueryInt(t, shardIndex(t, key("p2")), "SELECT count(*) FROM rt_users WHERE username = "+quoteLiteral(key("p2"))); n != 0 {
+	if n := shardQueryInt(t, shardIndex(t, key("p2")), "SELECT count(*) FROM rt_users WHERE username = "+proxy.QuoteLiteral(key("p2"))); n != 0 {
 		t.Error("a rolled-back row was committed")
 	}
 }
@@ -212,7 +214,7 @@ func TestTwoShardTransactionRefusedOnTheWire(t *testing.T) {
 		t.Errorf("rollback: %s", shapes[3])
 	}
 	for _, k := range []string{a, b} {
-		if n := shardQueryInt(t, shardIndex(t, k), "SELECT count(*) FROM rt_users WHERE username = "+quoteLiteral(k)); n != 0 {
+		if n := shardQueryInt(t, shardIndex(t, k), "SELECT count(*) FROM rt_users WHERE username = "+proxy.QuoteLiteral(k)); n != 0 {
 			t.Errorf("%s was written", k)
 		}
 	}
@@ -272,7 +274,7 @@ func TestUnpinnedSavepoints(t *testing.T) {
 		simpleStep("ROLLBACK TO a", ""),
 		simpleStep("RELEASE nope", ""),
 		simpleStep("ROLLBACK TO SAVEPOINT a", ""),
-		simpleStep("SELECT rt_add_user("+quoteLiteral(k)+", 'e')", ""),
+		simpleStep("SELECT rt_add_user("+proxy.QuoteLiteral(k)+", 'e')", ""),
 		simpleStep("COMMIT", ""),
 	})
 	want := []string{
@@ -291,7 +293,7 @@ func TestUnpinnedSavepoints(t *testing.T) {
 			t.Errorf("step %d: %s\nwant %s", i, shapes[i], want[i])
 		}
 	}
-	if n := shardQueryInt(t, shardIndex(t, k), "SELECT count(*) FROM rt_users WHERE username = "+quoteLiteral(k)); n != 1 {
+	if n := shardQueryInt(t, shardIndex(t, k), "SELECT count(*) FROM rt_users WHERE username = "+proxy.QuoteLiteral(k)); n != 1 {
 		t.Fatalf("%d rows after ROLLBACK TO and COMMIT, want 1", n)
 	}
 }
@@ -303,7 +305,7 @@ func TestMaybeLocalText(t *testing.T) {
 		"release a": true, "/* c */ BEGIN": true, "-- c\nBEGIN": true,
 		"select rt_add_user($1, $2)": false, "insert into t values (1)": false, "": false, "   ": false,
 	} {
-		if got := maybeLocalText([]byte(q)); got != want {
+		if got := proxy.MaybeLocalText([]byte(q)); got != want {
 			t.Errorf("%q: %v, want %v", q, got, want)
 		}
 	}
