@@ -687,3 +687,26 @@ func (p *Pool) Close() {
 		c.close()
 	}
 }
+
+// Add is the sum of two sets of counters.
+func (c Counters) Add(o Counters) Counters {
+	c.XactCount += o.XactCount
+	c.QueryCount += o.QueryCount
+	c.XactTime += o.XactTime
+	c.QueryTime += o.QueryTime
+	c.WaitCount += o.WaitCount
+	c.WaitTime += o.WaitTime
+	c.Received += o.Received
+	c.Sent += o.Sent
+	return c
+}
+
+// Sub is what moved from o to c.
+func (c Counters) Sub(o Counters) Counters {
+	return Counters{
+		XactCount: c.XactCount - o.XactCount, QueryCount: c.QueryCount - o.QueryCount,
+		XactTime: c.XactTime - o.XactTime, QueryTime: c.QueryTime - o.QueryTime,
+		WaitCount: c.WaitCount - o.WaitCount, WaitTime: c.WaitTime - o.WaitTime,
+		Received: c.Received - o.Received, Sent: c.Sent - o.Sent,
+	}
+}

@@ -17,7 +17,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/pgrouter/pgrouter/proxy"
+	"github.com/pgrouter/pgrouter/console"
 )
 
 const adminTopLevel = "admin_users: [admin]\n"
@@ -158,7 +158,7 @@ func TestAdminConsole(t *testing.T) {
 		t.Fatalf("PAUSE of an unknown shard: %v; want 42704", err)
 	}
 	help := adminRows(t, ctx, adm, "show help")
-	if len(help) != len(proxy.AdminCommands) {
+	if len(help) != len(console.Commands) {
 		t.Fatalf("SHOW HELP: %d rows", len(help))
 	}
 	cfgRows := adminRows(t, ctx, adm, "SHOW CONFIG")
@@ -171,7 +171,7 @@ func TestAdminConsole(t *testing.T) {
 	if before["cluster"] != "main" || before["partitions"] != "0" || before["paused"] != false {
 		t.Fatalf("SHOW SHARDS s0: %v", before)
 	}
-	metrics := p.srv.MetricsHandler()
+	metrics := p.metrics
 	reqsBefore := metricValue(scrape(t, metrics), "pgrouter_request_duration_seconds", map[string]string{"shard": "s0"})
 
 	client := p.connect(t, ctx, func(cc *pgx.ConnConfig) { cc.RuntimeParams["application_name"] = "console-test" })

@@ -19,7 +19,7 @@ const stateEntryCost = 128
 func (s *session) charge(n int) error {
 	if s.stateBytes+n > s.stateLimit {
 		return errorf(sqlstate.ProgramLimitExceeded, "pgrouter: this client would hold more than %s of prepared statements, portals and transaction SETs (pool.max_client_state)", config.ByteSize(s.stateLimit)).
-			withHint("Close the prepared statements and portals it no longer uses (Close, DEALLOCATE), or raise pool.max_client_state.")
+			WithHint("Close the prepared statements and portals it no longer uses (Close, DEALLOCATE), or raise pool.max_client_state.")
 	}
 	s.stateBytes += n
 	return nil

@@ -92,5 +92,5 @@ func (q *queryInfo) changesState() bool { return q.effects != 0 || len(q.setting
 // they never asked for, a temporary table shadowing theirs).
 func sessionStateError(mode config.PoolMode, what string) *Error {
 	return errorf(sqlstate.FeatureNotSupported, "pgrouter: %s cannot be used in %s pooling mode: the server is shared with other clients after this transaction", what, mode).
-		withHint("Use the transaction-scoped form (pg_advisory_xact_lock, CREATE TEMP TABLE ... ON COMMIT DROP, set_config(name, value, true) or a literal name, a cursor WITHOUT HOLD), or a pgrouter with pool.mode: session.")
+		WithHint("Use the transaction-scoped form (pg_advisory_xact_lock, CREATE TEMP TABLE ... ON COMMIT DROP, set_config(name, value, true) or a literal name, a cursor WITHOUT HOLD), or a pgrouter with pool.mode: session.")
 }

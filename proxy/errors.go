@@ -50,7 +50,8 @@ func fatalf(code, format string, args ...any) *Error {
 	return &Error{Fatal: true, Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
-func (e *Error) withHint(format string, args ...any) *Error {
+// WithHint sets the hint, which says what to do about the error.
+func (e *Error) WithHint(format string, args ...any) *Error {
 	e.Hint = fmt.Sprintf(format, args...)
 	return e
 }
@@ -72,18 +73,18 @@ func toError(err error) *Error {
 	var waitErr *pool.WaitTimeoutError
 	if errors.As(err, &waitErr) && waitErr.Paused {
 		return errorf(sqlstate.TooManyConnections, "pgrouter: query_wait_timeout: %s", waitErr.Error()).
-			withHint("An operator paused the shard (PAUSE in the admin console); retry after RESUME.").
+			WithHint("An operator paused the shard (PAUSE in the admin console); retry after RESUME.").
 			because(err)
 	}
 	if errors.As(err, &waitErr) {
 		return errorf(sqlstate.TooManyConnections, "pgrouter: query_wait_timeout: %s", waitErr.Error()).
-			withHint("Raise pool.size or pool.query_wait_timeout in router.yaml, or look for long transactions holding server connections.").
+			WithHint("Raise pool.size or pool.query_wait_timeout in router.yaml, or look for long transactions holding server connections.").
 			because(err)
 	}
 	var connErr *pool.ConnectError
 	if errors.As(err, &connErr) {
 		return errorf(sqlstate.UnableToConnect, "pgrouter: cannot connect to shard %s (%s)", connErr.Shard, connErr.Reason()).
-			withHint("Check that shard %s is running and reachable (pgrouter's log has the details); the next statement tries again.", connErr.Shard).
+			WithHint("Check that shard %s is running and reachable (pgrouter's log has the details); the next statement tries again.", connErr.Shard).
 			because(err)
 	}
 	var srvErr *pool.ServerError
@@ -93,7 +94,7 @@ func toError(err error) *Error {
 	var tooLarge *wire.TooLargeError
 	if errors.As(err, &tooLarge) {
 		return fatalf(sqlstate.ProtocolViolation, "pgrouter: %s", tooLarge.Error()).
-			withHint("Raise pool.max_message_size in router.yaml if such messages are expected.").
+			WithHint("Raise pool.max_message_size in router.yaml if such messages are expected.").
 			because(err)
 	}
 	if errors.Is(err, wire.ErrMalformed) {
@@ -101,7 +102,7 @@ func toError(err error) *Error {
 	}
 	if errors.Is(err, pool.ErrRetired) {
 		return errorf(sqlstate.SerializationFailure, "pgrouter: the shard map changed (RELOAD) while this statement waited to be placed; it was not run anywhere").
-			withHint("Run it again: it will be placed with the new map.").because(err)
+			WithHint("Run it again: it will be placed with the new map.").because(err)
 	}
 	if errors.Is(err, pool.ErrClosed) {
 		return fatalf(sqlstate.AdminShutdown, "pgrouter: terminating connection: the pool is shutting down").because(err)

@@ -6,7 +6,6 @@ var (
 	QuoteLiteral   = quoteLiteral
 	MaybeLocalText = maybeLocalText
 	EncodeAll      = encodeAll
-	AdminCommands  = adminCommands
 )
 
 const (

@@ -12,7 +12,7 @@ import (
 
 func reservedNameError() *Error {
 	return errorf(sqlstate.ReservedName, "pgrouter: prepared statement names starting with %q are reserved for pgrouter", serverStmtPrefix).
-		withHint("Choose another name; protocol-level prepared statements (what drivers use) may have any name.")
+		WithHint("Choose another name; protocol-level prepared statements (what drivers use) may have any name.")
 }
 
 // applyEffects mirrors, after a request, what its statements did.
@@ -56,7 +56,7 @@ func (s *session) parse(m wire.Message) error {
 		// The name would reach shared servers as it is: another client's
 		// statement of the same name would collide with it, or run instead.
 		return errorf(sqlstate.FeatureNotSupported, "pgrouter: named prepared statements need pool.prepared_statements above 0 in %s pooling mode", s.mode).
-			withHint("Set pool.prepared_statements (default 256), use unnamed statements, or pool.mode: session.")
+			WithHint("Set pool.prepared_statements (default 256), use unnamed statements, or pool.mode: session.")
 	}
 	if info.effects&effSessionState != 0 && s.mode.Shared() {
 		return sessionStateError(s.mode, info.sessionState)

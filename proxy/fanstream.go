@@ -253,7 +253,7 @@ func (f *fanStream) keep(m wire.Message) {
 	}
 	if f.buffered += len(row.Values[0]); f.buffered > mergeBufferLimit {
 		f.failure = errorf(sqlstate.ProgramLimitExceeded, "pgrouter: %s returned more than %d bytes to merge", f.call.Fn.FullName(), mergeBufferLimit).
-			withHint("A merged function returns one small value per shard; declare it without merge to stream its rows.").response()
+			WithHint("A merged function returns one small value per shard; declare it without merge to stream its rows.").response()
 		return
 	}
 	f.values = append(f.values, bytes.Clone(row.Values[0]))

@@ -6,14 +6,12 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/pgrouter/pgrouter/config"
-	"github.com/pgrouter/pgrouter/pool"
 	"github.com/pgrouter/pgrouter/shardmap"
 	"github.com/pgrouter/pgrouter/sqlstate"
 )
@@ -72,8 +70,9 @@ func (s *Server) Reload() (notes []string, err error) {
 	s.pools.Retire(all) // before the swap: nobody makes a pool to an old DSN after it
 	s.gen.Store(gen)
 	old.cancel()
-	s.watchSequences(gen)
-	s.watchRefsync(gen)
+	for _, f := range s.subscribers {
+		f(gen.ctx, gen.cfg, gen.shards)
+	}
 	s.pools.Warm(all)
 	for _, n := range notes {
 		s.log.Warn("reload: " + n)
@@ -187,62 +186,9 @@ func (s *Server) sessionList() []*session {
 	return out
 }
 
-// statsPeriod is the window of SHOW STATS averages, as pgbouncer's stats_period.
-const statsPeriod = 15 * time.Second
-
-// statsSampler keeps the pool counters at the start and end of the last
-// complete period, so SHOW STATS can give per-second rates and averages
-// over it, as pgbouncer does.
-type statsSampler struct {
-	mu         sync.Mutex
-	prev, last map[pool.Key]pool.Counters
-	span       time.Duration
-}
-
-func (st *statsSampler) run(ctx context.Context, pools *pool.Set) {
-	t := time.NewTicker(statsPeriod)
-	defer t.Stop()
-	st.sample(pools, 0)
-	start := time.Now()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			st.sample(pools, now.Sub(start))
-			start = now
-		}
-	}
-}
-
-func (st *statsSampler) sample(pools *pool.Set, span time.Duration) {
-	snap := map[pool.Key]pool.Counters{}
-	for _, p := range pools.Pools() {
-		snap[pool.Key{Shard: p.Shard(), User: p.User()}] = p.Counters()
-	}
-	st.mu.Lock()
-	st.prev, st.last, st.span = st.last, snap, span
-	st.mu.Unlock()
-}
-
-// window returns the counters moved during the last complete period, summed
-// by shard, and its length (0 before the first period ends).
-func (st *statsSampler) window() (map[string]pool.Counters, time.Duration) {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	out := map[string]pool.Counters{}
-	if st.prev == nil {
-		return out, 0
-	}
-	for key, c := range st.last {
-		out[key.Shard] = addCounters(out[key.Shard], subCounters(c, st.prev[key]))
-	}
-	return out, st.span
-}
-
-// errShuttingDown is what clients are told when a shutdown reaches them
+// ShutdownError is what clients are told when a shutdown reaches them
 // (a new value each time: senders set fields on it).
-func errShuttingDown() *Error {
+func ShutdownError() *Error {
 	return &Error{Fatal: true, Code: sqlstate.AdminShutdown, Message: "terminating connection due to administrator command: pgrouter is shutting down",
 		Hint: "Reconnect: another pgrouter instance, or this one once restarted, will serve you."}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
@@ -14,8 +15,11 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/pgrouter/pgrouter/config"
+	"github.com/pgrouter/pgrouter/console"
 	"github.com/pgrouter/pgrouter/internal/pgtest"
 	"github.com/pgrouter/pgrouter/internal/pgtest/testenv"
+	"github.com/pgrouter/pgrouter/metrics"
+	"github.com/pgrouter/pgrouter/monitor"
 	"github.com/pgrouter/pgrouter/proxy"
 )
 
@@ -49,11 +53,13 @@ type proxyOpts struct {
 	defaultRoute string
 }
 
-// testProxy is a running proxy in front of the shared shards.
+// testProxy is a running router in front of the shared shards: the proxy
+// with its console and pollers, assembled as pgrouter serve assembles them.
 type testProxy struct {
-	srv  *proxy.Server
-	addr string
-	cfg  *config.Config
+	srv     *proxy.Server
+	metrics http.Handler // what metrics_listen serves at /metrics
+	addr    string
+	cfg     *config.Config
 }
 
 // startProxy starts a proxy whose cluster "main" has both shards, with
@@ -148,6 +154,8 @@ func startProxyConfig(t testing.TB, cfg *config.Config, log *zap.Logger) *testPr
 	if err != nil {
 		t.Fatal(err)
 	}
+	mon := monitor.Start(srv, log)
+	srv.SetConsole(console.New(srv, mon))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -159,8 +167,9 @@ func startProxyConfig(t testing.TB, cfg *config.Config, log *zap.Logger) *testPr
 		if err := <-served; err != nil {
 			t.Errorf("serve: %v", err)
 		}
+		mon.Close()
 	})
-	return &testProxy{srv: srv, addr: ln.Addr().String(), cfg: cfg}
+	return &testProxy{srv: srv, metrics: metrics.Handler(srv, mon), addr: ln.Addr().String(), cfg: cfg}
 }
 
 // url returns a connection URL through the proxy.

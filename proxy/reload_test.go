@@ -276,7 +276,7 @@ func TestShardHealthInShowShards(t *testing.T) {
 	if err := client.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil { // default route s0
 		t.Fatalf("s0 while s1 is down: %v", err)
 	}
-	fams := scrape(t, p.srv.MetricsHandler())
+	fams := scrape(t, p.metrics)
 	if metricValue(fams, "pgrouter_shard_up", map[string]string{"shard": "s1"}) != 0 || metricValue(fams, "pgrouter_shard_up", map[string]string{"shard": "s0"}) != 1 {
 		t.Fatal("/metrics pgrouter_shard_up does not match SHOW SHARDS")
 	}

@@ -127,10 +127,10 @@ func (s *session) place(p *router.Plan, params wire.BindMsg) (*shardmap.Shard, *
 		switch {
 		case s.tx.onServer():
 			return nil, nil, errorf(sqlstate.FeatureNotSupported, "pgrouter: %s runs on all shards and cannot run inside a transaction that already runs on shard %s", route.Call.Fn.FullName(), s.server.Shard()).
-				withHint("Call it before the transaction's first statement that chooses a shard, or outside BEGIN ... COMMIT.")
+				WithHint("Call it before the transaction's first statement that chooses a shard, or outside BEGIN ... COMMIT.")
 		case pinned != nil || (s.inBatch && !s.movable()):
 			return nil, nil, errorf(sqlstate.FeatureNotSupported, "pgrouter: %s runs on all shards and must be alone in its pipeline", route.Call.Fn.FullName()).
-				withHint("Send a Sync before and after it.")
+				WithHint("Send a Sync before and after it.")
 		}
 		return nil, route.Call, nil
 	case router.TargetShard:
@@ -147,7 +147,7 @@ func (s *session) place(p *router.Plan, params wire.BindMsg) (*shardmap.Shard, *
 			what = "pipeline"
 		}
 		return nil, nil, errorf(sqlstate.FeatureNotSupported, "pgrouter: this %s runs on shard %s; the statement belongs to shard %s", what, pinned.Name, sh.Name).
-			withHint("A transaction (or a pipeline up to Sync) must stay on one shard; split it per key.")
+			WithHint("A transaction (or a pipeline up to Sync) must stay on one shard; split it per key.")
 	}
 	return sh, nil, nil
 }
@@ -175,7 +175,7 @@ func (s *session) unrouted(p *router.Plan, anyShard bool, pinned *shardmap.Shard
 		return s.anyShard(), nil
 	}
 	return nil, errorf(sqlstate.FeatureNotSupported, "pgrouter: cannot route this statement: it calls no routed function and default_route is %q", config.RouteError).
-		withHint("Call a function declared in router.yaml, name a shard with SET pgrouter.shard or /* pgrouter: shard=NAME */, or set default_route.")
+		WithHint("Call a function declared in router.yaml, name a shard with SET pgrouter.shard or /* pgrouter: shard=NAME */, or set default_route.")
 }
 
 // overrideShard resolves an explicit shard name or key.
@@ -186,7 +186,7 @@ func (s *session) overrideShard(name, key string) (*shardmap.Shard, error) {
 	sh, ok := s.cluster.ShardNamed(name)
 	if !ok {
 		return nil, errorf(sqlstate.UndefinedObject, "pgrouter: cluster %s has no shard %q", s.cluster.Name, name).
-			withHint("SHOW pgrouter.shard, or the admin console's SHOW SHARDS, lists the shards.")
+			WithHint("SHOW pgrouter.shard, or the admin console's SHOW SHARDS, lists the shards.")
 	}
 	return sh, nil
 }
@@ -301,7 +301,7 @@ func extendedOverride(p *router.Plan) error {
 	switch p.Command.Kind {
 	case router.CmdSetOver, router.CmdResetOver, router.CmdShowOver:
 		return errorf(sqlstate.FeatureNotSupported, "pgrouter: %s is a pgrouter session command and needs the simple query protocol", p.Command.Name).
-			withHint("Send it as a plain query without parameters (psql, or your driver's simple-protocol mode).")
+			WithHint("Send it as a plain query without parameters (psql, or your driver's simple-protocol mode).")
 	}
 	return nil
 }

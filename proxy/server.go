@@ -15,9 +15,7 @@ import (
 	"github.com/pgrouter/pgrouter/auth"
 	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/pool"
-	"github.com/pgrouter/pgrouter/refsync"
 	"github.com/pgrouter/pgrouter/router"
-	"github.com/pgrouter/pgrouter/seqalloc"
 	"github.com/pgrouter/pgrouter/shardmap"
 )
 
@@ -51,8 +49,8 @@ func (g *generation) allShards() []*shardmap.Shard {
 // Server accepts client connections and runs one session per client.
 //
 // Locks (docs/architecture.md has them all): reloadMu is taken first, by
-// Reload alone, which under it takes pool.Set's, each pool.Pool's and
-// pollMu one at a time; mu is never held while any other lock is taken
+// Reload and Subscribe, which under it take pool.Set's, each pool.Pool's
+// and the subscribers' locks one at a time; mu is never held while any other lock is taken
 // (the watchdog and SHOW CLIENTS copy the session list and let go of mu
 // before taking a session's mu); pool.Pool.mu is a leaf.
 type Server struct {
@@ -74,14 +72,11 @@ type Server struct {
 	draining atomic.Bool
 	reloadMu sync.Mutex // one reload at a time
 	reloads  reloadCounters
-	stats    statsSampler
-	// seqReport is the latest stride sequence check (nil: none yet, or
-	// sequences are not managed); refsyncStatus the latest read of
-	// refsync's positions (nil: none yet, or no reference tables). Both are
-	// written through storeIfCurrent, under pollMu.
-	seqReport     atomic.Pointer[seqalloc.Report]
-	refsyncStatus atomic.Pointer[refsync.Status]
-	pollMu        sync.Mutex
+	// subscribers are called with each config put in force (Subscribe);
+	// guarded by reloadMu.
+	subscribers []func(context.Context, *config.Config, *shardmap.Map)
+	// console serves logins to the admin database (SetConsole).
+	console atomic.Pointer[Console]
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -122,13 +117,6 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	s.pools.Warm(all) // min_idle connections open at start, not at the first client
 	s.pools.Watch(all, healthConfig(cfg))
 	s.startCatalogs(gen)
-	s.watchSequences(gen)
-	s.watchRefsync(gen)
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		s.stats.run(s.ctx, s.pools)
-	}()
 	s.wg.Add(1)
 	go s.watchdog()
 	return s, nil

@@ -183,7 +183,7 @@ func (s *session) readTimeoutError(shard string, fatal bool) *Error {
 	if fatal {
 		e = fatalf(sqlstate.QueryCanceled, "pgrouter: server_read_timeout (%s) expired: shard %s sent nothing for that long; the transaction or session state on it is gone", d, shard)
 	}
-	return e.withHint("The limit is pool.server_read_timeout in router.yaml; for statements that are merely slow, set statement_timeout on the shards below it.")
+	return e.WithHint("The limit is pool.server_read_timeout in router.yaml; for statements that are merely slow, set statement_timeout on the shards below it.")
 }
 
 // debug logs at debug level without building the client's logger when
@@ -200,7 +200,7 @@ func (s *session) run() {
 	defer s.finish()
 	for {
 		if s.srv.draining.Load() && s.atBoundary() {
-			s.sendFatal(errShuttingDown())
+			s.sendFatal(ShutdownError())
 			return
 		}
 		if s.cw.Len() > 0 && !s.cr.HasMessage() { // about to wait for the client: send what it is owed first

@@ -83,13 +83,13 @@ func (s *Server) handle(conn net.Conn, adm admission) {
 	if cfg.TLS.Mode == config.TLSRequire && !cc.encrypted {
 		log.Info("refusing a client without TLS (tls.mode: require)")
 		sendFatal(w, fatalf(sqlstate.InvalidAuthorization, "pgrouter: TLS is required (tls.mode: require)").
-			withHint("Connect with sslmode=require (or verify-full)."))
+			WithHint("Connect with sslmode=require (or verify-full)."))
 		return
 	}
 	if adm != admitted {
 		log.Warn("max_client_conn reached; refusing client", zap.Int("max_client_conn", cfg.Pool.MaxClientConn))
 		sendFatal(w, fatalf(sqlstate.TooManyConnections, "pgrouter: no more connections allowed (max_client_conn %d)", cfg.Pool.MaxClientConn).
-			withHint("Raise pool.max_client_conn in router.yaml, or use fewer client connections."))
+			WithHint("Raise pool.max_client_conn in router.yaml, or use fewer client connections."))
 		return
 	}
 
@@ -204,7 +204,7 @@ func (s *Server) login(conn net.Conn, r *wire.Reader, w *wire.Writer, st *startu
 	log = log.With(zap.String("user", user), zap.String("database", database))
 	if v, ok := st.params["replication"]; ok && isTrue(v) {
 		return nil, fatalf(sqlstate.FeatureNotSupported, "pgrouter: replication connections are not proxied").
-			withHint("Connect replication clients to the shard directly.")
+			WithHint("Connect replication clients to the shard directly.")
 	}
 	if st.minor > 0 || len(st.protoOpt) > 0 { // negotiate down to 3.0
 		if err := w.Send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: st.protoOpt}); err != nil {
@@ -220,16 +220,16 @@ func (s *Server) login(conn net.Conn, r *wire.Reader, w *wire.Writer, st *startu
 	}
 	r.SetMaxBody(int(gen.cfg.Pool.MaxMessageSize))
 	if database == config.AdminDatabase {
-		a, err := s.adminLogin(conn, r, w, gen, user, log)
+		c, err := s.consoleLogin(r, w, gen, user, log)
 		if err != nil {
 			return nil, err
 		}
-		return a, nil
+		return c, nil
 	}
 	cluster, ok := gen.shards.Cluster(database)
 	if !ok {
 		return nil, fatalf(sqlstate.InvalidCatalogName, "database %q does not exist", database).
-			withHint("pgrouter serves the clusters named in router.yaml: %s.", strings.Join(cfg.ClusterNames(), ", "))
+			WithHint("pgrouter serves the clusters named in router.yaml: %s.", strings.Join(cfg.ClusterNames(), ", "))
 	}
 	desired, err := startupSettings(st.params)
 	if err != nil {

@@ -403,7 +403,7 @@ func (s *session) refuseTransaction() error {
 	}
 	s.tx = txIdle
 	e := errorf(sqlstate.FeatureNotSupported, "pgrouter: transactions are not allowed in statement pooling mode; the transaction was rolled back").
-		withHint("Use pool.mode: transaction for clients that open transactions.")
+		WithHint("Use pool.mode: transaction for clients that open transactions.")
 	if err := clientIO(s.cw.Send(e.response())); err != nil {
 		return err
 	}

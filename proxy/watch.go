@@ -25,7 +25,7 @@ func (s *session) readClient() (wire.Message, error) {
 			deadline = time.Now().Add(limit)
 			_ = s.conn.SetReadDeadline(deadline)
 			if s.srv.draining.Load() && s.atBoundary() { // Shutdown's wake-up may have come before our deadline
-				return wire.Message{}, errShuttingDown()
+				return wire.Message{}, ShutdownError()
 			}
 		}
 		m, err := s.readClientWatching()
@@ -37,7 +37,7 @@ func (s *session) readClient() (wire.Message, error) {
 		}
 		if s.srv.draining.Load() {
 			if s.atBoundary() {
-				return m, errShuttingDown()
+				return m, ShutdownError()
 			}
 			if deadline.IsZero() || time.Now().Before(deadline) {
 				_ = s.conn.SetReadDeadline(time.Time{})
@@ -45,7 +45,7 @@ func (s *session) readClient() (wire.Message, error) {
 			}
 		}
 		return m, fatalf(code, "pgrouter: terminating connection: %s (%s) expired", what, limit).
-			withHint("The limit is pool.%s in router.yaml.", what)
+			WithHint("The limit is pool.%s in router.yaml.", what)
 	}
 }
 

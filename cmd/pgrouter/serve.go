@@ -15,6 +15,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgrouter/pgrouter/config"
+	"github.com/pgrouter/pgrouter/console"
+	"github.com/pgrouter/pgrouter/metrics"
+	"github.com/pgrouter/pgrouter/monitor"
 	"github.com/pgrouter/pgrouter/proxy"
 )
 
@@ -60,12 +63,15 @@ func serve(ctx context.Context, sigs <-chan os.Signal, cfg *config.Config, log *
 	if err != nil {
 		return err
 	}
+	mon := monitor.Start(srv, log)
+	defer mon.Close() // after srv has closed: its end stops the pollers' rounds
+	srv.SetConsole(console.New(srv, mon))
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		_ = srv.Close()
 		return fmt.Errorf("listen: %w", err)
 	}
-	stopMetrics, err := serveMetrics(cfg.MetricsListen, srv, log)
+	stopMetrics, err := serveMetrics(cfg.MetricsListen, metrics.Handler(srv, mon), log)
 	if err != nil {
 		_ = ln.Close()
 		_ = srv.Close()
@@ -114,7 +120,7 @@ func serve(ctx context.Context, sigs <-chan os.Signal, cfg *config.Config, log *
 }
 
 // serveMetrics serves Prometheus /metrics on addr ("" disables it).
-func serveMetrics(addr string, srv *proxy.Server, log *zap.Logger) (stop func(), err error) {
+func serveMetrics(addr string, h http.Handler, log *zap.Logger) (stop func(), err error) {
 	if addr == "" {
 		return func() {}, nil
 	}
@@ -123,7 +129,7 @@ func serveMetrics(addr string, srv *proxy.Server, log *zap.Logger) (stop func(),
 		return nil, fmt.Errorf("metrics_listen: %w", err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", srv.MetricsHandler())
+	mux.Handle("/metrics", h)
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() {

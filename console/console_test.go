@@ -1,11 +1,11 @@
-package proxy
+package console
 
 import (
 	"reflect"
 	"strings"
 	"testing"
 
-	"github.com/pgrouter/pgrouter/shardmap"
+	"github.com/pgrouter/pgrouter/proxy"
 	"github.com/pgrouter/pgrouter/sqlstate"
 )
 
@@ -34,7 +34,7 @@ func TestParseAdmin(t *testing.T) {
 	} {
 		got, err := parseAdmin(tc.in)
 		if tc.err {
-			if err == nil || toError(err).Code != sqlstate.SyntaxError || !strings.Contains(toError(err).Hint, "SHOW SHARDS") {
+			if err == nil || err.(*proxy.Error).Code != sqlstate.SyntaxError || !strings.Contains(err.(*proxy.Error).Hint, "SHOW SHARDS") {
 				t.Errorf("%q: %v, want 42601 listing the commands", tc.in, err)
 			}
 			continue
@@ -64,20 +64,6 @@ func FuzzAdminParse(f *testing.F) {
 			}
 		}
 	})
-}
-
-func TestPickUpAvoidsDownShards(t *testing.T) {
-	shards := []*shardmap.Shard{{Name: "s0"}, {Name: "s1"}, {Name: "s2"}}
-	down := map[string]bool{"s0": true, "s2": true}
-	for range 100 {
-		if got := pickUp(shards, func(n string) bool { return down[n] }); got.Name != "s1" {
-			t.Fatalf("picked %s, which is down", got.Name)
-		}
-	}
-	all := func(string) bool { return true }
-	if got := pickUp(shards, all); got == nil {
-		t.Fatal("all down: must still pick one (the call then gets the connection error)")
-	}
 }
 
 func TestPartitionRangesAndMasking(t *testing.T) {

@@ -1,13 +1,12 @@
-package proxy
+// Package console is pgrouter's admin console: the database "pgrouter" on
+// the client port. It parses the commands (SHOW, RELOAD, PAUSE, RESUME,
+// SHUTDOWN) and answers from the proxy's snapshot API and the monitor's
+// polls; proxy logs its clients in and sends what it answers.
+package console
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/binary"
-	"errors"
 	"fmt"
-	"net"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -15,6 +14,8 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
+	"github.com/pgrouter/pgrouter/monitor"
+	"github.com/pgrouter/pgrouter/proxy"
 	"github.com/pgrouter/pgrouter/sqlstate"
 	"github.com/pgrouter/pgrouter/wire"
 )
@@ -24,9 +25,9 @@ import (
 // driver in simple-protocol mode), answers from pgrouter's own state and
 // never reaches a shard with a client's text.
 
-// adminCommands lists the console's commands, for SHOW HELP and for the
+// Commands lists the console's commands, for SHOW HELP and for the
 // error an unknown command gets.
-var adminCommands = [][2]string{
+var Commands = [][2]string{
 	{"SHOW SHARDS", "every shard: health, pool use, waiting clients, counters, latency"},
 	{"SHOW POOLS", "every pool (shard, server user): clients and server connections"},
 	{"SHOW CLIENTS", "every client connection"},
@@ -96,9 +97,14 @@ func parseAdmin(sql string) ([]adminCommand, error) {
 	return out, nil
 }
 
-func unknownAdmin(stmt string) *Error {
-	names := make([]string, len(adminCommands))
-	for i, c := range adminCommands {
+// errorf builds an ERROR for a console client.
+func errorf(code, format string, args ...any) *proxy.Error {
+	return &proxy.Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+func unknownAdmin(stmt string) *proxy.Error {
+	names := make([]string, len(Commands))
+	for i, c := range Commands {
 		names[i] = c[0]
 	}
 	stmt = strings.TrimSpace(stmt)
@@ -106,62 +112,35 @@ func unknownAdmin(stmt string) *Error {
 		stmt = stmt[:60] + "..."
 	}
 	return errorf(sqlstate.SyntaxError, "pgrouter: unknown admin console command %q", stmt).
-		withHint("The commands are: %s.", strings.Join(names, ", "))
+		WithHint("The commands are: %s.", strings.Join(names, ", "))
 }
 
-// adminSession is one admin console connection.
-type adminSession struct {
-	srv      *Server
-	conn     net.Conn
-	r        *wire.Reader
-	w        *wire.Writer
-	user     string
+// Console answers admin console clients of one proxy.Server.
+type Console struct {
+	srv *proxy.Server
+	mon *monitor.Monitor
+}
+
+// New returns the console of srv; install it with srv.SetConsole.
+func New(srv *proxy.Server, mon *monitor.Monitor) *Console {
+	return &Console{srv: srv, mon: mon}
+}
+
+// session is one console client.
+type session struct {
+	*Console
+	c        *proxy.ConsoleConn
 	log      *zap.Logger
 	skipping bool // an extended-protocol message was refused: discard up to Sync
 }
 
-// adminLogin finishes the login of an admin console client.
-func (s *Server) adminLogin(conn net.Conn, r *wire.Reader, w *wire.Writer, gen *generation, user string, log *zap.Logger) (*adminSession, error) {
-	if !gen.cfg.IsAdmin(user) {
-		return nil, fatalf(sqlstate.InsufficientPrivilege, "permission denied: user %q may not use the admin console", user).
-			withHint("List the user under admin_users in router.yaml.")
-	}
-	_ = w.Send(&pgproto3.AuthenticationOk{})
-	for _, p := range [][2]string{
-		{"server_version", "15.0 (pgrouter " + Version + ")"}, {"server_encoding", "UTF8"}, {"client_encoding", "UTF8"},
-		{"DateStyle", "ISO, MDY"}, {"integer_datetimes", "on"}, {"standard_conforming_strings", "on"}, {"TimeZone", "UTC"},
-	} {
-		_ = w.Send(&pgproto3.ParameterStatus{Name: p[0], Value: p[1]})
-	}
-	var key [8]byte
-	_, _ = rand.Read(key[:]) // cancels are not served on the console; the key only has to look like one
-	_ = w.Send(&pgproto3.BackendKeyData{ProcessID: binary.BigEndian.Uint32(key[:4]) &^ (1 << 31), SecretKey: key[4:]})
-	_ = w.SendReady(wire.TxIdle)
-	if err := w.Flush(); err != nil {
-		return nil, err
-	}
-	log.Info("admin console login")
-	return &adminSession{srv: s, conn: conn, r: r, w: w, user: user, log: log}, nil
-}
-
-// run serves console commands until the client leaves or pgrouter shuts down.
-func (a *adminSession) run() {
+// Serve answers one client until it leaves or pgrouter shuts down.
+func (con *Console) Serve(c *proxy.ConsoleConn) {
+	a := &session{Console: con, c: c, log: c.Log()}
 	for {
-		if a.srv.draining.Load() {
-			sendFatal(a.w, errShuttingDown())
-			return
-		}
-		if err := a.w.Flush(); err != nil {
-			return
-		}
-		m, err := a.r.Next()
+		m, err := c.Next()
 		if err != nil {
-			switch {
-			case errors.Is(err, os.ErrDeadlineExceeded) && a.srv.draining.Load():
-				sendFatal(a.w, errShuttingDown())
-			case isProtocolViolation(err):
-				sendFatal(a.w, toError(err))
-			}
+			c.SendError(err)
 			return
 		}
 		switch m.Type {
@@ -173,20 +152,20 @@ func (a *adminSession) run() {
 			if !a.query(string(body)) {
 				return
 			}
-			_ = a.w.SendReady(wire.TxIdle)
+			_ = c.SendReady()
 		case wire.Terminate:
 			return
 		case wire.Sync:
 			a.skipping = false
-			_ = a.w.SendReady(wire.TxIdle)
+			_ = c.SendReady()
 		case wire.Parse, wire.Bind, wire.Describe, wire.Execute, wire.Close, wire.Flush:
 			if !a.skipping {
 				a.skipping = true
-				_ = a.w.Send(errorf(sqlstate.FeatureNotSupported, "pgrouter: the admin console speaks the simple query protocol only").
-					withHint("Use psql, or your driver's simple protocol mode (pgx: default_query_exec_mode=simple_protocol).").response())
+				c.SendError(&proxy.Error{Code: sqlstate.FeatureNotSupported, Message: "pgrouter: the admin console speaks the simple query protocol only",
+					Hint: "Use psql, or your driver's simple protocol mode (pgx: default_query_exec_mode=simple_protocol)."})
 			}
 		default:
-			sendFatal(a.w, fatalf(sqlstate.ProtocolViolation, "pgrouter: invalid frontend message type %q", m.Type))
+			c.SendError(&proxy.Error{Fatal: true, Code: sqlstate.ProtocolViolation, Message: fmt.Sprintf("pgrouter: invalid frontend message type %q", m.Type)})
 			return
 		}
 	}
@@ -195,32 +174,25 @@ func (a *adminSession) run() {
 // query runs the commands of one Query message; the first error ends it,
 // as it would end a multi-statement query on PostgreSQL. It reports false
 // when the error was FATAL and the connection must close.
-func (a *adminSession) query(sql string) bool {
+func (a *session) query(sql string) bool {
 	cmds, err := parseAdmin(sql)
 	if err != nil {
-		_ = a.w.Send(toError(err).response())
-		return true
+		return !a.c.SendError(err)
 	}
 	if len(cmds) == 0 {
-		_ = a.w.Send(&pgproto3.EmptyQueryResponse{})
+		_ = a.c.Send(&pgproto3.EmptyQueryResponse{})
 		return true
 	}
 	for _, cmd := range cmds {
 		if err := a.exec(cmd); err != nil {
-			e := toError(err)
-			a.log.Info("admin command failed", zap.String("command", cmd.verb+" "+cmd.what), zap.String("sqlstate", e.Code), zap.String("reason", e.Message))
-			if e.Fatal {
-				sendFatal(a.w, e)
-				return false
-			}
-			_ = a.w.Send(e.response())
-			return true
+			a.log.Info("admin command failed", zap.String("command", cmd.verb+" "+cmd.what), zap.Error(err))
+			return !a.c.SendError(err)
 		}
 	}
 	return true
 }
 
-func (a *adminSession) exec(cmd adminCommand) error {
+func (a *session) exec(cmd adminCommand) error {
 	s := a.srv
 	switch cmd.verb {
 	case "SHOW":
@@ -228,60 +200,60 @@ func (a *adminSession) exec(cmd adminCommand) error {
 		var err error
 		switch cmd.what {
 		case "SHARDS":
-			rs = s.showShards()
+			rs = a.showShards()
 		case "POOLS":
-			rs = s.showPools()
+			rs = a.showPools()
 		case "CLIENTS":
-			rs = s.showClients()
+			rs = a.showClients()
 		case "SERVERS":
-			rs = s.showServers()
+			rs = a.showServers()
 		case "STATS":
-			rs = s.showStats()
+			rs = a.showStats()
 		case "FUNCTIONS":
-			rs = s.showFunctions()
+			rs = a.showFunctions()
 		case "SEQUENCES":
-			rs, err = s.showSequences(a.notice)
+			rs, err = a.showSequences(a.c.Context(), a.notice)
 		case "CONFIG":
-			rs = s.showConfig()
+			rs = a.showConfig()
 		case "VERSION":
-			rs = &resultSet{cols: []column{{"version", oidText}}, rows: [][]any{{"pgrouter " + Version}}}
+			rs = &resultSet{cols: []column{{"version", oidText}}, rows: [][]any{{"pgrouter " + proxy.Version}}}
 		case "HELP":
 			rs = &resultSet{cols: []column{{"command", oidText}, {"description", oidText}}}
-			for _, c := range adminCommands {
+			for _, c := range Commands {
 				rs.rows = append(rs.rows, []any{c[0], c[1]})
 			}
 		}
 		if err != nil {
 			return err
 		}
-		rs.send(a.w, "SHOW")
+		rs.send(a.c, "SHOW")
 		return nil
 	case "RELOAD":
 		a.log.Info("RELOAD requested")
 		notes, err := s.Reload()
 		if err != nil {
 			return errorf(sqlstate.ConfigFileError, "pgrouter: reload failed, the running config is unchanged: %v", err).
-				withHint("Fix the file and run RELOAD again.")
+				WithHint("Fix the file and run RELOAD again.")
 		}
 		for _, n := range notes {
 			a.notice(n)
 		}
-		return a.w.Send(&pgproto3.CommandComplete{CommandTag: []byte("RELOAD")})
+		return a.c.Send(&pgproto3.CommandComplete{CommandTag: []byte("RELOAD")})
 	case "PAUSE":
 		return a.pause(cmd.what)
 	case "RESUME":
-		shards, err := s.shardNames(cmd.what)
+		shards, err := a.shardNames(cmd.what)
 		if err != nil {
 			return err
 		}
 		for _, name := range shards {
-			s.pools.Resume(name)
+			s.Pools().Resume(name)
 		}
 		a.log.Info("RESUME", zap.Strings("shards", shards))
-		return a.w.Send(&pgproto3.CommandComplete{CommandTag: []byte("RESUME")})
+		return a.c.Send(&pgproto3.CommandComplete{CommandTag: []byte("RESUME")})
 	case "SHUTDOWN":
 		a.log.Info("SHUTDOWN requested")
-		_ = a.w.Send(&pgproto3.CommandComplete{CommandTag: []byte("SHUTDOWN")})
+		_ = a.c.Send(&pgproto3.CommandComplete{CommandTag: []byte("SHUTDOWN")})
 		go func() { // the console's own connection is told 57P01 with everyone else
 			ctx, cancel := context.WithTimeout(context.Background(), s.ShutdownTimeout())
 			defer cancel()
@@ -295,57 +267,59 @@ func (a *adminSession) exec(cmd adminCommand) error {
 // pause holds new transactions on the shards and waits, up to
 // query_wait_timeout, for the running ones to finish. The shards stay paused
 // either way; the error says what is still running.
-func (a *adminSession) pause(name string) error {
+func (a *session) pause(name string) error {
 	s := a.srv
-	shards, err := s.shardNames(name)
+	shards, err := a.shardNames(name)
 	if err != nil {
 		return err
 	}
 	for _, sh := range shards {
-		s.pools.Pause(sh)
+		s.Pools().Pause(sh)
 	}
 	a.log.Info("PAUSE", zap.Strings("shards", shards))
-	limit := s.gen.Load().cfg.Pool.QueryWaitTimeout.D()
+	limit := s.Config().Pool.QueryWaitTimeout.D()
 	deadline := time.Now().Add(limit)
 	for {
 		busy := 0
 		for _, sh := range shards {
-			busy += s.pools.Busy(sh)
+			busy += s.Pools().Busy(sh)
 		}
 		if busy == 0 {
-			return a.w.Send(&pgproto3.CommandComplete{CommandTag: []byte("PAUSE")})
+			return a.c.Send(&pgproto3.CommandComplete{CommandTag: []byte("PAUSE")})
 		}
 		if time.Now().After(deadline) {
 			return errorf(sqlstate.ObjectInUse, "pgrouter: paused, but %d server connections are still in use after %s", busy, limit).
-				withHint("New transactions wait; the running ones have not finished. Run PAUSE again to keep waiting, or RESUME.")
+				WithHint("New transactions wait; the running ones have not finished. Run PAUSE again to keep waiting, or RESUME.")
 		}
-		if s.draining.Load() {
-			return errShuttingDown()
+		if s.Draining() {
+			return proxy.ShutdownError()
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 }
 
 // shardNames resolves PAUSE/RESUME's argument: one shard, or every shard.
-func (s *Server) shardNames(name string) ([]string, error) {
-	gen := s.gen.Load()
+func (con *Console) shardNames(name string) ([]string, error) {
+	shards := con.srv.Map()
 	if name == "" {
 		var out []string
-		for _, sh := range gen.allShards() {
-			out = append(out, sh.Name)
+		for _, cl := range shards.Clusters() {
+			for _, sh := range cl.Shards {
+				out = append(out, sh.Name)
+			}
 		}
 		return out, nil
 	}
-	if _, ok := gen.shards.Shard(name); !ok {
+	if _, ok := shards.Shard(name); !ok {
 		return nil, errorf(sqlstate.UndefinedObject, "pgrouter: shard %q does not exist", name).
-			withHint("SHOW SHARDS lists the shards.")
+			WithHint("SHOW SHARDS lists the shards.")
 	}
 	return []string{name}, nil
 }
 
 // notice sends a WARNING to the console client.
-func (a *adminSession) notice(msg string) {
-	_ = a.w.Send(&pgproto3.NoticeResponse{Severity: "WARNING", SeverityUnlocalized: "WARNING", Code: sqlstate.Warning, Message: msg})
+func (a *session) notice(msg string) {
+	_ = a.c.Send(&pgproto3.NoticeResponse{Severity: "WARNING", SeverityUnlocalized: "WARNING", Code: sqlstate.Warning, Message: msg})
 }
 
 // Type OIDs of console columns.
@@ -371,7 +345,7 @@ type resultSet struct {
 
 func (rs *resultSet) add(row ...any) { rs.rows = append(rs.rows, row) }
 
-func (rs *resultSet) send(w *wire.Writer, tag string) {
+func (rs *resultSet) send(w *proxy.ConsoleConn, tag string) {
 	desc := &pgproto3.RowDescription{Fields: make([]pgproto3.FieldDescription, len(rs.cols))}
 	for i, c := range rs.cols {
 		size := int16(-1)

@@ -1,4 +1,6 @@
-package proxy
+// Package metrics serves pgrouter's Prometheus /metrics from the proxy's
+// snapshot API and the monitor's latest polls.
+package metrics
 
 import (
 	"net/http"
@@ -7,7 +9,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/pgrouter/pgrouter/monitor"
 	"github.com/pgrouter/pgrouter/pool"
+	"github.com/pgrouter/pgrouter/proxy"
 )
 
 // Metrics are read from the same state the admin console shows, at scrape
@@ -49,7 +53,10 @@ var (
 )
 
 // collector exports a Server's state to Prometheus.
-type collector struct{ s *Server }
+type collector struct {
+	s   *proxy.Server
+	mon *monitor.Monitor
+}
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descClients, descShardUp, descShardPaused, descCheckLatency, descActive, descIdle,
@@ -68,31 +75,32 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
 	}
 	gauge(descClients, float64(s.ClientCount()))
-	gauge(descDraining, b2f(s.draining.Load()))
-	counter(descReloads, float64(s.reloads.ok.Load()), "ok")
-	counter(descReloads, float64(s.reloads.failed.Load()), "failed")
+	gauge(descDraining, b2f(s.Draining()))
+	reloadsOK, reloadsFailed := s.ReloadCounts()
+	counter(descReloads, float64(reloadsOK), "ok")
+	counter(descReloads, float64(reloadsFailed), "failed")
 
 	cluster := map[string]string{}
-	for _, st := range s.shardStatuses() {
-		sh := st.shard
+	for _, st := range s.ShardStatuses() {
+		sh := st.Shard
 		cluster[sh.Name] = sh.Cluster
-		switch st.health.State {
+		switch st.Health.State {
 		case pool.HealthUp:
 			gauge(descShardUp, 1, sh.Cluster, sh.Name)
-			gauge(descCheckLatency, st.health.Latency.Seconds(), sh.Cluster, sh.Name)
+			gauge(descCheckLatency, st.Health.Latency.Seconds(), sh.Cluster, sh.Name)
 		case pool.HealthDown:
 			gauge(descShardUp, 0, sh.Cluster, sh.Name)
 		}
-		gauge(descShardPaused, b2f(st.paused), sh.Cluster, sh.Name)
-		if ok, isBool := s.seqOK(sh.Cluster, sh.Name).(bool); isBool {
+		gauge(descShardPaused, b2f(st.Paused), sh.Cluster, sh.Name)
+		if ok, isBool := c.mon.SequencesOK(sh.Cluster, sh.Name).(bool); isBool {
 			gauge(descSequencesOK, b2f(ok), sh.Cluster, sh.Name)
 		}
-		if bytes, lag, ok := s.refsyncLag(sh.Cluster, sh.Name); ok {
+		if bytes, lag, ok := c.mon.RefsyncLag(sh.Cluster, sh.Name); ok {
 			gauge(descRefsyncBytes, float64(bytes), sh.Cluster, sh.Name)
 			gauge(descRefsyncLag, lag.Seconds(), sh.Cluster, sh.Name)
 		}
 	}
-	for _, p := range s.pools.Pools() {
+	for _, p := range s.Pools().Pools() {
 		cl, ok := cluster[p.Shard()]
 		if !ok {
 			continue // retired by a reload, still draining
@@ -129,10 +137,10 @@ func b2f(b bool) float64 {
 	return 0
 }
 
-// MetricsHandler serves /metrics: pgrouter's own metrics plus the Go
-// runtime's and the process's (CPU seconds, resident memory, open files).
-func (s *Server) MetricsHandler() http.Handler {
+// Handler serves /metrics: pgrouter's own metrics plus the Go runtime's and
+// the process's (CPU seconds, resident memory, open files).
+func Handler(srv *proxy.Server, mon *monitor.Monitor) http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collector{s}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collector{srv, mon}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 }

@@ -1,4 +1,4 @@
-package proxy
+package console
 
 import (
 	"fmt"
@@ -11,9 +11,11 @@ import (
 	"github.com/pgrouter/pgrouter/config"
 )
 
-func (s *Server) showConfig() *resultSet {
+// showConfig lists every router.yaml key in force, its default, and whether
+// RELOAD can change it.
+func (c *Console) showConfig() *resultSet {
 	rs := &resultSet{cols: []column{{"key", oidText}, {"value", oidText}, {"default", oidText}, {"changeable", oidBool}}}
-	cur, def := s.gen.Load().cfg, config.Defaults()
+	cur, def := c.srv.Config(), config.Defaults()
 	values, defaults := map[string]string{}, map[string]string{}
 	flatten("", reflect.ValueOf(cur).Elem(), values)
 	flatten("", reflect.ValueOf(&def).Elem(), defaults)
