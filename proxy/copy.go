@@ -59,7 +59,7 @@ func (s *session) copyIn() (suspend bool, err error) {
 				return false, err
 			}
 			if s.server != nil && !s.queue.empty() && s.queue.peek().kind == reqExecute {
-				s.inBatch = true
+				s.batch.send()
 				return true, nil
 			}
 			return false, nil

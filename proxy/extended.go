@@ -68,7 +68,7 @@ func (s *session) parse(m wire.Message) error {
 		return err
 	}
 	c := s.server
-	s.inBatch = true
+	s.batch.send()
 	if len(name) == 0 {
 		prev := c.Unnamed
 		c.Unnamed = s.unnamed.set(m.Raw, definition, info, plan)
@@ -138,7 +138,7 @@ func (s *session) bind(m wire.Message) error {
 		return err
 	}
 	c := s.server
-	s.inBatch = true
+	s.batch.send()
 	if len(name) == 0 || s.passthrough {
 		var info queryInfo
 		if len(name) == 0 {
@@ -218,7 +218,7 @@ func (s *session) describe(m wire.Message) error {
 		return err
 	}
 	c := s.server
-	s.inBatch = true
+	s.batch.send()
 	if msg.Kind == 'P' {
 		_ = c.W.Write(m.Raw)
 		s.queue.push(request{kind: reqDescribePortal})
@@ -254,7 +254,7 @@ func (s *session) execute(m wire.Message) error {
 		return err
 	}
 	c := s.server
-	s.inBatch = true
+	s.batch.send()
 	info := s.unnamedPortal
 	if len(portal) > 0 {
 		info = s.portals[string(portal)]
@@ -263,7 +263,7 @@ func (s *session) execute(m wire.Message) error {
 		c.Statements.Clear()
 	}
 	if !info.free {
-		s.batchExecuted = true
+		s.batch = batchExecuted
 	}
 	s.pending |= info.effects
 	s.noteSettings(&info)
@@ -295,7 +295,7 @@ func (s *session) closeStatement(m wire.Message) error {
 		return err
 	}
 	c := s.server
-	s.inBatch = true
+	s.batch.send()
 	r := request{kind: reqClose}
 	if msg.Kind == 'S' && len(name) == 0 {
 		s.unnamed.drop()
@@ -309,8 +309,7 @@ func (s *session) closeStatement(m wire.Message) error {
 
 // sync handles Sync: the end of an extended-protocol batch.
 func (s *session) sync(m wire.Message) error {
-	s.inBatch = false
-	s.batchExecuted = false
+	s.batch = batchNone
 	eff := s.pending
 	s.pending = 0
 	if s.server == nil { // nothing went to a server: every reply is local
@@ -348,7 +347,7 @@ func (s *session) flush(m wire.Message) error {
 // through the protocol (the server knows it under another name), when it
 // is the whole query and nothing else is in flight.
 func (s *session) answerLocally(info queryInfo) (bool, error) {
-	if info.deallocate == "" || s.passthrough || s.tx.status() == wire.TxFailed || !s.queue.empty() || s.inBatch {
+	if info.deallocate == "" || s.passthrough || s.tx.status() == wire.TxFailed || !s.queue.empty() || s.batch != batchNone {
 		return false, nil
 	}
 	if _, ok := s.stmts[info.deallocate]; !ok {

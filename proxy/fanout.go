@@ -235,7 +235,7 @@ func (s *session) fanMessage(m wire.Message) error {
 func (s *session) finishFanout(sync wire.Message) error {
 	f := s.fan
 	s.fan = nil
-	s.inBatch = false
+	s.batch = batchNone
 	if s.server != nil { // the pipeline's earlier messages ran on one shard: finish them first
 		c := s.server
 		_ = c.W.Write(sync.Raw)

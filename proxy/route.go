@@ -128,7 +128,7 @@ func (s *session) place(p *router.Plan, params wire.BindMsg) (*shardmap.Shard, *
 		case s.tx.onServer():
 			return nil, nil, errorf(sqlstate.FeatureNotSupported, "pgrouter: %s runs on all shards and cannot run inside a transaction that already runs on shard %s", route.Call.Fn.FullName(), s.server.Shard()).
 				WithHint("Call it before the transaction's first statement that chooses a shard, or outside BEGIN ... COMMIT.")
-		case pinned != nil || (s.inBatch && !s.movable()):
+		case pinned != nil || (s.batch != batchNone && !s.movable()):
 			return nil, nil, errorf(sqlstate.FeatureNotSupported, "pgrouter: %s runs on all shards and must be alone in its pipeline", route.Call.Fn.FullName()).
 				WithHint("Send a Sync before and after it.")
 		}

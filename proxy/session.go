@@ -58,7 +58,7 @@ type session struct {
 	pools    map[string]*pool.Pool // by shard name
 	tx       txState               // the client's transaction (txstate.go)
 	queue    queue                 // requests sent to the server and not yet answered
-	inBatch  bool                  // extended-protocol messages sent since the last Sync
+	batch    batchPhase            // extended-protocol messages sent since the last Sync (txstate.go)
 	skipping bool                  // an extended message failed: discard until Sync, as PostgreSQL does
 	startup  pool.ParamState       // settings from the startup packet: what RESET ALL returns to
 	desired  pool.ParamState       // the client's run-time settings now
@@ -75,9 +75,6 @@ type session struct {
 	parked    map[string]*pool.Conn // session mode: the client's servers on other shards
 	fan       *fanBatch             // a run_on all Bind waiting for its Sync
 	batchErr  bool                  // an extended-protocol message failed on the server
-	// batchExecuted: an Execute of a statement that needs a shard was sent
-	// since the last Sync, so the pipeline may not move (see movable).
-	batchExecuted bool
 	// reqFailed: the server reported an error for the client's current
 	// request (an unpinned transaction it ran outside of is aborted).
 	reqFailed bool
@@ -337,7 +334,7 @@ func (s *session) fail(err error, typ byte) error {
 	}
 	switch typ {
 	case wire.Query, wire.FunctionCall, wire.Sync:
-		s.inBatch = false
+		s.batch = batchNone
 		return clientIO(s.cw.SendReady(s.tx.status()))
 	}
 	s.skipping = true
@@ -360,7 +357,7 @@ func (s *session) failInBand(e *Error, typ byte) error {
 		c.Unnamed = 0
 		_ = c.W.Send(&pgproto3.Query{String: refusedSQL})
 		s.queue.push(request{kind: reqQuery, replace: e})
-		s.inBatch = false
+		s.batch = batchNone
 		if err := s.exchange(); err != nil {
 			return err
 		}
@@ -369,7 +366,7 @@ func (s *session) failInBand(e *Error, typ byte) error {
 	_ = c.W.Send(&pgproto3.Parse{Query: refusedSQL})
 	s.queue.push(request{kind: reqParse, internal: true, unnamed: true, prevUnnamed: c.Unnamed, replace: e})
 	c.Unnamed = 0
-	s.inBatch = true
+	s.batch.send()
 	s.skipping = true // the server skips to Sync now, and so does the client's batch
 	return s.pushServer()
 }
@@ -382,7 +379,7 @@ func (s *session) link() error {
 	if s.server != nil {
 		if dest == nil || s.server.Shard() == dest.Name {
 			if s.tx.unpinned() && !s.noPin {
-				if s.inBatch { // the pin's BEGIN goes between requests
+				if s.batch != batchNone { // the pin's BEGIN goes between requests
 					if err := s.endBatch(); err != nil {
 						return err
 					}
@@ -486,7 +483,7 @@ func (s *session) afterRequest(eff effects) error {
 		}
 	}
 	s.dest = nil
-	if len(s.portals) > 0 && s.tx == txIdle && s.queue.empty() && !s.inBatch {
+	if len(s.portals) > 0 && s.tx == txIdle && s.queue.empty() && s.batch == batchNone {
 		s.endPortals() // the transaction that held them ended, and they with it
 	}
 	s.maybeRelease()

@@ -71,7 +71,7 @@ func (s *session) resetServer(ctx context.Context) error {
 	c := s.server
 	status := s.tx.status()
 	var err error
-	if s.inBatch { // extended messages without their Sync: close the implicit transaction
+	if s.batch != batchNone { // extended messages without their Sync: close the implicit transaction
 		if status, err = c.Sync(ctx); err != nil {
 			return err
 		}
@@ -143,7 +143,7 @@ func (s *session) dropServer() (c *pool.Conn, fatal bool) {
 	c = s.server
 	c.MarkBroken()
 	s.queue.clear()
-	s.inBatch = false
+	s.batch = batchNone
 	s.unlink()
 	return c, s.mode == config.ModeSession || s.tx != txIdle
 }

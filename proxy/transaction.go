@@ -53,13 +53,13 @@ func (s *session) canStartUnpinned() bool {
 // request: nothing linked (or, in session mode, a linked server between
 // transactions), nothing held, no fan-out under way.
 func (s *session) unbound() bool {
-	return (s.server == nil || s.switchable()) && s.held.empty() && s.fan == nil && s.queue.empty() && !s.inBatch
+	return (s.server == nil || s.switchable()) && s.held.empty() && s.fan == nil && s.queue.empty() && s.batch == batchNone
 }
 
 // quiet reports whether the client is between transactions (idle or
 // unpinned) with nothing in flight: its server may go back to the pool.
 func (s *session) quiet() bool {
-	return !s.tx.onServer() && s.queue.empty() && !s.inBatch && !s.skipping
+	return !s.tx.onServer() && s.queue.empty() && s.batch == batchNone && !s.skipping
 }
 
 // switchable reports whether a session-mode client is between
@@ -74,7 +74,7 @@ func (s *session) switchable() bool {
 // but statements that need no shard (a driver that prepares with
 // Parse/Describe/Flush before it binds).
 func (s *session) movable() bool {
-	return s.server != nil && s.inBatch && !s.batchExecuted && !s.skipping && s.fan == nil &&
+	return s.server != nil && s.batch == batchSent && !s.skipping && s.fan == nil &&
 		!s.tx.onServer()
 }
 
@@ -343,8 +343,7 @@ func (s *session) endBatch() error {
 	if err := s.exchange(); err != nil {
 		return err
 	}
-	s.inBatch = false
-	s.batchExecuted = false
+	s.batch = batchNone
 	return nil
 }
 

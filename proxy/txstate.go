@@ -56,3 +56,29 @@ func (t txState) unpinned() bool { return t == txUnpinned || t == txUnpinnedFail
 // onServer reports a transaction open on the linked server (pinned or
 // failed there): the server belongs to the client until it ends.
 func (t txState) onServer() bool { return t == txPinned || t == txFailed }
+
+// batchPhase is what the linked server has of the client's current
+// extended-protocol batch (the messages since its last Sync): the implicit
+// transaction PostgreSQL runs them in lasts until the Sync.
+//
+//	batchNone ──Parse/Bind/Describe/Execute/Close sent──▶ batchSent
+//	    ▲                                                    │ Execute of a statement
+//	    │                                                    ▼ that needs a shard
+//	    └────────── Sync answered, or the server lost ── batchExecuted
+//
+// Only batchSent may move to another shard (movable): nothing in it has
+// run anywhere that matters.
+type batchPhase uint8
+
+const (
+	batchNone     batchPhase = iota // nothing since the last Sync
+	batchSent                       // messages sent, none executed a statement that needs a shard
+	batchExecuted                   // an Execute of a statement that needs a shard was sent
+)
+
+// send records an extended message sent to the server.
+func (b *batchPhase) send() {
+	if *b == batchNone {
+		*b = batchSent
+	}
+}

@@ -64,7 +64,7 @@ func (s *session) idleLimitNow() (time.Duration, string, string) {
 func (s *session) readClientWatching() (wire.Message, error) {
 	c := s.server
 	if c == nil || s.mode.Shared() || s.cr.HasMessage() ||
-		!s.queue.empty() || s.inBatch || c.W.Len() > 0 { // the server may still be answering the client
+		!s.queue.empty() || s.batch != batchNone || c.W.Len() > 0 { // the server may still be answering the client
 		return s.cr.Next()
 	}
 	done := make(chan error, 1)
