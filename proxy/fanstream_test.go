@@ -197,3 +197,49 @@ func TestFanoutSlowClientIsNotAShardTimeout(t *testing.T) {
 		}
 	}
 }
+
+// TestRoutingFanoutInSessionMode: a session-mode client's fan-out uses the
+// servers it holds (with a pool of one per shard it would otherwise wait on
+// itself), and its session state there is visible to the fan-out.
+func TestRoutingFanoutInSessionMode(t *testing.T) {
+	p := startRouting(t, proxyOpts{mode: "session", size: 1, extra: "  query_wait_timeout: 2s\n"})
+	ctx := testContext(t, time.Minute)
+	conn := p.connect(t, ctx)
+	for _, key := range []string{"user1", "user2", "user3", "user4", "user5"} {
+		if _, err := conn.Exec(ctx, "SELECT rt_where($1)", key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol} {
+		var n int64
+		if err := conn.QueryRow(ctx, "SELECT rt_count_users()", mode).Scan(&n); err != nil {
+			t.Fatalf("fan-out in session mode (%v): %v", mode, err)
+		}
+	}
+	var s string
+	if err := conn.QueryRow(ctx, "SELECT rt_where($1)", "user1").Scan(&s); err != nil || s != expectShard(t, "user1") {
+		t.Fatalf("after the fan-out: %q %v", s, err)
+	}
+}
+
+// TestRoutingFanoutErrors: a shard's error fails a run_on all call, names
+// the shard and keeps the SQLSTATE; the connection stays usable.
+func TestRoutingFanoutErrors(t *testing.T) {
+	p := startRouting(t, proxyOpts{size: 2})
+	ctx := testContext(t, time.Minute)
+	conn := p.connect(t, ctx)
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol} {
+		_, err := conn.Exec(ctx, "SELECT * FROM rt_fail_on($1)", mode, "s2")
+		if pgCode(err) != "22012" || !strings.Contains(err.Error(), "shard s2") {
+			t.Fatalf("fan-out error (%v): %v", mode, err)
+		}
+		rows, err := conn.Query(ctx, "SELECT * FROM rt_fail_on($1)", mode, "none")
+		if err != nil {
+			t.Fatal(err)
+		}
+		vals, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+		if err != nil || len(vals) != 4 {
+			t.Fatalf("fan-out rows (%v): %v %v", mode, vals, err)
+		}
+	}
+}
