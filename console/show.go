@@ -89,10 +89,12 @@ func (c *Console) showPools() *resultSet {
 		{"pool_mode", oidText}, {"paused", oidBool},
 	}}
 	cfg, shards := c.srv.Config(), c.srv.Map()
-	clients := map[[2]string]int{} // (cluster, user) -> logged-in clients not waiting
+	// A client belongs to a pool while a server of that pool is linked to
+	// it; between transactions (outside session mode) it belongs to none.
+	linked := map[*pool.Pool]int{}
 	for _, cl := range c.srv.Clients() {
-		if cl.State != proxy.ClientWaiting {
-			clients[[2]string{cl.Database, cl.User}]++
+		if cl.Server != nil {
+			linked[cl.Server.Pool()]++
 		}
 	}
 	for _, p := range c.srv.Pools().Pools() {
@@ -101,7 +103,7 @@ func (c *Console) showPools() *resultSet {
 			cluster = sh.Cluster
 		}
 		st := p.Stats()
-		rs.add(cluster, p.Shard(), p.User(), clients[[2]string{cluster, p.User()}], st.Waiting, st.Active, st.Idle,
+		rs.add(cluster, p.Shard(), p.User(), linked[p], st.Waiting, st.Active, st.Idle,
 			st.Open-st.Active-st.Idle, int64(st.MaxWait/time.Second), (st.MaxWait % time.Second).Microseconds(),
 			cfg.Pool.Mode, st.Paused)
 	}

@@ -219,9 +219,14 @@ func TestAdminConsole(t *testing.T) {
 	if sv["state"] != "active" || sv["link"] != cl["id"] || sv["shard"] != "s0" {
 		t.Fatalf("SHOW SERVERS: %v; client %v", sv, cl["id"])
 	}
-	pools := rowWhere(t, adminRows(t, ctx, adm, "SHOW POOLS"), "shard", "s0")
-	if pools["sv_active"] != int64(1) || pools["pool_mode"] != "transaction" {
+	poolRows := adminRows(t, ctx, adm, "SHOW POOLS")
+	pools := rowWhere(t, poolRows, "shard", "s0")
+	if pools["sv_active"] != int64(1) || pools["cl_active"] != int64(1) || pools["pool_mode"] != "transaction" {
 		t.Fatalf("SHOW POOLS in a transaction: %v", pools)
+	}
+	// The client holds a server of s0 only: s1's pool has no client.
+	if other := rowWhere(t, poolRows, "shard", "s1"); other["cl_active"] != int64(0) {
+		t.Fatalf("SHOW POOLS s1 while the client is in a transaction on s0: %v", other)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
