@@ -59,6 +59,14 @@ func runDemo(ctx context.Context, out io.Writer, dir string, n int, listen strin
 	}
 	defer func() { _ = log.Sync() }()
 
+	// The port first: a demo that cannot serve must not start shards, nor
+	// say it is ready.
+	ln, err := listenClients(listen, "--listen")
+	if err != nil {
+		return err
+	}
+	defer ln.Close() // serve closes it too; this covers a failed start
+
 	temp := dir == ""
 	if temp {
 		if dir, err = os.MkdirTemp("", "pgrouter-demo-"); err != nil {
@@ -104,7 +112,7 @@ func runDemo(ctx context.Context, out io.Writer, dir string, n int, listen strin
 		}
 	}
 	path := filepath.Join(dir, "router.yaml")
-	if err := os.WriteFile(path, []byte(demoConfig(servers, central, listen)), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(demoConfig(servers, central, ln.Addr().String())), 0o644); err != nil {
 		return err
 	}
 	cfg, err := config.Load(path)
@@ -161,7 +169,7 @@ func runDemo(ctx context.Context, out io.Writer, dir string, n int, listen strin
 	fmt.Fprintf(out, "Admin:      psql -h %s -p %s -U admin pgrouter     -- then SHOW SHARDS; SHOW POOLS; SHOW HELP;\n", host, port)
 	fmt.Fprintf(out, "Stop:       Ctrl-C\n\n")
 
-	return serve(ctx, nil, cfg, log)
+	return serve(ctx, nil, cfg, log, ln)
 }
 
 // waitCopied waits until refsync has copied the reference tables to every

@@ -46,7 +46,11 @@ tell idle clients 57P01, exit 0), SIGINT shuts down at once.`,
 			sigs := make(chan os.Signal, 4)
 			signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 			defer signal.Stop(sigs)
-			return serve(context.Background(), sigs, cfg, log)
+			ln, err := listenClients(cfg.Listen, "listen in router.yaml")
+			if err != nil {
+				return err
+			}
+			return serve(context.Background(), sigs, cfg, log, ln)
 		},
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "router.yaml", "config file")
@@ -54,30 +58,43 @@ tell idle clients 57P01, exit 0), SIGINT shuts down at once.`,
 	return cmd
 }
 
-// serve runs a proxy until it shuts down: SIGTERM or the SHUTDOWN command
-// (gracefully), SIGINT or the end of ctx (at once). SIGHUP reloads the
-// config.
-func serve(ctx context.Context, sigs <-chan os.Signal, cfg *config.Config, log *zap.Logger) error {
+// listenClients opens the client port. serve and demo open it before
+// anything else starts, so a port in use is the one error reported.
+func listenClients(addr, where string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("cannot serve clients on %s: %w (another pgrouter or pgbouncer may be using the port: stop it, or change %s)", addr, err, where)
+	}
+	return ln, nil
+}
+
+// serve runs a proxy on ln until it shuts down: SIGTERM or the SHUTDOWN
+// command (gracefully), SIGINT or the end of ctx (at once). SIGHUP reloads
+// the config. ln is closed when serve returns.
+func serve(ctx context.Context, sigs <-chan os.Signal, cfg *config.Config, log *zap.Logger, ln net.Listener) error {
 	proxy.Version = version
+	var metricsLn net.Listener
+	if cfg.MetricsListen != "" {
+		var err error
+		if metricsLn, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("cannot serve /metrics on %s: %w (change metrics_listen in router.yaml)", cfg.MetricsListen, err)
+		}
+	}
 	srv, err := proxy.NewServer(cfg, log)
 	if err != nil {
+		_ = ln.Close()
+		if metricsLn != nil {
+			_ = metricsLn.Close()
+		}
 		return err
 	}
 	mon := monitor.Start(srv, log)
 	defer mon.Close() // after srv has closed: its end stops the pollers' rounds
 	srv.SetConsole(console.New(srv, mon))
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		_ = srv.Close()
-		return fmt.Errorf("listen: %w", err)
+	if metricsLn != nil {
+		defer serveMetrics(metricsLn, metrics.Handler(srv, mon), log)()
 	}
-	stopMetrics, err := serveMetrics(cfg.MetricsListen, metrics.Handler(srv, mon), log)
-	if err != nil {
-		_ = ln.Close()
-		_ = srv.Close()
-		return err
-	}
-	defer stopMetrics()
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
@@ -119,15 +136,8 @@ func serve(ctx context.Context, sigs <-chan os.Signal, cfg *config.Config, log *
 	}
 }
 
-// serveMetrics serves Prometheus /metrics on addr ("" disables it).
-func serveMetrics(addr string, h http.Handler, log *zap.Logger) (stop func(), err error) {
-	if addr == "" {
-		return func() {}, nil
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("metrics_listen: %w", err)
-	}
+// serveMetrics serves Prometheus /metrics on ln until stop is called.
+func serveMetrics(ln net.Listener, h http.Handler, log *zap.Logger) (stop func()) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", h)
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
@@ -144,5 +154,5 @@ func serveMetrics(addr string, h http.Handler, log *zap.Logger) (stop func(), er
 		defer cancel()
 		_ = hs.Shutdown(ctx)
 		<-done
-	}, nil
+	}
 }

@@ -223,3 +223,35 @@ func freeAddr(t *testing.T) string {
 	defer ln.Close()
 	return ln.Addr().String()
 }
+
+// TestPortInUse: serve and demo whose port is taken say so, and only that:
+// serve logs nothing before the error (no shard was read), and the demo
+// starts no shard and never says it is ready.
+func TestPortInUse(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	addr := taken.Addr().String()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	// Nothing listens on port 1: a shard read before the listen would log an error.
+	path := filepath.Join(t.TempDir(), "router.yaml")
+	writeFile(t, path, fmt.Sprintf("listen: %s\nauth: {type: trust}\nsequences: {}\nclusters:\n  main:\n    shards:\n      - {name: s0, dsn: \"postgres://u@127.0.0.1:1/db\"}\n", addr))
+	out, code := pgrouter(ctx, t, "serve", "-c", path)
+	if code == 0 || !strings.Contains(out, "cannot serve clients on "+addr) || !strings.Contains(out, "address already in use") ||
+		!strings.Contains(out, "change listen in router.yaml") || strings.Contains(out, `"level":"error"`) || strings.Contains(out, "sequences") {
+		t.Fatalf("serve on a port in use: exit %d\n%s", code, out)
+	}
+
+	dir := t.TempDir()
+	out, code = pgrouter(ctx, t, "demo", "--dir", dir, "--listen", addr)
+	if code == 0 || !strings.Contains(out, "cannot serve clients on "+addr) || !strings.Contains(out, "change --listen") || strings.Contains(out, "demo is ready") {
+		t.Fatalf("demo on a port in use: exit %d\n%s", code, out)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Fatalf("the demo started something before finding its port taken: %v", entries)
+	}
+}
