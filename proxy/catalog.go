@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -20,36 +21,42 @@ import (
 const catalogRetryMax = 10 * time.Second
 
 // startCatalogs loads every cluster's signatures, waiting up to
-// server_connect_timeout for the first attempt.
-func (s *Server) startCatalogs(gen *generation) {
+// server_connect_timeout for the first attempt. It returns what that
+// attempt found wrong, a line per cluster (a declared function missing
+// from the shards, most often a misspelled name), for RELOAD to tell.
+func (s *Server) startCatalogs(gen *generation) (problems []string) {
 	timeout := gen.cfg.Pool.ServerConnectTimeout.D()
 	for _, cl := range gen.shards.Clusters() {
 		r := gen.routers[cl.Name]
 		if !r.HasFunctions() {
 			continue
 		}
-		first := make(chan struct{})
+		first := make(chan error, 1)
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			s.keepLoading(gen.ctx, r, first)
 		}()
 		select {
-		case <-first:
+		case err := <-first:
+			if err != nil {
+				problems = append(problems, fmt.Sprintf("cluster %s: %v: calls of it are not routed until it loads (pgrouter retries); check the name in router.yaml", cl.Name, err))
+			}
 		case <-time.After(timeout):
 			s.log.Warn("function signatures not loaded yet; routed calls fail with 55000 until they are", zap.String("cluster", cl.Name))
 		}
 	}
+	return problems
 }
 
 // keepLoading loads a router's catalog until it succeeds completely or the
-// server closes; first is closed after the first attempt.
-func (s *Server) keepLoading(ctx context.Context, r *router.Router, first chan struct{}) {
+// server closes; first receives the first attempt's outcome.
+func (s *Server) keepLoading(ctx context.Context, r *router.Router, first chan<- error) {
 	wait := 250 * time.Millisecond
 	for attempt := 0; ; attempt++ {
 		err := s.loadCatalog(ctx, r)
 		if attempt == 0 {
-			close(first)
+			first <- err
 		}
 		if err == nil {
 			return

@@ -65,7 +65,9 @@ func (s *Server) Reload() (notes []string, err error) {
 	warnAuth(s.log, gen)
 	all := gen.allShards()
 	s.pools.Watch(all, healthConfig(cfg))
-	s.startCatalogs(gen) // routes work the moment clients see the new map
+	// Routes work the moment clients see the new map; what the shards lack is
+	// told to whoever reloaded.
+	notes = append(notes, s.startCatalogs(gen)...)
 	s.pools.Configure(poolSettings(cfg))
 	s.pools.Retire(all) // before the swap: nobody makes a pool to an old DSN after it
 	s.gen.Store(gen)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -427,5 +428,61 @@ func TestShutdownLetsTransactionsFinish(t *testing.T) {
 	}
 	if n := shardQueryInt(t, 0, "SELECT count(*) FROM shut_t"); n != 2 {
 		t.Fatalf("%d rows committed, want 2", n)
+	}
+}
+
+// TestReloadTellsWhatTheShardsLack: a RELOAD whose file declares a function
+// the shards do not have (a misspelling) succeeds but warns, naming it; a
+// call of the real function then fails with a message naming that function
+// as undeclared, not a generic one. Under default_route: error, SELECTs of
+// built-ins (now()) and psql's \d still run on any shard.
+func TestReloadTellsWhatTheShardsLack(t *testing.T) {
+	ctx := testContext(t, time.Minute)
+	for i := range allShards[:2] {
+		shardExec(t, i, fmt.Sprintf(routingSchema, fmt.Sprintf("s%d", i)))
+	}
+	path := filepath.Join(t.TempDir(), "router.yaml")
+	good := reloadYAML(map[int]string{0: "0-7", 1: "8-15"})
+	writeFile(t, path, good)
+	p := startProxyFile(t, path, false)
+	var mu sync.Mutex
+	var warnings []string
+	cc, err := pgx.ParseConfig(p.url("admin", "pgrouter") + "&default_query_exec_mode=simple_protocol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
+		mu.Lock()
+		warnings = append(warnings, n.Severity+": "+n.Message)
+		mu.Unlock()
+	}
+	adm, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close(ctx)
+
+	writeFile(t, path, strings.Replace(good, "{name: rt_where, key", "{name: rt_wher, key", 1))
+	if _, err := adm.Exec(ctx, "RELOAD"); err != nil {
+		t.Fatalf("RELOAD of a file with a missing function: %v (it must load, and warn)", err)
+	}
+	mu.Lock()
+	got := strings.Join(warnings, "\n")
+	mu.Unlock()
+	if !strings.Contains(got, "WARNING: cluster main: function public.rt_wher does not exist") || !strings.Contains(got, "check the name in router.yaml") {
+		t.Fatalf("RELOAD warnings:\n%s", got)
+	}
+
+	conn := p.connect(t, ctx)
+	_, err = conn.Exec(ctx, "SELECT rt_where('bob')")
+	if pgCode(err) != "0A000" || !strings.Contains(err.Error(), "function rt_where is not declared in router.yaml") {
+		t.Fatalf("call of the function the file no longer declares: %v", err)
+	}
+	var now time.Time
+	if err := conn.QueryRow(ctx, "SELECT now()").Scan(&now); err != nil || time.Since(now) > time.Minute {
+		t.Fatalf("SELECT now() under default_route: error: %v %v", now, err)
+	}
+	if out := p.tool(t, ctx, "", "psql", "-X", "-c", `\d`); !strings.Contains(out, "rt_users") {
+		t.Fatalf("psql \\d under default_route: error:\n%s", out)
 	}
 }

@@ -174,6 +174,10 @@ func (s *session) unrouted(p *router.Plan, anyShard bool, pinned *shardmap.Shard
 	case shardmap.RouteAny:
 		return s.anyShard(), nil
 	}
+	if p != nil && p.Undeclared != "" {
+		return nil, errorf(sqlstate.FeatureNotSupported, "pgrouter: cannot route this statement: function %s is not declared in router.yaml, and default_route is %q", p.Undeclared, config.RouteError).
+			WithHint("Declare %s under functions: in router.yaml and RELOAD (SHOW FUNCTIONS lists the declared ones: a misspelled name there leaves calls unrouted), or name a shard with SET pgrouter.shard or /* pgrouter: shard=NAME */.", p.Undeclared)
+	}
 	return nil, errorf(sqlstate.FeatureNotSupported, "pgrouter: cannot route this statement: it calls no routed function and default_route is %q", config.RouteError).
 		WithHint("Call a function declared in router.yaml, name a shard with SET pgrouter.shard or /* pgrouter: shard=NAME */, or set default_route.")
 }

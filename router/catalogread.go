@@ -33,6 +33,56 @@ var stateChangingPrefixes = []string{
 	"pg_replication_", "pg_stat_reset", "pg_logical_emit", "pg_import_", "pg_file_", "pg_read_",
 }
 
+// readOnlyBuiltins are PostgreSQL's functions that read nothing but their
+// arguments and the server's clock or settings, called unqualified (the
+// pg_catalog schema is searched first, so these names are the built-ins).
+// Names with the "pg_" prefix count too, as for catalog relations.
+var readOnlyBuiltins = map[string]bool{
+	"now": true, "clock_timestamp": true, "statement_timestamp": true, "transaction_timestamp": true, "timeofday": true,
+	"version": true, "current_database": true, "current_schema": true, "current_schemas": true, "current_setting": true,
+	"inet_server_addr": true, "inet_server_port": true, "inet_client_addr": true, "inet_client_port": true,
+	"format": true, "format_type": true, "concat": true, "concat_ws": true, "lower": true, "upper": true, "initcap": true,
+	"length": true, "char_length": true, "octet_length": true, "substr": true, "substring": true, "replace": true,
+	"trim": true, "btrim": true, "ltrim": true, "rtrim": true, "lpad": true, "rpad": true, "left": true, "right": true,
+	"split_part": true, "strpos": true, "position": true, "md5": true, "sha224": true, "sha256": true, "sha384": true,
+	"sha512": true, "encode": true, "decode": true, "abs": true, "round": true, "trunc": true, "floor": true, "ceil": true,
+	"ceiling": true, "sqrt": true, "power": true, "mod": true, "greatest": true, "least": true, "coalesce": true,
+	"nullif": true, "random": true, "gen_random_uuid": true, "date_trunc": true, "date_part": true, "extract": true,
+	"age": true, "make_date": true, "make_time": true, "make_timestamp": true, "make_timestamptz": true,
+	"make_interval": true, "to_char": true, "to_date": true, "to_timestamp": true, "to_number": true,
+	"array_length": true, "array_to_string": true, "string_to_array": true, "cardinality": true,
+	"generate_series": true, "unnest": true, "to_json": true, "to_jsonb": true, "row_to_json": true,
+	"json_build_object": true, "jsonb_build_object": true, "json_build_array": true, "jsonb_build_array": true,
+	"jsonb_pretty": true, "regexp_replace": true, "regexp_match": true, "regexp_matches": true,
+	"quote_ident": true, "quote_literal": true, "quote_nullable": true, "obj_description": true,
+	"col_description": true, "shobj_description": true, "has_table_privilege": true, "has_schema_privilege": true,
+	"has_database_privilege": true, "has_function_privilege": true, "has_column_privilege": true,
+}
+
+// readOnlyBuiltin reports a call of a built-in that changes nothing: a
+// read-only built-in name, or any pg_catalog function (qualified, or with
+// the pg_ prefix) that is not state-changing.
+func readOnlyBuiltin(schema, name string) bool {
+	switch schema {
+	case "pg_catalog":
+	case "":
+		if !readOnlyBuiltins[name] && !strings.HasPrefix(name, "pg_") {
+			return false
+		}
+	default:
+		return false
+	}
+	return !stateChanging(name)
+}
+
+// qualifiedName writes a function name as the statement called it.
+func qualifiedName(schema, name string) string {
+	if schema == "" {
+		return name
+	}
+	return schema + "." + name
+}
+
 func stateChanging(name string) bool {
 	if stateChangingFunctions[name] {
 		return true

@@ -5,6 +5,20 @@ import "testing"
 // TestFreeStatements lists which statements need no particular shard (and so
 // do not choose an unpinned transaction's shard) and which do.
 func TestFreeStatements(t *testing.T) {
+	// psql 15's \d
+	const psqlListRelations = `SELECT n.nspname as "Schema",
+  c.relname as "Name",
+  CASE c.relkind WHEN 'r' THEN 'table' WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'i' THEN 'index' WHEN 'S' THEN 'sequence' WHEN 't' THEN 'TOAST table' WHEN 'f' THEN 'foreign table' WHEN 'p' THEN 'partitioned table' WHEN 'I' THEN 'partitioned index' END as "Type",
+  pg_catalog.pg_get_userbyid(c.relowner) as "Owner"
+FROM pg_catalog.pg_class c
+     LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     LEFT JOIN pg_catalog.pg_am am ON am.oid = c.relam
+WHERE c.relkind IN ('r','p','v','m','S','f','')
+      AND n.nspname <> 'pg_catalog'
+      AND n.nspname !~ '^pg_toast'
+      AND n.nspname <> 'information_schema'
+  AND pg_catalog.pg_table_is_visible(c.oid)
+ORDER BY 1,2;`
 	r := testRouter(t, "hashtext")
 	asyncpgIntrospection := `WITH RECURSIVE typeinfo_tree(oid, ns, name, kind, basetype, elemtype, elemdelim, range_subtype, attrtypoids, attrnames, depth)
 AS (SELECT ti.oid, ti.ns, ti.name, ti.kind, ti.basetype, ti.elemtype, ti.elemdelim, ti.range_subtype, ti.attrtypoids, ti.attrnames, 0
@@ -52,7 +66,14 @@ SELECT DISTINCT * FROM typeinfo_tree ORDER BY depth DESC`
 		{"select * from pg_class for update", false},
 		{"select * into t from pg_class", false},
 		{"with x as (delete from users returning *) select * from pg_class", false},
-		{"select now()", false},
+		{"select now()", true},
+		{"SELECT pg_catalog.version(), current_user, current_setting('server_version_num')::int", true},
+		{psqlListRelations, true},
+		{"select pg_sleep(1)", false},
+		{"select public.now()", false},
+		{"select my_function()", false},
+		{"select nextval('s')", false},
+		{"select now() from users", false},
 		{"select get_user('bob') from pg_class", false},
 		{"select 1; select * from users", false},
 		{"SET statement_timeout = 5", false},
@@ -65,6 +86,25 @@ SELECT DISTINCT * FROM typeinfo_tree ORDER BY depth DESC`
 		}
 		if p.Free && !p.AnyShard {
 			t.Errorf("%.60q: free but not AnyShard", tc.sql)
+		}
+	}
+}
+
+// TestUndeclaredNamesTheCall: an unrouted statement remembers the first
+// function it calls that router.yaml does not declare (a misspelled
+// declaration shows up here), skipping read-only built-ins.
+func TestUndeclaredNamesTheCall(t *testing.T) {
+	r := testRouter(t, "hashtext")
+	for sql, want := range map[string]string{
+		"SELECT now(), get_usr('bob')":       "get_usr",
+		"SELECT app.get_usr('bob')":          "app.get_usr",
+		"SELECT lower('X'), pg_sleep(1)":     "pg_sleep",
+		"SELECT now(), version()":            "",
+		"SELECT * FROM users":                "",
+		"SELECT get_user('bob'), other_fn()": "other_fn",
+	} {
+		if got := r.Plan(sql, true).Undeclared; got != want {
+			t.Errorf("%q: Undeclared %q, want %q", sql, got, want)
 		}
 	}
 }

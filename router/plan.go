@@ -50,14 +50,19 @@ type Plan struct {
 	// Calls are the routed calls found, in text order.
 	Calls []Call
 	// AnyShard: without routed calls, the string may run on any shard
-	// (constant-only SELECTs without FROM, SHOW, SET, RESET, DISCARD,
-	// DEALLOCATE, transaction control, empty).
+	// (SELECTs without FROM of constants and read-only built-ins, SHOW,
+	// SET, RESET, DISCARD, DEALLOCATE, transaction control, empty).
 	AnyShard bool
 	// Free: the string only reads, and needs no particular shard: SHOW,
-	// VALUES, constant-only SELECTs and catalog reads (see isCatalogRead).
+	// VALUES, SELECTs without FROM of constants and read-only built-ins,
+	// and catalog reads (see isCatalogRead).
 	// Inside a transaction that has not chosen its shard yet, such a string
 	// runs on any shard outside the transaction and does not choose it.
 	Free bool
+	// Undeclared is the first function the string calls that router.yaml
+	// does not declare and that is not a read-only built-in, for the error
+	// an unrouted statement gets under default_route: error.
+	Undeclared string
 	// Override is a leading /* pgrouter: shard=... */ or key=... comment.
 	Override Override
 	// Err is a reason the string cannot be routed, reported when it runs.
@@ -196,19 +201,23 @@ func analyze(sql string, standard bool, idx functionIndex, cat *Catalog) *Plan {
 				if l.IsOp(prev, "::") || l.EqualFold(prev, "as") {
 					continue // a type name, or an alias
 				}
-				selectWithoutFrom = false
 				save := l
-				if open := l.Next(); !l.IsOp(open, "(") {
-					l = save
+				next := l.Next()
+				l = save
+				if l.IsOp(next, ".") {
+					continue // a qualifier, judged with the name after it
+				}
+				if !l.IsOp(next, "(") {
+					selectWithoutFrom = false
 					continue
 				}
-				l = save
 				schema := ""
 				if l.IsOp(prev, ".") && (prev2.Kind == Ident || prev2.Kind == QuotedIdent) {
 					schema, _ = l.Value(prev2)
 				}
 				name, _ := l.Value(t)
 				if name == "set_config" {
+					selectWithoutFrom = false
 					if n, ok, computed := setConfigName(&l); ok {
 						p.Statements = append(p.Statements, Statement{Kind: KindSet, Names: []string{n}})
 					} else if computed {
@@ -218,8 +227,16 @@ func analyze(sql string, standard bool, idx functionIndex, cat *Catalog) *Plan {
 				}
 				f := idx.lookup(schema, name)
 				if f == nil {
+					if readOnlyBuiltin(schema, name) {
+						continue // select now() is still a SELECT any shard answers alike
+					}
+					selectWithoutFrom = false
+					if p.Undeclared == "" {
+						p.Undeclared = qualifiedName(schema, name)
+					}
 					continue
 				}
+				selectWithoutFrom = false
 				call, err := parseCall(&l, f, cat, p)
 				if err != nil && p.Err == nil {
 					p.Err = err
@@ -253,7 +270,9 @@ func analyze(sql string, standard bool, idx functionIndex, cat *Catalog) *Plan {
 
 // isConstantKeyword reports words a constant-only SELECT may contain.
 func isConstantKeyword(l *Lexer, t Token) bool {
-	for _, kw := range [...]string{"select", "as", "null", "true", "false", "and", "or", "not", "is", "cast", "case", "when", "then", "else", "end"} {
+	for _, kw := range [...]string{"select", "as", "null", "true", "false", "and", "or", "not", "is", "cast", "case", "when", "then", "else", "end",
+		"current_timestamp", "current_date", "current_time", "localtime", "localtimestamp", "current_user", "session_user",
+		"current_role", "current_catalog", "current_schema", "user"} {
 		if l.EqualFold(t, kw) {
 			return true
 		}

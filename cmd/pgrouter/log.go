@@ -13,9 +13,20 @@ import (
 // newLogger builds the process logger: human-readable on a terminal, JSON
 // lines otherwise (format "auto"), or as forced by format.
 func newLogger(level, format string) (*zap.Logger, error) {
+	cfg, err := loggerConfig(level, format)
+	if err != nil {
+		return nil, err
+	}
+	return cfg.Build()
+}
+
+// loggerConfig is newLogger's configuration. Neither format carries stack
+// traces: every message already says where and why, and an operator reading
+// "reload failed" needs the file's problem, not pgrouter's call stack.
+func loggerConfig(level, format string) (zap.Config, error) {
 	var lvl zapcore.Level
 	if err := lvl.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("log level: %w", err)
+		return zap.Config{}, fmt.Errorf("log level: %w", err)
 	}
 	if format == "auto" || format == "" {
 		format = "json"
@@ -28,14 +39,14 @@ func newLogger(level, format string) (*zap.Logger, error) {
 		cfg = zap.NewDevelopmentConfig()
 		cfg.Development = false
 		cfg.EncoderConfig.EncodeLevel = zapcore.CapitalColorLevelEncoder
-		cfg.DisableStacktrace = true
 	} else {
 		cfg = zap.NewProductionConfig()
 		cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
 		cfg.Sampling = nil
 	}
+	cfg.DisableStacktrace = true
 	cfg.Level = zap.NewAtomicLevelAt(lvl)
-	return cfg.Build()
+	return cfg, nil
 }
 
 // loadWithLogger loads router.yaml and builds the logger it configures:
