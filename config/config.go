@@ -26,9 +26,13 @@ type Config struct {
 	Clusters        map[string]*Cluster `yaml:"clusters"`
 	Functions       []*Function         `yaml:"functions"`
 	DefaultRoute    string              `yaml:"default_route"`
-	FallbackCluster string              `yaml:"fallback_cluster"`
-	Sequences       *Sequences          `yaml:"sequences"` // nil: sequences are not managed
-	Reference       *Reference          `yaml:"reference"` // nil: no reference tables (refsync has nothing to do)
+	// DefaultRouteNotice: a statement sent to default_route's shard because
+	// it calls no routed function gets a NOTICE naming the shard, so nobody
+	// mistakes one shard's rows for the cluster's (the demo turns it on).
+	DefaultRouteNotice bool       `yaml:"default_route_notice"`
+	FallbackCluster    string     `yaml:"fallback_cluster"`
+	Sequences          *Sequences `yaml:"sequences"` // nil: sequences are not managed
+	Reference          *Reference `yaml:"reference"` // nil: no reference tables (refsync has nothing to do)
 
 	// Path is the file the config was read from ("" when built in memory).
 	Path string `yaml:"-"`

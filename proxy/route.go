@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -170,6 +172,9 @@ func (s *session) unrouted(p *router.Plan, anyShard bool, pinned *shardmap.Shard
 	}
 	switch s.cluster.Default.Kind {
 	case shardmap.RouteShard:
+		if s.gen.cfg.DefaultRouteNotice {
+			s.noticeDefaultRoute(s.cluster.Default.Shard)
+		}
 		return s.cluster.Default.Shard, nil
 	case shardmap.RouteAny:
 		return s.anyShard(), nil
@@ -182,6 +187,14 @@ func (s *session) unrouted(p *router.Plan, anyShard bool, pinned *shardmap.Shard
 		WithHint("Call a function declared in router.yaml, name a shard with SET pgrouter.shard or /* pgrouter: shard=NAME */, or set default_route.")
 }
 
+// noticeDefaultRoute tells the client that a statement ran on the default
+// route's shard only (default_route_notice).
+func (s *session) noticeDefaultRoute(sh *shardmap.Shard) {
+	_ = s.cw.Send(&pgproto3.NoticeResponse{Severity: "NOTICE", SeverityUnlocalized: "NOTICE", Code: sqlstate.SuccessfulCompletion,
+		Message: fmt.Sprintf("pgrouter: this statement calls no routed function: it runs on shard %s (default_route) and sees only that shard's rows", sh.Name),
+		Hint:    "Call a function declared in router.yaml to reach the shard that owns a key, or a run_on: all function for every shard; default_route_notice: false silences this."})
+}
+
 // overrideShard resolves an explicit shard name or key.
 func (s *session) overrideShard(name, key string) (*shardmap.Shard, error) {
 	if name == "" {
@@ -189,8 +202,12 @@ func (s *session) overrideShard(name, key string) (*shardmap.Shard, error) {
 	}
 	sh, ok := s.cluster.ShardNamed(name)
 	if !ok {
+		names := make([]string, len(s.cluster.Shards))
+		for i, sh := range s.cluster.Shards {
+			names[i] = sh.Name
+		}
 		return nil, errorf(sqlstate.UndefinedObject, "pgrouter: cluster %s has no shard %q", s.cluster.Name, name).
-			WithHint("SHOW pgrouter.shard, or the admin console's SHOW SHARDS, lists the shards.")
+			WithHint("Its shards are %s.", strings.Join(names, ", "))
 	}
 	return sh, nil
 }

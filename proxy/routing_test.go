@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pgrouter/pgrouter/proxy"
@@ -339,6 +340,10 @@ func TestRoutingRefusesCrossShard(t *testing.T) {
 			expectCode("0A000", "i_username", "SELECT rt_where('a' || 'b')")
 			expectCode("0A000", "default_route", "SELECT count(*) FROM rt_users")
 			expectCode("42704", "nope", "SET pgrouter.shard = 'nope'")
+			var pgErr *pgconn.PgError
+			if _, err := conn.Exec(ctx, "SET pgrouter.shard = 'nope'"); !errors.As(err, &pgErr) || pgErr.Hint != "Its shards are s0, s1, s2, s3." {
+				t.Fatalf("an unknown shard's hint must list the shards: %v", err)
+			}
 			expectCode("22003", "out of range", "SELECT rt_by_part(16)")
 			tx, err = conn.Begin(ctx)
 			if err != nil {

@@ -5,6 +5,7 @@ package sqlstate
 
 // Codes pgrouter sends or checks.
 const (
+	SuccessfulCompletion         = "00000" // what a NOTICE carries, as PostgreSQL's RAISE NOTICE
 	Warning                      = "01000"
 	FeatureNotSupported          = "0A000"
 	UnableToConnect              = "08001" // sqlclient_unable_to_establish_sqlconnection

@@ -155,6 +155,9 @@ func runDemo(ctx context.Context, out io.Writer, dir string, n int, listen strin
 	fmt.Fprintf(out, "Try:        SELECT add_user('bob', 'bob@example.com');   -- runs on the shard that owns 'bob'\n")
 	fmt.Fprintf(out, "            SELECT * FROM get_user('bob');\n")
 	fmt.Fprintf(out, "            SELECT count_users();                          -- runs on every shard, summed\n")
+	fmt.Fprintf(out, "            SELECT count(*) FROM users;                    -- no routed function: s0 only (a NOTICE says so)\n")
+	fmt.Fprintf(out, "Bench:      routed lookups over every shard, as the README shows:\n")
+	fmt.Fprintf(out, "            pgbench -h %s -p %s -U demo -n -M prepared -c 32 -j 2 -T 10 -f - %s <<'EOF'\n%sEOF\n", host, port, demoCluster, demoPgbenchScript)
 	var starts []string
 	for i := range min(n, 2) {
 		starts = append(starts, fmt.Sprintf("s%d: %d, %d, ...", i, i+1, int64(i+1)+cfg.Sequences.Stride))
@@ -220,6 +223,14 @@ CREATE OR REPLACE FUNCTION get_user(i_username text, OUT username text, OUT emai
 CREATE OR REPLACE FUNCTION count_users() RETURNS bigint LANGUAGE sql AS $$ SELECT count(*) FROM users $$;
 `
 
+// demoPgbenchScript is the pgbench script of the README: a routed point
+// lookup of a random key, so the load spreads over every shard. It runs
+// with -M prepared: the key is a parameter, as an application's would be
+// (in the simple protocol pgbench pastes :n into the text as a number).
+const demoPgbenchScript = `\set n random(1, 100000)
+SELECT * FROM get_user(:n);   -- the key is a parameter: looked up on the shard that owns it
+`
+
 const demoFunctions = `functions:
   - {name: add_user, key: i_username}
   - {name: get_user, key: i_username}
@@ -228,7 +239,8 @@ const demoFunctions = `functions:
 `
 
 // demoConfig writes the demo's router.yaml: trust auth on loopback, one
-// cluster over every shard, statements without a routing key to s0, any
+// cluster over every shard, statements without a routing key to s0 with a
+// NOTICE saying so, any
 // database name accepted so that a bare `psql -h 127.0.0.1 -p 6432` works,
 // stride sequences and the reference table.
 func demoConfig(servers []*pgtest.Server, central *pgtest.Server, listen string) string {
@@ -246,7 +258,8 @@ func demoConfig(servers []*pgtest.Server, central *pgtest.Server, listen string)
 		}
 		fmt.Fprintf(&b, "      - name: s%d\n        dsn: %s\n        partitions: \"%d-%d\"\n", i, s.DSN("postgres"), lo, hi)
 	}
-	fmt.Fprintf(&b, "default_route: s0\nfallback_cluster: %s\n", demoCluster)
+	// Unrouted statements (select * from users) go to s0, and say so.
+	fmt.Fprintf(&b, "default_route: s0\ndefault_route_notice: true\nfallback_cluster: %s\n", demoCluster)
 	b.WriteString("sequences:\n  stride: 1024\n  schemas: [public]\n")
 	b.WriteString(demoFunctions)
 	fmt.Fprintf(&b, "reference:\n  source: %s\n  tables: [countries]\n", central.DSN("postgres"))

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/goleak"
 
 	"github.com/pgrouter/pgrouter/config"
@@ -116,6 +117,8 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("count_users() = %d, %v", n, err)
 	}
 	conn.Close(context.Background())
+	checkDefaultRouteNotice(t, host, port)
+	checkDemoPgbench(t, out.String(), host, port)
 	other, err := pgx.Connect(context.Background(), fmt.Sprintf("postgres://root@%s:%s/root?sslmode=disable", host, port))
 	if err != nil {
 		t.Fatalf("a bare psql-style connection (user root, database root) is refused: %v", err)
@@ -289,5 +292,89 @@ func checkRefsyncExamples(t *testing.T, demoOut, host, port string) {
 			t.Fatalf("README example refsync-after differs.\nREADME:\n%s\npsql:\n%s", want, got)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// checkDefaultRouteNotice: in the demo a statement without a routed call
+// runs on s0 and says so in a NOTICE; routed calls and statements any shard
+// answers alike get none.
+func checkDefaultRouteNotice(t *testing.T, host, port string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cc, err := pgx.ParseConfig(fmt.Sprintf("postgres://demo@%s:%s/demo?sslmode=disable", host, port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var notices []string
+	cc.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) { notices = append(notices, n.Message) }
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	for _, sql := range []string{"SELECT count_users()", "SELECT now()", "SELECT * FROM get_user('user1')"} {
+		if _, err := conn.Exec(ctx, sql); err != nil || len(notices) != 0 {
+			t.Fatalf("%s: %v, notices %q; want none", sql, err, notices)
+		}
+	}
+	var users int64
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM users").Scan(&users); err != nil {
+		t.Fatal(err)
+	}
+	if len(notices) != 1 || !strings.Contains(notices[0], "runs on shard s0 (default_route) and sees only that shard's rows") {
+		t.Fatalf("SELECT count(*) FROM users (%d of 40 users): notices %q", users, notices)
+	}
+}
+
+// checkDemoPgbench runs the README's demo pgbench block (shortened to 2 s)
+// and checks that it is the script the demo prints and that every shard
+// served its lookups (SHOW STATS before and after).
+func checkDemoPgbench(t *testing.T, demoOut, host, port string) {
+	t.Helper()
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(readme), "<!-- example: demo-pgbench -->\n```sh\n")
+	if !ok {
+		t.Fatal("README has no demo-pgbench example")
+	}
+	script, _, ok := strings.Cut(rest, "\nEOF\n")
+	if !ok {
+		t.Fatal("README's demo-pgbench example has no EOF line")
+	}
+	script += "\nEOF\n"
+	_, body, _ := strings.Cut(script, "\n")
+	if !strings.Contains(demoOut, body) {
+		t.Fatalf("the demo prints another pgbench script than the README's:\n%s\nREADME:\n%s", demoOut, body)
+	}
+	script = strings.Replace(strings.Replace(script, "-p 6432", "-p "+port, 1), "-T 10", "-T 2", 1)
+	script = strings.Replace(script, "-h 127.0.0.1", "-h "+host, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	adm, err := pgx.Connect(ctx, fmt.Sprintf("postgres://admin@%s:%s/pgrouter?sslmode=disable&default_query_exec_mode=simple_protocol", host, port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close(ctx)
+	xacts := func() map[string]int64 {
+		out := map[string]int64{}
+		for _, r := range adminMaps(ctx, t, adm, "SHOW STATS") {
+			out[r["shard"].(string)] = r["total_xact_count"].(int64)
+		}
+		return out
+	}
+	before := xacts()
+	cmd := exec.CommandContext(ctx, "sh", "-c", script)
+	cmd.Env = append(os.Environ(), "PGSSLMODE=disable")
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "tps = ") {
+		t.Fatalf("the README's demo pgbench: %v\n%s", err, out)
+	}
+	after := xacts()
+	for _, shard := range []string{"s0", "s1"} {
+		if moved := after[shard] - before[shard]; moved < 100 {
+			t.Fatalf("the README's demo pgbench ran %d transactions on %s (before %v, after %v); want every shard busy", moved, shard, before, after)
+		}
 	}
 }
