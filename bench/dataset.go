@@ -35,6 +35,49 @@ const Functions = `functions:
   - {name: bench_count_users, run_on: all, merge: sum}
 `
 
+// MissingFunctions lists the benchmark's functions that the cluster does
+// not route as the workloads need (Functions has the declarations), empty
+// when it routes them all.
+func MissingFunctions(cl *shardmap.Cluster) []string {
+	want := []struct {
+		name  string
+		check func(f *shardmap.Function) bool
+	}{
+		{"bench_get_user", func(f *shardmap.Function) bool { return f.RunOn == shardmap.RunHash && f.KeyName == "i_username" }},
+		{"bench_add_balance", func(f *shardmap.Function) bool { return f.RunOn == shardmap.RunHash && f.KeyName == "i_username" }},
+		{"bench_count_users", func(f *shardmap.Function) bool { return f.RunOn == shardmap.RunAll && f.Merge == shardmap.MergeSum }},
+	}
+	var missing []string
+	for _, w := range want {
+		ok := false
+		for _, f := range cl.Functions {
+			if f.Schema == "public" && f.Name == w.name {
+				ok = w.check(f)
+			}
+		}
+		if !ok {
+			missing = append(missing, w.name)
+		}
+	}
+	return missing
+}
+
+// Failures reports the runs in which queries failed: a benchmark with
+// errors measured something else than the workload (a missing function
+// fails every query, and fast).
+func Failures(rs []*Result) error {
+	var lines []string
+	for _, r := range rs {
+		if r.Errors > 0 {
+			lines = append(lines, fmt.Sprintf("target %s at %d clients: %d of %d queries failed (first: %s)", r.Target, r.Clients, r.Errors, r.Queries+r.Errors, r.FirstErr))
+		}
+	}
+	if len(lines) == 0 {
+		return nil
+	}
+	return fmt.Errorf("the benchmark had errors, so its numbers do not measure the workload:\n  %s", strings.Join(lines, "\n  "))
+}
+
 // Username is the key of user i.
 func Username(i int) string { return fmt.Sprintf("user%d", i) }
 

@@ -36,7 +36,9 @@ shard that owns its username), and strides the shards' sequences when
 router.yaml has a sequences section. With --plproxy DSN it also creates a
 PL/Proxy cluster over the same shards and the same functions as proxy
 functions in that database (the cluster must use hash: hashtext). router.yaml
-must declare the functions (bench.Functions lists them).`,
+must declare the functions; init says so when it does not:
+
+` + bench.Functions,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runBenchInit(cmd.Context(), cmd.OutOrStdout(), path, cluster, plproxy, users)
@@ -119,9 +121,11 @@ transaction mode, so such a target runs simple or extended.`,
 				}
 			}
 			if chartPath != "" {
-				return bench.WriteChart(chartPath, chartTitle(workload), rs)
+				if err := bench.WriteChart(chartPath, chartTitle(workload), rs); err != nil {
+					return err
+				}
 			}
-			return nil
+			return bench.Failures(rs)
 		},
 	}
 	runCmd.Flags().StringArrayVar(&targets, "target", nil, "NAME=DSN to measure (repeat; the first is the baseline of the ratios)")
@@ -220,6 +224,11 @@ func runBenchInit(ctx context.Context, out io.Writer, path, clusterName, plproxy
 			return err
 		}
 		fmt.Fprintf(out, "%s: PL/Proxy functions created over %d partitions\n", cl.Name, cl.Partitions)
+	}
+	if missing := bench.MissingFunctions(cl); len(missing) > 0 {
+		fmt.Fprintf(out, "\n%s does not route %s as the workloads need. Add to it (then RELOAD a running pgrouter):\n\n%s\n",
+			path, strings.Join(missing, ", "), bench.Functions)
+		return fmt.Errorf("the data is loaded, but %s does not declare the benchmark's functions (see above): bench run would fail every query", path)
 	}
 	return nil
 }

@@ -132,3 +132,29 @@ clusters:
 	}
 	t.Logf("\n%s", out)
 }
+
+// TestBenchSaysWhatIsMissing: with a router.yaml that does not declare the
+// benchmark's functions, `bench init` loads the data, prints the
+// declarations to add and exits 1; `bench run` against that router, whose
+// every query fails, prints its table and exits 1 saying why.
+func TestBenchSaysWhatIsMissing(t *testing.T) {
+	ctx := context.Background()
+	server := testenv.Servers(t, 1, pgtest.Options{})[0]
+	path := filepath.Join(t.TempDir(), "router.yaml")
+	addr := freeAddr(t)
+	writeFile(t, path, fmt.Sprintf("listen: %s\nauth: {type: trust}\nlog: {format: json}\ndefault_route: error\nclusters:\n  main:\n    shards:\n      - {name: s0, dsn: %q}\n",
+		addr, server.DSN("postgres")))
+	out, code := pgrouter(ctx, t, "bench", "init", "-c", path, "--users", "100")
+	if code != 1 || !strings.Contains(out, "main: 100 users loaded on 1 shards") ||
+		!strings.Contains(out, "does not route bench_get_user, bench_add_balance, bench_count_users") ||
+		!strings.Contains(out, bench.Functions) {
+		t.Fatalf("bench init without the functions declared (exit %d):\n%s", code, out)
+	}
+	runRouter(ctx, t, path, addr)
+	out, code = pgrouter(ctx, t, "bench", "run", "--target", fmt.Sprintf("r=postgres://postgres@%s/main?sslmode=disable", addr),
+		"--workload", "point", "--clients", "1", "--duration", "1s", "--rounds", "1")
+	if code != 1 || !strings.Contains(out, "the benchmark had errors") || !strings.Contains(out, "target r at 1 clients") || !strings.Contains(out, "tps") ||
+		!strings.Contains(out, "bench_get_user is not declared in router.yaml") {
+		t.Fatalf("bench run with every query failing (exit %d):\n%s", code, out)
+	}
+}
