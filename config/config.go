@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -36,6 +37,9 @@ type Config struct {
 
 	// Path is the file the config was read from ("" when built in memory).
 	Path string `yaml:"-"`
+	// lines maps key paths to their line in the file, so that validation's
+	// errors name the line too.
+	lines map[string]int
 }
 
 // Auth selects how clients prove who they are.
@@ -332,12 +336,28 @@ func (e *Error) Error() string {
 
 // errorList gathers validation errors so one run reports all of them.
 type errorList struct {
-	file string
-	errs []error
+	file  string
+	lines map[string]int // key path -> line in the file (decode's)
+	errs  []error
 }
 
+// add records an error at a key path, with the line of the path or of its
+// nearest ancestor written in the file (a missing key is reported where its
+// section is).
 func (l *errorList) add(path, format string, args ...any) {
-	l.errs = append(l.errs, &Error{File: l.file, Path: path, Msg: fmt.Sprintf(format, args...)})
+	e := &Error{File: l.file, Path: path, Msg: fmt.Sprintf(format, args...)}
+	for p := path; p != "" && e.Line == 0; p = parentPath(p) {
+		e.Line = l.lines[p]
+	}
+	l.errs = append(l.errs, e)
+}
+
+// parentPath drops a key path's last step: "a.b[2].c" -> "a.b[2]" -> "a.b".
+func parentPath(p string) string {
+	if i := strings.LastIndexAny(p, ".["); i >= 0 {
+		return p[:i]
+	}
+	return ""
 }
 
 func (l *errorList) err() error { return errors.Join(l.errs...) }

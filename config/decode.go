@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"reflect"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -27,19 +28,64 @@ type defaulter interface {
 func decode(file string, data []byte, dst *Config) error {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		return &Error{File: file, Msg: strings.TrimPrefix(err.Error(), "yaml: ")}
+		return syntaxError(file, data, err)
 	}
 	if root.Kind == 0 { // empty file
 		return nil
 	}
-	d := decoder{file: file}
+	d := decoder{file: file, lines: map[string]int{}}
 	d.value(root.Content[0], reflect.ValueOf(dst).Elem(), "")
+	dst.lines = d.lines
 	return d.errs.err()
 }
 
+// yamlLine is the line number yaml's messages start with.
+var yamlLine = regexp.MustCompile(`^line (\d+): `)
+
+// syntaxError reports a file that is not YAML at the line where it stops
+// being YAML. yaml names the line where the enclosing block began (a
+// comment, or "shards:" 40 lines up, for a key indented wrongly at the end
+// of a list), so the line is found again by parsing ever longer prefixes of
+// the file: the first prefix that fails ends at the culprit.
+func syntaxError(file string, data []byte, err error) error {
+	msg := yamlLine.ReplaceAllString(strings.TrimPrefix(err.Error(), "yaml: "), "")
+	line := 0
+	if m := yamlLine.FindStringSubmatch(strings.TrimPrefix(err.Error(), "yaml: ")); m != nil {
+		line, _ = strconv.Atoi(m[1])
+	}
+	lines := strings.SplitAfter(string(data), "\n")
+	var prefix strings.Builder
+	for i, l := range lines {
+		prefix.WriteString(l)
+		var n yaml.Node
+		// The same complaint: a prefix cut inside a multi-line {...} fails
+		// too, for another reason.
+		if perr := yaml.Unmarshal([]byte(prefix.String()), &n); perr != nil &&
+			yamlLine.ReplaceAllString(strings.TrimPrefix(perr.Error(), "yaml: "), "") == msg {
+			line = i + 1
+			break
+		}
+	}
+	if line > len(lines) {
+		line = 0
+	}
+	e := &Error{File: file, Line: line, Msg: msg + " (not valid YAML)"}
+	if line > 0 {
+		text := strings.TrimRight(lines[line-1], "\r\n")
+		e.Msg = fmt.Sprintf("%s (not valid YAML): %q", msg, text)
+		if indent := text[:len(text)-len(strings.TrimLeft(text, " \t"))]; strings.Contains(indent, "\t") {
+			e.Msg += ": YAML is indented with spaces only, never tabs"
+		} else if strings.Contains(msg, "expected key") || strings.Contains(msg, "'-' indicator") {
+			e.Msg += ": check its indentation against the lines above"
+		}
+	}
+	return e
+}
+
 type decoder struct {
-	file string
-	errs errorList
+	file  string
+	errs  errorList
+	lines map[string]int // key path -> line, for the errors validation finds later
 }
 
 func (d *decoder) fail(n *yaml.Node, path, format string, args ...any) {
@@ -140,6 +186,7 @@ func (d *decoder) structure(n *yaml.Node, v reflect.Value, path string) {
 			continue
 		}
 		seen[key.Value] = true
+		d.lines[child] = key.Line
 		d.value(val, v.Field(idx), child)
 	}
 }
@@ -161,6 +208,7 @@ func (d *decoder) mapping(n *yaml.Node, v reflect.Value, path string) {
 			continue
 		}
 		elem := reflect.New(v.Type().Elem()).Elem()
+		d.lines[child] = key.Line
 		d.value(val, elem, child)
 		v.SetMapIndex(k, elem)
 	}
@@ -173,7 +221,9 @@ func (d *decoder) sequence(n *yaml.Node, v reflect.Value, path string) {
 	}
 	s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
 	for i, item := range n.Content {
-		d.value(item, s.Index(i), fmt.Sprintf("%s[%d]", path, i))
+		child := fmt.Sprintf("%s[%d]", path, i)
+		d.lines[child] = item.Line
+		d.value(item, s.Index(i), child)
 	}
 	v.Set(s)
 }

@@ -26,7 +26,7 @@ var (
 // validate checks every key, resolves relative paths, expands ${ENV} in DSNs
 // and parses partition lists. It reports all problems at once.
 func (c *Config) validate() error {
-	l := &errorList{file: c.Path}
+	l := &errorList{file: c.Path, lines: c.lines}
 
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		l.add("listen", "%q is not host:port", c.Listen)
