@@ -117,7 +117,7 @@ func drawChart(cv canvas, title string, rs []*Result) error {
 		barW := groupW * 0.8 / float64(len(targets)*len(names))
 		for ci, c := range clients {
 			gx := x0 + groupW*float64(ci) + groupW*0.1
-			cv.text(gx+groupW*0.4, top+panelH+16, fmt.Sprintf("%d clients", c), "middle")
+			cv.text(gx+groupW*0.4, top+panelH+16, clientsLabel(c), "middle")
 			k := 0
 			for ti, t := range targets {
 				for _, r := range rs {
@@ -127,7 +127,7 @@ func drawChart(cv canvas, title string, rs []*Result) error {
 					for vi, v := range value(r) {
 						h := panelH * v / maxV
 						col := lighten(chartColors[ti%len(chartColors)], 0.45*float64(vi))
-						cv.rect(gx+barW*float64(k), top+panelH-h, barW*0.9, h, col, fmt.Sprintf("%s %d clients %s: %.0f", t, c, names[vi], v))
+						cv.rect(gx+barW*float64(k), top+panelH-h, barW*0.9, h, col, fmt.Sprintf("%s %s %s: %.0f", t, clientsLabel(c), names[vi], v))
 						k++
 					}
 				}
@@ -225,3 +225,11 @@ func (p *pngCanvas) text(x, y float64, s, anchor string) {
 }
 
 func (p *pngCanvas) encode(w io.Writer) error { return png.Encode(w, p.img) }
+
+// clientsLabel is an axis label: "1 client", "32 clients".
+func clientsLabel(n int) string {
+	if n == 1 {
+		return "1 client"
+	}
+	return fmt.Sprintf("%d clients", n)
+}

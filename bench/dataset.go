@@ -69,7 +69,7 @@ func Failures(rs []*Result) error {
 	var lines []string
 	for _, r := range rs {
 		if r.Errors > 0 {
-			lines = append(lines, fmt.Sprintf("target %s at %d clients: %d of %d queries failed (first: %s)", r.Target, r.Clients, r.Errors, r.Queries+r.Errors, r.FirstErr))
+			lines = append(lines, fmt.Sprintf("target %s at %s: %d of %d queries failed (first: %s)", r.Target, clientsLabel(r.Clients), r.Errors, r.Queries+r.Errors, r.FirstErr))
 		}
 	}
 	if len(lines) == 0 {

@@ -38,7 +38,7 @@ func WriteTable(w io.Writer, rs []*Result) error {
 	}
 	for _, r := range rs {
 		if r.FirstErr != "" {
-			fmt.Fprintf(w, "%s at %d clients: %d errors, the first: %s\n", r.Target, r.Clients, r.Errors, r.FirstErr)
+			fmt.Fprintf(w, "%s at %s: %d errors, the first: %s\n", r.Target, clientsLabel(r.Clients), r.Errors, r.FirstErr)
 		}
 	}
 	return nil

@@ -48,6 +48,9 @@ func TestChart(t *testing.T) {
 	if !strings.Contains(svg, "pgbouncer &lt;&amp;&gt; plproxy (extended)") {
 		t.Fatal("target names are not escaped or lack their protocol")
 	}
+	if !strings.Contains(svg, ">1 client<") || !strings.Contains(svg, ">32 clients<") || strings.Contains(svg, "1 clients") {
+		t.Fatalf(`client counts are not labelled "1 client", "32 clients":\n%s`, svg)
+	}
 
 	if err := WriteChart(dir+"/c.png", "a & b", rs); err != nil {
 		t.Fatal(err)

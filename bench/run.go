@@ -111,7 +111,7 @@ func Run(ctx context.Context, opts Options) ([]*Result, error) {
 		for range opts.Rounds {
 			for i, t := range opts.Targets {
 				if err := runSlice(ctx, t, opts, clients, slice, results[i]); err != nil {
-					return out, fmt.Errorf("%s with %d clients: %w", t.Name, clients, err)
+					return out, fmt.Errorf("%s with %s: %w", t.Name, clientsLabel(clients), err)
 				}
 				done++
 				if opts.Progress != nil {

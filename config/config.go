@@ -279,6 +279,18 @@ func Defaults() Config {
 	}
 }
 
+// KeyDefaults is Defaults with the optional sections present (as "key: {}"
+// gives them) and the keys of each cluster under "*", for SHOW CONFIG's
+// default column.
+func KeyDefaults() Config {
+	c := Defaults()
+	c.Sequences, c.Reference = &Sequences{}, &Reference{}
+	c.Sequences.setDefaults()
+	c.Reference.setDefaults()
+	c.Clusters = map[string]*Cluster{"*": {Hash: "xxhash64", Partitions: 1}}
+	return c
+}
+
 // Load reads, decodes and validates a config file.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)

@@ -410,8 +410,11 @@ func (c *Config) validateFunctions(l *errorList) {
 			f.Key = foldName(f.Key)
 		}
 		switch f.Merge {
-		case "", "concat":
-			f.Merge = "concat"
+		case "":
+			if f.RunOn == RunOnAll {
+				f.Merge = "concat"
+			}
+		case "concat":
 		case "sum", "min", "max", "bool_and", "bool_or":
 			if f.RunOn != RunOnAll {
 				l.add(path+".merge", "only with run_on: all")

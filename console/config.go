@@ -15,10 +15,16 @@ import (
 // RELOAD can change it.
 func (c *Console) showConfig() *resultSet {
 	rs := &resultSet{cols: []column{{"key", oidText}, {"value", oidText}, {"default", oidText}, {"changeable", oidBool}}}
-	cur, def := c.srv.Config(), config.Defaults()
+	cur, def := c.srv.Config(), config.KeyDefaults()
 	values, defaults := map[string]string{}, map[string]string{}
 	flatten("", reflect.ValueOf(cur).Elem(), values)
 	flatten("", reflect.ValueOf(&def).Elem(), defaults)
+	for name := range cur.Clusters { // each cluster's keys default as "*"'s; default_route is the top-level one
+		for _, key := range []string{"hash", "partitions"} {
+			defaults["clusters."+name+"."+key] = defaults["clusters.*."+key]
+		}
+		defaults["clusters."+name+".default_route"] = cur.DefaultRoute
+	}
 	keys := make([]string, 0, len(values))
 	for k := range values {
 		keys = append(keys, k)

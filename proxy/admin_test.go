@@ -260,6 +260,21 @@ func TestAdminShowFunctionsAndSequences(t *testing.T) {
 	if fn["run_on"] != "all" || fn["merge"] != "sum" {
 		t.Fatalf("SHOW FUNCTIONS rt_count_users: %v", fn)
 	}
+	// SHOW CONFIG: a merge only where run_on is all (concat when not
+	// written), and defaults for a cluster's keys.
+	cfgRows := adminRows(t, ctx, adm, "SHOW CONFIG")
+	for key, want := range map[string]string{"functions[1].merge": "", "functions[6].merge": "sum", "functions[8].merge": "concat"} {
+		if r := rowWhere(t, cfgRows, "key", key); r["value"] != want {
+			t.Errorf("SHOW CONFIG %s: %v, want value %q", key, r, want)
+		}
+	}
+	if r := rowWhere(t, cfgRows, "key", "clusters.main.hash"); r["default"] != "xxhash64" {
+		t.Errorf("SHOW CONFIG clusters.main.hash: %v, want default xxhash64", r)
+	}
+	top := rowWhere(t, cfgRows, "key", "default_route")["value"]
+	if r := rowWhere(t, cfgRows, "key", "clusters.main.default_route"); r["default"] != top {
+		t.Errorf("SHOW CONFIG clusters.main.default_route: %v, want the top-level default_route as default", r)
+	}
 	seqs := 0
 	for _, r := range adminRows(t, ctx, adm, "SHOW SEQUENCES") {
 		if r["sequence"] != "public.adm_seq" {

@@ -153,7 +153,7 @@ func TestBenchSaysWhatIsMissing(t *testing.T) {
 	runRouter(ctx, t, path, addr)
 	out, code = pgrouter(ctx, t, "bench", "run", "--target", fmt.Sprintf("r=postgres://postgres@%s/main?sslmode=disable", addr),
 		"--workload", "point", "--clients", "1", "--duration", "1s", "--rounds", "1")
-	if code != 1 || !strings.Contains(out, "the benchmark had errors") || !strings.Contains(out, "target r at 1 clients") || !strings.Contains(out, "tps") ||
+	if code != 1 || !strings.Contains(out, "the benchmark had errors") || !strings.Contains(out, "target r at 1 client:") || !strings.Contains(out, "tps") ||
 		!strings.Contains(out, "bench_get_user is not declared in router.yaml") {
 		t.Fatalf("bench run with every query failing (exit %d):\n%s", code, out)
 	}
