@@ -26,20 +26,46 @@ import (
 
 func checkCmd() *cobra.Command {
 	var path string
+	var offline bool
 	cmd := &cobra.Command{
 		Use:   "check",
 		Short: "Validate router.yaml, connect to every shard and compare the routed functions",
 		Long: `check validates router.yaml, connects to every shard of every cluster and
 verifies that every declared function exists on each shard with the same
 signature. It prints one line per shard and exits with status 1 if anything
-is wrong.`,
+is wrong. With --offline it validates the file only and contacts no shard
+(packaging, a service's pre-start check, CI without the shards).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if offline {
+				return runCheckOffline(cmd.OutOrStdout(), path)
+			}
 			return runCheck(cmd.Context(), cmd.OutOrStdout(), path)
 		},
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "router.yaml", "config file")
+	cmd.Flags().BoolVar(&offline, "offline", false, "validate the file only; contact no shard")
 	return cmd
+}
+
+// runCheckOffline validates the file as serve would load it.
+func runCheckOffline(out io.Writer, path string) error {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return err
+	}
+	shardMap, err := shardmap.New(cfg)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	shards, functions := 0, 0
+	for _, cl := range shardMap.Clusters() {
+		shards += len(cl.Shards)
+		functions += len(cl.Functions)
+	}
+	fmt.Fprintf(out, "%s is valid: %s in %s, %s (no shard contacted)\n", path, count(shards, "shard"),
+		count(len(shardMap.Clusters()), "cluster"), count(functions, "routed function"))
+	return nil
 }
 
 // reference is the first shard of a cluster where a function's signatures

@@ -74,6 +74,19 @@ func TestCheck(t *testing.T) {
 		}
 	})
 
+	t.Run("offline", func(t *testing.T) {
+		// The file is valid whatever the shards: nothing listens on port 1.
+		path := writeCheckConfig(t, 2, s0, "postgres://u@127.0.0.1:1/db")
+		out, code := pgrouter(ctx, t, "check", "--offline", "-c", path)
+		if code != 0 || out != path+" is valid: 2 shards in 1 cluster, 1 routed function (no shard contacted)\n" {
+			t.Fatalf("check --offline (exit %d):\n%s", code, out)
+		}
+		out, code = pgrouter(ctx, t, "check", "--offline", "-c", writeCheckConfig(t, 3, s0, s1))
+		if code != 1 || !strings.Contains(out, "clusters.main.partitions: 3 is not a power of two") {
+			t.Fatalf("check --offline of an invalid file (exit %d):\n%s", code, out)
+		}
+	})
+
 	t.Run("signature differs", func(t *testing.T) {
 		if err := servers[1].Exec(ctx, "postgres", "DROP FUNCTION get_user(text); "+
 			strings.Replace(checkGetUser, "i_username text", "i_username varchar", 1)); err != nil {

@@ -15,8 +15,11 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version and commit are stamped by release builds (release/build links
+// with -ldflags "-X main.version=1.2.3 -X main.commit=..."); other builds
+// report the module version or "dev", and the commit Go recorded when it
+// did (see buildVersion).
+var version, commit = "", ""
 
 func main() {
 	root := &cobra.Command{

@@ -72,7 +72,7 @@ func listenClients(addr, where string) (net.Listener, error) {
 // command (gracefully), SIGINT or the end of ctx (at once). SIGHUP reloads
 // the config. ln is closed when serve returns.
 func serve(ctx context.Context, sigs <-chan os.Signal, cfg *config.Config, log *zap.Logger, ln net.Listener) error {
-	proxy.Version = version
+	proxy.Version, _ = buildVersion()
 	var metricsLn net.Listener
 	if cfg.MetricsListen != "" {
 		var err error
