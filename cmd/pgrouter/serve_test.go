@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -108,8 +109,11 @@ func startRouter(ctx context.Context, t *testing.T, path, addr string) (cmd *exe
 	cmd, logs, exited = startProcess(t, "serve", "-c", path)
 	for {
 		conn, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres@%s/main?sslmode=disable", addr))
-		if err == nil {
-			conn.Close(ctx)
+		var pgErr *pgconn.PgError
+		if err == nil || errors.As(err, &pgErr) { // answering, if only to refuse this probe's login
+			if conn != nil {
+				conn.Close(ctx)
+			}
 			return cmd, logs, exited
 		}
 		select {
