@@ -12,6 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/pgrouter/pgrouter/internal/pgtest"
 	"github.com/pgrouter/pgrouter/internal/pgtest/testenv"
@@ -471,6 +473,19 @@ func TestReloadTellsWhatTheShardsLack(t *testing.T) {
 	mu.Unlock()
 	if !strings.Contains(got, "WARNING: cluster main: function public.rt_wher does not exist") || !strings.Contains(got, "check the name in router.yaml") {
 		t.Fatalf("RELOAD warnings:\n%s", got)
+	}
+
+	// serve started from that file says so in its log, at start.
+	core, logs := observer.New(zap.WarnLevel)
+	startProxyLog(t, path, zap.New(core))
+	found := false
+	for _, e := range logs.All() {
+		if errText, _ := e.ContextMap()["error"].(string); strings.Contains(errText, "function public.rt_wher does not exist") {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("a proxy started with a function the shards lack logged no warning naming it: %v", logs.All())
 	}
 
 	conn := p.connect(t, ctx)
