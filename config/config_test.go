@@ -117,6 +117,8 @@ func TestValidationErrorsNameTheKey(t *testing.T) {
 		{"indented out of its list", "auth: {type: trust}\nclusters:\n  main:\n    partitions: 4\n    shards:\n      - name: s0\n        dsn: \"host=h\"\n        partitions: \"0-3\"\n      partitions: \"2-3\"\n",
 			`router.yaml:9: did not find expected '-' indicator (not valid YAML): "      partitions: \"2-3\"": check its indentation against the lines above`},
 		{"tab", "auth:\n\ttype: trust\n", `router.yaml:2: found character that cannot start any token (not valid YAML): "\ttype: trust": YAML is indented with spaces only, never tabs`},
+		{"multi-line string, then an unterminated one", "listen: \"a\n  b\"\nauth: {type: trust}\nlog: {level: 'unterminated\n",
+			"router.yaml:4: found unexpected end of stream"},
 		{"flow mapping over lines, then a bad line", "functions:\n  - {name: f,\n     key: 1}\nclusters:\n  main:\n    partitions: 4\n    shards:\n      - name: s0\n    bad\n",
 			"router.yaml:9: "},
 		{"hash", strings.Replace(minimal, "partitions: 4", "partitions: 4\n    hash: md5", 1), `clusters.main.hash: "md5" is not one of xxhash64, hashtext`},

@@ -46,7 +46,7 @@ var yamlLine = regexp.MustCompile(`^line (\d+): `)
 // being YAML. yaml names the line where the enclosing block began (a
 // comment, or "shards:" 40 lines up, for a key indented wrongly at the end
 // of a list), so the line is found again by parsing ever longer prefixes of
-// the file: the first prefix that fails ends at the culprit.
+// the file from that line on: the first that fails alike ends at the culprit.
 func syntaxError(file string, data []byte, err error) error {
 	msg := yamlLine.ReplaceAllString(strings.TrimPrefix(err.Error(), "yaml: "), "")
 	line := 0
@@ -54,12 +54,18 @@ func syntaxError(file string, data []byte, err error) error {
 		line, _ = strconv.Atoi(m[1])
 	}
 	lines := strings.SplitAfter(string(data), "\n")
+	// The culprit is at or after the line yaml names (its block's start):
+	// the first prefix from there that fails with the same complaint ends
+	// at it. Earlier prefixes may fail alike by being cut inside a
+	// multi-line string or {...}, so they are not tried.
+	from := max(line, 1)
 	var prefix strings.Builder
 	for i, l := range lines {
 		prefix.WriteString(l)
+		if i+1 < from {
+			continue
+		}
 		var n yaml.Node
-		// The same complaint: a prefix cut inside a multi-line {...} fails
-		// too, for another reason.
 		if perr := yaml.Unmarshal([]byte(prefix.String()), &n); perr != nil &&
 			yamlLine.ReplaceAllString(strings.TrimPrefix(perr.Error(), "yaml: "), "") == msg {
 			line = i + 1

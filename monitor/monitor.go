@@ -45,7 +45,8 @@ type Monitor struct {
 	stats         statsSampler
 }
 
-// round is one config the pollers work for, until its context ends.
+// round is one config the pollers work for, until its context ends (with
+// the config, or with the monitor).
 type round struct {
 	ctx    context.Context
 	cfg    *config.Config
@@ -78,14 +79,19 @@ func (m *Monitor) Close() {
 	m.wg.Wait()
 }
 
-// follow starts the pollers for a config the server put in force.
+// follow starts the pollers for a config the server put in force. Their
+// round ends with the config (a reload, or the server's close) or with the
+// monitor, whichever comes first, so Close never waits on a poll of a config
+// the server still runs (or one a reload swapped in as the server closed).
 func (m *Monitor) follow(ctx context.Context, cfg *config.Config, shards *shardmap.Map) {
-	r := &round{ctx: ctx, cfg: cfg, shards: shards}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
 		return
 	}
+	rctx, cancel := context.WithCancel(m.ctx)
+	context.AfterFunc(ctx, cancel)
+	r := &round{ctx: rctx, cfg: cfg, shards: shards}
 	m.current = r
 	if cfg.Sequences == nil {
 		m.seqReport.Store(nil)
@@ -112,8 +118,6 @@ func (m *Monitor) repeat(r *round, interval time.Duration, f func()) {
 			}
 			select {
 			case <-r.ctx.Done():
-				return
-			case <-m.ctx.Done():
 				return
 			case <-time.After(interval):
 			}

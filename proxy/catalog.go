@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -39,8 +40,12 @@ func (s *Server) startCatalogs(gen *generation) (problems []string) {
 		}()
 		select {
 		case err := <-first:
-			if err != nil {
+			var missing *router.MissingError
+			switch {
+			case errors.As(err, &missing):
 				problems = append(problems, fmt.Sprintf("cluster %s: %v: calls of it are not routed until it loads (pgrouter retries); check the name in router.yaml", cl.Name, err))
+			case err != nil:
+				problems = append(problems, fmt.Sprintf("cluster %s: function signatures not loaded: %v; routed calls fail with 55000 until they load (pgrouter retries)", cl.Name, err))
 			}
 		case <-time.After(timeout):
 			s.log.Warn("function signatures not loaded yet; routed calls fail with 55000 until they are", zap.String("cluster", cl.Name))

@@ -86,8 +86,8 @@ WHERE n.nspname = $1 AND p.proname = $2 AND p.prokind IN ('f', 'p')
 ORDER BY p.oid`
 
 // LoadCatalog reads the signatures of fns (all of one cluster) from a shard.
-// A function that is missing, or whose key argument cannot be found, is an
-// error naming it; the other functions still load.
+// A function that is missing, or whose key argument cannot be found, is a
+// *MissingError naming it; the other functions still load.
 func LoadCatalog(ctx context.Context, conn *pgx.Conn, fns []*shardmap.Function) (*Catalog, error) {
 	c := &Catalog{sigs: map[*shardmap.Function][]*Signature{}}
 	var problems []string
@@ -113,10 +113,19 @@ func LoadCatalog(ctx context.Context, conn *pgx.Conn, fns []*shardmap.Function) 
 		c.sigs[f] = sigs
 	}
 	if len(problems) > 0 {
-		return c, fmt.Errorf("%s", strings.Join(problems, "; "))
+		return c, &MissingError{Problems: problems}
 	}
 	return c, nil
 }
+
+// MissingError is LoadCatalog's report of declared functions the shard
+// lacks, or whose key argument it cannot find: the shard answered, and the
+// declaration (or the shard's schema) is what needs fixing.
+type MissingError struct {
+	Problems []string
+}
+
+func (e *MissingError) Error() string { return strings.Join(e.Problems, "; ") }
 
 func loadSignatures(ctx context.Context, conn *pgx.Conn, f *shardmap.Function) ([]*Signature, error) {
 	rows, err := conn.Query(ctx, catalogQuery, f.Schema, f.Name)

@@ -33,14 +33,19 @@ var stateChangingPrefixes = []string{
 	"pg_replication_", "pg_stat_reset", "pg_logical_emit", "pg_import_", "pg_file_", "pg_read_",
 }
 
-// readOnlyBuiltins are PostgreSQL's functions that read nothing but their
-// arguments and the server's clock or settings, called unqualified (the
-// pg_catalog schema is searched first, so these names are the built-ins).
-// Names with the "pg_" prefix count too, as for catalog relations.
+// readOnlyBuiltins are PostgreSQL functions that read nothing but their
+// arguments, the clock or the session's settings, called unqualified or as
+// pg_catalog.name (pg_catalog is searched first, so these names are the
+// built-ins). A SELECT of them without FROM runs on any shard. The list is
+// closed on purpose: PostgreSQL lets users name functions pg_*, and some
+// pg_catalog functions write (pg_stat_statements_reset) or read per-shard
+// data (pg_relation_size, query_to_xml).
 var readOnlyBuiltins = map[string]bool{
 	"now": true, "clock_timestamp": true, "statement_timestamp": true, "transaction_timestamp": true, "timeofday": true,
 	"version": true, "current_database": true, "current_schema": true, "current_schemas": true, "current_setting": true,
 	"inet_server_addr": true, "inet_server_port": true, "inet_client_addr": true, "inet_client_port": true,
+	"pg_backend_pid": true, "pg_postmaster_start_time": true, "pg_conf_load_time": true, "pg_is_in_recovery": true,
+	"pg_typeof": true, "pg_client_encoding": true, "pg_size_pretty": true, "pg_encoding_to_char": true,
 	"format": true, "format_type": true, "concat": true, "concat_ws": true, "lower": true, "upper": true, "initcap": true,
 	"length": true, "char_length": true, "octet_length": true, "substr": true, "substring": true, "replace": true,
 	"trim": true, "btrim": true, "ltrim": true, "rtrim": true, "lpad": true, "rpad": true, "left": true, "right": true,
@@ -54,26 +59,39 @@ var readOnlyBuiltins = map[string]bool{
 	"generate_series": true, "unnest": true, "to_json": true, "to_jsonb": true, "row_to_json": true,
 	"json_build_object": true, "jsonb_build_object": true, "json_build_array": true, "jsonb_build_array": true,
 	"jsonb_pretty": true, "regexp_replace": true, "regexp_match": true, "regexp_matches": true,
-	"quote_ident": true, "quote_literal": true, "quote_nullable": true, "obj_description": true,
-	"col_description": true, "shobj_description": true, "has_table_privilege": true, "has_schema_privilege": true,
-	"has_database_privilege": true, "has_function_privilege": true, "has_column_privilege": true,
+	"quote_ident": true, "quote_literal": true, "quote_nullable": true,
+	// Aggregates: harmless without FROM, and never a routed function's name.
+	"count": true, "sum": true, "min": true, "max": true, "avg": true, "array_agg": true, "string_agg": true,
+	"bool_and": true, "bool_or": true, "every": true, "json_agg": true, "jsonb_agg": true,
 }
 
-// readOnlyBuiltin reports a call of a built-in that changes nothing: a
-// read-only built-in name, or any pg_catalog function (qualified, or with
-// the pg_ prefix) that is not state-changing.
-func readOnlyBuiltin(schema, name string) bool {
-	switch schema {
-	case "pg_catalog":
-	case "":
-		if !readOnlyBuiltins[name] && !strings.HasPrefix(name, "pg_") {
-			return false
-		}
-	default:
-		return false
-	}
-	return !stateChanging(name)
+// txScopedBuiltins give a value that belongs to the transaction or the
+// session's settings (the transaction's start time, SET LOCAL search_path,
+// SET LOCAL ROLE): run outside an unpinned transaction they would answer
+// for another one, so they are not Free (see Plan.Free).
+var txScopedBuiltins = map[string]bool{
+	"now": true, "transaction_timestamp": true, "current_setting": true, "current_schema": true, "current_schemas": true,
+	"current_timestamp": true, "current_date": true, "current_time": true, "localtime": true, "localtimestamp": true,
+	"current_user": true, "current_role": true, "session_user": true, "user": true,
 }
+
+// readOnlyBuiltin reports a call of one of readOnlyBuiltins.
+func readOnlyBuiltin(schema, name string) bool {
+	return (schema == "" || schema == "pg_catalog") && readOnlyBuiltins[name]
+}
+
+// notFunctionNames are words followed by "(" that name no function: SQL
+// syntax (VALUES (...), IN (...), ROW(...)), which Plan.Undeclared skips.
+var notFunctionNames = map[string]bool{
+	"values": true, "in": true, "exists": true, "any": true, "all": true, "some": true, "array": true, "row": true,
+	"over": true, "filter": true, "within": true, "lateral": true, "using": true, "on": true, "as": true, "and": true,
+	"or": true, "not": true, "select": true, "where": true, "cube": true, "rollup": true, "grouping": true, "sets": true,
+	"window": true, "returning": true, "conflict": true, "set": true, "by": true, "when": true, "then": true, "else": true,
+}
+
+// notCallAfter are words after which "name(" is a table with a column list
+// (INSERT INTO t (a, b), REFERENCES t (id)), not a call.
+var notCallAfter = [...]string{"into", "from", "join", "update", "table", "references", "only", "exists", "index", "view"}
 
 // qualifiedName writes a function name as the statement called it.
 func qualifiedName(schema, name string) string {

@@ -66,9 +66,18 @@ SELECT DISTINCT * FROM typeinfo_tree ORDER BY depth DESC`
 		{"select * from pg_class for update", false},
 		{"select * into t from pg_class", false},
 		{"with x as (delete from users returning *) select * from pg_class", false},
-		{"select now()", true},
-		{"SELECT pg_catalog.version(), current_user, current_setting('server_version_num')::int", true},
+		{"select version(), lower('A'), format('%s', 1), pg_catalog.md5('x')", true},
 		{psqlListRelations, true},
+		// The transaction's time and settings: run on any shard, but inside
+		// the transaction (not Free).
+		{"select now()", false},
+		{"SELECT current_user", false},
+		{"select current_setting('search_path')", false},
+		// pg_* is not a promise: user functions, writes, per-shard data.
+		{"select pg_my_app_writer('x')", false},
+		{"select pg_stat_statements_reset()", false},
+		{"select pg_relation_size('users')", false},
+		{"select pg_catalog.query_to_xml('select * from users', true, true, '')", false},
 		{"select pg_sleep(1)", false},
 		{"select public.now()", false},
 		{"select my_function()", false},
@@ -102,6 +111,14 @@ func TestUndeclaredNamesTheCall(t *testing.T) {
 		"SELECT now(), version()":            "",
 		"SELECT * FROM users":                "",
 		"SELECT get_user('bob'), other_fn()": "other_fn",
+		// Syntax, tables with column lists and aggregates are not calls.
+		"INSERT INTO users VALUES (1)":                                       "",
+		"INSERT INTO users(a, b) VALUES (1, 2)":                              "",
+		"INSERT INTO app.users (a) VALUES (1) RETURNING (a)":                 "",
+		"SELECT count(*) FROM users WHERE id IN (1, 2)":                      "",
+		"SELECT * FROM users WHERE EXISTS (SELECT 1) AND a = ANY (ARRAY[1])": "",
+		"CREATE TABLE t (id int REFERENCES u (id))":                          "",
+		"SELECT pg_my_app_writer('x')":                                       "pg_my_app_writer",
 	} {
 		if got := r.Plan(sql, true).Undeclared; got != want {
 			t.Errorf("%q: Undeclared %q, want %q", sql, got, want)

@@ -177,10 +177,11 @@ func analyze(sql string, standard bool, idx functionIndex, cat *Catalog) *Plan {
 		}
 		anyShard := classified || l.EqualFold(t, "show") || l.EqualFold(t, "savepoint") || l.EqualFold(t, "release") || l.EqualFold(t, "values")
 		selectWithoutFrom := l.EqualFold(t, "select")
+		txScoped := false // reads the transaction's time or settings (txScopedBuiltins)
 		// Walk to the end of the statement: routed calls, set_config, and
 		// whatever makes a SELECT more than constants.
-		var prev, prev2 Token
-		for t = l.Next(); t.Kind != EOF && t.Kind != Invalid && !l.IsOp(t, ";"); prev2, prev, t = prev, t, l.Next() {
+		var prev, prev2, prev3 Token
+		for t = l.Next(); t.Kind != EOF && t.Kind != Invalid && !l.IsOp(t, ";"); prev3, prev2, prev, t = prev2, prev, t, l.Next() {
 			switch {
 			case temp && l.EqualFold(t, "drop") && l.EqualFold(prev, "commit") && l.EqualFold(prev2, "on"):
 				temp = false
@@ -195,6 +196,11 @@ func analyze(sql string, standard bool, idx functionIndex, cat *Catalog) *Plan {
 			}
 			switch t.Kind {
 			case Ident, QuotedIdent:
+				if t.Kind == Ident {
+					if word, _ := l.Value(t); txScopedBuiltins[word] {
+						txScoped = true
+					}
+				}
 				if t.Kind == Ident && isConstantKeyword(&l, t) {
 					continue
 				}
@@ -231,7 +237,7 @@ func analyze(sql string, standard bool, idx functionIndex, cat *Catalog) *Plan {
 						continue // select now() is still a SELECT any shard answers alike
 					}
 					selectWithoutFrom = false
-					if p.Undeclared == "" {
+					if p.Undeclared == "" && t.Kind == Ident && !notFunctionNames[name] && !tableBefore(&l, prev, prev3) {
 						p.Undeclared = qualifiedName(schema, name)
 					}
 					continue
@@ -253,7 +259,7 @@ func analyze(sql string, standard bool, idx functionIndex, cat *Catalog) *Plan {
 		if !(anyShard || selectWithoutFrom || catalogRead) {
 			p.AnyShard = false
 		}
-		if !(reads || selectWithoutFrom || catalogRead) {
+		if !(reads || selectWithoutFrom || catalogRead) || txScoped {
 			p.Free = false
 		}
 		if t.Kind != Punct {
@@ -266,6 +272,23 @@ func analyze(sql string, standard bool, idx functionIndex, cat *Catalog) *Plan {
 			return p
 		}
 	}
+}
+
+// tableBefore reports whether the name just read is a table with a column
+// list rather than a call: INSERT INTO t (a, b), INSERT INTO s.t (a),
+// REFERENCES t (id). prev is the token before the name; beforeSchema the
+// one before its schema, when prev is a qualifier's dot.
+func tableBefore(l *Lexer, prev, beforeSchema Token) bool {
+	before := prev
+	if l.IsOp(prev, ".") {
+		before = beforeSchema
+	}
+	for _, w := range notCallAfter {
+		if l.EqualFold(before, w) {
+			return true
+		}
+	}
+	return false
 }
 
 // isConstantKeyword reports words a constant-only SELECT may contain.
