@@ -91,7 +91,7 @@ var notFunctionNames = map[string]bool{
 
 // notCallAfter are words after which "name(" is a table with a column list
 // (INSERT INTO t (a, b), REFERENCES t (id)), not a call.
-var notCallAfter = [...]string{"into", "from", "join", "update", "table", "references", "only", "exists", "index", "view"}
+var notCallAfter = [...]string{"into", "update", "table", "references", "index", "view"}
 
 // qualifiedName writes a function name as the statement called it.
 func qualifiedName(schema, name string) string {
