@@ -142,7 +142,12 @@ func (idx functionIndex) lookup(schema, name string) *shardmap.Function {
 // analyze reads a statement string once: the statements pgrouter mirrors,
 // the routed calls and whether the string may run on any shard.
 func analyze(sql string, standard bool, idx functionIndex, cat *Catalog) *Plan {
-	p := &Plan{AnyShard: true, Free: true, Override: parseOverride(sql), SQL: sql, Command: ParseCommand(sql, standard), Single: Single(sql, standard)}
+	// Without a ';' anywhere the string is one statement; without "pg_" or
+	// "information_schema" it names no catalog relation. Both save a pass of
+	// the lexer over the common statement (a routed call).
+	single := strings.IndexByte(sql, ';') < 0 || Single(sql, standard)
+	mayReadCatalog := containsFold(sql, "pg_") || containsFold(sql, "information_schema")
+	p := &Plan{AnyShard: true, Free: true, Override: parseOverride(sql), SQL: sql, Command: ParseCommand(sql, standard), Single: single}
 	if p.Override.Set {
 		p.Free = false
 	}
@@ -166,7 +171,7 @@ func analyze(sql string, standard bool, idx functionIndex, cat *Catalog) *Plan {
 		if l.EqualFold(t, "copy") {
 			p.Copy = true
 		}
-		catalogRead := isCatalogRead(l, t)
+		catalogRead := mayReadCatalog && isCatalogRead(l, t)
 		reads := l.EqualFold(t, "show") || l.EqualFold(t, "values")
 		st, classified := classify(&l, t)
 		// A temporary object is session state unless ON COMMIT DROP ends it
@@ -196,7 +201,7 @@ func analyze(sql string, standard bool, idx functionIndex, cat *Catalog) *Plan {
 			}
 			switch t.Kind {
 			case Ident, QuotedIdent:
-				if t.Kind == Ident {
+				if t.Kind == Ident && (selectWithoutFrom || catalogRead) { // only what could still be Free
 					if word, _ := l.Value(t); txScopedBuiltins[word] {
 						txScoped = true
 					}
@@ -285,6 +290,22 @@ func tableBefore(l *Lexer, prev, beforeSchema Token) bool {
 	}
 	for _, w := range notCallAfter {
 		if l.EqualFold(before, w) {
+			return true
+		}
+	}
+	return false
+}
+
+// containsFold reports whether s contains the lower-case ASCII word w in
+// any case. A name spelled with escapes (U&"\0070g_class") is missed, and
+// its statement is then not taken for a catalog read: the safe side.
+func containsFold(s, w string) bool {
+	for i := 0; i+len(w) <= len(s); i++ {
+		j := 0
+		for j < len(w) && (s[i+j] == w[j] || s[i+j]+('a'-'A') == w[j] && s[i+j] >= 'A' && s[i+j] <= 'Z') {
+			j++
+		}
+		if j == len(w) {
 			return true
 		}
 	}

@@ -2,6 +2,7 @@ package router
 
 import (
 	"encoding/binary"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -308,5 +309,26 @@ func TestPlanCacheIsBounded(t *testing.T) {
 	first := r.Plan(short, true)
 	if second := r.Plan(short, true); first != second {
 		t.Fatal("a short statement is not cached")
+	}
+}
+
+// BenchmarkPlanLiteralKeys measures what a simple-protocol client costs
+// when every call names its key as a literal (pgbench's :id, most ORMs in
+// simple mode): each text is new, so it is planned from scratch.
+func BenchmarkPlanLiteralKeys(b *testing.B) {
+	r := testRouter(b, "hashtext")
+	texts := make([]string, 1<<16)
+	for i := range texts {
+		texts[i] = fmt.Sprintf("select * from get_user('user%d')", i)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	i := 0
+	for b.Loop() {
+		p := r.Plan(texts[i&(len(texts)-1)], true)
+		if _, err := r.Route(p, wire.BindMsg{}); err != nil {
+			b.Fatal(err)
+		}
+		i++
 	}
 }
