@@ -138,6 +138,14 @@ func TestRunThroughPLProxy(t *testing.T) {
 		t.Fatalf("shard 0 alone: %d errors of %d (%s); want about half, as missing rows", rs[0].Errors, rs[0].Errors+rs[0].Queries, rs[0].FirstErr)
 	}
 
+	// lookup is the same call without the row check: shard 0 alone runs it
+	// without errors, as the baseline of a routed call against one shard.
+	direct := opts
+	direct.Targets, direct.Workload = opts.Targets[:1], "lookup"
+	if rs, err = Run(ctx, direct); err != nil || rs[0].Errors != 0 || rs[0].Queries == 0 {
+		t.Fatalf("lookup on shard 0 alone: %+v, %v", rs, err)
+	}
+
 	opts.Targets, opts.Workload, opts.Protocol = opts.Targets[1:], "write", "prepared"
 	rs, err = Run(ctx, opts)
 	if err != nil {

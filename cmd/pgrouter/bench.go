@@ -67,9 +67,11 @@ turns, --rounds times, each turn a slice of --duration, so a shared machine's
 drift falls on all of them; it prints per target throughput, latency
 percentiles (HdrHistogram), errors, and the ratio to the first target.
 
-Workloads: point (routed read by key), write (routed update), fanout (run on
-all shards), passthrough (SELECT 1 through the pool), mixed (80% point, 15%
-write, 5% fanout).
+Workloads: point (routed read by key), lookup (point's call without its
+row check, for a baseline of one shard behind a pooler, which holds some of
+the keys only), write (routed update), fanout (run on all shards),
+passthrough (SELECT 1 through the pool), mixed (80% point, 15% write, 5%
+fanout).
 
 --protocol sets the protocol of every target, NAME=PROTOCOL one target's:
 pgbouncer before 1.21 cannot carry named prepared statements (prepared) in
@@ -129,7 +131,7 @@ transaction mode, so such a target runs simple or extended.`,
 		},
 	}
 	runCmd.Flags().StringArrayVar(&targets, "target", nil, "NAME=DSN to measure (repeat; the first is the baseline of the ratios)")
-	runCmd.Flags().StringVar(&workload, "workload", "point", "point | write | fanout | passthrough | mixed")
+	runCmd.Flags().StringVar(&workload, "workload", "point", "point | lookup | write | fanout | passthrough | mixed")
 	runCmd.Flags().IntSliceVar(&clients, "clients", []int{1, 32, 128}, "client counts")
 	runCmd.Flags().DurationVar(&duration, "duration", 30*time.Second, "time per target and client count (split over the rounds)")
 	runCmd.Flags().IntVar(&rounds, "rounds", 3, "turns each target takes per client count")
