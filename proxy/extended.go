@@ -34,7 +34,7 @@ func (s *session) parse(m wire.Message) error {
 		return malformed(err)
 	}
 	name, definition := msg.Name, msg.Definition
-	plan := s.router.Plan(string(msg.Query), s.standardStrings())
+	plan := s.router.PlanBytes(msg.Query, s.standardStrings())
 	info := planInfo(plan)
 	if len(name) > 0 && !s.passthrough && s.server == nil && s.tx == txIdle && s.stmts[string(name)] == nil {
 		// A statement some server has already parsed needs no server now:

@@ -7,7 +7,7 @@ import (
 
 // query handles a simple Query message.
 func (s *session) query(m wire.Message) error {
-	plan := s.router.Plan(string(trimNUL(m.Body())), s.standardStrings())
+	plan := s.router.PlanBytes(trimNUL(m.Body()), s.standardStrings())
 	info := planInfo(plan)
 	if info.effects&effReserved != 0 && !s.passthrough {
 		return reservedNameError()

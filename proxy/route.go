@@ -79,7 +79,7 @@ func (s *session) planOf(p *router.Plan, parseBody []byte) *router.Plan {
 	}
 	_, def, _ := wire.CString(parseBody)
 	q, _, _ := wire.CString(def)
-	return s.router.Plan(string(q), s.standardStrings())
+	return s.router.PlanBytes(q, s.standardStrings())
 }
 
 // stmtPlan returns the plan of the statement a Bind names, or nil when the
@@ -262,7 +262,7 @@ func (s *session) holdMessage(m wire.Message) error {
 		if err != nil {
 			return malformed(err)
 		}
-		s.held.parsed = append(s.held.parsed, heldParse{name: string(msg.Name), plan: s.router.Plan(string(msg.Query), s.standardStrings())})
+		s.held.parsed = append(s.held.parsed, heldParse{name: string(msg.Name), plan: s.router.PlanBytes(msg.Query, s.standardStrings())})
 	case wire.Bind:
 		msg, err := wire.ReadBind(m.Body())
 		if err != nil {

@@ -241,7 +241,7 @@ func (s *session) localExtended(m wire.Message) (bool, error) {
 		if !maybeLocalText(query) {
 			return false, nil // most Parses: no plan look-up (and string copy) here
 		}
-		plan := s.router.Plan(string(query), s.standardStrings())
+		plan := s.router.PlanBytes(query, s.standardStrings())
 		if !s.localCommand(plan) || (len(name) > 0 && s.stmts[string(name)] != nil) {
 			return false, nil // a name in use: the server says 42P05
 		}

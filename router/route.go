@@ -18,14 +18,20 @@ type Router struct {
 	catalog atomic.Pointer[Catalog]
 	version atomic.Uint64 // bumped when the catalog changes
 
-	mu         sync.RWMutex
-	cache      map[planKey]*Plan
+	mu sync.RWMutex
+	// cache holds plans by statement text, one map per standard_conforming_strings
+	// value (the text reads differently under each); a map keyed by the text
+	// alone lets a lookup from a message's bytes skip copying them.
+	cache      [2]map[string]*Plan
 	cacheBytes int // statement text the cache holds
 }
 
-type planKey struct {
-	sql      string
-	standard bool
+// std indexes Router.cache.
+func std(standard bool) int {
+	if standard {
+		return 1
+	}
+	return 0
 }
 
 // The shared plan cache is bounded in entries and in the statement text it
@@ -42,7 +48,8 @@ const (
 
 // New returns a Router for a cluster; its catalog is loaded separately.
 func New(cl *shardmap.Cluster) *Router {
-	r := &Router{Cluster: cl, index: newFunctionIndex(cl.Functions), cache: map[planKey]*Plan{}}
+	r := &Router{Cluster: cl, index: newFunctionIndex(cl.Functions)}
+	r.resetCache()
 	r.version.Store(versions.Add(1))
 	return r
 }
@@ -57,9 +64,14 @@ func (r *Router) SetCatalog(c *Catalog) {
 	r.catalog.Store(c)
 	r.version.Store(versions.Add(1))
 	r.mu.Lock()
-	r.cache = map[planKey]*Plan{}
-	r.cacheBytes = 0
+	r.resetCache()
 	r.mu.Unlock()
+}
+
+// resetCache empties the plan cache; the caller holds mu (or owns r).
+func (r *Router) resetCache() {
+	r.cache = [2]map[string]*Plan{{}, {}}
+	r.cacheBytes = 0
 }
 
 // Catalog returns the loaded signatures (nil before the first load).
@@ -74,29 +86,46 @@ func (r *Router) HasFunctions() bool { return len(r.index) > 0 }
 // Plan returns the plan of a statement string, from the cache when it has
 // been seen before.
 func (r *Router) Plan(sql string, standard bool) *Plan {
-	key := planKey{sql, standard}
 	r.mu.RLock()
-	p := r.cache[key]
+	p := r.cache[std(standard)][sql]
 	r.mu.RUnlock()
 	if p != nil {
 		return p
 	}
+	return r.plan(sql, standard)
+}
+
+// PlanBytes is Plan for a statement read from a message: a statement seen
+// before is found without copying the bytes (the common case: a driver
+// parses the same texts over and over), a new one is copied once.
+func (r *Router) PlanBytes(sql []byte, standard bool) *Plan {
+	r.mu.RLock()
+	p := r.cache[std(standard)][string(sql)]
+	r.mu.RUnlock()
+	if p != nil {
+		return p
+	}
+	return r.plan(string(sql), standard)
+}
+
+// plan analyzes a statement the cache does not hold and keeps the plan.
+func (r *Router) plan(sql string, standard bool) *Plan {
 	version := r.version.Load()
-	p = analyze(sql, standard, r.index, r.catalog.Load())
+	p := analyze(sql, standard, r.index, r.catalog.Load())
 	p.catalog = version
 	if len(sql) > planCacheMaxText {
 		return p
 	}
 	size := p.size()
 	r.mu.Lock()
-	if len(r.cache) >= planCacheLimit || r.cacheBytes+size > planCacheBytes {
-		r.cache = map[planKey]*Plan{}
-		r.cacheBytes = 0
+	cache := &r.cache[std(standard)]
+	if len(r.cache[0])+len(r.cache[1]) >= planCacheLimit || r.cacheBytes+size > planCacheBytes {
+		r.resetCache()
 	}
-	if _, ok := r.cache[key]; !ok {
+	if _, ok := (*cache)[sql]; !ok {
 		r.cacheBytes += size
 	}
-	r.cache[key] = p
+	(*cache)[sql] = p
 	r.mu.Unlock()
 	return p
 }
