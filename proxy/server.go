@@ -204,15 +204,6 @@ func (s *Server) plainPassword(user string) (string, bool) {
 // Pools exposes the server's pools (for tests and the admin console).
 func (s *Server) Pools() *pool.Set { return s.pools }
 
-// ListenAndServe listens on the configured address and serves until Close.
-func (s *Server) ListenAndServe() error {
-	ln, err := net.Listen("tcp", s.gen.Load().cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	return s.Serve(ln)
-}
-
 // Serve accepts connections on ln until Close. It returns nil after Close.
 func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()

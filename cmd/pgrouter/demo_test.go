@@ -203,19 +203,28 @@ func checkSeqExamples(t *testing.T, demoOut string) {
 	compare("seq-apply", run(func(ctx context.Context, w io.Writer, path string) error { return runSeqApply(ctx, w, path, false) }))
 }
 
+// fencedBlock returns the body of the fenced block right after the line
+// "<!-- marker -->" in doc (the fence's language, if any, skipped): the
+// examples that README and docs/ mark for the tests to run.
+func fencedBlock(t *testing.T, doc, marker string) string {
+	t.Helper()
+	_, rest, ok := strings.Cut(doc, "<!-- "+marker+" -->\n```")
+	if !ok {
+		t.Fatalf("no block marked %q", marker)
+	}
+	_, rest, _ = strings.Cut(rest, "\n") // the fence's language
+	block, _, ok := strings.Cut(rest, "```\n")
+	if !ok {
+		t.Fatalf("the block marked %q is not closed", marker)
+	}
+	return block
+}
+
 // readmeExample returns the fenced block after "<!-- example: marker -->"
 // in the README, without its first line (the command).
 func readmeExample(t *testing.T, readme, marker string) string {
 	t.Helper()
-	_, rest, ok := strings.Cut(readme, "<!-- example: "+marker+" -->\n```\n")
-	if !ok {
-		t.Fatalf("README has no example marked %s", marker)
-	}
-	block, _, ok := strings.Cut(rest, "```\n")
-	if !ok {
-		t.Fatalf("README example %s is not closed", marker)
-	}
-	_, output, _ := strings.Cut(block, "\n")
+	_, output, _ := strings.Cut(fencedBlock(t, readme, "example: "+marker), "\n")
 	return output
 }
 
@@ -325,6 +334,17 @@ func checkDefaultRouteNotice(t *testing.T, host, port string) {
 	if len(notices) != 1 || !strings.Contains(notices[0], "runs on shard s0 (default_route) and sees only that shard's rows") {
 		t.Fatalf("SELECT count(*) FROM users (%d of 40 users): notices %q", users, notices)
 	}
+	// The simple protocol (psql's), and inside a transaction pgrouter began
+	// for the client, which the statement then pins to s0.
+	for _, sql := range []string{"SELECT count(*) FROM users", "BEGIN; SELECT count(*) FROM users; COMMIT"} {
+		notices = nil
+		if _, err := conn.Exec(ctx, sql, pgx.QueryExecModeSimpleProtocol); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+		if len(notices) != 1 || !strings.Contains(notices[0], "runs on shard s0 (default_route)") {
+			t.Fatalf("%s in the simple protocol: notices %q", sql, notices)
+		}
+	}
 }
 
 // checkDemoPgbench runs the README's demo pgbench block (shortened to 2 s)
@@ -336,11 +356,7 @@ func checkDemoPgbench(t *testing.T, demoOut, host, port string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, rest, ok := strings.Cut(string(readme), "<!-- example: demo-pgbench -->\n```sh\n")
-	if !ok {
-		t.Fatal("README has no demo-pgbench example")
-	}
-	script, _, ok := strings.Cut(rest, "\nEOF\n")
+	script, _, ok := strings.Cut(fencedBlock(t, string(readme), "example: demo-pgbench"), "\nEOF\n")
 	if !ok {
 		t.Fatal("README's demo-pgbench example has no EOF line")
 	}

@@ -21,16 +21,7 @@ import (
 // in docs/walkthrough.md.
 func walkthroughBlock(t *testing.T, doc, name string) string {
 	t.Helper()
-	_, rest, ok := strings.Cut(doc, "<!-- walkthrough: "+name+" -->\n```")
-	if !ok {
-		t.Fatalf("docs/walkthrough.md has no block %s", name)
-	}
-	_, rest, _ = strings.Cut(rest, "\n") // the fence's language
-	block, _, ok := strings.Cut(rest, "```\n")
-	if !ok {
-		t.Fatalf("docs/walkthrough.md: block %s is not closed", name)
-	}
-	return block
+	return fencedBlock(t, doc, "walkthrough: "+name)
 }
 
 // TestWalkthrough follows docs/walkthrough.md on two real shards: its schema,
