@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -122,6 +123,60 @@ type Pool struct {
 type waiter struct {
 	ch    chan *Conn
 	since time.Time
+	timer *time.Timer // Acquire's wait limit, kept for the next wait
+}
+
+// waiterPool recycles the waiters of Acquire: with many clients on few
+// connections nearly every request waits, and a new channel and timer for
+// each were all the garbage a routed call made.
+var waiterPool = sync.Pool{New: func() any { return &waiter{ch: make(chan *Conn, 1)} }}
+
+func getWaiter(since time.Time) *waiter {
+	w := waiterPool.Get().(*waiter)
+	w.since = since
+	return w
+}
+
+// putWaiter recycles a waiter that is out of the queue with its channel
+// drained, so no hand-off can still reach it.
+func putWaiter(w *waiter) { waiterPool.Put(w) }
+
+// await waits for w, queued in p.waiters, to be handed something, for at
+// most d or until ctx ends. It returns the connection handed over, or
+// handed true for a free slot; nil and false when the wait ended first (w is
+// then out of the queue). Either way w's channel is drained.
+func (p *Pool) await(ctx context.Context, w *waiter, d time.Duration) (c *Conn, handed bool) {
+	if w.timer == nil {
+		w.timer = time.NewTimer(d)
+	} else {
+		w.timer.Reset(d) // timers are synchronous (Go 1.23): no stale tick can be waiting
+	}
+	select {
+	case c := <-w.ch:
+		w.timer.Stop()
+		return c, true
+	case <-w.timer.C:
+	case <-ctx.Done():
+		w.timer.Stop()
+	}
+	p.mu.Lock()
+	queued := p.removeWaiterLocked(w)
+	p.mu.Unlock()
+	if queued {
+		return nil, false
+	}
+	// A connection or a slot was handed to us as the wait ended.
+	if c := <-w.ch; c != nil {
+		if ctx.Err() == nil {
+			return c, true
+		}
+		p.Release(c)
+	} else {
+		p.mu.Lock()
+		p.wakeLocked()
+		p.mu.Unlock()
+	}
+	return nil, false
 }
 
 // New returns an empty pool.
@@ -217,37 +272,18 @@ func (p *Pool) Acquire(ctx context.Context, wait time.Duration) (*Conn, error) {
 		if st.Reserve > 0 && elapsed < st.ReserveTimeout {
 			remaining = min(remaining, st.ReserveTimeout-elapsed)
 		}
-		w := &waiter{ch: make(chan *Conn, 1), since: start}
+		w := getWaiter(start)
 		p.waiters = append(p.waiters, w)
 		p.mu.Unlock()
 		waited = true
 
-		timer := time.NewTimer(remaining)
-		select {
-		case c := <-w.ch:
-			timer.Stop()
-			if c != nil {
-				return c, nil
-			}
-			continue // a slot was freed: go round and dial
-		case <-timer.C:
-		case <-ctx.Done():
-			timer.Stop()
+		c, handed := p.await(ctx, w, remaining)
+		putWaiter(w)
+		if c != nil {
+			return c, nil
 		}
-		p.mu.Lock()
-		queued := p.removeWaiterLocked(w)
-		p.mu.Unlock()
-		if !queued { // a connection or a slot was handed to us meanwhile
-			if c := <-w.ch; c != nil {
-				if ctx.Err() == nil {
-					return c, nil
-				}
-				p.Release(c)
-			} else {
-				p.mu.Lock()
-				p.wakeLocked()
-				p.mu.Unlock()
-			}
+		if handed {
+			continue // a slot was freed: go round and dial
 		}
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -320,6 +356,13 @@ func (p *Pool) Release(c *Conn) {
 		p.active++
 		p.mu.Unlock()
 		w.ch <- c
+		// Let the waiter send its request now: the releasing client still
+		// has its own reply to write, and the server would idle for that
+		// long. The waiter is this P's next goroutine, so it runs at once;
+		// measured with 128 clients on 2 server connections, +2-14%
+		// throughput, and a routed call on 8 connections 0.89x -> 1.00x
+		// pgbouncer's (docs/performance.md).
+		runtime.Gosched()
 		return
 	}
 	c.state = StateIdle
