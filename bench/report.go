@@ -12,14 +12,18 @@ import (
 // against the first target, and the first error of any target that had
 // errors.
 func WriteTable(w io.Writer, rs []*Result) error {
-	cpu := false
+	cpu, servers := false, false
 	for _, r := range rs {
 		cpu = cpu || r.CPUSecs > 0
+		servers = servers || r.ServerConns > 0
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	head := "clients\ttarget\tprotocol\ttps\tratio\tp50 µs\tp95 µs\tp99 µs\tp99.9 µs\tmax µs\terrors\t"
 	if cpu {
 		head += "cpu µs/query\t"
+	}
+	if servers {
+		head += "server conns\t"
 	}
 	fmt.Fprintln(tw, head)
 	for _, r := range rs {
@@ -28,6 +32,13 @@ func WriteTable(w io.Writer, rs []*Result) error {
 		case !cpu:
 		case r.CPUSecs > 0:
 			fmt.Fprintf(tw, "%.1f\t", r.CPUPerQus)
+		default:
+			fmt.Fprint(tw, "-\t")
+		}
+		switch {
+		case !servers:
+		case r.ServerConns > 0:
+			fmt.Fprintf(tw, "%d\t", r.ServerConns)
 		default:
 			fmt.Fprint(tw, "-\t")
 		}

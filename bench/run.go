@@ -22,11 +22,14 @@ import (
 // whose CPU time each query costs is measured (from /proc). Protocol, when
 // set, overrides Options.Protocol: pgbouncer before 1.21 cannot carry
 // named prepared statements in transaction mode, so a fair comparison may
-// run each target with the best protocol it supports.
+// run each target with the best protocol it supports. Admin, when set, is
+// the DSN of the target's admin console (pgrouter's or pgbouncer's), where
+// the server connections it holds are counted halfway through each slice.
 type Target struct {
 	Name, DSN string
 	PID       int
 	Protocol  string
+	Admin     string
 }
 
 // Workloads by name: each is a statement and how to fill its parameters.
@@ -70,8 +73,10 @@ type Result struct {
 	Ratio     float64 `json:"ratio"`                 // TPS over the first target's at the same client count
 	CPUSecs   float64 `json:"cpu_seconds,omitempty"` // of Target.PID over the run
 	CPUPerQus float64 `json:"cpu_us_per_query,omitempty"`
-	FirstErr  string  `json:"first_error,omitempty"`
-	histogram *hdrhistogram.Histogram
+	// ServerConns is the most server connections Target.Admin reported.
+	ServerConns int    `json:"server_conns,omitempty"`
+	FirstErr    string `json:"first_error,omitempty"`
+	histogram   *hdrhistogram.Histogram
 }
 
 // Run runs the workload against every target at every client count. For
@@ -214,6 +219,12 @@ func runSlice(ctx context.Context, t Target, opts Options, clients int, d time.D
 			}
 		}()
 	}
+	if t.Admin != "" {
+		if err := sampleServers(ctx, t.Admin, start.Add(d/2), r); err != nil {
+			wg.Wait()
+			return err
+		}
+	}
 	wg.Wait()
 	r.Seconds += time.Since(start).Seconds()
 	for _, cr := range res {
@@ -230,6 +241,24 @@ func runSlice(ctx context.Context, t Target, opts Options, clients int, d time.D
 	}
 	r.CPUSecs += cpuAfter - cpuBefore
 	return ctx.Err()
+}
+
+// sampleServers waits until at, then records the server connections the
+// admin console at dsn reports, when more than recorded before.
+func sampleServers(ctx context.Context, dsn string, at time.Time, r *Result) error {
+	t := time.NewTimer(time.Until(at))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		return nil
+	}
+	n, err := serverConns(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	r.ServerConns = max(r.ServerConns, n)
+	return nil
 }
 
 // processCPU is the user and system CPU seconds a process has used (0 for

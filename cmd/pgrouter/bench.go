@@ -57,7 +57,8 @@ must declare the functions; init says so when it does not:
 		duration            time.Duration
 		rounds, runUsers    int
 		jsonPath, chartPath string
-		cpus                []string
+		cpus, admins        []string
+		equalConns          bool
 	)
 	runCmd := &cobra.Command{
 		Use:   "run",
@@ -75,7 +76,12 @@ fanout).
 
 --protocol sets the protocol of every target, NAME=PROTOCOL one target's:
 pgbouncer before 1.21 cannot carry named prepared statements (prepared) in
-transaction mode, so such a target runs simple or extended.`,
+transaction mode, so such a target runs simple or extended.
+
+--admin NAME=DSN counts the server connections the target holds, from SHOW
+POOLS on its admin console halfway through each turn; --equal-connections
+fails the run (exit 1, after the table) unless all targets held as many,
+so that a pooler is compared with another on equal server connections.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			opts := bench.Options{Workload: workload, Clients: clients, Duration: duration, Rounds: rounds, Protocol: "extended", Users: runUsers}
@@ -109,6 +115,22 @@ transaction mode, so such a target runs simple or extended.`,
 					return fmt.Errorf("--cpu %q: no --target named %s", c, name)
 				}
 			}
+			for _, a := range admins {
+				name, dsn, ok := strings.Cut(a, "=")
+				if !ok || dsn == "" {
+					return fmt.Errorf("--admin %q: want NAME=DSN", a)
+				}
+				if !setTarget(opts.Targets, name, func(t *bench.Target) { t.Admin = dsn }) {
+					return fmt.Errorf("--admin %q: no --target named %s", a, name)
+				}
+			}
+			if equalConns {
+				for _, t := range opts.Targets {
+					if t.Admin == "" {
+						return fmt.Errorf("--equal-connections: target %s has no --admin %s=DSN to count its server connections with", t.Name, t.Name)
+					}
+				}
+			}
 			opts.Progress = benchProgress(os.Stderr)
 			rs, err := bench.Run(cmd.Context(), opts)
 			if err != nil {
@@ -127,7 +149,13 @@ transaction mode, so such a target runs simple or extended.`,
 					return err
 				}
 			}
-			return bench.Failures(rs)
+			if err := bench.Failures(rs); err != nil {
+				return err
+			}
+			if equalConns {
+				return bench.EqualConnections(rs)
+			}
+			return nil
 		},
 	}
 	runCmd.Flags().StringArrayVar(&targets, "target", nil, "NAME=DSN to measure (repeat; the first is the baseline of the ratios)")
@@ -139,6 +167,8 @@ transaction mode, so such a target runs simple or extended.`,
 	runCmd.Flags().IntVar(&runUsers, "users", 100000, "users bench init loaded (keys are drawn from them)")
 	runCmd.Flags().StringVar(&jsonPath, "json", "", "also write the results to this JSON file")
 	runCmd.Flags().StringVar(&chartPath, "chart", "", "also draw throughput and latency per target and client count in this .svg or .png file")
+	runCmd.Flags().StringArrayVar(&admins, "admin", nil, "NAME=DSN of the target's admin console (pgrouter's database pgrouter, pgbouncer's pgbouncer): count the server connections it holds")
+	runCmd.Flags().BoolVar(&equalConns, "equal-connections", false, "fail the run unless every target held as many server connections (needs --admin for each)")
 	runCmd.Flags().StringArrayVar(&cpus, "cpu", nil, "NAME=PID: measure the CPU time the target's process (pgrouter, pgbouncer) spends per query, from /proc")
 	var (
 		idleTarget string

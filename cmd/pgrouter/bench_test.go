@@ -158,3 +158,58 @@ func TestBenchSaysWhatIsMissing(t *testing.T) {
 		t.Fatalf("bench run with every query failing (exit %d):\n%s", code, out)
 	}
 }
+
+// TestBenchEqualConnections: `bench run --admin` counts the server
+// connections each pooler holds from its own admin console (pgrouter's and
+// a real pgbouncer's SHOW POOLS), and --equal-connections passes when they
+// hold as many and fails, naming the counts, when they do not.
+func TestBenchEqualConnections(t *testing.T) {
+	ctx := context.Background()
+	server := testenv.Servers(t, 1, pgtest.Options{})[0]
+	path := filepath.Join(t.TempDir(), "router.yaml")
+	addr := freeAddr(t)
+	writeFile(t, path, fmt.Sprintf("listen: %s\nauth: {type: trust}\nadmin_users: [%s]\nlog: {format: json}\npool: {mode: transaction, size: 2}\ndefault_route: s0\nclusters:\n  main:\n    shards:\n      - {name: s0, dsn: %q}\n",
+		addr, pgtest.SuperUser, server.DSN("postgres")))
+	runRouter(ctx, t, path, addr)
+	bouncers := map[int]*pgtest.PgBouncer{}
+	for _, size := range []int{2, 3} {
+		b, err := pgtest.StartPgBouncer(ctx, map[string]string{
+			"main": fmt.Sprintf("host=%s port=%d dbname=postgres user=%s", server.Host, server.Port, pgtest.SuperUser),
+		}, size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(b.Stop)
+		bouncers[size] = b
+	}
+	run := func(size int) (string, int, []bench.Result) {
+		jsonPath := filepath.Join(t.TempDir(), "bench.json")
+		b := bouncers[size]
+		out, code := pgrouter(ctx, t, "bench", "run", "--workload", "passthrough", "--clients", "8", "--duration", "1s", "--rounds", "1", "--json", jsonPath,
+			"--target", "pgbouncer="+b.DSN("main"), "--admin", "pgbouncer="+b.DSN("pgbouncer"),
+			"--target", fmt.Sprintf("pgrouter=postgres://%s@%s/main?sslmode=disable", pgtest.SuperUser, addr),
+			"--admin", fmt.Sprintf("pgrouter=postgres://%s@%s/pgrouter?sslmode=disable", pgtest.SuperUser, addr), "--equal-connections")
+		var doc struct {
+			Results []bench.Result `json:"results"`
+		}
+		if data, err := os.ReadFile(jsonPath); err == nil {
+			_ = json.Unmarshal(data, &doc)
+		}
+		return out, code, doc.Results
+	}
+	out, code, rs := run(2)
+	t.Logf("\n%s", out)
+	if code != 0 || len(rs) != 2 || rs[0].ServerConns != 2 || rs[1].ServerConns != 2 || !strings.Contains(out, "server conns") {
+		t.Fatalf("8 clients on 2 server connections each (exit %d) %+v:\n%s", code, rs, out)
+	}
+	out, code, rs = run(3)
+	if code != 1 || len(rs) != 2 || rs[0].ServerConns != 3 || rs[1].ServerConns != 2 ||
+		!strings.Contains(out, "different numbers of server connections (at 8 clients: pgbouncer 3, pgrouter 2)") {
+		t.Fatalf("pgbouncer on 3 server connections, pgrouter on 2 (exit %d) %+v:\n%s", code, rs, out)
+	}
+	out, code = pgrouter(ctx, t, "bench", "run", "--workload", "passthrough", "--clients", "1", "--duration", "1s",
+		"--target", "pgbouncer="+bouncers[2].DSN("main"), "--equal-connections")
+	if code == 0 || !strings.Contains(out, "target pgbouncer has no --admin pgbouncer=DSN") {
+		t.Fatalf("--equal-connections without --admin (exit %d):\n%s", code, out)
+	}
+}

@@ -27,7 +27,8 @@ type PgBouncer struct {
 
 // StartPgBouncer starts pgbouncer on a free port in transaction mode with
 // trust authentication, serving each of databases (name: dsn in libpq
-// key=value form) with a pool of poolSize. Like PostgreSQL, pgbouncer will
+// key=value form) with a pool of poolSize; SuperUser may use its admin
+// console (database pgbouncer). Like PostgreSQL, pgbouncer will
 // not run as root, so it runs as the same unprivileged user.
 func StartPgBouncer(ctx context.Context, databases map[string]string, poolSize int) (*PgBouncer, error) {
 	bin, err := exec.LookPath("pgbouncer")
@@ -62,7 +63,8 @@ pool_mode = transaction
 default_pool_size = %d
 max_client_conn = 1000
 logfile = %s
-`, b.Host, port, filepath.Join(dir, "users.txt"), poolSize, filepath.Join(dir, "pgbouncer.log"))
+admin_users = %s
+`, b.Host, port, filepath.Join(dir, "users.txt"), poolSize, filepath.Join(dir, "pgbouncer.log"), SuperUser)
 	files := map[string]string{
 		"pgbouncer.ini": ini.String(),
 		"users.txt":     fmt.Sprintf("%q \"\"\n", SuperUser),
