@@ -5,6 +5,8 @@
 package config
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -35,8 +37,26 @@ type Config struct {
 	Sequences          *Sequences `yaml:"sequences"` // nil: sequences are not managed
 	Reference          *Reference `yaml:"reference"` // nil: no reference tables (refsync has nothing to do)
 
+	// ListenReuseport opens listen with SO_REUSEPORT, so that a new pgrouter
+	// can start on the port beside a draining old one (a rolling upgrade).
+	ListenReuseport bool `yaml:"listen_reuseport"`
+	// PeerID and Peers make several instances one service, as pgbouncer's
+	// peering does: the cancel keys an instance gives its clients carry its
+	// id, and a cancel request that reaches another instance (behind a load
+	// balancer) is passed on to the one holding the client. Peers maps each
+	// id, this instance's included, to its client address, which is also its
+	// admin console's, where the fleet commands (PAUSE PEERS, ...) log in as
+	// PeerUser (default: the first of admin_users) with PeerPassword.
+	PeerID       int            `yaml:"peer_id"`
+	Peers        map[int]string `yaml:"peers"`
+	PeerUser     string         `yaml:"peer_user"`
+	PeerPassword string         `yaml:"peer_password"` // ${ENV} expanded
+
 	// Path is the file the config was read from ("" when built in memory).
 	Path string `yaml:"-"`
+	// Hash identifies the file's text (the first 12 hex digits of its
+	// SHA-256), so that SHOW PEERS can show which instances run the same one.
+	Hash string `yaml:"-"`
 	// lines maps key paths to their line in the file, so that validation's
 	// errors name the line too.
 	lines map[string]int
@@ -305,6 +325,8 @@ func Load(path string) (*Config, error) {
 func Parse(path string, data []byte) (*Config, error) {
 	cfg := Defaults()
 	cfg.Path = path
+	sum := sha256.Sum256(data)
+	cfg.Hash = hex.EncodeToString(sum[:6])
 	if err := decode(path, data, &cfg); err != nil {
 		return nil, err
 	}

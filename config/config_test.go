@@ -113,6 +113,12 @@ func TestValidationErrorsNameTheKey(t *testing.T) {
 			`clusters.pgrouter: "pgrouter" is reserved for the admin console`},
 		{"fallback", minimal + "fallback_cluster: other\n",
 			`fallback_cluster: "other" is not a cluster`},
+		{"peers without peer_id", minimal + "peers: {1: \"a:6432\", 2: \"b:6432\"}\n", "peer_id: required with peers"},
+		{"peers without self", minimal + "peer_id: 3\npeers: {1: \"a:6432\", 2: \"b:6432\"}\n", "peers: has no entry for this instance's peer_id 3"},
+		{"peer id range", minimal + "peer_id: 1\npeers: {1: \"a:6432\", 16384: \"b:6432\"}\n", "peers.16384: peer id 16384 is not between 1 and 16383"},
+		{"peer address", minimal + "peer_id: 1\npeers: {1: \"a:6432\", 2: b}\n", `peers.2: "b" is not host:port`},
+		{"peer key", minimal + "peer_id: 1\npeers: {1: \"a:6432\", two: \"b:6432\"}\n", `peers.two: "two" is not a number`},
+		{"peer_id range", minimal + "peer_id: -1\n", "peer_id: -1 is not between 1 and 16383"},
 		{"yaml syntax", "clusters: [", "router.yaml:1: did not find expected node content (not valid YAML)"},
 		{"indented out of its list", "auth: {type: trust}\nclusters:\n  main:\n    partitions: 4\n    shards:\n      - name: s0\n        dsn: \"host=h\"\n        partitions: \"0-3\"\n      partitions: \"2-3\"\n",
 			`router.yaml:9: did not find expected '-' indicator (not valid YAML): "      partitions: \"2-3\"": check its indentation against the lines above`},
@@ -234,5 +240,27 @@ func TestPartitions(t *testing.T) {
 		if _, err := ParsePartitions(bad, 16, 2); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
+	}
+}
+
+// TestPeers: peers decode with numeric ids, peer_user defaults to the
+// first admin user, peer_password expands ${ENV}, and each config knows
+// the hash of its text.
+func TestPeers(t *testing.T) {
+	t.Setenv("PGROUTER_TEST_PEER_PW", "s3cret")
+	text := minimal + "admin_users: [ops, other]\npeer_id: 2\npeers: {1: \"10.0.0.1:6432\", 2: \"10.0.0.2:6432\"}\npeer_password: ${PGROUTER_TEST_PEER_PW}\nlisten_reuseport: true\n"
+	cfg, err := Parse("router.yaml", []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.PeerID != 2 || len(cfg.Peers) != 2 || cfg.Peers[1] != "10.0.0.1:6432" || cfg.PeerUser != "ops" || cfg.PeerPassword != "s3cret" || !cfg.ListenReuseport {
+		t.Fatalf("peering: %+v", cfg)
+	}
+	again, err := Parse("router.yaml", []byte(text+"# comment\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Hash) != 12 || cfg.Hash == again.Hash {
+		t.Fatalf("hashes %q and %q of two different texts", cfg.Hash, again.Hash)
 	}
 }

@@ -208,7 +208,18 @@ func (d *decoder) mapping(n *yaml.Node, v reflect.Value, path string) {
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		key, val := n.Content[i], n.Content[i+1]
 		child := join(path, key.Value)
-		k := reflect.ValueOf(key.Value)
+		k := reflect.New(v.Type().Key()).Elem()
+		switch k.Kind() {
+		case reflect.String:
+			k.SetString(key.Value)
+		case reflect.Int:
+			n, err := strconv.Atoi(key.Value)
+			if err != nil {
+				d.fail(key, child, "%q is not a number", key.Value)
+				continue
+			}
+			k.SetInt(int64(n))
+		}
 		if v.MapIndex(k).IsValid() {
 			d.fail(key, child, "name appears twice")
 			continue

@@ -58,6 +58,7 @@ func (c *Config) validate() error {
 			l.add("health.query", "must not be empty")
 		}
 	}
+	c.validatePeers(l)
 	c.validateAuth(l)
 	c.validateTLS(l)
 	c.validatePool(l)
@@ -75,6 +76,41 @@ func (c *Config) validate() error {
 	c.validateSequences(l)
 	c.validateReference(l)
 	return l.err()
+}
+
+// MaxPeerID is the largest peer_id: the id takes 14 bits of the cancel
+// key's process id (as in pgbouncer, whose peer ids have the same range).
+const MaxPeerID = 16383
+
+// validatePeers checks peer_id and peers, and fills in peer_user.
+func (c *Config) validatePeers(l *errorList) {
+	if c.PeerID < 0 || c.PeerID > MaxPeerID {
+		l.add("peer_id", "%d is not between 1 and %d (0: no peering)", c.PeerID, MaxPeerID)
+	}
+	for id, addr := range c.Peers {
+		path := fmt.Sprintf("peers.%d", id)
+		if id < 1 || id > MaxPeerID {
+			l.add(path, "peer id %d is not between 1 and %d", id, MaxPeerID)
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			l.add(path, "%q is not host:port", addr)
+		}
+	}
+	if len(c.Peers) > 0 {
+		if c.PeerID == 0 {
+			l.add("peer_id", "required with peers: this instance's id, one of the keys of peers")
+		} else if _, ok := c.Peers[c.PeerID]; !ok {
+			l.add("peers", "has no entry for this instance's peer_id %d: list every instance, this one included", c.PeerID)
+		}
+	}
+	if c.PeerUser == "" && len(c.AdminUsers) > 0 {
+		c.PeerUser = c.AdminUsers[0]
+	}
+	if pw, err := expandEnv(c.PeerPassword); err != nil {
+		l.add("peer_password", "%v", err)
+	} else {
+		c.PeerPassword = pw
+	}
 }
 
 // identRE is an identifier PostgreSQL accepts unquoted (then folded to

@@ -35,11 +35,15 @@ func (c *Console) showConfig() *resultSet {
 		if v, ok := defaults[k]; ok {
 			d = v
 		}
-		changeable := k != "listen" && k != "metrics_listen"
+		changeable := !restartOnly[k]
 		rs.add(k, values[k], d, changeable)
 	}
 	return rs
 }
+
+// restartOnly are the keys RELOAD does not change: the listening sockets,
+// and the id already written into the clients' cancel keys.
+var restartOnly = map[string]bool{"listen": true, "metrics_listen": true, "listen_reuseport": true, "peer_id": true}
 
 // flatten writes a config value as dotted keys (the router.yaml paths),
 // with passwords in DSNs masked.
@@ -62,7 +66,7 @@ func flatten(prefix string, v reflect.Value, out map[string]string) {
 	case reflect.Map:
 		keys := v.MapKeys()
 		for _, k := range keys {
-			flatten(join(prefix, k.String()), v.MapIndex(k), out)
+			flatten(join(prefix, fmt.Sprint(k.Interface())), v.MapIndex(k), out) // peers' keys are ints
 		}
 	case reflect.Slice:
 		if v.Len() == 0 {
@@ -85,7 +89,10 @@ func flatten(prefix string, v reflect.Value, out map[string]string) {
 			return
 		}
 		val := fmt.Sprint(v.Interface())
-		if v.Kind() == reflect.String { // every DSN (shards, reference.source, ...) whatever its key
+		switch {
+		case prefix == "peer_password" && val != "":
+			val = "xxxxx"
+		case v.Kind() == reflect.String: // every DSN (shards, reference.source, ...) whatever its key
 			val = maskPassword(val)
 		}
 		out[prefix] = val

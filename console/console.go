@@ -37,18 +37,28 @@ var Commands = [][2]string{
 	{"SHOW SEQUENCES", "every sequence on every shard"},
 	{"SHOW CONFIG", "the config in force"},
 	{"SHOW VERSION", "pgrouter's version"},
+	{"SHOW INSTANCE", "this instance: peer_id, version, config generation and hash, paused shards, clients"},
+	{"SHOW PEERS", "every instance of peers: reachable, version, config generation and hash"},
 	{"SHOW HELP", "this list"},
 	{"RELOAD", "read router.yaml again and swap it in (also SIGHUP)"},
 	{"PAUSE [shard]", "hold new transactions (on one shard, or all) and wait for running ones to finish"},
 	{"RESUME [shard]", "release what PAUSE held"},
 	{"SHUTDOWN", "stop accepting, let transactions finish, exit (also SIGTERM)"},
+	{"PAUSE PEERS", "PAUSE on every instance of peers, this one included; none is paused unless all can be"},
+	{"RESUME PEERS", "RESUME on every instance of peers"},
+	{"RELOAD PEERS", "RELOAD on every instance of peers, once all can be reached"},
 }
 
 // adminCommand is one parsed console command.
 type adminCommand struct {
-	verb string // SHOW, RELOAD, PAUSE, RESUME, SHUTDOWN
-	what string // SHOW's object, upper case; PAUSE/RESUME's shard ("" = all)
+	verb  string // SHOW, RELOAD, PAUSE, RESUME, SHUTDOWN
+	what  string // SHOW's object, upper case; PAUSE/RESUME's shard ("" = all)
+	fleet bool   // PAUSE, RESUME or RELOAD PEERS: on every instance
 }
+
+// isPeers reports whether a command's argument is the keyword PEERS, in
+// any case and unquoted: a shard named peers is written "peers".
+func isPeers(arg string) bool { return strings.EqualFold(arg, "PEERS") }
 
 // parseAdmin splits a query string into console commands. It accepts what
 // pgbouncer's console accepts in form: keywords in any case, statements
@@ -70,19 +80,24 @@ func parseAdmin(sql string) ([]adminCommand, error) {
 			}
 			cmd.what = strings.ToUpper(args[0])
 			switch cmd.what {
-			case "SHARDS", "POOLS", "CLIENTS", "SERVERS", "STATS", "FUNCTIONS", "SEQUENCES", "CONFIG", "VERSION", "HELP":
+			case "SHARDS", "POOLS", "CLIENTS", "SERVERS", "STATS", "FUNCTIONS", "SEQUENCES", "CONFIG", "VERSION", "HELP", "INSTANCE", "PEERS":
 			default:
 				return nil, unknownAdmin(stmt)
 			}
 		case "RELOAD", "SHUTDOWN":
-			if len(args) != 0 {
+			switch {
+			case len(args) == 1 && verb == "RELOAD" && isPeers(args[0]):
+				cmd.fleet = true
+			case len(args) != 0:
 				return nil, unknownAdmin(stmt)
 			}
 		case "PAUSE", "RESUME":
 			if len(args) > 1 {
 				return nil, unknownAdmin(stmt)
 			}
-			if len(args) == 1 {
+			if len(args) == 1 && isPeers(args[0]) {
+				cmd.fleet = true
+			} else if len(args) == 1 {
 				name := args[0]
 				if len(name) >= 2 && name[0] == '"' && name[len(name)-1] == '"' {
 					name = strings.ReplaceAll(name[1:len(name)-1], `""`, `"`)
@@ -194,6 +209,9 @@ func (a *session) query(sql string) bool {
 
 func (a *session) exec(cmd adminCommand) error {
 	s := a.srv
+	if cmd.fleet {
+		return a.fleet(cmd.verb)
+	}
 	switch cmd.verb {
 	case "SHOW":
 		var rs *resultSet
@@ -217,6 +235,10 @@ func (a *session) exec(cmd adminCommand) error {
 			rs = a.showConfig()
 		case "VERSION":
 			rs = &resultSet{cols: []column{{"version", oidText}}, rows: [][]any{{"pgrouter " + proxy.Version}}}
+		case "INSTANCE":
+			rs = a.showInstance()
+		case "PEERS":
+			rs = a.showPeers(a.c.Context())
 		case "HELP":
 			rs = &resultSet{cols: []column{{"command", oidText}, {"description", oidText}}}
 			for _, c := range Commands {
@@ -277,6 +299,16 @@ func (a *session) pause(name string) error {
 		s.Pools().Pause(sh)
 	}
 	a.log.Info("PAUSE", zap.Strings("shards", shards))
+	if err := a.waitIdle(shards); err != nil {
+		return err
+	}
+	return a.c.Send(&pgproto3.CommandComplete{CommandTag: []byte("PAUSE")})
+}
+
+// waitIdle waits, up to query_wait_timeout, until no server connection of
+// the paused shards is in use.
+func (a *session) waitIdle(shards []string) error {
+	s := a.srv
 	limit := s.Config().Pool.QueryWaitTimeout.D()
 	deadline := time.Now().Add(limit)
 	for {
@@ -285,7 +317,7 @@ func (a *session) pause(name string) error {
 			busy += s.Pools().Busy(sh)
 		}
 		if busy == 0 {
-			return a.c.Send(&pgproto3.CommandComplete{CommandTag: []byte("PAUSE")})
+			return nil
 		}
 		if time.Now().After(deadline) {
 			return errorf(sqlstate.ObjectInUse, "pgrouter: paused, but %d server connections are still in use after %s", busy, limit).

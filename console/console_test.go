@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/proxy"
 	"github.com/pgrouter/pgrouter/sqlstate"
 )
@@ -15,19 +16,23 @@ func TestParseAdmin(t *testing.T) {
 		want []adminCommand
 		err  bool
 	}{
-		{in: "SHOW SHARDS", want: []adminCommand{{"SHOW", "SHARDS"}}},
-		{in: "show pools;", want: []adminCommand{{"SHOW", "POOLS"}}},
-		{in: " Show\tClients ; show servers;;", want: []adminCommand{{"SHOW", "CLIENTS"}, {"SHOW", "SERVERS"}}},
-		{in: "PAUSE", want: []adminCommand{{"PAUSE", ""}}},
-		{in: "pause s1", want: []adminCommand{{"PAUSE", "s1"}}},
-		{in: `RESUME "s-1"`, want: []adminCommand{{"RESUME", "s-1"}}},
-		{in: "RELOAD; SHUTDOWN", want: []adminCommand{{"RELOAD", ""}, {"SHUTDOWN", ""}}},
+		{in: "SHOW SHARDS", want: []adminCommand{{verb: "SHOW", what: "SHARDS"}}},
+		{in: "show pools;", want: []adminCommand{{verb: "SHOW", what: "POOLS"}}},
+		{in: " Show\tClients ; show servers;;", want: []adminCommand{{verb: "SHOW", what: "CLIENTS"}, {verb: "SHOW", what: "SERVERS"}}},
+		{in: "PAUSE", want: []adminCommand{{verb: "PAUSE", what: ""}}},
+		{in: "pause s1", want: []adminCommand{{verb: "PAUSE", what: "s1"}}},
+		{in: `RESUME "s-1"`, want: []adminCommand{{verb: "RESUME", what: "s-1"}}},
+		{in: "RELOAD; SHUTDOWN", want: []adminCommand{{verb: "RELOAD", what: ""}, {verb: "SHUTDOWN", what: ""}}},
+		{in: "pause peers; Resume PEERS; reload Peers", want: []adminCommand{{verb: "PAUSE", fleet: true}, {verb: "RESUME", fleet: true}, {verb: "RELOAD", fleet: true}}},
+		{in: `PAUSE "peers"`, want: []adminCommand{{verb: "PAUSE", what: "peers"}}}, // a shard of that name
+		{in: "show peers; SHOW instance", want: []adminCommand{{verb: "SHOW", what: "PEERS"}, {verb: "SHOW", what: "INSTANCE"}}},
 		{in: "", want: nil},
 		{in: " ; ", want: nil},
 		{in: "SHOW", err: true},
 		{in: "SHOW SHARDS POOLS", err: true},
 		{in: "SHOW TABLES", err: true},
 		{in: "RELOAD now", err: true},
+		{in: "SHUTDOWN PEERS", err: true},
 		{in: "PAUSE a b", err: true},
 		{in: "SELECT 1", err: true},
 		{in: "SHOW SHARDS; DROP TABLE users", err: true}, // nothing runs when any part is unknown
@@ -85,5 +90,16 @@ func TestPartitionRangesAndMasking(t *testing.T) {
 		if got := maskPassword(in); got != want {
 			t.Errorf("maskPassword(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestFlattenPeers: SHOW CONFIG names the peers by id and never shows
+// peer_password.
+func TestFlattenPeers(t *testing.T) {
+	cfg := config.Config{PeerID: 1, Peers: map[int]string{1: "a:6432", 2: "b:6432"}, PeerUser: "ops", PeerPassword: "s3cret"}
+	out := map[string]string{}
+	flatten("", reflect.ValueOf(&cfg).Elem(), out)
+	if out["peers.1"] != "a:6432" || out["peers.2"] != "b:6432" || out["peer_id"] != "1" || out["peer_user"] != "ops" || out["peer_password"] != "xxxxx" {
+		t.Fatalf("flattened: peers.1=%q peers.2=%q peer_id=%q peer_user=%q peer_password=%q", out["peers.1"], out["peers.2"], out["peer_id"], out["peer_user"], out["peer_password"])
 	}
 }
