@@ -54,6 +54,17 @@ func (s *Server) Reload() (notes []string, err error) {
 		notes = append(notes, fmt.Sprintf("listen changed to %s: it takes effect at the next restart", cfg.Listen))
 		cfg.Listen = old.cfg.Listen
 	}
+	if cfg.ListenReuseport != old.cfg.ListenReuseport {
+		notes = append(notes, fmt.Sprintf("listen_reuseport changed to %t: it takes effect at the next restart", cfg.ListenReuseport))
+		cfg.ListenReuseport = old.cfg.ListenReuseport
+	}
+	if cfg.PeerID != old.cfg.PeerID {
+		notes = append(notes, fmt.Sprintf("peer_id changed to %d: it takes effect at the next restart (the clients' cancel keys carry the old one)", cfg.PeerID))
+		cfg.PeerID = old.cfg.PeerID
+		if _, ok := cfg.Peers[cfg.PeerID]; len(cfg.Peers) > 0 && !ok {
+			return nil, fmt.Errorf("peers has no entry for the peer_id in force, %d (peer_id changes at restart only)", cfg.PeerID)
+		}
+	}
 	if cfg.MetricsListen != old.cfg.MetricsListen {
 		notes = append(notes, fmt.Sprintf("metrics_listen changed to %q: it takes effect at the next restart", cfg.MetricsListen))
 		cfg.MetricsListen = old.cfg.MetricsListen
@@ -116,7 +127,8 @@ type reloadCounters struct {
 
 // Shutdown stops accepting connections and lets clients finish: each client
 // is told 57P01 and disconnected as soon as it is between transactions
-// (idle ones at once); when ctx ends, whoever is left is disconnected, which
+// (idle ones at once, after a grace for a request already on its way: see
+// drainNow; clients still logging in finish their login first); when ctx ends, whoever is left is disconnected, which
 // rolls back their open transactions on the shards. The server is closed
 // when Shutdown returns.
 func (s *Server) Shutdown(ctx context.Context) error {
@@ -130,8 +142,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for ln := range s.listeners {
 		_ = ln.Close()
 	}
-	for conn := range s.conns {
-		_ = conn.SetReadDeadline(time.Unix(1, 0)) // wake clients blocked reading
+	for conn, loggedIn := range s.conns {
+		if loggedIn {
+			_ = conn.SetReadDeadline(time.Unix(1, 0)) // wake clients blocked reading
+		}
 	}
 	s.mu.Unlock()
 	if first {
@@ -154,6 +168,35 @@ wait:
 	}
 	_ = s.Close()
 	return err
+}
+
+// drainGraceWindow is how long a client found between transactions when a
+// shutdown begins may take to send its next request (see drainNow).
+const drainGraceWindow = 100 * time.Millisecond
+
+// drainNow reports whether a shutdown should close the client now: it is
+// between transactions and has had its grace. The grace is one wait of
+// drainGraceWindow for a request already on its way, so that a client
+// that connected just before the listener closed (a pgbench -C client, an
+// application's pool opening a connection) runs the transaction it
+// connected for instead of being told 57P01 before its first statement;
+// the client is closed at the next boundary after it. A client silent for
+// the whole window is closed at once.
+func (s *session) drainNow() bool {
+	if !s.srv.draining.Load() || !s.atBoundary() {
+		return false
+	}
+	if s.drainGraced {
+		return true
+	}
+	s.drainGraced = true
+	if s.cr.HasMessage() {
+		return false
+	}
+	_ = s.conn.SetReadDeadline(time.Now().Add(drainGraceWindow))
+	_, err := s.cr.Peek()
+	_ = s.conn.SetReadDeadline(time.Time{})
+	return err != nil
 }
 
 // Draining reports whether a shutdown has begun.

@@ -80,7 +80,7 @@ type Server struct {
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]struct{}
+	conns     map[net.Conn]bool     // true once the client has logged in
 	sessions  map[*session]struct{} // logged-in clients, for SHOW CLIENTS
 	closed    bool
 	done      chan struct{} // closed when Close has finished
@@ -102,9 +102,10 @@ func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		log:       log,
 		started:   time.Now(),
 		listeners: map[net.Listener]struct{}{},
-		conns:     map[net.Conn]struct{}{},
+		conns:     map[net.Conn]bool{},
 		sessions:  map[*session]struct{}{},
 		done:      make(chan struct{}),
+		cancels:   cancelRegistry{peerID: uint32(cfg.PeerID)},
 	}
 	s.ctx, s.stop = context.WithCancel(context.Background())
 	s.gen.Store(gen)
@@ -264,9 +265,21 @@ func (s *Server) track(conn net.Conn) bool {
 	if s.closed {
 		return false
 	}
-	s.conns[conn] = struct{}{}
+	s.conns[conn] = false
 	s.wg.Add(1)
 	return true
+}
+
+// loggedIn marks a tracked connection as past login: from then on a
+// shutdown wakes it when it is idle. One still logging in is left to finish
+// (within client_login_timeout), so that a client accepted just before the
+// listener closed gets its grace (drainNow) instead of a cut connection.
+func (s *Server) loggedIn(conn net.Conn) {
+	s.mu.Lock()
+	if _, ok := s.conns[conn]; ok {
+		s.conns[conn] = true
+	}
+	s.mu.Unlock()
 }
 
 func (s *Server) untrack(conn net.Conn) {

@@ -104,8 +104,9 @@ type session struct {
 	// transaction began, and the bytes moved by the request.
 	reqStart, xactStart time.Time
 	bytesIn, bytesOut   int64
-	// stmtViolation: in statement mode a request left a transaction open.
-	stmtViolation bool
+	// stmtViolation: in statement mode a request left a transaction open;
+	// drainGraced: a shutdown has given the client its grace (drainNow).
+	stmtViolation, drainGraced bool
 
 	// Guarded by mu: the cancel path reads which server serves the client.
 	mu       sync.Mutex
@@ -196,7 +197,7 @@ func (s *session) run() {
 	s.srv.addSession(s)
 	defer s.finish()
 	for {
-		if s.srv.draining.Load() && s.atBoundary() {
+		if s.drainNow() {
 			s.sendFatal(ShutdownError())
 			return
 		}

@@ -51,6 +51,7 @@ func (s *Server) handle(conn net.Conn, adm admission) {
 	gen := s.gen.Load()
 	cfg := gen.cfg
 	id := s.clientIDs.Add(1)
+	tracked := conn
 	watched := &watchedConn{Conn: conn}
 	conn = watched
 	log := s.log.With(zap.Uint64("client_id", id), zap.String("remote", conn.RemoteAddr().String()))
@@ -108,6 +109,7 @@ func (s *Server) handle(conn net.Conn, adm admission) {
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})
+	s.loggedIn(tracked)
 	if cs, ok := sess.(*session); ok {
 		cs.watched = watched
 	}

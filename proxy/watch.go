@@ -24,7 +24,7 @@ func (s *session) readClient() (wire.Message, error) {
 		if limit > 0 && !s.cr.HasMessage() {
 			deadline = time.Now().Add(limit)
 			_ = s.conn.SetReadDeadline(deadline)
-			if s.srv.draining.Load() && s.atBoundary() { // Shutdown's wake-up may have come before our deadline
+			if s.drainNow() { // Shutdown's wake-up may have come before our deadline
 				return wire.Message{}, ShutdownError()
 			}
 		}
@@ -36,8 +36,12 @@ func (s *session) readClient() (wire.Message, error) {
 			return m, err
 		}
 		if s.srv.draining.Load() {
-			if s.atBoundary() {
+			if s.drainNow() {
 				return m, ShutdownError()
+			}
+			if s.atBoundary() { // its grace: a request arrived
+				_ = s.conn.SetReadDeadline(time.Time{})
+				continue
 			}
 			if deadline.IsZero() || time.Now().Before(deadline) {
 				_ = s.conn.SetReadDeadline(time.Time{})

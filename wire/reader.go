@@ -125,6 +125,16 @@ func (r *Reader) Next() (Message, error) {
 	}
 }
 
+// Peek waits for the next typed message as Next does, but leaves it to be
+// returned by the next call of Next.
+func (r *Reader) Peek() (Message, error) {
+	m, err := r.Next()
+	if err == nil {
+		r.r -= len(m.Raw)
+	}
+	return m, err
+}
+
 // NextStartup returns the body of an untyped startup-phase packet (startup
 // message, SSLRequest, GSSENCRequest or CancelRequest), without its length.
 func (r *Reader) NextStartup() ([]byte, error) {

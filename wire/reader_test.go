@@ -267,3 +267,26 @@ func TestReaderGrowsWithArrivingBytes(t *testing.T) {
 		t.Fatalf("3 MB query: %d bytes, %v", len(m.Raw), err)
 	}
 }
+
+// TestReaderPeek: Peek waits for a whole message across short reads and
+// leaves it for Next, which then returns it and the ones after it in order.
+func TestReaderPeek(t *testing.T) {
+	stream := encode(t, &pgproto3.Query{String: "SELECT 1"}, &pgproto3.Sync{})
+	r := NewReader(iotest.OneByteReader(bytes.NewReader(stream)), 1<<20)
+	p, err := r.Peek()
+	if err != nil || p.Type != 'Q' {
+		t.Fatalf("Peek: %c %v", p.Type, err)
+	}
+	if p2, err := r.Peek(); err != nil || !bytes.Equal(p2.Raw, p.Raw) {
+		t.Fatalf("Peek again: %q %v", p2.Raw, err)
+	}
+	for _, want := range []byte{'Q', 'S'} {
+		m, err := r.Next()
+		if err != nil || m.Type != want {
+			t.Fatalf("Next: %c %v, want %c", m.Type, err, want)
+		}
+	}
+	if _, err := r.Peek(); err != io.EOF {
+		t.Fatalf("Peek at the end: %v, want EOF", err)
+	}
+}

@@ -61,7 +61,7 @@ func runDemo(ctx context.Context, out io.Writer, dir string, n int, listen strin
 
 	// The port first: a demo that cannot serve must not start shards, nor
 	// say it is ready.
-	ln, err := listenClients(listen, "--listen")
+	ln, err := listenClients(listen, "--listen", false)
 	if err != nil {
 		return err
 	}

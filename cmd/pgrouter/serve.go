@@ -8,11 +8,13 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/console"
@@ -46,9 +48,12 @@ tell idle clients 57P01, exit 0), SIGINT shuts down at once.`,
 			sigs := make(chan os.Signal, 4)
 			signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 			defer signal.Stop(sigs)
-			ln, err := listenClients(cfg.Listen, "listen in router.yaml")
+			ln, err := listenClients(cfg.Listen, "listen in router.yaml", cfg.ListenReuseport)
 			if err != nil {
 				return err
+			}
+			if cfg.ListenReuseport {
+				warnMigrateReq(log)
 			}
 			return serve(context.Background(), sigs, cfg, log, ln)
 		},
@@ -60,12 +65,52 @@ tell idle clients 57P01, exit 0), SIGINT shuts down at once.`,
 
 // listenClients opens the client port. serve and demo open it before
 // anything else starts, so a port in use is the one error reported.
-func listenClients(addr, where string) (net.Listener, error) {
-	ln, err := net.Listen("tcp", addr)
+// With reuseport the socket is opened with SO_REUSEPORT: other processes
+// that do the same (a new pgrouter starting beside a draining one) share
+// the port, and the kernel spreads new connections over them.
+func listenClients(addr, where string, reuseport bool) (net.Listener, error) {
+	var lc net.ListenConfig
+	if reuseport {
+		lc.Control = setReuseport
+	}
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("cannot serve clients on %s: %w (another pgrouter or pgbouncer may be using the port: stop it, or change %s)", addr, err, where)
+		hint := "another pgrouter or pgbouncer may be using the port: stop it, or change " + where
+		if reuseport {
+			hint = "a process is using the port without SO_REUSEPORT, or as another user: stop it, or change " + where
+		}
+		return nil, fmt.Errorf("cannot serve clients on %s: %w (%s)", addr, err, hint)
 	}
 	return ln, nil
+}
+
+func setReuseport(_, _ string, c syscall.RawConn) error {
+	var serr error
+	if err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("SO_REUSEPORT: %w", serr)
+	}
+	return nil
+}
+
+// migrateReqPath is Linux's switch (5.14+) that moves the connections
+// queued on a closing SO_REUSEPORT socket to the others of its group;
+// without it, the connections a draining pgrouter had not yet accepted when
+// it closed its socket are reset.
+const migrateReqPath = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+// warnMigrateReq tells the operator when a rolling restart could reset
+// connections.
+func warnMigrateReq(log *zap.Logger) {
+	data, err := os.ReadFile(migrateReqPath)
+	if err != nil || strings.TrimSpace(string(data)) != "0" {
+		return
+	}
+	log.Warn("listen_reuseport: net.ipv4.tcp_migrate_req is 0, so connections queued on this instance when it shuts down are reset instead of moving to the instance that replaces it; set it to 1 (sysctl -w net.ipv4.tcp_migrate_req=1)")
 }
 
 // serve runs a proxy on ln until it shuts down: SIGTERM or the SHUTDOWN
