@@ -112,8 +112,11 @@ type Pool struct {
 	paused  bool               // PAUSE: nobody gets a connection until Resume
 	retired bool               // closed by Set.Retire, not by shutdown
 	conns   map[*Conn]struct{} // every open connection, for SHOW SERVERS
-	dsn     string             // the shard DSN the pool was made from (Set.Retire compares it)
-	params  map[string]string  // ParameterStatus values of the newest connection
+	// replaceBefore: connections created up to then are closed when released
+	// (RECONNECT, KILL); zero when none is.
+	replaceBefore time.Time
+	dsn           string            // the shard DSN the pool was made from (Set.Retire compares it)
+	params        map[string]string // ParameterStatus values of the newest connection
 
 	counters counters
 }
@@ -343,7 +346,7 @@ func (p *Pool) Release(c *Conn) {
 	c.lastUsed = now
 	c.holder.Store(0)
 	st := p.settings.Load()
-	if p.closed || c.Broken() || (st.Lifetime > 0 && now.Sub(c.created) >= st.Lifetime) || p.open > st.Size+st.Reserve {
+	if p.closed || c.Broken() || (st.Lifetime > 0 && now.Sub(c.created) >= st.Lifetime) || p.open > st.Size+st.Reserve || p.closeNeededLocked(c) {
 		p.dropLocked(c)
 		p.wakeLocked()
 		p.mu.Unlock()
@@ -568,6 +571,8 @@ type ServerInfo struct {
 	Local    net.Addr
 	Remote   net.Addr
 	TLS      bool
+	// CloseNeeded: RECONNECT or KILL has it closed when it is released.
+	CloseNeeded bool
 }
 
 // Servers describes the pool's open connections, oldest first.
@@ -577,7 +582,7 @@ func (p *Pool) Servers() []ServerInfo {
 	for c := range p.conns {
 		out = append(out, ServerInfo{
 			ID: c.ID, PID: c.PID, State: c.state, Client: c.holder.Load(), Created: c.created, LastUsed: c.lastUsed,
-			Local: c.netConn.LocalAddr(), Remote: c.netConn.RemoteAddr(), TLS: c.tls(),
+			Local: c.netConn.LocalAddr(), Remote: c.netConn.RemoteAddr(), TLS: c.tls(), CloseNeeded: p.closeNeededLocked(c),
 		})
 	}
 	p.mu.Unlock()
