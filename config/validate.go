@@ -15,8 +15,18 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// AdminDatabase is the database name of the admin console; no cluster may use it.
-const AdminDatabase = "pgrouter"
+// AdminDatabase is the database name of the admin console; no cluster may
+// use it, nor AdminAlias, the name pgbouncer's console has, which scripts
+// and monitoring tools written for pgbouncer connect to.
+const (
+	AdminDatabase = "pgrouter"
+	AdminAlias    = "pgbouncer"
+)
+
+// IsAdminDatabase reports whether a login to database is one to the console.
+func IsAdminDatabase(database string) bool {
+	return database == AdminDatabase || database == AdminAlias
+}
 
 var (
 	nameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]*$`)
@@ -306,7 +316,7 @@ func (c *Config) validateClusters(l *errorList) {
 		if !nameRE.MatchString(name) {
 			l.add(path, "%q is not a valid cluster name (letters, digits, _ . -)", name)
 		}
-		if name == AdminDatabase {
+		if IsAdminDatabase(name) {
 			l.add(path, "%q is reserved for the admin console", name)
 		}
 		if cl.Partitions == 0 {

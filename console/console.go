@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -44,6 +45,21 @@ var Commands = [][2]string{
 	{"PAUSE [shard]", "hold new transactions (on one shard, or all) and wait for running ones to finish"},
 	{"RESUME [shard]", "release what PAUSE held"},
 	{"SHUTDOWN", "stop accepting, let transactions finish, exit (also SIGTERM)"},
+	{"SHOW DATABASES", "pgbouncer's: a row per cluster and per shard, with pool settings, connections, paused, disabled"},
+	{"SHOW LISTS", "pgbouncer's: counts of databases, users, pools, clients, servers"},
+	{"SHOW USERS", "pgbouncer's: the users of admin_users, of the pools and of the clients"},
+	{"SHOW STATS_TOTALS", "SHOW STATS's totals"},
+	{"SHOW STATS_AVERAGES", "SHOW STATS's averages"},
+	{"SHOW TOTALS", "SHOW STATS summed over every shard"},
+	{"SHOW STATE", "active, paused, suspended"},
+	{"SHOW MEM", "Go's heap and stacks, and the sessions"},
+	{"KILL db", "disconnect the clients and close the server connections of a cluster or shard now; it stays paused until RESUME"},
+	{"KILL_CLIENT id", "disconnect one client (an id of SHOW CLIENTS)"},
+	{"RECONNECT [db]", "replace the server connections of a cluster or shard (or all) as they are released"},
+	{"DISABLE db", "refuse new logins to a cluster (or the clusters of a shard)"},
+	{"ENABLE db", "accept logins again after DISABLE"},
+	{"SUSPEND", "PAUSE everything, until RESUME"},
+	{"WAIT_CLOSE [db]", "wait until the server connections RECONNECT or KILL marked are closed"},
 	{"PAUSE PEERS", "PAUSE on every instance of peers, this one included; none is paused unless all can be"},
 	{"RESUME PEERS", "RESUME on every instance of peers"},
 	{"RELOAD PEERS", "RELOAD on every instance of peers, once all can be reached"},
@@ -80,7 +96,8 @@ func parseAdmin(sql string) ([]adminCommand, error) {
 			}
 			cmd.what = strings.ToUpper(args[0])
 			switch cmd.what {
-			case "SHARDS", "POOLS", "CLIENTS", "SERVERS", "STATS", "FUNCTIONS", "SEQUENCES", "CONFIG", "VERSION", "HELP", "INSTANCE", "PEERS":
+			case "SHARDS", "POOLS", "CLIENTS", "SERVERS", "STATS", "FUNCTIONS", "SEQUENCES", "CONFIG", "VERSION", "HELP", "INSTANCE", "PEERS",
+				"DATABASES", "LISTS", "USERS", "STATS_TOTALS", "STATS_AVERAGES", "TOTALS", "STATE", "MEM", "SOCKETS", "FDS":
 			default:
 				return nil, unknownAdmin(stmt)
 			}
@@ -91,6 +108,22 @@ func parseAdmin(sql string) ([]adminCommand, error) {
 			case len(args) != 0:
 				return nil, unknownAdmin(stmt)
 			}
+		case "SUSPEND":
+			if len(args) != 0 {
+				return nil, unknownAdmin(stmt)
+			}
+		case "KILL", "KILL_CLIENT", "DISABLE", "ENABLE":
+			if len(args) != 1 {
+				return nil, unknownAdmin(stmt)
+			}
+			cmd.what = unquote(args[0])
+		case "RECONNECT", "WAIT_CLOSE":
+			if len(args) > 1 {
+				return nil, unknownAdmin(stmt)
+			}
+			if len(args) == 1 {
+				cmd.what = unquote(args[0])
+			}
 		case "PAUSE", "RESUME":
 			if len(args) > 1 {
 				return nil, unknownAdmin(stmt)
@@ -98,11 +131,7 @@ func parseAdmin(sql string) ([]adminCommand, error) {
 			if len(args) == 1 && isPeers(args[0]) {
 				cmd.fleet = true
 			} else if len(args) == 1 {
-				name := args[0]
-				if len(name) >= 2 && name[0] == '"' && name[len(name)-1] == '"' {
-					name = strings.ReplaceAll(name[1:len(name)-1], `""`, `"`)
-				}
-				cmd.what = name
+				cmd.what = unquote(args[0])
 			}
 		default:
 			return nil, unknownAdmin(stmt)
@@ -110,6 +139,14 @@ func parseAdmin(sql string) ([]adminCommand, error) {
 		out = append(out, cmd)
 	}
 	return out, nil
+}
+
+// unquote takes a name out of double quotes ("" inside is one quote).
+func unquote(name string) string {
+	if len(name) >= 2 && name[0] == '"' && name[len(name)-1] == '"' {
+		return strings.ReplaceAll(name[1:len(name)-1], `""`, `"`)
+	}
+	return name
 }
 
 // errorf builds an ERROR for a console client.
@@ -134,6 +171,8 @@ func unknownAdmin(stmt string) *proxy.Error {
 type Console struct {
 	srv *proxy.Server
 	mon *monitor.Monitor
+	// suspended: SUSPEND ran and no RESUME of every shard since.
+	suspended atomic.Bool
 }
 
 // New returns the console of srv; install it with srv.SetConsole.
@@ -237,6 +276,24 @@ func (a *session) exec(cmd adminCommand) error {
 			rs = &resultSet{cols: []column{{"version", oidText}}, rows: [][]any{{"pgrouter " + proxy.Version}}}
 		case "INSTANCE":
 			rs = a.showInstance()
+		case "DATABASES":
+			rs = a.showDatabases()
+		case "LISTS":
+			rs = a.showLists()
+		case "USERS":
+			rs = a.showUsers()
+		case "STATS_TOTALS":
+			rs = a.showStatsTotals()
+		case "STATS_AVERAGES":
+			rs = a.showStatsAverages()
+		case "TOTALS":
+			rs = a.showTotals()
+		case "STATE":
+			rs = a.showState()
+		case "MEM":
+			rs = a.showMem()
+		case "SOCKETS", "FDS":
+			err = notSupported(cmd.what)
 		case "PEERS":
 			rs = a.showPeers(a.c.Context())
 		case "HELP":
@@ -271,8 +328,23 @@ func (a *session) exec(cmd adminCommand) error {
 		for _, name := range shards {
 			s.Pools().Resume(name)
 		}
+		if cmd.what == "" {
+			a.suspended.Store(false)
+		}
 		a.log.Info("RESUME", zap.Strings("shards", shards))
 		return a.c.Send(&pgproto3.CommandComplete{CommandTag: []byte("RESUME")})
+	case "KILL":
+		return a.kill(cmd.what)
+	case "KILL_CLIENT":
+		return a.killClient(cmd.what)
+	case "RECONNECT":
+		return a.reconnect(cmd.what)
+	case "DISABLE", "ENABLE":
+		return a.setDisabled(cmd.verb, cmd.what)
+	case "SUSPEND":
+		return a.suspend()
+	case "WAIT_CLOSE":
+		return a.waitClose(a.c.Context(), cmd.what)
 	case "SHUTDOWN":
 		a.log.Info("SHUTDOWN requested")
 		_ = a.c.Send(&pgproto3.CommandComplete{CommandTag: []byte("SHUTDOWN")})

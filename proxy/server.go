@@ -79,6 +79,7 @@ type Server struct {
 	console atomic.Pointer[Console]
 
 	mu        sync.Mutex
+	disabled  map[string]bool // clusters and shards DISABLE refuses logins to
 	listeners map[net.Listener]struct{}
 	conns     map[net.Conn]bool     // true once the client has logged in
 	sessions  map[*session]struct{} // logged-in clients, for SHOW CLIENTS

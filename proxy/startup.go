@@ -221,7 +221,7 @@ func (s *Server) login(conn net.Conn, r *wire.Reader, w *wire.Writer, st *startu
 		return nil, err
 	}
 	r.SetMaxBody(int(gen.cfg.Pool.MaxMessageSize))
-	if database == config.AdminDatabase {
+	if config.IsAdminDatabase(database) {
 		c, err := s.consoleLogin(r, w, gen, user, log)
 		if err != nil {
 			return nil, err
@@ -232,6 +232,10 @@ func (s *Server) login(conn net.Conn, r *wire.Reader, w *wire.Writer, st *startu
 	if !ok {
 		return nil, fatalf(sqlstate.InvalidCatalogName, "database %q does not exist", database).
 			WithHint("pgrouter serves the clusters named in router.yaml: %s.", strings.Join(cfg.ClusterNames(), ", "))
+	}
+	if name, off := s.disabledFor(cluster); off {
+		log.Info("login refused: DISABLE", zap.String("disabled", name))
+		return nil, disabledError(database, name)
 	}
 	desired, err := startupSettings(st.params)
 	if err != nil {
