@@ -201,9 +201,27 @@ type Cluster struct {
 	Partitions   int      `yaml:"partitions"`
 	Shards       []*Shard `yaml:"shards"`
 	DefaultRoute string   `yaml:"default_route"`
+	// Tables are the cluster's sharded tables: each row lives on the shard
+	// that owns the partition of its key column, hashed as routed
+	// functions' keys are. pgrouter move copies them, and guards them on
+	// the shards once ownership is recorded there.
+	Tables []*Table `yaml:"tables"`
 
 	// Name is the cluster's key in the clusters map.
 	Name string `yaml:"-"`
+	// Owners is the partition -> shard map recorded on the shards by
+	// pgrouter move (package ownership), read by the router at start and
+	// reload; it overrides the shards' partitions where it has an entry.
+	Owners map[int]string `yaml:"-"`
+}
+
+// Table is a sharded table and its key column.
+type Table struct {
+	Name string `yaml:"name"` // [schema.]table
+	Key  string `yaml:"key"`
+
+	// Table is Name split and folded by validation.
+	Table TableName `yaml:"-"`
 }
 
 // Shard is one PostgreSQL database that owns some partitions of its cluster.
@@ -334,6 +352,19 @@ func Parse(path string, data []byte) (*Config, error) {
 		return nil, err
 	}
 	return &cfg, nil
+}
+
+// Clone copies the config deeply enough to set each cluster's Owners on the
+// copy (package proxy reads the partition map again with the same config).
+func (c *Config) Clone() *Config {
+	out := *c
+	out.Clusters = make(map[string]*Cluster, len(c.Clusters))
+	for name, cl := range c.Clusters {
+		cp := *cl
+		cp.Owners = nil
+		out.Clusters[name] = &cp
+	}
+	return &out
 }
 
 // ClusterNames returns the cluster names in a stable order.

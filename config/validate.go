@@ -88,6 +88,35 @@ func (c *Config) validate() error {
 	return l.err()
 }
 
+// validateTables checks a cluster's sharded tables and splits their names.
+func validateTables(l *errorList, path string, cl *Cluster) {
+	seen := map[TableName]string{}
+	for i, t := range cl.Tables {
+		tp := fmt.Sprintf("%s.tables[%d]", path, i)
+		if t == nil {
+			l.add(tp, "is empty")
+			continue
+		}
+		schema, name, qualified := strings.Cut(t.Name, ".")
+		if !qualified {
+			schema, name = "public", t.Name
+		}
+		if !identRE.MatchString(schema) || !identRE.MatchString(name) {
+			l.add(tp+".name", "%q is not [schema.]table with plain identifiers (letters, digits, _ and $)", t.Name)
+			continue
+		}
+		if !identRE.MatchString(t.Key) {
+			l.add(tp+".key", "%q is not a column name (a plain identifier): the column whose value routed calls pass as their key", t.Key)
+		}
+		t.Table = TableName{Schema: strings.ToLower(schema), Name: strings.ToLower(name)}
+		t.Key = strings.ToLower(t.Key)
+		if prev, dup := seen[t.Table]; dup {
+			l.add(tp+".name", "%s is already listed at %s", t.Table, prev)
+		}
+		seen[t.Table] = tp
+	}
+}
+
 // MaxPeerID is the largest peer_id: the id takes 14 bits of the cancel
 // key's process id (as in pgbouncer, whose peer ids have the same range).
 const MaxPeerID = 16383
@@ -350,6 +379,9 @@ func (c *Config) validateClusters(l *errorList) {
 			}
 			shardOwner[sh.Name] = name
 			list, err := ParsePartitions(sh.Partitions, cl.Partitions, len(cl.Shards))
+			if _, given := c.lines[sp+".partitions"]; given && strings.TrimSpace(sh.Partitions) == "" && len(cl.Shards) > 1 {
+				list, err = []int{}, nil // partitions: "" is a shard ready to receive some (pgrouter move)
+			}
 			if err != nil {
 				l.add(sp+".partitions", "%v", err)
 				continue
@@ -375,6 +407,7 @@ func (c *Config) validateClusters(l *errorList) {
 		if cl.DefaultRoute != "" {
 			c.validateRoute(l, path+".default_route", cl.DefaultRoute, cl)
 		}
+		validateTables(l, path, cl)
 	}
 	if c.DefaultRoute == "" {
 		c.DefaultRoute = RouteError

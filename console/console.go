@@ -44,6 +44,8 @@ var Commands = [][2]string{
 	{"RELOAD", "read router.yaml again and swap it in (also SIGHUP)"},
 	{"PAUSE [shard]", "hold new transactions (on one shard, or all) and wait for running ones to finish"},
 	{"RESUME [shard]", "release what PAUSE held"},
+	{"PAUSE PARTITIONS cluster 6-7", "hold the routed calls of those partitions (a partition move's cut-over)"},
+	{"RESUME PARTITIONS cluster", "release what PAUSE PARTITIONS held; held calls are routed by the map in force"},
 	{"SHUTDOWN", "stop accepting, let transactions finish, exit (also SIGTERM)"},
 	{"SHOW DATABASES", "pgbouncer's: a row per cluster and per shard, with pool settings, connections, paused, disabled"},
 	{"SHOW LISTS", "pgbouncer's: counts of databases, users, pools, clients, servers"},
@@ -70,6 +72,10 @@ type adminCommand struct {
 	verb  string // SHOW, RELOAD, PAUSE, RESUME, SHUTDOWN
 	what  string // SHOW's object, upper case; PAUSE/RESUME's shard ("" = all)
 	fleet bool   // PAUSE, RESUME or RELOAD PEERS: on every instance
+	// parts: PAUSE PARTITIONS cluster spec, RESUME PARTITIONS cluster (what
+	// is the cluster, spec the partitions).
+	parts bool
+	spec  string
 }
 
 // isPeers reports whether a command's argument is the keyword PEERS, in
@@ -125,6 +131,16 @@ func parseAdmin(sql string) ([]adminCommand, error) {
 				cmd.what = unquote(args[0])
 			}
 		case "PAUSE", "RESUME":
+			if len(args) > 0 && strings.EqualFold(args[0], "PARTITIONS") {
+				if (verb == "PAUSE" && len(args) != 3) || (verb == "RESUME" && len(args) != 2) {
+					return nil, unknownAdmin(stmt)
+				}
+				cmd.parts, cmd.what = true, unquote(args[1])
+				if verb == "PAUSE" {
+					cmd.spec = args[2]
+				}
+				break
+			}
 			if len(args) > 1 {
 				return nil, unknownAdmin(stmt)
 			}
@@ -250,6 +266,9 @@ func (a *session) exec(cmd adminCommand) error {
 	s := a.srv
 	if cmd.fleet {
 		return a.fleet(cmd.verb)
+	}
+	if cmd.parts {
+		return a.pauseParts(cmd)
 	}
 	switch cmd.verb {
 	case "SHOW":

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
+	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/pool"
 	"github.com/pgrouter/pgrouter/proxy"
 	"github.com/pgrouter/pgrouter/sqlstate"
@@ -367,4 +368,26 @@ func (con *Console) showMem() *resultSet {
 func notSupported(what string) error {
 	return errorf(sqlstate.FeatureNotSupported, "pgrouter: SHOW %s is not supported: it lists pgbouncer's sockets and the file descriptors it passes to a new process on an online restart", what).
 		WithHint("SHOW CLIENTS and SHOW SERVERS list the connections; rolling restarts use listen_reuseport.")
+}
+
+// pauseParts is PAUSE PARTITIONS cluster spec and RESUME PARTITIONS cluster.
+func (a *session) pauseParts(cmd adminCommand) error {
+	cl, ok := a.srv.Map().Cluster(cmd.what)
+	if !ok {
+		return errorf(sqlstate.UndefinedObject, "pgrouter: cluster %q does not exist", cmd.what).
+			WithHint("SHOW DATABASES lists the clusters.")
+	}
+	if cmd.verb == "RESUME" {
+		a.srv.ResumePartitions(cl.Name)
+		a.log.Info("RESUME PARTITIONS", zap.String("cluster", cl.Name))
+		return a.c.Send(&pgproto3.CommandComplete{CommandTag: []byte("RESUME")})
+	}
+	parts, err := config.ParsePartitions(cmd.spec, cl.Partitions, 2)
+	if err != nil {
+		return errorf(sqlstate.SyntaxError, "pgrouter: PAUSE PARTITIONS %s %s: %v", cl.Name, cmd.spec, err).
+			WithHint("Partitions are numbers or ranges: 6-7, or 3,5.")
+	}
+	a.srv.PausePartitions(cl.Name, parts)
+	a.log.Info("PAUSE PARTITIONS", zap.String("cluster", cl.Name), zap.Ints("partitions", parts))
+	return a.c.Send(&pgproto3.CommandComplete{CommandTag: []byte("PAUSE")})
 }

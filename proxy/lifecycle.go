@@ -24,31 +24,39 @@ import (
 // metrics_listen keep their old values (a listener is not moved under its
 // clients); the returned notes say so.
 func (s *Server) Reload() (notes []string, err error) {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return nil, errors.New("pgrouter is shutting down")
+	return s.swap(true, func(old *generation) (*config.Config, []string, error) {
+		return s.reread(old)
+	})
+}
+
+// RefreshOwnership reads again where the shards record the partitions of
+// the clusters with tables (a router saw a guard refuse a write: a move
+// changed the map), and swaps in a map that follows it, the config in force
+// otherwise unchanged. Concurrent calls are folded into one.
+func (s *Server) RefreshOwnership() {
+	if !s.refreshing.CompareAndSwap(false, true) {
+		return
 	}
-	s.wg.Add(1) // Close waits for the reload (which starts catalog loaders)
-	s.mu.Unlock()
-	defer s.wg.Done()
-	s.reloadMu.Lock()
-	defer s.reloadMu.Unlock()
-	defer func() {
-		if err != nil {
-			s.reloads.failed.Add(1)
-			s.log.Error("reload failed; the running config is unchanged", zap.Error(err))
-		} else {
-			s.reloads.ok.Add(1)
-		}
-	}()
-	old := s.gen.Load()
-	if old.cfg.Path == "" {
-		return nil, errors.New("pgrouter was started without a config file: there is nothing to reload")
-	}
-	cfg, err := config.Load(old.cfg.Path)
+	defer s.refreshing.Store(false)
+	_, err := s.swap(false, func(old *generation) (*config.Config, []string, error) {
+		cfg := old.cfg.Clone()
+		readOwnership(cfg, s.log)
+		return cfg, nil, nil
+	})
 	if err != nil {
-		return nil, err
+		s.log.Warn("reading the partition map from the shards failed", zap.Error(err))
+	}
+}
+
+// reread loads router.yaml again for Reload, keeping what changes only at
+// a restart, and reads the partition map the shards record.
+func (s *Server) reread(old *generation) (cfg *config.Config, notes []string, err error) {
+	if old.cfg.Path == "" {
+		return nil, nil, errors.New("pgrouter was started without a config file: there is nothing to reload")
+	}
+	cfg, err = config.Load(old.cfg.Path)
+	if err != nil {
+		return nil, nil, err
 	}
 	if cfg.Listen != old.cfg.Listen {
 		notes = append(notes, fmt.Sprintf("listen changed to %s: it takes effect at the next restart", cfg.Listen))
@@ -62,12 +70,44 @@ func (s *Server) Reload() (notes []string, err error) {
 		notes = append(notes, fmt.Sprintf("peer_id changed to %d: it takes effect at the next restart (the clients' cancel keys carry the old one)", cfg.PeerID))
 		cfg.PeerID = old.cfg.PeerID
 		if _, ok := cfg.Peers[cfg.PeerID]; len(cfg.Peers) > 0 && !ok {
-			return nil, fmt.Errorf("peers has no entry for the peer_id in force, %d (peer_id changes at restart only)", cfg.PeerID)
+			return nil, nil, fmt.Errorf("peers has no entry for the peer_id in force, %d (peer_id changes at restart only)", cfg.PeerID)
 		}
 	}
 	if cfg.MetricsListen != old.cfg.MetricsListen {
 		notes = append(notes, fmt.Sprintf("metrics_listen changed to %q: it takes effect at the next restart", cfg.MetricsListen))
 		cfg.MetricsListen = old.cfg.MetricsListen
+	}
+	readOwnership(cfg, s.log)
+	return cfg, notes, nil
+}
+
+// swap puts in force the config next returns, with its notes; counted says
+// whether it is a RELOAD (SHOW INSTANCE's generation, /metrics).
+func (s *Server) swap(counted bool, next func(old *generation) (*config.Config, []string, error)) (notes []string, err error) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, errors.New("pgrouter is shutting down")
+	}
+	s.wg.Add(1) // Close waits for the reload (which starts catalog loaders)
+	s.mu.Unlock()
+	defer s.wg.Done()
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	defer func() {
+		switch {
+		case !counted:
+		case err != nil:
+			s.reloads.failed.Add(1)
+			s.log.Error("reload failed; the running config is unchanged", zap.Error(err))
+		default:
+			s.reloads.ok.Add(1)
+		}
+	}()
+	old := s.gen.Load()
+	cfg, notes, err := next(old)
+	if err != nil {
+		return nil, err
 	}
 	gen, err := loadGeneration(cfg)
 	if err != nil {

@@ -1,6 +1,9 @@
 package proxy
 
 import (
+	"sort"
+	"time"
+
 	"github.com/pgrouter/pgrouter/shardmap"
 	"github.com/pgrouter/pgrouter/sqlstate"
 )
@@ -91,4 +94,102 @@ func (s *Server) LoginCount() int {
 		}
 	}
 	return n
+}
+
+// partitionPause is the partitions of one cluster a partition move's
+// cut-over holds: routed calls for them wait until done is closed.
+type partitionPause struct {
+	parts map[int]bool
+	done  chan struct{}
+}
+
+// PausePartitions holds the routed calls of a cluster's partitions (PAUSE
+// PARTITIONS): they wait, up to query_wait_timeout, until
+// ResumePartitions, and are then routed with the map in force then. Calls
+// already sent go on: a move's freeze waits for them on the shard.
+func (s *Server) PausePartitions(cluster string, parts []int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	next := map[string]*partitionPause{}
+	if cur := s.partPauses.Load(); cur != nil {
+		for k, v := range *cur {
+			next[k] = v
+		}
+	}
+	pp := &partitionPause{parts: map[int]bool{}, done: make(chan struct{})}
+	if old := next[cluster]; old != nil { // widen: callers of the old pause keep waiting on it
+		for p := range old.parts {
+			pp.parts[p] = true
+		}
+		pp.done = old.done
+	}
+	for _, p := range parts {
+		pp.parts[p] = true
+	}
+	next[cluster] = pp
+	s.partPauses.Store(&next)
+}
+
+// ResumePartitions releases what PausePartitions holds for a cluster.
+func (s *Server) ResumePartitions(cluster string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur := s.partPauses.Load()
+	if cur == nil || (*cur)[cluster] == nil {
+		return
+	}
+	close((*cur)[cluster].done)
+	next := map[string]*partitionPause{}
+	for k, v := range *cur {
+		if k != cluster {
+			next[k] = v
+		}
+	}
+	if len(next) == 0 {
+		s.partPauses.Store(nil)
+		return
+	}
+	s.partPauses.Store(&next)
+}
+
+// PausedPartitions lists a cluster's paused partitions, sorted.
+func (s *Server) PausedPartitions(cluster string) []int {
+	cur := s.partPauses.Load()
+	if cur == nil || (*cur)[cluster] == nil {
+		return nil
+	}
+	var out []int
+	for p := range (*cur)[cluster].parts {
+		out = append(out, p)
+	}
+	sort.Ints(out)
+	return out
+}
+
+// partitionWait returns what a routed call for partition p of cluster
+// waits on, or nil when it is not paused.
+func (s *Server) partitionWait(cluster string, p int) <-chan struct{} {
+	cur := s.partPauses.Load()
+	if cur == nil {
+		return nil
+	}
+	if pp := (*cur)[cluster]; pp != nil && pp.parts[p] {
+		return pp.done
+	}
+	return nil
+}
+
+// awaitPartition waits for a paused partition, up to query_wait_timeout.
+func (s *session) awaitPartition(done <-chan struct{}, p int) error {
+	t := time.NewTimer(s.waitTimeout)
+	defer t.Stop()
+	select {
+	case <-done:
+		return nil
+	case <-t.C:
+		return errorf(sqlstate.TooManyConnections, "pgrouter: query_wait_timeout: partition %d of cluster %s is paused (a partition move's cut-over) and was not resumed within %s", p, s.cluster.Name, s.waitTimeout).
+			WithHint("pgrouter move --resume finishes the move and resumes it; RESUME PARTITIONS %s on the admin console releases it by hand.", s.cluster.Name)
+	case <-s.srv.ctx.Done():
+		return ShutdownError()
+	}
 }

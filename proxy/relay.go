@@ -232,6 +232,14 @@ func (s *session) serverError(m wire.Message, head *request) error {
 	if !head.internal || head.replace != nil {
 		s.reqFailed = true
 	}
+	if code, msg := errorFields(m.Body()); isMovedError(code, msg) {
+		// A shard's ownership guard refused a write: the map is stale.
+		s.srv.wg.Add(1)
+		go func() {
+			defer s.srv.wg.Done()
+			s.srv.RefreshOwnership()
+		}()
+	}
 	switch head.kind {
 	case reqQuery, reqFunctionCall, reqSync: // an error at Sync is a failed implicit COMMIT
 		switch {
@@ -277,21 +285,31 @@ func isFatal(body []byte) bool {
 
 // errorCode extracts the SQLSTATE field of an ErrorResponse body.
 func errorCode(body []byte) string {
+	code, _ := errorFields(body)
+	return code
+}
+
+// errorFields extracts the SQLSTATE and message fields of an ErrorResponse
+// body.
+func errorFields(body []byte) (code, message string) {
 	for len(body) > 1 {
 		field := body[0]
 		end := 1
 		for end < len(body) && body[end] != 0 {
 			end++
 		}
-		if field == 'C' {
-			return string(body[1:end])
+		switch field {
+		case 'C':
+			code = string(body[1:end])
+		case 'M':
+			message = string(body[1:end])
 		}
 		if end >= len(body) {
 			break
 		}
 		body = body[end+1:]
 	}
-	return ""
+	return code, message
 }
 
 // serverEnded handles a FATAL from the server: the server connection is

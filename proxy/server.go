@@ -78,19 +78,25 @@ type Server struct {
 	// console serves logins to the admin database (SetConsole).
 	console atomic.Pointer[Console]
 
-	mu        sync.Mutex
-	disabled  map[string]bool // clusters and shards DISABLE refuses logins to
-	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]bool     // true once the client has logged in
-	sessions  map[*session]struct{} // logged-in clients, for SHOW CLIENTS
-	closed    bool
-	done      chan struct{} // closed when Close has finished
+	mu       sync.Mutex
+	disabled map[string]bool // clusters and shards DISABLE refuses logins to
+	// refreshing: a RefreshOwnership is running (others fold into it).
+	refreshing atomic.Bool
+	// partPauses: the partitions PAUSE PARTITIONS holds, by cluster (nil:
+	// none, the routed call's only cost).
+	partPauses atomic.Pointer[map[string]*partitionPause]
+	listeners  map[net.Listener]struct{}
+	conns      map[net.Conn]bool     // true once the client has logged in
+	sessions   map[*session]struct{} // logged-in clients, for SHOW CLIENTS
+	closed     bool
+	done       chan struct{} // closed when Close has finished
 
 	wg sync.WaitGroup // one per connection goroutine
 }
 
 // NewServer builds a server from a validated config. log may be nil.
 func NewServer(cfg *config.Config, log *zap.Logger) (*Server, error) {
+	readOwnership(cfg, log)
 	if log == nil {
 		log = zap.NewNop()
 	}

@@ -152,6 +152,9 @@ type Route struct {
 	Target Target
 	Shard  *shardmap.Shard // TargetShard
 	Call   *Call           // TargetAll: the call whose results are combined
+	// Partition is the partition of the key a TargetShard route follows
+	// (-1 for other targets), which a partition move may hold paused.
+	Partition int
 }
 
 // Route decides where a planned statement goes; params are the Bind's
@@ -161,7 +164,7 @@ func (r *Router) Route(p *Plan, params wire.BindMsg) (Route, *Error) {
 	if p.Err != nil {
 		return Route{}, p.Err
 	}
-	var route Route
+	route := Route{Partition: -1}
 	sawAny := false
 	for i := range p.Calls {
 		c := &p.Calls[i]
@@ -175,31 +178,31 @@ func (r *Router) Route(p *Plan, params wire.BindMsg) (Route, *Error) {
 			if len(p.Calls) > 1 {
 				return Route{}, planError(sqlstate.FeatureNotSupported, "a call of %s (run_on: all) must be alone in its statement", c.Fn.FullName())
 			}
-			return Route{Target: TargetAll, Call: c}, nil
+			return Route{Target: TargetAll, Call: c, Partition: -1}, nil
 		case shardmap.RunAny:
 			sawAny = true
 			continue
 		}
-		sh, err := r.shardFor(c, params)
+		sh, part, err := r.shardFor(c, params)
 		if err != nil {
 			return Route{}, err
 		}
 		if route.Shard != nil && route.Shard != sh {
 			return Route{}, planError(sqlstate.FeatureNotSupported, "the statement calls %s for shard %s and for shard %s; one statement must stay on one shard", c.Fn.FullName(), route.Shard.Name, sh.Name)
 		}
-		route = Route{Target: TargetShard, Shard: sh}
+		route = Route{Target: TargetShard, Shard: sh, Partition: part}
 	}
 	switch {
 	case route.Shard != nil:
 		return route, nil
 	case sawAny || p.AnyShard:
-		return Route{Target: TargetAny}, nil
+		return Route{Target: TargetAny, Partition: -1}, nil
 	}
-	return Route{Target: TargetDefault}, nil
+	return Route{Target: TargetDefault, Partition: -1}, nil
 }
 
-// shardFor computes the shard owning a call's key.
-func (r *Router) shardFor(c *Call, params wire.BindMsg) (*shardmap.Shard, *Error) {
+// shardFor computes the shard owning a call's key, and the key's partition.
+func (r *Router) shardFor(c *Call, params wire.BindMsg) (*shardmap.Shard, int, *Error) {
 	var value []byte
 	var bin, null bool
 	switch c.Key.Kind {
@@ -211,28 +214,29 @@ func (r *Router) shardFor(c *Call, params wire.BindMsg) (*shardmap.Shard, *Error
 		var ok bool
 		value, bin, null, ok = params.Param(c.Key.Param)
 		if !ok {
-			return nil, planError(sqlstate.ProtocolViolation, "the Bind for %s has no parameter $%d (its key %s)", c.Fn.FullName(), c.Key.Param+1, c.Key.Arg)
+			return nil, -1, planError(sqlstate.ProtocolViolation, "the Bind for %s has no parameter $%d (its key %s)", c.Fn.FullName(), c.Key.Param+1, c.Key.Arg)
 		}
 	}
 	if null {
-		return nil, &Error{Code: sqlstate.NullValueNotAllowed, Message: "pgrouter: shard key " + c.Key.Arg + " of " + c.Fn.FullName() + " is NULL"}
+		return nil, -1, &Error{Code: sqlstate.NullValueNotAllowed, Message: "pgrouter: shard key " + c.Key.Arg + " of " + c.Fn.FullName() + " is NULL"}
 	}
 	cl := r.Cluster
 	if c.Fn.RunOn == shardmap.RunPartition {
 		n, err := intKey(value, bin, c.Key.ParamType)
 		if err != nil {
-			return nil, keyError(c, err)
+			return nil, -1, keyError(c, err)
 		}
 		if n < 0 || n >= int64(cl.Partitions) {
-			return nil, planError(sqlstate.NumericValueOutOfRange, "partition %d for %s is out of range 0-%d", n, c.Fn.FullName(), cl.Partitions-1)
+			return nil, -1, planError(sqlstate.NumericValueOutOfRange, "partition %d for %s is out of range 0-%d", n, c.Fn.FullName(), cl.Partitions-1)
 		}
-		return cl.ShardOf(int(n)), nil
+		return cl.ShardOf(int(n)), int(n), nil
 	}
 	h, err := hashKey(cl.Hash, c.Key.Type, c.Key.ParamType, value, bin)
 	if err != nil {
-		return nil, keyError(c, err)
+		return nil, -1, keyError(c, err)
 	}
-	return cl.ShardOfHash(h), nil
+	part := shardmap.Partition(h, cl.Partitions)
+	return cl.ShardOf(part), part, nil
 }
 
 func keyError(c *Call, err error) *Error {

@@ -101,13 +101,25 @@ func New(cfg *config.Config) (*Map, error) {
 			return nil, fmt.Errorf("cluster %s: unknown hash %q", name, cc.Hash)
 		}
 		cl := &Cluster{Name: name, Hash: hash, Partitions: cc.Partitions, owner: make([]*Shard, cc.Partitions)}
+		byName := map[string]*Shard{}
 		for i, sc := range cc.Shards {
-			sh := &Shard{Name: sc.Name, DSN: sc.DSN, Cluster: name, Index: i, Partitions: sc.PartitionList}
+			sh := &Shard{Name: sc.Name, DSN: sc.DSN, Cluster: name, Index: i}
 			for _, p := range sc.PartitionList {
 				cl.owner[p] = sh
 			}
 			cl.Shards = append(cl.Shards, sh)
 			m.shards[sh.Name] = sh
+			byName[sh.Name] = sh
+		}
+		for p, owner := range cc.Owners { // recorded on the shards by a move: it wins
+			if sh, ok := byName[owner]; ok && p >= 0 && p < cc.Partitions {
+				cl.owner[p] = sh
+			}
+		}
+		for p, sh := range cl.owner {
+			if sh != nil {
+				sh.Partitions = append(sh.Partitions, p)
+			}
 		}
 		for p, sh := range cl.owner {
 			if sh == nil {

@@ -28,7 +28,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), checkCmd(), seqCmd(), refsyncCmd(), benchCmd(), demoCmd(), versionCmd())
+	root.AddCommand(serveCmd(), checkCmd(), seqCmd(), refsyncCmd(), moveCmd(), benchCmd(), demoCmd(), versionCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "pgrouter:", err)
 		os.Exit(1)

@@ -1,0 +1,275 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgrouter/pgrouter/internal/pgtest"
+	"github.com/pgrouter/pgrouter/internal/pgtest/testenv"
+	"github.com/pgrouter/pgrouter/shardmap"
+)
+
+// moveUsers is how many accounts the move tests load.
+const moveUsers = 20000
+
+// partitionOf is the partition of a username in a cluster of 8 partitions
+// with hash: hashtext, as the router computes it.
+func partitionOf(username string) int {
+	return shardmap.Partition(shardmap.HashText.Text([]byte(username)), 8)
+}
+
+// moveCluster starts three shards (s0 holds 0-3, s1 4-7, s2 nothing), loads
+// the accounts where the hash places them, and writes router.yaml files for
+// n routers that are each other's peers. It returns the shards, the paths
+// and the routers' addresses.
+func moveCluster(t *testing.T, ctx context.Context, n int) ([]*pgtest.Server, []string, []string) {
+	t.Helper()
+	servers := testenv.Servers(t, 3, pgtest.Options{})
+	const schema = `CREATE TABLE accounts (id bigint PRIMARY KEY, username text NOT NULL UNIQUE, balance bigint NOT NULL DEFAULT 0);
+CREATE FUNCTION bump(i_username text) RETURNS bigint LANGUAGE sql AS
+	$$ UPDATE accounts SET balance = balance + 1 WHERE username = i_username RETURNING balance $$;
+CREATE FUNCTION add_account(i_username text, i_id bigint) RETURNS bigint LANGUAGE sql AS
+	$$ INSERT INTO accounts (id, username) VALUES (i_id, i_username) RETURNING id $$;`
+	var conns []*pgx.Conn
+	for _, s := range servers {
+		conn, err := pgx.Connect(ctx, s.DSN("postgres"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close(context.Background()) })
+		if _, err := conn.Exec(ctx, schema); err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, conn)
+	}
+	rows := [2][][]any{}
+	for i := 1; i <= moveUsers; i++ {
+		name := strconv.Itoa(i) // a text key pgbench can pass as a parameter
+		shard := partitionOf(name) / 4
+		rows[shard] = append(rows[shard], []any{int64(i), name})
+	}
+	for i := range 2 {
+		if _, err := conns[i].CopyFrom(ctx, pgx.Identifier{"accounts"}, []string{"id", "username"}, pgx.CopyFromRows(rows[i])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	var addrs, peerList, paths []string
+	for i := range n {
+		addrs = append(addrs, freeAddr(t))
+		peerList = append(peerList, fmt.Sprintf("%d: %q", i+1, addrs[i]))
+	}
+	for i := range n {
+		path := filepath.Join(dir, fmt.Sprintf("router%d.yaml", i+1))
+		writeFile(t, path, fmt.Sprintf(`listen: %s
+auth: {type: trust}
+admin_users: [postgres]
+log: {level: info, format: json}
+pool: {mode: transaction, size: 4, query_wait_timeout: 20s}
+peer_id: %d
+peers: {%s}
+clusters:
+  main:
+    hash: hashtext
+    partitions: 8
+    shards:
+      - {name: s0, dsn: %q, partitions: "0-3"}
+      - {name: s1, dsn: %q, partitions: "4-7"}
+      - {name: s2, dsn: %q, partitions: ""}
+    tables:
+      - {name: accounts, key: username}
+functions:
+  - {name: bump, key: i_username}
+  - {name: add_account, key: i_username}
+`, addrs[i], i+1, strings.Join(peerList, ", "), servers[0].DSN("postgres"), servers[1].DSN("postgres"), servers[2].DSN("postgres")))
+		paths = append(paths, path)
+	}
+	return servers, paths, addrs
+}
+
+// accountsOn counts a shard's accounts in and out of partitions 6-7, and
+// sums all balances there.
+func accountsOn(t *testing.T, ctx context.Context, s *pgtest.Server) (moved, others, balance int64) {
+	t.Helper()
+	conn, err := pgx.Connect(ctx, s.DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, "SELECT username, balance FROM accounts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var name string
+		var b int64
+		if err := rows.Scan(&name, &b); err != nil {
+			t.Fatal(err)
+		}
+		if p := partitionOf(name); p == 6 || p == 7 {
+			moved++
+		} else {
+			others++
+		}
+		balance += b
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return moved, others, balance
+}
+
+// TestMoveUnderLoad moves partitions 6-7 of 8 (about 5,000 of 20,000
+// accounts) from s1 to an empty s2 while pgbench calls a routed increment
+// through one of two pgrouter peers, retrying 40001: no account is lost
+// or doubled, the balances add up to the transactions pgbench committed,
+// both peers route to s2 after the move, a router that was not told (not a
+// peer) is refused by s1's guard and then routes right, and a router
+// started from the same router.yaml routes to s2.
+func TestMoveUnderLoad(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	servers, paths, addrs := moveCluster(t, ctx, 2)
+	runRouter(ctx, t, paths[0], addrs[0])
+	runRouter(ctx, t, paths[1], addrs[1])
+	// A router that is nobody's peer: its map goes stale.
+	stalePath := filepath.Join(t.TempDir(), "stale.yaml")
+	staleAddr := freeAddr(t)
+	data, err := os.ReadFile(paths[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := regexp.MustCompile(`(?m)^(peer_id|peers):.*\n`).ReplaceAllString(strings.Replace(string(data), addrs[0], staleAddr, 1), "")
+	writeFile(t, stalePath, stale)
+	runRouter(ctx, t, stalePath, staleAddr)
+
+	pgbench, err := exec.LookPath("pgbench")
+	if err != nil {
+		t.Fatal("pgbench is not installed")
+	}
+	script := filepath.Join(t.TempDir(), "bump.sql")
+	writeFile(t, script, fmt.Sprintf("\\set n random(1, %d)\nSELECT bump(:n);\n", moveUsers))
+	host, port, _ := net.SplitHostPort(addrs[0])
+	bench := exec.CommandContext(ctx, pgbench, "-n", "-M", "extended", "-f", script, "-c", "8", "-j", "2", "-T", "10", "--max-tries", "20", "-h", host, "-p", port, "-U", "postgres", "main")
+	var benchOut syncBuffer
+	bench.Stdout, bench.Stderr = &benchOut, &benchOut
+	if err := bench.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	out, code := pgrouter(ctx, t, "move", "-c", paths[0], "--cluster", "main", "--partitions", "6-7", "--to", "s2")
+	if code != 0 || !strings.Contains(out, "moved partitions 6-7 of cluster main from s1 to s2") {
+		t.Fatalf("pgrouter move (exit %d):\n%s", code, out)
+	}
+	t.Logf("move:\n%s", out)
+	if err := bench.Wait(); err != nil {
+		t.Fatalf("pgbench: %v\n%s", err, benchOut.String())
+	}
+	processed := pgbenchProcessed(t, benchOut.String())
+	if m := regexp.MustCompile(`number of failed transactions: (\d+)`).FindStringSubmatch(benchOut.String()); m == nil || m[1] != "0" {
+		t.Fatalf("pgbench saw failed transactions:\n%s", benchOut.String())
+	}
+	maxLatency := regexp.MustCompile(`number of transactions retried: .*`).FindString(benchOut.String())
+	t.Logf("pgbench: %d transactions; %s", processed, maxLatency)
+
+	var total, balance int64
+	for i, s := range servers {
+		moved, others, b := accountsOn(t, ctx, s)
+		switch {
+		case i == 2 && others != 0:
+			t.Fatalf("s2 holds %d accounts of partitions it does not own", others)
+		case i < 2 && moved != 0:
+			t.Fatalf("s%d still holds %d accounts of partitions 6-7", i, moved)
+		}
+		total += moved + others
+		balance += b
+	}
+	if total != moveUsers || balance != int64(processed) {
+		t.Fatalf("after the move: %d accounts (want %d), balances add up to %d (pgbench committed %d)", total, moveUsers, balance, processed)
+	}
+
+	// Every router sends partition 6's keys to s2: the peers at once, the
+	// router that was not told after s1's guard refuses its first write
+	// there, a router started from the same router.yaml at once.
+	s2, err := pgx.Connect(ctx, servers[2].DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close(ctx)
+	var victim string
+	for i := 1; victim == ""; i++ {
+		if name := strconv.Itoa(i); partitionOf(name) == 6 {
+			victim = name
+		}
+	}
+	balanceOnS2 := func() int64 {
+		var b int64
+		if err := s2.QueryRow(ctx, "SELECT balance FROM accounts WHERE username = $1", victim).Scan(&b); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	call := func(addr, sql string, args ...any) error {
+		conn, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres@%s/main?sslmode=disable", addr))
+		if err != nil {
+			return err
+		}
+		defer conn.Close(ctx)
+		var v int64
+		return conn.QueryRow(ctx, sql, args...).Scan(&v)
+	}
+	for _, addr := range addrs {
+		before := balanceOnS2()
+		if err := call(addr, "SELECT bump($1)", victim); err != nil {
+			t.Fatalf("a peer after the move: %v", err)
+		}
+		if after := balanceOnS2(); after != before+1 {
+			t.Fatalf("a bump through a peer: balance on s2 %d -> %d", before, after)
+		}
+	}
+	newcomer := ""
+	for i := moveUsers + 1; newcomer == ""; i++ {
+		if name := strconv.Itoa(i); partitionOf(name) == 7 {
+			newcomer = name
+		}
+	}
+	err = call(staleAddr, "SELECT add_account($1, 999999)", newcomer)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "40001" || !strings.HasPrefix(pgErr.Message, "pgrouter: partition 7 of cluster main is not on shard s1") {
+		t.Fatalf("the stale router's first write after the move: %v (want 40001 from s1's guard)", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for err = call(staleAddr, "SELECT add_account($1, 999999)", newcomer); err != nil && time.Now().Before(deadline); err = call(staleAddr, "SELECT add_account($1, 999999)", newcomer) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("the stale router after a refusal: %v", err)
+	}
+	var n int
+	if err := s2.QueryRow(ctx, "SELECT count(*) FROM accounts WHERE username = $1", newcomer).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("the account the stale router added is not on s2 (%d, %v)", n, err)
+	}
+	restarted := freeAddr(t)
+	writeFile(t, stalePath, strings.Replace(stale, staleAddr, restarted, 1))
+	runRouter(ctx, t, stalePath, restarted)
+	before := balanceOnS2()
+	if err := call(restarted, "SELECT bump($1)", victim); err != nil {
+		t.Fatalf("a router started from the same router.yaml after the move: %v", err)
+	}
+	if after := balanceOnS2(); after != before+1 {
+		t.Fatalf("a bump through a router started after the move: balance on s2 %d -> %d", before, after)
+	}
+}
