@@ -460,6 +460,11 @@ func (m *mover) run(ctx context.Context, phase string) error {
 		if err := r.Reload(ctx); err != nil {
 			m.log("warning: %v; a router that missed the reload reads the new map when %s refuses one of its writes, or at its next start", err, m.source)
 		}
+		// Release the held calls now, to the new map (also on a --resume
+		// after a kill that left them held).
+		if err := r.Resume(ctx, m.cluster.Name); err != nil {
+			m.log("warning: resume the partitions on the routers: %v (RESUME PARTITIONS %s on their consoles)", err, m.cluster.Name)
+		}
 	}
 	if !m.opts.KeepSource {
 		if err := m.removeSource(ctx); err != nil {

@@ -4,6 +4,8 @@ import (
 	"sort"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/pgrouter/pgrouter/shardmap"
 	"github.com/pgrouter/pgrouter/sqlstate"
 )
@@ -128,6 +130,17 @@ func (s *Server) PausePartitions(cluster string, parts []int) {
 	}
 	next[cluster] = pp
 	s.partPauses.Store(&next)
+	// A mover killed while the partitions are held must not hold them for
+	// ever: after query_wait_timeout (the longest any call waits) they are
+	// released to the map in force, whose guards refuse what a half-done
+	// cut-over cannot take yet (40001).
+	expiry := s.gen.Load().cfg.Pool.QueryWaitTimeout.D()
+	time.AfterFunc(expiry, func() {
+		if cur := s.partPauses.Load(); cur != nil && (*cur)[cluster] != nil && (*cur)[cluster].done == pp.done {
+			s.log.Warn("PAUSE PARTITIONS expired: releasing the held calls", zap.String("cluster", cluster), zap.Duration("after", expiry))
+			s.ResumePartitions(cluster)
+		}
+	})
 }
 
 // ResumePartitions releases what PausePartitions holds for a cluster.

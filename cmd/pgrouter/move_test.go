@@ -273,3 +273,172 @@ func TestMoveUnderLoad(t *testing.T) {
 		t.Fatalf("a bump through a router started after the move: balance on s2 %d -> %d", before, after)
 	}
 }
+
+// startBump runs pgbench calling bump through addr for d, retrying 40001.
+func startBump(ctx context.Context, t *testing.T, addr string, d time.Duration) (*exec.Cmd, *syncBuffer) {
+	t.Helper()
+	pgbench, err := exec.LookPath("pgbench")
+	if err != nil {
+		t.Fatal("pgbench is not installed")
+	}
+	script := filepath.Join(t.TempDir(), "bump.sql")
+	writeFile(t, script, fmt.Sprintf("\\set n random(1, %d)\nSELECT bump(:n);\n", moveUsers))
+	host, port, _ := net.SplitHostPort(addr)
+	bench := exec.CommandContext(ctx, pgbench, "-n", "-M", "extended", "-f", script, "-c", "4", "-j", "2", "-T", strconv.Itoa(int(d.Seconds())),
+		"--max-tries", "50", "-h", host, "-p", port, "-U", "postgres", "main")
+	out := &syncBuffer{}
+	bench.Stdout, bench.Stderr = out, out
+	if err := bench.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return bench, out
+}
+
+// checkAccounts checks that the shards hold every account once, partitions
+// 6-7 on want and the others where they were, with balances adding up to
+// the transactions pgbench committed.
+func checkAccounts(t *testing.T, ctx context.Context, servers []*pgtest.Server, want int, committed int) {
+	t.Helper()
+	var total, balance int64
+	for i, s := range servers {
+		moved, others, b := accountsOn(t, ctx, s)
+		if (i == want) != (moved > 0) && !(i == want && moved == 0) || (i == 2 && others != 0) {
+			t.Fatalf("s%d holds %d accounts of partitions 6-7 and %d others (they belong on s%d)", i, moved, others, want)
+		}
+		total += moved + others
+		balance += b
+	}
+	if total != moveUsers || balance != int64(committed) {
+		t.Fatalf("%d accounts (want %d), balances add up to %d (pgbench committed %d)", total, moveUsers, balance, committed)
+	}
+}
+
+// TestMoveAbortedWhenAPeerIsDown: with one of the two routers under peers:
+// down, the move copies and catches up but does not start its cut-over; it
+// says which peer, the routers keep writing, and --abort puts everything
+// back (the partitions on s1 only, s2 empty). With both routers up, the
+// move then completes.
+func TestMoveAbortedWhenAPeerIsDown(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	servers, paths, addrs := moveCluster(t, ctx, 2)
+	runRouter(ctx, t, paths[0], addrs[0])
+	bench, benchOut := startBump(ctx, t, addrs[0], 8*time.Second)
+	time.Sleep(time.Second)
+	out, code := pgrouter(ctx, t, "move", "-c", paths[0], "--partitions", "6-7", "--to", "s2")
+	if code != 1 || !strings.Contains(out, "the cut-over did not start") || !strings.Contains(out, "peer 2 ("+addrs[1]+") cannot be reached") {
+		t.Fatalf("move with a peer down (exit %d):\n%s", code, out)
+	}
+	out, code = pgrouter(ctx, t, "move", "-c", paths[0], "--partitions", "6-7", "--to", "s2")
+	if code != 1 || !strings.Contains(out, "in progress (phase catchup): run pgrouter move --resume") {
+		t.Fatalf("a second move while one is in progress (exit %d):\n%s", code, out)
+	}
+	out, code = pgrouter(ctx, t, "move", "-c", paths[0], "--abort")
+	if code != 0 || !strings.Contains(out, "aborted: partitions 6-7 stay on s1") {
+		t.Fatalf("move --abort (exit %d):\n%s", code, out)
+	}
+	if moved, _, _ := accountsOn(t, ctx, servers[2]); moved != 0 {
+		t.Fatalf("s2 holds %d accounts of partitions 6-7 after --abort", moved)
+	}
+	runRouter(ctx, t, paths[1], addrs[1])
+	out, code = pgrouter(ctx, t, "move", "-c", paths[0], "--partitions", "6-7", "--to", "s2")
+	if code != 0 {
+		t.Fatalf("move with both peers up (exit %d):\n%s", code, out)
+	}
+	if err := bench.Wait(); err != nil {
+		t.Fatalf("pgbench: %v\n%s", err, benchOut.String())
+	}
+	if m := regexp.MustCompile(`number of failed transactions: (\d+)`).FindStringSubmatch(benchOut.String()); m == nil || m[1] != "0" {
+		t.Fatalf("pgbench saw failed transactions:\n%s", benchOut.String())
+	}
+	checkAccounts(t, ctx, servers, 2, pgbenchProcessed(t, benchOut.String()))
+}
+
+// TestMoveKilledAndResumed: under a pgbench write load, pgrouter move is
+// killed (SIGKILL) at spread-out moments, each time finished with --resume
+// (or started again when it had not recorded itself yet) and killed again:
+// in the end every account is once on the right shard, the balances add up
+// to the transactions committed, and no move state or logged key is left.
+func TestMoveKilledAndResumed(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	servers, paths, addrs := moveCluster(t, ctx, 1)
+	runRouter(ctx, t, paths[0], addrs[0])
+	bench, benchOut := startBump(ctx, t, addrs[0], 15*time.Second)
+	time.Sleep(time.Second)
+
+	moveArgs := []string{"move", "-c", paths[0], "--partitions", "6-7", "--to", "s2"}
+	resumeArgs := []string{"move", "-c", paths[0], "--resume"}
+	args, kills, finished := moveArgs, 0, false
+	// Each run is killed the moment its log shows it reached a later step:
+	// the snapshot copy, the catch-up, the freeze, the new owner recorded,
+	// the source's rows removed.
+	for _, marker := range []string{"copied public.accounts", "catch-up:", "frozen on s1", "s2 owns partitions", "removed"} {
+		cmd, logs, exited := startProcess(t, args...)
+		var err error
+	wait:
+		for {
+			select {
+			case err = <-exited:
+				break wait
+			case <-time.After(time.Millisecond):
+				if strings.Contains(logs.String(), marker) {
+					_ = cmd.Process.Kill()
+					err = <-exited
+					kills++
+					break wait
+				}
+			}
+		}
+		out := logs.String()
+		switch {
+		case err == nil || strings.Contains(out, "done: partitions 6-7"): // done before the kill landed
+			finished = true
+		case strings.Contains(out, "no move of cluster main is in progress"):
+			args = moveArgs // killed before it recorded itself: start over
+		default:
+			args = resumeArgs
+		}
+		t.Logf("killed at %q: done=%t (%v)\n%s", marker, finished, err, out)
+		if finished {
+			break
+		}
+	}
+	for attempt := 0; !finished; attempt++ {
+		out, code := pgrouter(ctx, t, args...)
+		t.Logf("last run (exit %d):\n%s", code, out)
+		switch {
+		case code == 0:
+			finished = true
+		case strings.Contains(out, "no move of cluster main is in progress"):
+			args = moveArgs
+		case attempt > 2:
+			t.Fatalf("move after %d kills (exit %d):\n%s", kills, code, out)
+		default:
+			args = resumeArgs
+		}
+	}
+	t.Logf("the move was killed %d times", kills)
+	if kills < 3 {
+		t.Fatalf("the move was killed only %d times: the test did not interrupt it", kills)
+	}
+	if err := bench.Wait(); err != nil {
+		t.Fatalf("pgbench: %v\n%s", err, benchOut.String())
+	}
+	if m := regexp.MustCompile(`number of failed transactions: (\d+)`).FindStringSubmatch(benchOut.String()); m == nil || m[1] != "0" {
+		t.Fatalf("pgbench saw failed transactions:\n%s", benchOut.String())
+	}
+	checkAccounts(t, ctx, servers, 2, pgbenchProcessed(t, benchOut.String()))
+	for i, s := range servers {
+		conn, err := pgx.Connect(ctx, s.DSN("postgres"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var moves, logged int
+		err = conn.QueryRow(ctx, "SELECT (SELECT count(*) FROM pgrouter.moves), (SELECT count(*) FROM pgrouter.move_log)").Scan(&moves, &logged)
+		conn.Close(ctx)
+		if err != nil || moves != 0 || logged != 0 {
+			t.Fatalf("s%d keeps %d moves and %d logged keys after the move (%v)", i, moves, logged, err)
+		}
+	}
+}
