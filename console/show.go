@@ -30,7 +30,7 @@ func (c *Console) showShards() *resultSet {
 		{"partitions", oidText}, {"state", oidText}, {"paused", oidBool}, {"sv_active", oidInt8}, {"sv_idle", oidInt8},
 		{"cl_waiting", oidInt8}, {"xact_count", oidInt8}, {"query_count", oidInt8}, {"avg_query_us", oidInt8},
 		{"check_latency_us", oidInt8}, {"state_since", oidTimestamptz}, {"last_error", oidText},
-		{"refsync_lag_bytes", oidInt8}, {"refsync_lag_ms", oidInt8}, {"seq_ok", oidBool},
+		{"refsync_lag_bytes", oidInt8}, {"refsync_lag_ms", oidInt8}, {"seq_ok", oidBool}, {"move", oidText},
 	}}
 	for _, st := range c.srv.ShardStatuses() {
 		host, port, db := dsnTarget(st.Shard.DSN)
@@ -48,9 +48,17 @@ func (c *Console) showShards() *resultSet {
 		rs.add(st.Shard.Cluster, st.Shard.Name, host, port, db, partitionRanges(st.Shard.Partitions), st.Health.State, st.Paused,
 			st.Stats.Active, st.Stats.Idle, st.Stats.Waiting, st.Counters.XactCount, st.Counters.QueryCount,
 			avgMicros(st.Counters.QueryTime, st.Counters.QueryCount), latency, st.Health.Since, lastErr,
-			lagBytes, lagMS, c.mon.SequencesOK(st.Shard.Cluster, st.Shard.Name))
+			lagBytes, lagMS, c.mon.SequencesOK(st.Shard.Cluster, st.Shard.Name), nullIfEmpty(c.mon.Move(st.Shard.Cluster, st.Shard.Name)))
 	}
 	return rs
+}
+
+// nullIfEmpty is s, or NULL for "".
+func nullIfEmpty(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
 }
 
 // dsnTarget returns the host, port and database a DSN connects to.

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgrouter/pgrouter/config"
+	"github.com/pgrouter/pgrouter/move"
 	"github.com/pgrouter/pgrouter/proxy"
 	"github.com/pgrouter/pgrouter/refsync"
 	"github.com/pgrouter/pgrouter/seqalloc"
@@ -42,6 +43,7 @@ type Monitor struct {
 	// storeIfCurrent and read without it.
 	seqReport     atomic.Pointer[seqalloc.Report]
 	refsyncStatus atomic.Pointer[refsync.Status]
+	moves         atomic.Pointer[[]move.Status] // partition moves in progress
 	stats         statsSampler
 }
 
@@ -102,6 +104,15 @@ func (m *Monitor) follow(ctx context.Context, cfg *config.Config, shards *shardm
 		m.refsyncStatus.Store(nil)
 	} else {
 		m.watchRefsync(r)
+	}
+	tables := false
+	for _, cl := range cfg.Clusters {
+		tables = tables || len(cl.Tables) > 0
+	}
+	if tables {
+		m.watchMoves(r)
+	} else {
+		m.moves.Store(nil)
 	}
 }
 

@@ -78,6 +78,7 @@ CREATE FUNCTION add_account(i_username text, i_id bigint) RETURNS bigint LANGUAG
 auth: {type: trust}
 admin_users: [postgres]
 log: {level: info, format: json}
+health: {interval: 500ms}
 pool: {mode: transaction, size: 4, query_wait_timeout: 20s}
 peer_id: %d
 peers: {%s}
@@ -132,6 +133,33 @@ func accountsOn(t *testing.T, ctx context.Context, s *pgtest.Server) (moved, oth
 	return moved, others, balance
 }
 
+// longestTransaction reads pgbench's per-transaction logs (--log) in dir
+// and returns the longest transaction, retries included.
+func longestTransaction(t *testing.T, dir string) time.Duration {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(dir, "tx*"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no pgbench transaction log in %s (%v)", dir, err)
+	}
+	var longest int64
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			fields := strings.Fields(line)
+			if len(fields) < 3 {
+				continue
+			}
+			if us, err := strconv.ParseInt(fields[2], 10, 64); err == nil && us > longest {
+				longest = us
+			}
+		}
+	}
+	return time.Duration(longest) * time.Microsecond
+}
+
 // TestMoveUnderLoad moves partitions 6-7 of 8 (about 5,000 of 20,000
 // accounts) from s1 to an empty s2 while pgbench calls a routed increment
 // through one of two pgrouter peers, retrying 40001: no account is lost
@@ -163,7 +191,9 @@ func TestMoveUnderLoad(t *testing.T) {
 	script := filepath.Join(t.TempDir(), "bump.sql")
 	writeFile(t, script, fmt.Sprintf("\\set n random(1, %d)\nSELECT bump(:n);\n", moveUsers))
 	host, port, _ := net.SplitHostPort(addrs[0])
-	bench := exec.CommandContext(ctx, pgbench, "-n", "-M", "extended", "-f", script, "-c", "8", "-j", "2", "-T", "10", "--max-tries", "20", "-h", host, "-p", port, "-U", "postgres", "main")
+	logDir := t.TempDir()
+	bench := exec.CommandContext(ctx, pgbench, "-n", "-M", "extended", "-f", script, "-c", "8", "-j", "2", "-T", "10", "--max-tries", "20",
+		"--log", "--log-prefix", filepath.Join(logDir, "tx"), "-h", host, "-p", port, "-U", "postgres", "main")
 	var benchOut syncBuffer
 	bench.Stdout, bench.Stderr = &benchOut, &benchOut
 	if err := bench.Start(); err != nil {
@@ -182,8 +212,12 @@ func TestMoveUnderLoad(t *testing.T) {
 	if m := regexp.MustCompile(`number of failed transactions: (\d+)`).FindStringSubmatch(benchOut.String()); m == nil || m[1] != "0" {
 		t.Fatalf("pgbench saw failed transactions:\n%s", benchOut.String())
 	}
-	maxLatency := regexp.MustCompile(`number of transactions retried: .*`).FindString(benchOut.String())
-	t.Logf("pgbench: %d transactions; %s", processed, maxLatency)
+	retried := regexp.MustCompile(`number of transactions retried: .*`).FindString(benchOut.String())
+	longest := longestTransaction(t, logDir)
+	t.Logf("pgbench: %d transactions; %s; the longest took %s", processed, retried, longest)
+	if longest > 5*time.Second {
+		t.Fatalf("a transaction took %s across the move: clients should see a short pause only", longest)
+	}
 
 	var total, balance int64
 	for i, s := range servers {
@@ -272,6 +306,9 @@ func TestMoveUnderLoad(t *testing.T) {
 	if after := balanceOnS2(); after != before+1 {
 		t.Fatalf("a bump through a router started after the move: balance on s2 %d -> %d", before, after)
 	}
+	if out, code := pgrouter(ctx, t, "check", "-c", paths[0]); code != 0 {
+		t.Fatalf("pgrouter check after the move (exit %d):\n%s", code, out)
+	}
 }
 
 // startBump runs pgbench calling bump through addr for d, retrying 40001.
@@ -323,15 +360,49 @@ func TestMoveAbortedWhenAPeerIsDown(t *testing.T) {
 	defer cancel()
 	servers, paths, addrs := moveCluster(t, ctx, 2)
 	runRouter(ctx, t, paths[0], addrs[0])
+	// --dry-run prints the plan and changes nothing.
+	out, code := pgrouter(ctx, t, "move", "-c", paths[0], "--partitions", "6-7", "--to", "s2", "--dry-run")
+	moved, _, _ := accountsOn(t, ctx, servers[1])
+	if code != 0 || !strings.Contains(out, "move partitions 6-7 of cluster main from s1 to s2") ||
+		!strings.Contains(out, fmt.Sprintf("public.accounts (key username, primary key id): %d rows to copy", moved)) {
+		t.Fatalf("move --dry-run (exit %d):\n%s", code, out)
+	}
+	probe, err := pgx.Connect(ctx, servers[1].DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var installed bool
+	if err := probe.QueryRow(ctx, "SELECT to_regclass('pgrouter.partitions') IS NOT NULL").Scan(&installed); err != nil || installed {
+		t.Fatalf("--dry-run installed the ownership tables (%v)", err)
+	}
+	probe.Close(ctx)
 	bench, benchOut := startBump(ctx, t, addrs[0], 8*time.Second)
 	time.Sleep(time.Second)
-	out, code := pgrouter(ctx, t, "move", "-c", paths[0], "--partitions", "6-7", "--to", "s2")
+	out, code = pgrouter(ctx, t, "move", "-c", paths[0], "--partitions", "6-7", "--to", "s2")
 	if code != 1 || !strings.Contains(out, "the cut-over did not start") || !strings.Contains(out, "peer 2 ("+addrs[1]+") cannot be reached") {
 		t.Fatalf("move with a peer down (exit %d):\n%s", code, out)
 	}
 	out, code = pgrouter(ctx, t, "move", "-c", paths[0], "--partitions", "6-7", "--to", "s2")
 	if code != 1 || !strings.Contains(out, "in progress (phase catchup): run pgrouter move --resume") {
 		t.Fatalf("a second move while one is in progress (exit %d):\n%s", code, out)
+	}
+	// SHOW SHARDS shows the move in progress on its source and target rows.
+	adm, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres@%s/pgrouter?sslmode=disable&default_query_exec_mode=simple_protocol", addrs[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close(ctx)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		moves := map[string]string{}
+		for _, row := range adminMaps(ctx, t, adm, "SHOW SHARDS") {
+			moves[row["shard"].(string)] = fmt.Sprint(row["move"])
+		}
+		if strings.HasPrefix(moves["s1"], "6-7 from s1 to s2: catchup") && moves["s1"] == moves["s2"] && moves["s0"] == "<nil>" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("SHOW SHARDS during the move: %v", moves)
+		}
 	}
 	out, code = pgrouter(ctx, t, "move", "-c", paths[0], "--abort")
 	if code != 0 || !strings.Contains(out, "aborted: partitions 6-7 stay on s1") {
