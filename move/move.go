@@ -111,6 +111,7 @@ type mover struct {
 	target     string
 	partitions []int
 	tables     []*ownership.Table // as the source has them
+	sourceHeld int                // partitions the source holds, for copy estimates
 	res        Result
 }
 
@@ -171,6 +172,11 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) (*Result, error)
 		}
 	}
 	m.res.Source, m.res.Target, m.res.Partitions = m.source, m.target, m.partitions
+	for _, owner := range owners {
+		if owner == m.source {
+			m.sourceHeld++
+		}
+	}
 	if err := m.describe(ctx); err != nil {
 		return nil, err
 	}
@@ -506,7 +512,15 @@ func (m *mover) copy(ctx context.Context) error {
 		if _, err := dst.Exec(ctx, fmt.Sprintf("DELETE FROM %s WHERE %s", t.Ident(), m.in(t, ""))); err != nil {
 			return fmt.Errorf("empty the partitions of %s on %s: %w", t.TableName, m.target, err)
 		}
-		n, err := pipe(ctx, src, dst, t, fmt.Sprintf("SELECT %s FROM %s WHERE %s", columnList(t, ""), t.Ident(), m.in(t, "")))
+		var estimate float64 // the table's rows times the share of the source's partitions moving
+		if err := src.QueryRow(ctx, "SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = $1::regclass", t.Ident()).Scan(&estimate); err != nil {
+			return fmt.Errorf("estimate the rows of %s: %w", t.TableName, err)
+		}
+		if held := m.sourceHeld; held > 0 {
+			estimate = estimate * float64(len(m.partitions)) / float64(held)
+		}
+		progress := m.every(time.Second, func(n int64) { m.log("copying %s: %d of about %d rows", t.TableName, n, int64(estimate)) })
+		n, err := pipe(ctx, src, dst, t, fmt.Sprintf("SELECT %s FROM %s WHERE %s", columnList(t, ""), t.Ident(), m.in(t, "")), progress)
 		if err != nil {
 			return fmt.Errorf("copy %s: %w", t.TableName, err)
 		}
@@ -533,8 +547,13 @@ func columnList(t *ownership.Table, alias string) string {
 	return strings.Join(cols, ", ")
 }
 
-// countingWriter counts the rows of a text COPY stream (one line each).
-type countingWriter struct{ n atomic.Int64 }
+// countingWriter counts the rows of a text COPY stream (one line each),
+// and, with report set, is reported every so often by pipe.
+type countingWriter struct {
+	n      atomic.Int64
+	every  time.Duration
+	report func(n int64)
+}
 
 func (c *countingWriter) Write(b []byte) (int, error) {
 	for _, x := range b {
@@ -545,13 +564,40 @@ func (c *countingWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// pipe copies the rows query selects on src into t on dst, in text format.
-func pipe(ctx context.Context, src, dst pgx.Tx, t *ownership.Table, query string) (int64, error) {
+// every reports a running count every d while a copy runs: it returns
+// the counter to give pipe, whose reports stop when the copy ends.
+func (m *mover) every(d time.Duration, report func(n int64)) *countingWriter {
+	return &countingWriter{every: d, report: report}
+}
+
+// pipe copies the rows query selects on src into t on dst, in text format;
+// c, when not nil, counts them (and reports progress).
+func pipe(ctx context.Context, src, dst pgx.Tx, t *ownership.Table, query string, c *countingWriter) (int64, error) {
 	pr, pw := io.Pipe()
-	counter := &countingWriter{}
+	if c == nil {
+		c = &countingWriter{}
+	}
+	if c.report != nil {
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			tick := time.NewTicker(c.every)
+			defer tick.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+					c.report(c.n.Load())
+				}
+			}
+		}()
+		defer func() { close(stop); <-done }()
+	}
 	copied := make(chan error, 1)
 	go func() {
-		_, err := src.Conn().PgConn().CopyTo(ctx, io.MultiWriter(pw, counter), "COPY ("+query+") TO STDOUT")
+		_, err := src.Conn().PgConn().CopyTo(ctx, io.MultiWriter(pw, c), "COPY ("+query+") TO STDOUT")
 		pw.CloseWithError(err)
 		copied <- err
 	}()
@@ -563,7 +609,7 @@ func pipe(ctx context.Context, src, dst pgx.Tx, t *ownership.Table, query string
 	if err != nil {
 		return 0, err
 	}
-	return counter.n.Load(), nil
+	return c.n.Load(), nil
 }
 
 // catchUp applies the log until it is short, so the freeze is brief.
@@ -652,7 +698,7 @@ func (m *mover) applyBatch(ctx context.Context) (int64, error) {
 		if _, err := dst.Exec(ctx, fmt.Sprintf("DELETE FROM %s WHERE (%s) IN (%s)", t.Ident(), pkList, keysSQL)); err != nil {
 			return 0, fmt.Errorf("apply changes to %s on %s: %w", t.TableName, m.target, err)
 		}
-		if _, err := pipe(ctx, readTx, dst, t, fmt.Sprintf("SELECT %s FROM %s WHERE (%s) IN (%s) AND %s", columnList(t, ""), t.Ident(), pkList, keysSQL, m.in(t, ""))); err != nil {
+		if _, err := pipe(ctx, readTx, dst, t, fmt.Sprintf("SELECT %s FROM %s WHERE (%s) IN (%s) AND %s", columnList(t, ""), t.Ident(), pkList, keysSQL, m.in(t, "")), nil); err != nil {
 			return 0, fmt.Errorf("apply changes to %s: %w", t.TableName, err)
 		}
 	}
