@@ -40,6 +40,9 @@ type Config struct {
 	// ListenReuseport opens listen with SO_REUSEPORT, so that a new pgrouter
 	// can start on the port beside a draining old one (a rolling upgrade).
 	ListenReuseport bool `yaml:"listen_reuseport"`
+	// MaxReplicaLag: a replica further behind its primary than this (or
+	// whose lag is unknown) serves no read_only call.
+	MaxReplicaLag Duration `yaml:"max_replica_lag"`
 	// PeerID and Peers make several instances one service, as pgbouncer's
 	// peering does: the cancel keys an instance gives its clients carry its
 	// id, and a cancel request that reaches another instance (behind a load
@@ -229,6 +232,9 @@ type Shard struct {
 	Name       string `yaml:"name"`
 	DSN        string `yaml:"dsn"`
 	Partitions string `yaml:"partitions"` // "0-7", "8,9,12-15"
+	// Replicas are hot standbys of the shard (DSNs, ${ENV} expanded): calls
+	// of read_only functions go to one within max_replica_lag.
+	Replicas []string `yaml:"replicas"`
 
 	// PartitionList is Partitions parsed, sorted and de-duplicated by validation.
 	PartitionList []int `yaml:"-"`
@@ -241,6 +247,9 @@ type Function struct {
 	RunOn   string `yaml:"run_on"`  // hash | partition | any | all (default: hash with a key, else any)
 	Key     string `yaml:"key"`     // argument name or 1-based position (hash, partition)
 	Merge   string `yaml:"merge"`   // all only: concat | sum | min | max | bool_and | bool_or
+	// ReadOnly: the function only reads, so a call outside a transaction may
+	// run on a replica of its shard.
+	ReadOnly bool `yaml:"read_only"`
 
 	// Schema and Proc are Name split and case-folded by validation.
 	Schema string `yaml:"-"`
@@ -313,6 +322,7 @@ func Defaults() Config {
 		Log:             Log{Level: "info", Format: "auto"},
 		DefaultRoute:    RouteError,
 		ShutdownTimeout: Duration(30 * time.Second),
+		MaxReplicaLag:   Duration(10 * time.Second),
 		Health:          Health{Interval: Duration(5 * time.Second), Timeout: Duration(2 * time.Second), Failures: 2, Query: "SELECT 1"},
 	}
 }

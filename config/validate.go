@@ -51,6 +51,9 @@ func (c *Config) validate() error {
 			l.add(fmt.Sprintf("admin_users[%d]", i), "is empty")
 		}
 	}
+	if c.MaxReplicaLag <= 0 {
+		l.add("max_replica_lag", "must be above zero")
+	}
 	if c.ShutdownTimeout < 0 {
 		l.add("shutdown_timeout", "must not be negative")
 	}
@@ -552,6 +555,19 @@ func (c *Config) validateShard(l *errorList, path string, sh *Shard) {
 	sh.DSN = dsn
 	if _, err := pgconn.ParseConfig(dsn); err != nil {
 		l.add(path+".dsn", "not a valid connection string: %v", redactDSNError(err))
+	}
+	for i, r := range sh.Replicas {
+		rp := fmt.Sprintf("%s.replicas[%d]", path, i)
+		dsn, err := expandEnv(r)
+		if err != nil {
+			l.add(rp, "%v", err)
+			continue
+		}
+		if _, err := pgconn.ParseConfig(dsn); err != nil {
+			l.add(rp, "not a valid connection string: %v", redactDSNError(err))
+			continue
+		}
+		sh.Replicas[i] = dsn
 	}
 }
 

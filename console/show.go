@@ -31,6 +31,7 @@ func (c *Console) showShards() *resultSet {
 		{"cl_waiting", oidInt8}, {"xact_count", oidInt8}, {"query_count", oidInt8}, {"avg_query_us", oidInt8},
 		{"check_latency_us", oidInt8}, {"state_since", oidTimestamptz}, {"last_error", oidText},
 		{"refsync_lag_bytes", oidInt8}, {"refsync_lag_ms", oidInt8}, {"seq_ok", oidBool}, {"move", oidText},
+		{"role", oidText}, {"replay_lag_ms", oidInt8},
 	}}
 	for _, st := range c.srv.ShardStatuses() {
 		host, port, db := dsnTarget(st.Shard.DSN)
@@ -48,9 +49,19 @@ func (c *Console) showShards() *resultSet {
 		rs.add(st.Shard.Cluster, st.Shard.Name, host, port, db, partitionRanges(st.Shard.Partitions), st.Health.State, st.Paused,
 			st.Stats.Active, st.Stats.Idle, st.Stats.Waiting, st.Counters.XactCount, st.Counters.QueryCount,
 			avgMicros(st.Counters.QueryTime, st.Counters.QueryCount), latency, st.Health.Since, lastErr,
-			lagBytes, lagMS, c.mon.SequencesOK(st.Shard.Cluster, st.Shard.Name), nullIfEmpty(c.mon.Move(st.Shard.Cluster, st.Shard.Name)))
+			lagBytes, lagMS, c.mon.SequencesOK(st.Shard.Cluster, st.Shard.Name), nullIfEmpty(c.mon.Move(st.Shard.Cluster, st.Shard.Name)),
+			nullIfEmpty(st.Health.Role), replayLag(st.Health))
 	}
 	return rs
+}
+
+// replayLag is a standby's replay lag in ms, NULL for a primary or a host
+// whose role is not known.
+func replayLag(h pool.Health) any {
+	if h.Role != pool.RoleStandby {
+		return nil
+	}
+	return h.Lag.Milliseconds()
 }
 
 // nullIfEmpty is s, or NULL for "".

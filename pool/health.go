@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -36,7 +37,26 @@ type Health struct {
 	Latency   time.Duration // of the latest successful check
 	LastError string        // of the latest failed check
 	Since     time.Time     // when State last changed
+	// Role is what the server said it is at the latest check: RolePrimary,
+	// RoleStandby, or "" (not known: the check could not ask). Lag is a
+	// standby's replay lag (0 when it has replayed all it received).
+	Role string
+	Lag  time.Duration
 }
+
+// Server roles, as pg_is_in_recovery() tells them.
+const (
+	RolePrimary = "primary"
+	RoleStandby = "standby"
+)
+
+// roleQuery asks a server its role and, for a standby, how far its replay is
+// behind: 0 when it has replayed all WAL it received (an idle primary sends
+// none, so the time since the last replayed transaction would grow for
+// nothing), else the age of the last transaction it replayed (of its start,
+// when it has replayed none since).
+const roleQuery = `SELECT pg_is_in_recovery(), CASE WHEN NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+	ELSE EXTRACT(EPOCH FROM now() - COALESCE(pg_last_xact_replay_timestamp(), pg_postmaster_start_time())) END`
 
 // checker checks one shard on its own goroutine, over one connection it
 // keeps open between checks, so a check costs a round trip, not a login.
@@ -117,6 +137,8 @@ func (c *checker) run() {
 		}
 	}()
 	var conn *pgconn.PgConn
+	var role string
+	var lag time.Duration
 	defer func() {
 		if conn != nil {
 			closeCtx, cancelClose := context.WithTimeout(context.Background(), time.Second)
@@ -133,7 +155,11 @@ func (c *checker) run() {
 		if ctx.Err() != nil {
 			return
 		}
-		c.record(latency, err)
+		role, lag = "", 0
+		if err == nil && conn != nil {
+			role, lag = c.role(ctx, conn)
+		}
+		c.record(latency, err, role, lag)
 		select {
 		case <-c.stop:
 			return
@@ -183,11 +209,34 @@ func answered(err error) bool {
 	return !strings.HasPrefix(pe.Code, "57") && !strings.HasPrefix(pe.Code, "53") && !strings.HasPrefix(pe.Code, "08")
 }
 
-func (c *checker) record(latency time.Duration, err error) {
+// role asks the server its role and replay lag; "" when it cannot say.
+func (c *checker) role(ctx context.Context, conn *pgconn.PgConn) (string, time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	res, err := conn.Exec(ctx, roleQuery).ReadAll()
+	if err != nil || len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 2 {
+		return "", 0
+	}
+	row := res[0].Rows[0]
+	secs, err := strconv.ParseFloat(string(row[1]), 64)
+	if err != nil {
+		return "", 0
+	}
+	if string(row[0]) == "t" {
+		return RoleStandby, time.Duration(secs * float64(time.Second))
+	}
+	return RolePrimary, 0
+}
+
+func (c *checker) record(latency time.Duration, err error, role string, lag time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	h := &c.health
 	h.Checked = time.Now()
+	if role != h.Role && h.Role != "" && role != "" {
+		c.log.Warn("server changed role", zap.String("shard", c.shard.Name), zap.String("was", h.Role), zap.String("now", role))
+	}
+	h.Role, h.Lag = role, lag
 	prev := h.State
 	if err == nil {
 		h.Failures = 0

@@ -137,6 +137,12 @@ func (s *session) place(p *router.Plan, params wire.BindMsg) (*shardmap.Shard, *
 		return nil, route.Call, nil
 	case router.TargetShard:
 		sh = route.Shard
+		if route.ReadOnly && len(sh.Replicas) > 0 && s.tx == txIdle && pinned == nil {
+			if r := s.srv.replicaFor(sh); r != nil {
+				sh = r // the partition check below concerns writes, which never come here
+				break
+			}
+		}
 		if route.Partition < 0 {
 			break
 		}

@@ -41,7 +41,10 @@ type generation struct {
 func (g *generation) allShards() []*shardmap.Shard {
 	var all []*shardmap.Shard
 	for _, cl := range g.shards.Clusters() {
-		all = append(all, cl.Shards...)
+		for _, sh := range cl.Shards {
+			all = append(all, sh)
+			all = append(all, sh.Replicas...) // pools and health checks of their own
+		}
 	}
 	return all
 }
@@ -64,9 +67,11 @@ type Server struct {
 	gen     atomic.Pointer[generation]
 
 	clientIDs atomic.Uint64
-	clients   atomic.Int64 // connections counted against max_client_conn, from accept on
-	overflow  atomic.Int64 // connections past max_client_conn still being told so
-	started   time.Time
+	// replicaTurn spreads read_only calls over a shard's replicas.
+	replicaTurn atomic.Uint64
+	clients     atomic.Int64 // connections counted against max_client_conn, from accept on
+	overflow    atomic.Int64 // connections past max_client_conn still being told so
+	started     time.Time
 	// draining is set by Shutdown: clients are told 57P01 as soon as they
 	// are between transactions.
 	draining atomic.Bool

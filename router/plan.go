@@ -71,6 +71,8 @@ type Plan struct {
 	SQL string
 	// Single: the string holds at most one statement.
 	Single bool
+	// ReadOnly: one SELECT of read_only functions' calls (see readOnly).
+	ReadOnly bool
 	// Copy: a statement of the string is a COPY, which may read COPY data
 	// from the client: nothing may follow the string in the same write.
 	Copy bool

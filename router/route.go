@@ -113,6 +113,7 @@ func (r *Router) plan(sql string, standard bool) *Plan {
 	version := r.version.Load()
 	p := analyze(sql, standard, r.index, r.catalog.Load())
 	p.catalog = version
+	p.ReadOnly = readOnly(p, standard)
 	if len(sql) > planCacheMaxText {
 		return p
 	}
@@ -152,6 +153,9 @@ type Route struct {
 	Target Target
 	Shard  *shardmap.Shard // TargetShard
 	Call   *Call           // TargetAll: the call whose results are combined
+	// ReadOnly: the statement only calls read_only functions and reads
+	// (Plan.ReadOnly), so outside a transaction a replica may serve it.
+	ReadOnly bool
 	// Partition is the partition of the key a TargetShard route follows
 	// (-1 for other targets), which a partition move may hold paused.
 	Partition int
@@ -194,6 +198,7 @@ func (r *Router) Route(p *Plan, params wire.BindMsg) (Route, *Error) {
 	}
 	switch {
 	case route.Shard != nil:
+		route.ReadOnly = p.ReadOnly
 		return route, nil
 	case sawAny || p.AnyShard:
 		return Route{Target: TargetAny, Partition: -1}, nil
@@ -247,4 +252,36 @@ func keyError(c *Call, err error) *Error {
 // and /* pgrouter: key=... */.
 func (r *Router) KeyShard(key string) *shardmap.Shard {
 	return r.Cluster.ShardOfHash(r.Cluster.Hash.Text([]byte(key)))
+}
+
+// readOnly reports whether a plan may run on a replica: one SELECT whose
+// routed calls all call read_only functions, that changes no session state,
+// calls no undeclared function (which might write), and neither locks rows
+// (FOR UPDATE, FOR SHARE, ...) nor creates a table (SELECT INTO).
+func readOnly(p *Plan, standard bool) bool {
+	if p.Err != nil || !p.Single || len(p.Statements) > 0 || p.Undeclared != "" || len(p.Calls) == 0 {
+		return false
+	}
+	for i := range p.Calls {
+		if fn := p.Calls[i].Fn; !fn.ReadOnly || fn.RunOn == shardmap.RunAll {
+			return false
+		}
+	}
+	l := NewLexer(p.SQL)
+	l.StandardStrings = standard
+	first := true
+	for t := l.Next(); t.Kind != EOF; t = l.Next() {
+		if t.Kind != Ident {
+			first = false
+			continue
+		}
+		switch {
+		case first && !l.EqualFold(t, "select"):
+			return false
+		case l.EqualFold(t, "for"), l.EqualFold(t, "into"):
+			return false
+		}
+		first = false
+	}
+	return true
 }

@@ -50,6 +50,7 @@ type Function struct {
 	KeyName      string // argument name, or "" with KeyPos
 	KeyPos       int    // 1-based argument position, or 0 with KeyName
 	Merge        Merge
+	ReadOnly     bool // a call outside a transaction may run on a replica
 }
 
 // FullName is schema.name as declared.
@@ -73,7 +74,15 @@ type Shard struct {
 	Cluster    string
 	Index      int   // position in its cluster, which fixes fan-out order
 	Partitions []int // sorted
+	// Replicas are the shard's hot standbys, each a Shard of its own (own
+	// pools and health checks) named "<shard>/r<n>" with Primary set.
+	Replicas []*Shard
+	Primary  *Shard // set on a replica
 }
+
+// ReplicaName is the name of a shard's i-th replica (from 1): a "/" no
+// shard name may contain keeps it apart from them.
+func ReplicaName(shard string, i int) string { return fmt.Sprintf("%s/r%d", shard, i) }
 
 // RouteKind says how a statement without a routing key is placed.
 type RouteKind int
@@ -104,6 +113,9 @@ func New(cfg *config.Config) (*Map, error) {
 		byName := map[string]*Shard{}
 		for i, sc := range cc.Shards {
 			sh := &Shard{Name: sc.Name, DSN: sc.DSN, Cluster: name, Index: i}
+			for j, dsn := range sc.Replicas {
+				sh.Replicas = append(sh.Replicas, &Shard{Name: ReplicaName(sc.Name, j+1), DSN: dsn, Cluster: name, Index: i, Primary: sh})
+			}
 			for _, p := range sc.PartitionList {
 				cl.owner[p] = sh
 			}
@@ -149,7 +161,7 @@ func New(cfg *config.Config) (*Map, error) {
 		if cl == nil {
 			return nil, fmt.Errorf("function %s: unknown cluster %q", fc.Name, fc.Cluster)
 		}
-		f := &Function{Schema: fc.Schema, Name: fc.Proc, Cluster: cl, KeyName: fc.Key, KeyPos: fc.KeyPos}
+		f := &Function{Schema: fc.Schema, Name: fc.Proc, Cluster: cl, KeyName: fc.Key, KeyPos: fc.KeyPos, ReadOnly: fc.ReadOnly}
 		if fc.KeyPos > 0 {
 			f.KeyName = ""
 		}
