@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -157,5 +158,172 @@ functions:
 	})
 	if got := call("where_ro"); got != "replica" {
 		t.Fatalf("after the standby caught up, a read_only call ran on the %s", got)
+	}
+}
+
+// TestReplicaPromotion: a shard whose DSN lists its primary and its standby
+// (target_session_attrs=read-write) under a write load through pgrouter.
+// The primary is killed (SIGKILL) and the standby promoted: writes resume
+// without restarting pgrouter, every write acknowledged after the
+// promotion is on the new primary, and read_only calls stop using it as a
+// replica. The old primary's address then comes back as a standby of the
+// new one: writes keep going to the new primary.
+func TestReplicaPromotion(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	primary := testenv.Servers(t, 1, pgtest.Options{})[0]
+	const where = `AS $$ SELECT CASE WHEN pg_is_in_recovery() THEN 'replica' ELSE 'primary' END $$ LANGUAGE sql STABLE`
+	if err := primary.Exec(ctx, "postgres", `CREATE FUNCTION where_ro(k text) RETURNS text `+where+`;
+		CREATE TABLE ticks (n bigint PRIMARY KEY);
+		CREATE FUNCTION add_tick(k text, i bigint) RETURNS bigint LANGUAGE sql AS $$ INSERT INTO ticks VALUES (i) RETURNING i $$`); err != nil {
+		t.Fatal(err)
+	}
+	replica, err := pgtest.StartReplica(ctx, primary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = replica.Stop() })
+	path := filepath.Join(t.TempDir(), "router.yaml")
+	addr := freeAddr(t)
+	both := fmt.Sprintf("host=127.0.0.1,127.0.0.1 port=%d,%d user=postgres dbname=postgres sslmode=disable target_session_attrs=read-write", primary.Port, replica.Port)
+	writeFile(t, path, fmt.Sprintf(`listen: %s
+auth: {type: trust}
+admin_users: [postgres]
+log: {format: json}
+health: {interval: 200ms, timeout: 1s, failures: 1}
+pool: {size: 4, server_connect_timeout: 2s, query_wait_timeout: 30s}
+default_route: s0
+clusters:
+  main:
+    hash: hashtext
+    shards:
+      - {name: s0, dsn: %q, replicas: [%q]}
+functions:
+  - {name: where_ro, key: k, read_only: true}
+  - {name: add_tick, key: k}
+`, addr, both, replica.DSN("postgres")))
+	runRouter(ctx, t, path, addr)
+	url := fmt.Sprintf("postgres://postgres@%s/main?sslmode=disable", addr)
+
+	// The load: 4 writers, each with its own numbers, reconnecting as needed.
+	type ack struct {
+		n  int64
+		at time.Time
+	}
+	acks := make(chan ack, 1<<16)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	const writers = 4
+	for w := range writers {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			var conn *pgx.Conn
+			defer func() {
+				if conn != nil {
+					conn.Close(context.Background())
+				}
+			}()
+			for i := int64(w); ; i += writers {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if conn == nil || conn.IsClosed() {
+					if conn, err = pgx.Connect(ctx, url); err != nil {
+						conn = nil
+						time.Sleep(20 * time.Millisecond)
+						continue
+					}
+				}
+				var got int64
+				if err := conn.QueryRow(ctx, "SELECT add_tick('k', $1)", i).Scan(&got); err != nil {
+					time.Sleep(20 * time.Millisecond)
+					continue
+				}
+				acks <- ack{got, time.Now()}
+			}
+		}()
+	}
+	time.Sleep(time.Second)
+	killed := time.Now()
+	primary.Crash()
+	if err := replica.Promote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	promoted := time.Now()
+	time.Sleep(2 * time.Second)
+	close(stop)
+	for range writers {
+		<-done
+	}
+	close(acks)
+	// The outage is the longest time without an acknowledged write; the
+	// writes acknowledged once the promotion returned went to the new
+	// primary (earlier ones the old primary may have taken and not shipped:
+	// replication is asynchronous).
+	var all []time.Time
+	var before, after []int64
+	for a := range acks {
+		all = append(all, a.at)
+		switch {
+		case a.at.Before(killed):
+			before = append(before, a.n)
+		case a.at.After(promoted):
+			after = append(after, a.n)
+		}
+	}
+	if len(before) == 0 || len(after) == 0 {
+		t.Fatalf("%d writes before the primary was killed, %d after it was replaced: writes did not resume", len(before), len(after))
+	}
+	slices.SortFunc(all, func(a, b time.Time) int { return a.Compare(b) })
+	var gap time.Duration
+	for i := 1; i < len(all); i++ {
+		gap = max(gap, all[i].Sub(all[i-1]))
+	}
+	t.Logf("writes: %d before the kill, %d after the promotion; longest time without an acknowledged write: %s (the promotion took %s)",
+		len(before), len(after), gap.Round(time.Millisecond), promoted.Sub(killed).Round(time.Millisecond))
+	conn, err := pgx.Connect(ctx, replica.DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var missing int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM unnest($1::bigint[]) n WHERE NOT EXISTS (SELECT 1 FROM ticks WHERE ticks.n = n)", after).Scan(&missing); err != nil || missing != 0 {
+		t.Fatalf("%d writes acknowledged after the promotion are not on the new primary (%v)", missing, err)
+	}
+
+	// The promoted standby is a primary now: not read as a replica.
+	client, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close(ctx)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		var got string
+		if err := client.QueryRow(ctx, "SELECT where_ro('k')").Scan(&got); err == nil && got == "primary" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("read_only calls still go to the promoted standby as a replica (or fail)")
+		}
+	}
+
+	// The old primary's address comes back as a standby of the new primary:
+	// target_session_attrs=read-write skips it, writes go on.
+	rejoined, err := pgtest.StartReplica(ctx, replica, primary.Port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rejoined.Stop() })
+	for i := range 20 {
+		var got int64
+		if err := client.QueryRow(ctx, "SELECT add_tick('k', $1)", int64(1_000_000+i)).Scan(&got); err != nil {
+			t.Fatalf("a write with the old primary's address back as a standby: %v", err)
+		}
+	}
+	var n int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM ticks WHERE n >= 1000000").Scan(&n); err != nil || n != 20 {
+		t.Fatalf("%d of 20 writes on the new primary (%v)", n, err)
 	}
 }

@@ -11,8 +11,9 @@ import (
 )
 
 // StartReplica starts a hot standby of primary, streaming from it: a
-// pg_basebackup -R of it in a new temporary folder, started on a free port.
-func StartReplica(ctx context.Context, primary *Server) (*Server, error) {
+// pg_basebackup -R of it in a new temporary folder, started on a free port
+// (on port, when not 0: a failed primary's, say).
+func StartReplica(ctx context.Context, primary *Server, port ...int) (*Server, error) {
 	dir, err := os.MkdirTemp("", "pgtest-replica-")
 	if err != nil {
 		return nil, err
@@ -39,7 +40,9 @@ func StartReplica(ctx context.Context, primary *Server) (*Server, error) {
 		return nil, err
 	}
 	for attempt := 0; ; attempt++ {
-		if s.Port, err = freePort(); err != nil {
+		if len(port) > 0 && port[0] != 0 {
+			s.Port = port[0]
+		} else if s.Port, err = freePort(); err != nil {
 			s.cleanup()
 			return nil, err
 		}
