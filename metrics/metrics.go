@@ -43,6 +43,8 @@ var (
 	descRefsyncBytes  = prometheus.NewDesc("pgrouter_refsync_lag_bytes", "Bytes of source WAL the shard's reference tables are behind (pgrouter refsync); absent without reference tables or before the shard's copy.", shardLabels, nil)
 	descRefsyncLag    = prometheus.NewDesc("pgrouter_refsync_lag_seconds", "How old the newest source change the shard is sure to hold is, when it is behind.", shardLabels, nil)
 	descDraining      = prometheus.NewDesc("pgrouter_shutting_down", "1 once a graceful shutdown has begun.", nil, nil)
+	descStandby       = prometheus.NewDesc("pgrouter_shard_standby", "1 when the latest health check found the host a standby (pg_is_in_recovery()), 0 a primary; absent when it could not ask. Replicas are shards named <shard>/r<n>.", shardLabels, nil)
+	descReplayLag     = prometheus.NewDesc("pgrouter_shard_replay_lag_seconds", "A standby's replay lag at the latest health check (0 when it replayed all it received).", shardLabels, nil)
 	latencyBoundsSecs = func() []float64 {
 		out := make([]float64, len(pool.LatencyBounds))
 		for i, b := range pool.LatencyBounds {
@@ -61,7 +63,7 @@ type collector struct {
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descClients, descShardUp, descShardPaused, descCheckLatency, descActive, descIdle,
 		descWaiting, descMaxWait, descXacts, descXactSeconds, descWaits, descWaitSeconds, descReceived, descSent,
-		descRequests, descReloads, descDraining, descSequencesOK, descRefsyncBytes, descRefsyncLag} {
+		descRequests, descReloads, descDraining, descSequencesOK, descRefsyncBytes, descRefsyncLag, descStandby, descReplayLag} {
 		ch <- d
 	}
 }
@@ -92,6 +94,13 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			gauge(descShardUp, 0, sh.Cluster, sh.Name)
 		}
 		gauge(descShardPaused, b2f(st.Paused), sh.Cluster, sh.Name)
+		switch st.Health.Role {
+		case pool.RoleStandby:
+			gauge(descStandby, 1, sh.Cluster, sh.Name)
+			gauge(descReplayLag, st.Health.Lag.Seconds(), sh.Cluster, sh.Name)
+		case pool.RolePrimary:
+			gauge(descStandby, 0, sh.Cluster, sh.Name)
+		}
 		if ok, isBool := c.mon.SequencesOK(sh.Cluster, sh.Name).(bool); isBool {
 			gauge(descSequencesOK, b2f(ok), sh.Cluster, sh.Name)
 		}

@@ -3,8 +3,11 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -37,8 +40,9 @@ func TestReplicaReads(t *testing.T) {
 	t.Cleanup(func() { _ = replica.Stop() })
 
 	path := filepath.Join(t.TempDir(), "router.yaml")
-	addr := freeAddr(t)
+	addr, metricsAddr := freeAddr(t), freeAddr(t)
 	writeFile(t, path, fmt.Sprintf(`listen: %s
+metrics_listen: %s
 auth: {type: trust}
 admin_users: [postgres]
 log: {format: json}
@@ -53,7 +57,7 @@ clusters:
 functions:
   - {name: where_ro, key: k, read_only: true}
   - {name: where_rw, key: k}
-`, addr, primary.DSN("postgres"), replica.DSN("postgres")))
+`, addr, metricsAddr, primary.DSN("postgres"), replica.DSN("postgres")))
 	runRouter(ctx, t, path, addr)
 	client, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres@%s/main?sslmode=disable", addr))
 	if err != nil {
@@ -92,6 +96,17 @@ functions:
 		r := roles()
 		return r["s0"]["role"] == "primary" && r["s0/r1"]["role"] == "standby" && r["s0/r1"]["state"] == "up"
 	})
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`pgrouter_shard_standby{cluster="main",shard="s0"} 0`, `pgrouter_shard_standby{cluster="main",shard="s0/r1"} 1`, `pgrouter_shard_replay_lag_seconds{cluster="main",shard="s0/r1"}`} {
+		if !strings.Contains(string(body), want) {
+			t.Fatalf("/metrics lacks %s:\n%s", want, body)
+		}
+	}
 	for range 3 {
 		if got := call("where_ro"); got != "replica" {
 			t.Fatalf("a read_only call ran on the %s", got)
