@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -115,6 +116,10 @@ func (s *session) pinned() *shardmap.Shard {
 	return sh
 }
 
+// readOnlyTx reports a transaction the client began READ ONLY (BEGIN READ
+// ONLY, START TRANSACTION ... READ ONLY): its reads may run on a replica.
+func (s *session) readOnlyTx() bool { return s.tx != txIdle && s.txReadOnly }
+
 // place decides where a statement runs: one shard, or every shard (all is
 // the run_on all call) for a fan-out.
 func (s *session) place(p *router.Plan, params wire.BindMsg) (*shardmap.Shard, *router.Call, error) {
@@ -137,10 +142,15 @@ func (s *session) place(p *router.Plan, params wire.BindMsg) (*shardmap.Shard, *
 		return nil, route.Call, nil
 	case router.TargetShard:
 		sh = route.Shard
-		if route.ReadOnly && len(sh.Replicas) > 0 && s.tx == txIdle && pinned == nil {
-			if r := s.srv.replicaFor(sh); r != nil {
+		if route.ReadOnly && s.target != "primary" && pinned == nil && (s.tx == txIdle || s.readOnlyTx()) {
+			r := s.srv.replicaFor(sh)
+			if r != nil {
 				sh = r // the partition check below concerns writes, which never come here
 				break
+			}
+			if s.target == "replica" {
+				return nil, nil, errorf(sqlstate.CannotConnectNow, "pgrouter: no replica of shard %s can serve reads now (up, a standby, within max_replica_lag)", sh.Name).
+					WithHint("SHOW SHARDS shows the replicas' state and replay lag; SET pgrouter.target = auto lets the primary serve reads when no replica can.")
 			}
 		}
 		if route.Partition < 0 {
@@ -169,6 +179,9 @@ func (s *session) place(p *router.Plan, params wire.BindMsg) (*shardmap.Shard, *
 		if sh, err = s.unrouted(p, route.Target == router.TargetAny, pinned); err != nil {
 			return nil, nil, err
 		}
+	}
+	if pinned != nil && sh != pinned && pinned.Primary == sh && s.readOnlyTx() {
+		sh = pinned // a READ ONLY transaction that began on a replica stays there
 	}
 	if pinned != nil && sh != pinned {
 		what := "transaction"
@@ -276,7 +289,8 @@ func pickUp(shards []*shardmap.Shard, down func(string) bool) *shardmap.Shard {
 // holding reports whether an extended-protocol message must wait for its
 // pipeline's shard.
 func (s *session) holding() bool {
-	return len(s.cluster.Shards) > 1 && !s.replaying && s.fan == nil && (s.server == nil || s.switchable())
+	// A single shard with replicas holds too: a read_only call may go to one.
+	return (len(s.cluster.Shards) > 1 || s.cluster.HasReplicas()) && !s.replaying && s.fan == nil && (s.server == nil || s.switchable())
 }
 
 // holdMessage keeps an extended-protocol message until its pipeline's
@@ -436,6 +450,19 @@ func (s *session) localComplete(status byte, tags ...string) error {
 func (s *session) overrideCommand(cmd *router.Command) error {
 	switch cmd.Kind {
 	case router.CmdSetOver:
+		if cmd.Name == router.OverTarget {
+			switch v := strings.ToLower(cmd.Value); v {
+			case "auto", "primary", "replica":
+				s.target = v
+				if v == "auto" {
+					s.target = ""
+				}
+			default:
+				return errorf(sqlstate.InvalidParameterValue, "pgrouter: invalid value for pgrouter.target: %q", cmd.Value).
+					WithHint("Use primary (read_only calls go to the primary), replica (they go to a replica, or fail when none qualifies) or auto (a replica when one qualifies, else the primary).")
+			}
+			return s.localComplete(s.tx.status(), "SET")
+		}
 		if cmd.Name == router.OverShard {
 			if _, err := s.overrideShard(cmd.Value, ""); err != nil {
 				return err
@@ -446,9 +473,12 @@ func (s *session) overrideCommand(cmd *router.Command) error {
 		}
 		return s.localComplete(s.tx.status(), "SET")
 	case router.CmdResetOver:
-		if cmd.Name == router.OverShard {
+		switch cmd.Name {
+		case router.OverTarget:
+			s.target = ""
+		case router.OverShard:
 			s.overShard = ""
-		} else {
+		default:
 			s.overKey = ""
 		}
 		if cmd.Value != "" { // SET ... = DEFAULT
@@ -457,8 +487,11 @@ func (s *session) overrideCommand(cmd *router.Command) error {
 		return s.localComplete(s.tx.status(), "RESET")
 	}
 	value := s.overShard
-	if cmd.Name == router.OverKey {
+	switch cmd.Name {
+	case router.OverKey:
 		value = s.overKey
+	case router.OverTarget:
+		value = cmp.Or(s.target, "auto")
 	}
 	_ = s.cw.Send(&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{
 		Name: []byte(cmd.Name), DataTypeOID: router.OIDText, DataTypeSize: -1, TypeModifier: -1,

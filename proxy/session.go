@@ -89,6 +89,8 @@ type session struct {
 	stateBytes         int    // what the client makes pgrouter hold (see charge)
 	stateLimit         int    // pool.max_client_state
 	overShard, overKey string // SET pgrouter.shard / pgrouter.key
+	target             string // SET pgrouter.target: "" (auto), "primary" or "replica"
+	txReadOnly         bool   // the unpinned transaction began READ ONLY (readOnlyTx)
 
 	// What portals bound in the current batch will do, and what the
 	// executed ones did.

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -45,7 +46,8 @@ import (
 // canStartUnpinned reports whether a BEGIN now starts an unpinned
 // transaction (answered by pgrouter) rather than running on a server.
 func (s *session) canStartUnpinned() bool {
-	return len(s.cluster.Shards) > 1 && s.router.HasFunctions() && s.mode != config.ModeStatement &&
+	// One shard without replicas: the transaction can only go there.
+	return (len(s.cluster.Shards) > 1 || s.cluster.HasReplicas()) && s.router.HasFunctions() && s.mode != config.ModeStatement &&
 		s.tx == txIdle && s.unbound()
 }
 
@@ -93,6 +95,8 @@ func (s *session) failedUnpinned() bool { return s.tx == txUnpinnedFailed }
 func (s *session) startUnpinned(begin string) {
 	s.tx = txUnpinned
 	s.beginSQL = begin
+	b := strings.ToUpper(begin)
+	s.txReadOnly = strings.Contains(b, "READ ONLY") && !strings.Contains(b, "READ WRITE")
 	s.xactStart = time.Now()
 }
 

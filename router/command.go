@@ -42,8 +42,9 @@ const (
 
 // Override setting names.
 const (
-	OverShard = "pgrouter.shard"
-	OverKey   = "pgrouter.key"
+	OverShard  = "pgrouter.shard"
+	OverKey    = "pgrouter.key"
+	OverTarget = "pgrouter.target" // primary | replica | auto: where read_only calls go
 )
 
 // ParseCommand recognizes the query strings the session handles itself. It
@@ -117,7 +118,7 @@ func parseOverrideCommand(l *Lexer, verb Token) (Command, bool) {
 		t = l.Next()
 	}
 	name, ok := settingName(l, t)
-	if !ok || (name != OverShard && name != OverKey) {
+	if !ok || (name != OverShard && name != OverKey && name != OverTarget) {
 		return Command{}, false
 	}
 	cmd := Command{Name: name}

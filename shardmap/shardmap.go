@@ -65,6 +65,7 @@ type Cluster struct {
 	Default    Route
 	Functions  []*Function
 	owner      []*Shard // partition -> shard
+	replicas   bool     // some shard has replicas
 }
 
 // Shard is one PostgreSQL database.
@@ -79,6 +80,9 @@ type Shard struct {
 	Replicas []*Shard
 	Primary  *Shard // set on a replica
 }
+
+// HasReplicas reports whether any shard of the cluster has replicas.
+func (c *Cluster) HasReplicas() bool { return c.replicas }
 
 // ReplicaName is the name of a shard's i-th replica (from 1): a "/" no
 // shard name may contain keeps it apart from them.
@@ -115,6 +119,7 @@ func New(cfg *config.Config) (*Map, error) {
 			sh := &Shard{Name: sc.Name, DSN: sc.DSN, Cluster: name, Index: i}
 			for j, dsn := range sc.Replicas {
 				sh.Replicas = append(sh.Replicas, &Shard{Name: ReplicaName(sc.Name, j+1), DSN: dsn, Cluster: name, Index: i, Primary: sh})
+				cl.replicas = true
 			}
 			for _, p := range sc.PartitionList {
 				cl.owner[p] = sh
@@ -214,11 +219,16 @@ func (c *Cluster) ShardOf(partition int) *Shard { return c.owner[partition] }
 // ShardOfHash returns the shard that owns a hash value's partition.
 func (c *Cluster) ShardOfHash(hash uint64) *Shard { return c.owner[Partition(hash, c.Partitions)] }
 
-// ShardNamed returns one of the cluster's shards by name.
+// ShardNamed returns one of the cluster's shards, or of their replicas, by name.
 func (c *Cluster) ShardNamed(name string) (*Shard, bool) {
 	for _, sh := range c.Shards {
 		if sh.Name == name {
 			return sh, true
+		}
+		for _, r := range sh.Replicas { // a replica's server, holding a READ ONLY transaction
+			if r.Name == name {
+				return r, true
+			}
 		}
 	}
 	return nil, false

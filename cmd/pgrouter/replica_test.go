@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgrouter/pgrouter/internal/pgtest"
 	"github.com/pgrouter/pgrouter/internal/pgtest/testenv"
@@ -20,9 +22,11 @@ import (
 // TestReplicaReads: a shard with a real streaming standby (pg_basebackup
 // -R). Calls of a read_only function outside a transaction run on the
 // standby; the same body declared without read_only, and read_only calls
-// inside a transaction, run on the primary; SHOW SHARDS shows each host's
-// role and replay lag; a standby whose replay is paused falls behind
-// max_replica_lag and is skipped until it catches up.
+// inside a read-write transaction, run on the primary; a READ ONLY
+// transaction runs on the standby; SET pgrouter.target steers a session;
+// SHOW SHARDS and /metrics show each host's role and replay lag; a standby
+// whose replay is paused falls behind max_replica_lag and is skipped (or,
+// with pgrouter.target = replica, the call fails) until it catches up.
 func TestReplicaReads(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -126,6 +130,49 @@ functions:
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// A transaction begun READ ONLY runs on a replica, all of it (a call of
+	// a function not declared read_only too: the transaction cannot write):
+	// with the simple protocol, the extended one, and prepared statements
+	// described before their first Bind.
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeExec, pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
+		tx, err = client.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, fn := range []string{"where_ro", "where_rw"} {
+			if err := tx.QueryRow(ctx, "SELECT "+fn+"($1)", mode, "key").Scan(&got); err != nil || got != "replica" {
+				t.Fatalf("%s inside BEGIN READ ONLY (%v) ran on the %s (%v)", fn, mode, got, err)
+			}
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// SET pgrouter.target = primary keeps this session's reads on the primary.
+	simple := func(sql string) error {
+		_, err := client.Exec(ctx, sql, pgx.QueryExecModeSimpleProtocol)
+		return err
+	}
+	if err := simple("SET pgrouter.target = primary"); err != nil {
+		t.Fatal(err)
+	}
+	if got := call("where_ro"); got != "primary" {
+		t.Fatalf("with pgrouter.target = primary a read_only call ran on the %s", got)
+	}
+	var target string
+	if err := client.QueryRow(ctx, "SHOW pgrouter.target", pgx.QueryExecModeSimpleProtocol).Scan(&target); err != nil || target != "primary" {
+		t.Fatalf("SHOW pgrouter.target: %q (%v)", target, err)
+	}
+	var pgErr *pgconn.PgError
+	if err := simple("SET pgrouter.target = anywhere"); !errors.As(err, &pgErr) || pgErr.Code != "22023" {
+		t.Fatalf("SET pgrouter.target = anywhere: %v", err)
+	}
+	if err := simple("RESET pgrouter.target"); err != nil {
+		t.Fatal(err)
+	}
+	if got := call("where_ro"); got != "replica" {
+		t.Fatalf("after RESET pgrouter.target a read_only call ran on the %s", got)
+	}
 
 	// Replay paused while the primary writes: the standby falls behind
 	// max_replica_lag (1s) and is skipped; resumed, it serves again.
@@ -161,6 +208,16 @@ functions:
 		if got := call("where_ro"); got != "primary" {
 			t.Fatalf("a read_only call ran on a standby %v behind: %s", roles()["s0/r1"]["replay_lag_ms"], got)
 		}
+	}
+	// pgrouter.target = replica fails rather than read from the primary.
+	if err := simple("SET pgrouter.target = replica"); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.QueryRow(ctx, "SELECT where_ro($1)", "key").Scan(&got); !errors.As(err, &pgErr) || pgErr.Code != "57P03" {
+		t.Fatalf("pgrouter.target = replica with no replica in time: %v (%s)", err, got)
+	}
+	if err := simple("SET pgrouter.target = auto"); err != nil {
+		t.Fatal(err)
 	}
 	close(stop)
 	<-writer
