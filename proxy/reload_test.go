@@ -14,9 +14,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
-
-	"github.com/pgrouter/pgrouter/internal/pgtest"
-	"github.com/pgrouter/pgrouter/internal/pgtest/testenv"
 )
 
 // reloadYAML is a routing config over some of allShards: owners maps a
@@ -238,62 +235,6 @@ func clientIDs(t *testing.T, ctx context.Context, adm *pgx.Conn) []int64 {
 
 func sameIDs(a, b []int64) bool {
 	return fmt.Sprint(a) == fmt.Sprint(b)
-}
-
-// TestShardHealthInShowShards stops a shard: SHOW SHARDS and /metrics mark
-// it down within its check interval times the failures allowed (plus the
-// check timeout), the other shard keeps serving, and the shard is up again
-// after a restart and serves its clients.
-func TestShardHealthInShowShards(t *testing.T) {
-	ctx := testContext(t, 2*time.Minute)
-	own := testenv.Servers(t, 1, pgtest.Options{})[0]
-	const interval, timeout, failures = 200 * time.Millisecond, 500 * time.Millisecond, 2
-	p := startProxy(t, proxyOpts{servers: []*pgtest.Server{shards[0], own}, topLevel: adminTopLevel +
-		fmt.Sprintf("health:\n  interval: %s\n  timeout: %s\n  failures: %d\n", interval, timeout, failures)})
-	adm := p.admin(t, ctx)
-	state := func(shard string) string {
-		return rowWhere(t, adminRows(t, ctx, adm, "SHOW SHARDS"), "shard", shard)["state"].(string)
-	}
-	waitFor := func(shard, want string, limit time.Duration) time.Duration {
-		t.Helper()
-		start := time.Now()
-		for state(shard) != want {
-			if time.Since(start) > limit {
-				t.Fatalf("shard %s not %s after %s: %v", shard, want, limit, rowWhere(t, adminRows(t, ctx, adm, "SHOW SHARDS"), "shard", shard))
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		return time.Since(start)
-	}
-	waitFor("s0", "up", 5*time.Second)
-	waitFor("s1", "up", 5*time.Second)
-	client := p.connect(t, ctx)
-
-	own.Halt()
-	took := waitFor("s1", "down", failures*interval+timeout+2*time.Second)
-	t.Logf("s1 marked down %s after it stopped", took)
-	if state("s0") != "up" {
-		t.Fatal("s0 not up while s1 is down")
-	}
-	var one int
-	if err := client.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil { // default route s0
-		t.Fatalf("s0 while s1 is down: %v", err)
-	}
-	fams := scrape(t, p.metrics)
-	if metricValue(fams, "pgrouter_shard_up", map[string]string{"shard": "s1"}) != 0 || metricValue(fams, "pgrouter_shard_up", map[string]string{"shard": "s0"}) != 1 {
-		t.Fatal("/metrics pgrouter_shard_up does not match SHOW SHARDS")
-	}
-	if err := own.Restart(ctx); err != nil {
-		t.Fatal(err)
-	}
-	waitFor("s1", "up", 5*time.Second)
-	if _, err := client.Exec(ctx, "SET pgrouter.shard = s1"); err != nil {
-		t.Fatal(err)
-	}
-	var port int
-	if err := client.QueryRow(ctx, "SELECT inet_server_port()", pgx.QueryExecModeSimpleProtocol).Scan(&port); err != nil || port != own.Port {
-		t.Fatalf("s1 after its restart: port %d %v; want %d", port, err, own.Port)
-	}
 }
 
 // TestPauseResume: PAUSE waits for the transaction running on the shard,

@@ -159,22 +159,6 @@ func newSession(srv *Server, gen *generation, conn net.Conn, r *wire.Reader, w *
 	}
 }
 
-// logger returns the client's logger, built on first use: zap's With
-// encodes its fields into a buffer of its own, about 1 KB that each of
-// thousands of idle clients would otherwise keep for nothing. It may be
-// called from another goroutine (a cancel request).
-func (s *session) logger() *zap.Logger {
-	if l := s.log.Load(); l != nil {
-		return l
-	}
-	l := s.srv.log.With(zap.Uint64("client_id", s.id), zap.String("remote", s.conn.RemoteAddr().String()),
-		zap.String("user", s.user), zap.String("database", s.dbName))
-	if !s.log.CompareAndSwap(nil, l) {
-		return s.log.Load()
-	}
-	return l
-}
-
 // readTimeoutError is what a client is told when server_read_timeout closed
 // the server connection its statement was waiting on.
 func (s *session) readTimeoutError(shard string, fatal bool) *Error {
@@ -184,14 +168,6 @@ func (s *session) readTimeoutError(shard string, fatal bool) *Error {
 		e = fatalf(sqlstate.QueryCanceled, "pgrouter: server_read_timeout (%s) expired: shard %s sent nothing for that long; the transaction or session state on it is gone", d, shard)
 	}
 	return e.WithHint("The limit is pool.server_read_timeout in router.yaml; for statements that are merely slow, set statement_timeout on the shards below it.")
-}
-
-// debug logs at debug level without building the client's logger when
-// debug is off (see logger).
-func (s *session) debug(msg string, fields ...zap.Field) {
-	if s.srv.log.Core().Enabled(zap.DebugLevel) {
-		s.logger().Debug(msg, fields...)
-	}
 }
 
 // run serves the client until it leaves or a fatal error.
