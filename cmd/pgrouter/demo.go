@@ -26,9 +26,10 @@ const demoCluster = "demo"
 
 func demoCmd() *cobra.Command {
 	var (
-		dir    string
-		shards int
-		listen string
+		dir      string
+		shards   int
+		replicas int
+		listen   string
 	)
 	cmd := &cobra.Command{
 		Use:   "demo",
@@ -41,18 +42,22 @@ stops everything. With --dir the shards' data is kept there and reused.`,
 			if shards < 1 || shards > 16 {
 				return fmt.Errorf("--shards must be between 1 and 16")
 			}
+			if replicas < 0 || replicas > 3 {
+				return fmt.Errorf("--replicas must be between 0 and 3")
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			return runDemo(ctx, cmd.OutOrStdout(), dir, shards, listen)
+			return runDemo(ctx, cmd.OutOrStdout(), dir, shards, replicas, listen)
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", "", "keep shard data and router.yaml in this folder (default: a temporary folder, removed at exit)")
 	cmd.Flags().IntVar(&shards, "shards", 2, "number of shards")
+	cmd.Flags().IntVar(&replicas, "replicas", 0, "hot standbys of each shard (streaming replication; made afresh at each start): read_only calls go to them")
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:6432", "address to serve on")
 	return cmd
 }
 
-func runDemo(ctx context.Context, out io.Writer, dir string, n int, listen string) error {
+func runDemo(ctx context.Context, out io.Writer, dir string, n, replicas int, listen string) error {
 	log, err := newLogger("info", "auto")
 	if err != nil {
 		return err
@@ -111,8 +116,25 @@ func runDemo(ctx context.Context, out io.Writer, dir string, n int, listen strin
 			return fmt.Errorf("create the demo schema on shard s%d: %w", i, err)
 		}
 	}
+	standbys := make([][]*pgtest.Server, n)
+	defer func() {
+		for _, rs := range standbys {
+			for _, r := range rs {
+				_ = r.Stop()
+			}
+		}
+	}()
+	for i, s := range servers {
+		for range replicas {
+			r, err := pgtest.StartReplica(startCtx, s)
+			if err != nil {
+				return fmt.Errorf("start a standby of shard s%d: %w", i, err)
+			}
+			standbys[i] = append(standbys[i], r)
+		}
+	}
 	path := filepath.Join(dir, "router.yaml")
-	if err := os.WriteFile(path, []byte(demoConfig(servers, central, ln.Addr().String())), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(demoConfig(servers, standbys, central, ln.Addr().String())), 0o644); err != nil {
 		return err
 	}
 	cfg, err := config.Load(path)
@@ -148,6 +170,9 @@ func runDemo(ctx context.Context, out io.Writer, dir string, n int, listen strin
 	fmt.Fprintf(out, "\npgrouter demo is ready.\n\n")
 	for i, s := range servers {
 		fmt.Fprintf(out, "  shard s%d  %s  (data %s)\n", i, s.Addr(), s.DataDir)
+		for j, r := range standbys[i] {
+			fmt.Fprintf(out, "  standby %s  %s  (streaming from s%d)\n", shardmap.ReplicaName(fmt.Sprintf("s%d", i), j+1), r.Addr(), i)
+		}
 	}
 	fmt.Fprintf(out, "  source    %s  (data %s)\n", central.Addr(), central.DataDir)
 	fmt.Fprintf(out, "  config    %s\n\n", path)
@@ -156,6 +181,9 @@ func runDemo(ctx context.Context, out io.Writer, dir string, n int, listen strin
 	fmt.Fprintf(out, "            SELECT * FROM get_user('bob');\n")
 	fmt.Fprintf(out, "            SELECT count_users();                          -- runs on every shard, summed\n")
 	fmt.Fprintf(out, "            SELECT count(*) FROM users;                    -- no routed function: s0 only (a NOTICE says so)\n")
+	if replicas > 0 {
+		fmt.Fprintf(out, "            SELECT served_by('bob');                       -- read_only: answered by a standby of bob's shard\n")
+	}
 	fmt.Fprintf(out, "Bench:      routed lookups over every shard, as the README shows:\n")
 	fmt.Fprintf(out, "            pgbench -h %s -p %s -U demo -n -M prepared -c 32 -j 2 -T 10 -f - %s <<'EOF'\n%sEOF\n", host, port, demoCluster, demoPgbenchScript)
 	var starts []string
@@ -221,6 +249,8 @@ CREATE OR REPLACE FUNCTION add_user(i_username text, i_email text) RETURNS text 
 CREATE OR REPLACE FUNCTION get_user(i_username text, OUT username text, OUT email text, OUT created timestamptz) RETURNS SETOF record
   LANGUAGE sql AS $$ SELECT username, email, created FROM users WHERE username = i_username $$;
 CREATE OR REPLACE FUNCTION count_users() RETURNS bigint LANGUAGE sql AS $$ SELECT count(*) FROM users $$;
+CREATE OR REPLACE FUNCTION served_by(i_username text) RETURNS text LANGUAGE sql STABLE AS
+  $$ SELECT 'port ' || inet_server_port() || CASE WHEN pg_is_in_recovery() THEN ', a standby' ELSE ', the primary' END $$;
 `
 
 // demoPgbenchScript is the pgbench script of the README: a routed point
@@ -233,7 +263,8 @@ SELECT * FROM get_user(:n);   -- the key is a parameter: looked up on the shard 
 
 const demoFunctions = `functions:
   - {name: add_user, key: i_username}
-  - {name: get_user, key: i_username}
+  - {name: get_user, key: i_username, read_only: true}
+  - {name: served_by, key: i_username, read_only: true}
   - {name: count_users, run_on: all, merge: sum}
   - {name: country_everywhere, run_on: all}
 `
@@ -243,12 +274,12 @@ const demoFunctions = `functions:
 // NOTICE saying so, any
 // database name accepted so that a bare `psql -h 127.0.0.1 -p 6432` works,
 // stride sequences and the reference table.
-func demoConfig(servers []*pgtest.Server, central *pgtest.Server, listen string) string {
+func demoConfig(servers []*pgtest.Server, standbys [][]*pgtest.Server, central *pgtest.Server, listen string) string {
 	n := len(servers)
 	partitions := 16
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Written by pgrouter demo.\nlisten: %s\n", listen)
-	b.WriteString("auth:\n  type: trust\nadmin_users: [admin]\npool:\n  mode: transaction\n  size: 10\n")
+	b.WriteString("auth:\n  type: trust\nadmin_users: [admin]\npool:\n  mode: transaction\n  size: 10\nhealth:\n  interval: 1s\n")
 	fmt.Fprintf(&b, "clusters:\n  %s:\n    partitions: %d\n    shards:\n", demoCluster, partitions)
 	per := partitions / n
 	for i, s := range servers {
@@ -257,6 +288,12 @@ func demoConfig(servers []*pgtest.Server, central *pgtest.Server, listen string)
 			hi = partitions - 1
 		}
 		fmt.Fprintf(&b, "      - name: s%d\n        dsn: %s\n        partitions: \"%d-%d\"\n", i, s.DSN("postgres"), lo, hi)
+		if i < len(standbys) && len(standbys[i]) > 0 {
+			b.WriteString("        replicas:\n")
+			for _, r := range standbys[i] {
+				fmt.Fprintf(&b, "          - %s\n", r.DSN("postgres"))
+			}
+		}
 	}
 	// Unrouted statements (select * from users) go to s0, and say so.
 	fmt.Fprintf(&b, "default_route: s0\ndefault_route_notice: true\nfallback_cluster: %s\n", demoCluster)

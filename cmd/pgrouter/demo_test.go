@@ -62,7 +62,7 @@ func TestDemo(t *testing.T) {
 	defer cancel()
 	var out syncBuffer
 	done := make(chan error, 1)
-	go func() { done <- runDemo(ctx, &out, "", 2, addr) }()
+	go func() { done <- runDemo(ctx, &out, "", 2, 0, addr) }()
 
 	host, port, _ := net.SplitHostPort(addr)
 	deadline := time.Now().Add(90 * time.Second)
@@ -391,6 +391,50 @@ func checkDemoPgbench(t *testing.T, demoOut, host, port string) {
 	for _, shard := range []string{"s0", "s1"} {
 		if moved := after[shard] - before[shard]; moved < 100 {
 			t.Fatalf("the README's demo pgbench ran %d transactions on %s (before %v, after %v); want every shard busy", moved, shard, before, after)
+		}
+	}
+}
+
+// TestDemoReplicas: pgrouter demo --replicas 1 starts a standby of each
+// shard, prints it, and a read_only call is answered by it.
+func TestDemoReplicas(t *testing.T) {
+	addr := freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	var out syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- runDemo(ctx, &out, "", 1, 1, addr) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("demo: %v", err)
+		}
+	}()
+	deadline := time.Now().Add(90 * time.Second)
+	for !strings.Contains(out.String(), "pgrouter demo is ready") {
+		if time.Now().After(deadline) {
+			t.Fatalf("demo not ready:\n%s", out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !strings.Contains(out.String(), "standby s0/r1") || !strings.Contains(out.String(), "SELECT served_by('bob')") {
+		t.Fatalf("the demo does not show its standby:\n%s", out.String())
+	}
+	host, port, _ := net.SplitHostPort(addr)
+	conn, err := pgx.Connect(context.Background(), fmt.Sprintf("postgres://demo@%s:%s/demo?sslmode=disable", host, port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var got string
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if err := conn.QueryRow(context.Background(), "SELECT served_by('bob')").Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasSuffix(got, "a standby") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("served_by('bob') answered %q: no standby served it", got)
 		}
 	}
 }
