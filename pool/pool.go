@@ -85,11 +85,24 @@ func (e *ConnectError) Reason() string {
 	return "network error"
 }
 
+// StandbyError is a connection of a primary's pool that reached a standby
+// (the host was demoted, or a failover moved the primary elsewhere): it is
+// closed, as nothing sent to the shard's primary may land on a read-only
+// server.
+type StandbyError struct{ Shard string }
+
+func (e *StandbyError) Error() string {
+	return fmt.Sprintf("shard %s: the server is a standby (in_hot_standby = on), not the primary", e.Shard)
+}
+
 // Config describes one pool.
 type Config struct {
 	Shard string
-	User  string
-	Conn  *pgconn.Config // parsed DSN, user and password filled in
+	// Replica: the pool serves a replica, a standby by design; other pools
+	// refuse a server that says it is one.
+	Replica bool
+	User    string
+	Conn    *pgconn.Config // parsed DSN, user and password filled in
 	Settings
 	Log *zap.Logger
 }
@@ -482,6 +495,11 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 	if err := pc.SyncConn(ctx); err != nil {
 		_ = pc.Close(context.Background())
 		return nil, &ConnectError{Shard: p.cfg.Shard, Err: err}
+	}
+	if !p.cfg.Replica && pc.ParameterStatus("in_hot_standby") == "on" { // PostgreSQL 14+ says so at login
+		_ = pc.Close(context.Background())
+		p.cfg.Log.Error("a connection to a shard's primary reached a standby: refused", zap.String("shard", p.cfg.Shard))
+		return nil, &StandbyError{Shard: p.cfg.Shard}
 	}
 	hj, err := pc.Hijack()
 	if err != nil {

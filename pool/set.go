@@ -111,7 +111,7 @@ func (s *Set) Get(shard *shardmap.Shard, clientUser string) (*Pool, error) {
 		}
 	}
 	cc.ConnectTimeout = 0 // dial bounds each attempt with the server_connect_timeout in force
-	p := New(Config{Shard: shard.Name, User: user, Conn: cc, Settings: s.cfg.Settings, Log: s.cfg.Log}, &s.ids)
+	p := New(Config{Shard: shard.Name, Replica: shard.Primary != nil, User: user, Conn: cc, Settings: s.cfg.Settings, Log: s.cfg.Log}, &s.ids)
 	p.paused = s.paused[shard.Name]
 	p.dsn = shard.DSN
 	s.pools[key] = p

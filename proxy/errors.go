@@ -81,6 +81,12 @@ func toError(err error) *Error {
 			WithHint("Raise pool.size or pool.query_wait_timeout in router.yaml, or look for long transactions holding server connections.").
 			because(err)
 	}
+	var standby *pool.StandbyError
+	if errors.As(err, &standby) {
+		return errorf(sqlstate.ReadOnlyTransaction, "pgrouter: shard %s's server is a standby, not its primary: nothing is sent there", standby.Shard).
+			WithHint("Its primary was failed over or the host demoted: point the shard's dsn at the new primary, or list every host with target_session_attrs=read-write, and RELOAD.").
+			because(err)
+	}
 	var connErr *pool.ConnectError
 	if errors.As(err, &connErr) {
 		return errorf(sqlstate.UnableToConnect, "pgrouter: cannot connect to shard %s (%s)", connErr.Shard, connErr.Reason()).

@@ -398,4 +398,38 @@ functions:
 	if err := conn.QueryRow(ctx, "SELECT count(*) FROM ticks WHERE n >= 1000000").Scan(&n); err != nil || n != 20 {
 		t.Fatalf("%d of 20 writes on the new primary (%v)", n, err)
 	}
+
+	// A router whose shard DSN names only the old primary's address, now a
+	// standby: nothing is sent there, the client is told why.
+	stalePath := filepath.Join(t.TempDir(), "router.yaml")
+	staleAddr := freeAddr(t)
+	writeFile(t, stalePath, fmt.Sprintf(`listen: %s
+auth: {type: trust}
+log: {format: json}
+default_route: s0
+clusters:
+  main:
+    hash: hashtext
+    shards:
+      - {name: s0, dsn: %q}
+functions:
+  - {name: add_tick, key: k}
+`, staleAddr, rejoined.DSN("postgres")))
+	runRouter(ctx, t, stalePath, staleAddr)
+	// The login itself needs the shard's parameters from its primary: it is
+	// refused (08001) and says why; had it got them earlier, the write would
+	// be refused (25006) and say the same.
+	var pgErr *pgconn.PgError
+	stale, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres@%s/main?sslmode=disable", staleAddr))
+	if err == nil {
+		defer stale.Close(ctx)
+		var got int64
+		err = stale.QueryRow(ctx, "SELECT add_tick('k', 2000000)").Scan(&got)
+	}
+	if !errors.As(err, &pgErr) || (pgErr.Code != "25006" && pgErr.Code != "08001") || !strings.Contains(pgErr.Message, "is a standby, not its primary") {
+		t.Fatalf("a write through a router whose primary is now a standby: %v", err)
+	}
+	if n := 0; conn.QueryRow(ctx, "SELECT count(*) FROM ticks WHERE n = 2000000").Scan(&n) != nil || n != 0 {
+		t.Fatal("the write reached the new primary through the stale router's standby")
+	}
 }
