@@ -302,6 +302,7 @@ functions:
 				default:
 				}
 				if conn == nil || conn.IsClosed() {
+					var err error
 					if conn, err = pgx.Connect(ctx, url); err != nil {
 						conn = nil
 						time.Sleep(20 * time.Millisecond)
