@@ -170,7 +170,7 @@ func (c *Console) showServers() *resultSet {
 		{"type", oidText}, {"user", oidText}, {"database", oidText}, {"shard", oidText}, {"state", oidText},
 		{"addr", oidText}, {"port", oidInt8}, {"local_addr", oidText}, {"local_port", oidInt8},
 		{"connect_time", oidTimestamptz}, {"request_time", oidTimestamptz}, {"link", oidInt8}, {"remote_pid", oidInt8},
-		{"tls", oidBool}, {"id", oidInt8}, {"close_needed", oidInt8},
+		{"tls", oidBool}, {"id", oidInt8}, {"close_needed", oidInt8}, {"role", oidText},
 	}}
 	shards := c.srv.Map()
 	for _, p := range c.srv.Pools().Pools() {
@@ -190,7 +190,8 @@ func (c *Console) showServers() *resultSet {
 			if sv.CloseNeeded {
 				closeNeeded = 1
 			}
-			rs.add("S", p.User(), cluster, p.Shard(), state, addr, port, laddr, lport, sv.Created, sv.LastUsed, link, sv.PID, sv.TLS, sv.ID, closeNeeded)
+			rs.add("S", p.User(), cluster, p.Shard(), state, addr, port, laddr, lport, sv.Created, sv.LastUsed, link, sv.PID, sv.TLS, sv.ID, closeNeeded,
+				nullIfEmpty(c.srv.Pools().Health(p.Shard()).Role))
 		}
 	}
 	return rs

@@ -100,6 +100,15 @@ functions:
 		r := roles()
 		return r["s0"]["role"] == "primary" && r["s0/r1"]["role"] == "standby" && r["s0/r1"]["state"] == "up"
 	})
+	defer func() { // SHOW SERVERS names each connection's role too
+		servers := map[string]any{}
+		for _, row := range adminMaps(ctx, t, adm, "SHOW SERVERS") {
+			servers[row["shard"].(string)] = row["role"]
+		}
+		if servers["s0/r1"] != "standby" || servers["s0"] != "primary" {
+			t.Errorf("SHOW SERVERS roles: %v", servers)
+		}
+	}()
 	resp, err := http.Get("http://" + metricsAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
