@@ -9,6 +9,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -28,9 +29,13 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), checkCmd(), seqCmd(), refsyncCmd(), moveCmd(), benchCmd(), demoCmd(), versionCmd())
+	root.AddCommand(serveCmd(), checkCmd(), seqCmd(), refsyncCmd(), moveCmd(), importPLProxyCmd(), benchCmd(), demoCmd(), versionCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "pgrouter:", err)
+		var partial errUntranslated
+		if errors.As(err, &partial) {
+			os.Exit(2) // the file is written; some of it is comments
+		}
 		os.Exit(1)
 	}
 }

@@ -1,0 +1,166 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgrouter/pgrouter/config"
+	"github.com/pgrouter/pgrouter/internal/pgtest"
+	"github.com/pgrouter/pgrouter/internal/pgtest/testenv"
+	"github.com/pgrouter/pgrouter/shardmap"
+)
+
+// TestImportPLProxy: a real PL/Proxy database (Debian's plproxy) over two
+// shards, four partitions, with functions run on hashtext and hashint8 of
+// an argument, on all partitions and on any. pgrouter import-plproxy writes
+// a router.yaml that validates, translates those, and marks what it cannot
+// (RUN ON an expression, SPLIT) NOT TRANSLATED with exit status 2; pgrouter
+// served from that file answers every translated function as PL/Proxy does.
+func TestImportPLProxy(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	shards := testenv.Servers(t, 2, pgtest.Options{})
+	const shardSchema = `CREATE TABLE users (id bigint PRIMARY KEY, username text UNIQUE NOT NULL);
+CREATE FUNCTION get_user(i_username text) RETURNS SETOF users LANGUAGE sql AS $$ SELECT * FROM users WHERE username = i_username $$;
+CREATE FUNCTION get_by_id(i_id bigint) RETURNS SETOF users LANGUAGE sql AS $$ SELECT * FROM users WHERE id = i_id $$;
+CREATE FUNCTION count_users() RETURNS SETOF bigint LANGUAGE sql AS $$ SELECT count(*) FROM users $$;
+CREATE FUNCTION any_one() RETURNS SETOF int LANGUAGE sql AS $$ SELECT 1 $$;`
+	var conninfo []string
+	for _, s := range shards {
+		if err := s.Exec(ctx, "postgres", shardSchema); err != nil {
+			t.Fatal(err)
+		}
+		conninfo = append(conninfo, fmt.Sprintf("host=%s port=%d dbname=postgres user=%s", s.Host, s.Port, pgtest.SuperUser))
+	}
+	// 4 partitions: 0-1 on the first shard, 2-3 on the second, placed by
+	// hashtext of the username as PL/Proxy does; ids so that hashint8(id)
+	// lands each user on the same shard as its name (for get_by_id).
+	var loads [2][][]any
+	id := int64(0)
+	for i := range 400 {
+		name := fmt.Sprintf("user%d", i)
+		shard := shardmap.Partition(shardmap.HashText.Text([]byte(name)), 4) / 2
+		for {
+			id++
+			if shardmap.Partition(shardmap.HashText.Int(id, 8), 4)/2 == shard {
+				break
+			}
+		}
+		loads[shard] = append(loads[shard], []any{id, name})
+	}
+	for i, s := range shards {
+		conn, err := pgx.Connect(ctx, s.DSN("postgres"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = conn.CopyFrom(ctx, pgx.Identifier{"users"}, []string{"id", "username"}, pgx.CopyFromRows(loads[i]))
+		conn.Close(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := shards[0].Exec(ctx, "postgres", "CREATE DATABASE plx"); err != nil {
+		t.Fatal(err)
+	}
+	if err := shards[0].Exec(ctx, "plx", fmt.Sprintf(`CREATE EXTENSION plproxy;
+CREATE SERVER cl FOREIGN DATA WRAPPER plproxy OPTIONS (p0 '%[1]s', p1 '%[1]s', p2 '%[2]s', p3 '%[2]s');
+CREATE USER MAPPING FOR PUBLIC SERVER cl;
+CREATE FUNCTION get_user(i_username text, OUT id bigint, OUT username text) RETURNS SETOF record LANGUAGE plproxy AS $$ CLUSTER 'cl'; RUN ON hashtext(i_username); $$;
+CREATE FUNCTION get_by_id(i_id bigint, OUT id bigint, OUT username text) RETURNS SETOF record LANGUAGE plproxy AS $$ CLUSTER 'cl'; RUN ON hashint8($1); $$;
+CREATE FUNCTION count_users() RETURNS SETOF bigint LANGUAGE plproxy AS $$ -- every partition
+	CLUSTER 'cl'; RUN ON ALL; $$;
+CREATE FUNCTION any_one() RETURNS SETOF int LANGUAGE plproxy AS $$ CLUSTER 'cl'; $$;
+CREATE FUNCTION get_user_ci(i_username text, OUT id bigint, OUT username text) RETURNS SETOF record LANGUAGE plproxy AS $$ CLUSTER 'cl'; RUN ON hashtext(lower(i_username)); $$;
+CREATE FUNCTION get_users(i_names text[], OUT id bigint, OUT username text) RETURNS SETOF record LANGUAGE plproxy AS $$ CLUSTER 'cl'; SPLIT i_names; RUN ON hashtext(i_names); $$;`,
+		conninfo[0], conninfo[1])); err != nil {
+		t.Fatal(err)
+	}
+
+	path := filepath.Join(t.TempDir(), "router.yaml")
+	out, code := pgrouter(ctx, t, "import-plproxy", "--from", shards[0].DSN("plx"), "-o", path)
+	if code != 2 || !strings.Contains(out, "6 plproxy functions, 1 clusters read") ||
+		!strings.Contains(out, "not translated: get_user_ci") || !strings.Contains(out, "not translated: get_users") || strings.Count(out, "not translated:") != 3 {
+		t.Fatalf("import-plproxy (exit %d):\n%s", code, out)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Parse(path, data)
+	if err != nil {
+		t.Fatalf("the imported router.yaml: %v\n%s", err, data)
+	}
+	cl := cfg.Clusters["cl"]
+	if cl == nil || cl.Hash != "hashtext" || cl.Partitions != 4 || len(cl.Shards) != 2 || cl.Shards[0].Partitions != "0-1" || cl.Shards[1].Partitions != "2-3" ||
+		!strings.Contains(string(data), "# NOT TRANSLATED: get_user_ci") || len(cfg.Functions) != 4 {
+		t.Fatalf("the imported router.yaml:\n%s", data)
+	}
+	t.Logf("imported:\n%s", data)
+
+	// Served from that file, pgrouter answers as PL/Proxy does.
+	addr := freeAddr(t)
+	writeFile(t, path, strings.Replace(string(data), "listen: 127.0.0.1:6432", "listen: "+addr, 1))
+	runRouter(ctx, t, path, addr)
+	viaRouter, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres@%s/cl?sslmode=disable", addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer viaRouter.Close(ctx)
+	viaPLProxy, err := pgx.Connect(ctx, shards[0].DSN("plx"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer viaPLProxy.Close(ctx)
+	rowsOf := func(conn *pgx.Conn, sql string, arg any) string {
+		t.Helper()
+		rows, err := conn.Query(ctx, sql, arg)
+		if err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+		var out []string
+		for rows.Next() {
+			vals, err := rows.Values()
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, fmt.Sprint(vals...))
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+		return strings.Join(out, "|")
+	}
+	for i := range 400 {
+		name := fmt.Sprintf("user%d", i)
+		if a, b := rowsOf(viaRouter, "SELECT * FROM get_user($1)", name), rowsOf(viaPLProxy, "SELECT * FROM get_user($1)", name); a != b || a == "" {
+			t.Fatalf("get_user(%s): pgrouter %q, PL/Proxy %q", name, a, b)
+		}
+	}
+	for id := int64(1); id <= 60; id++ {
+		if a, b := rowsOf(viaRouter, "SELECT * FROM get_by_id($1)", id), rowsOf(viaPLProxy, "SELECT * FROM get_by_id($1)", id); a != b {
+			t.Fatalf("get_by_id(%d): pgrouter %q, PL/Proxy %q", id, a, b)
+		}
+	}
+	sorted := func(s string) string {
+		parts := strings.Split(s, "|")
+		slices.Sort(parts)
+		return strings.Join(parts, "|")
+	}
+	// RUN ON ALL runs once per database (PL/Proxy shares a connection
+	// between partitions with one connect string), as run_on: all once per
+	// shard: the same rows, in the order the shards answer.
+	if a, b := sorted(rowsOf(viaRouter, "SELECT * FROM count_users() WHERE $1::int = 1", 1)), sorted(rowsOf(viaPLProxy, "SELECT * FROM count_users() WHERE $1::int = 1", 1)); a != b || strings.Count(a, "|") != 1 {
+		t.Fatalf("count_users: pgrouter %q, PL/Proxy %q", a, b)
+	}
+	if a := rowsOf(viaRouter, "SELECT * FROM any_one() WHERE $1::int = 1", 1); a != "1" {
+		t.Fatalf("any_one through pgrouter: %q", a)
+	}
+}

@@ -1,0 +1,379 @@
+// Package plimport reads a PL/Proxy database (its plproxy functions and
+// clusters) and writes the router.yaml that serves the same calls:
+// pgrouter import-plproxy.
+package plimport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Function is a plproxy function as its body declares it.
+type Function struct {
+	Schema, Name string
+	Args         []Arg // in order
+	Cluster      string
+	RunOn        string // "hash", "all", "any", "partition" or "" (not translated)
+	Key          string // RUN ON hashtext(Key) ... : the argument hashed
+	Partition    int    // RUN ON <number>
+	Split        []string
+	Target       string
+	// Problems are what the body does that router.yaml cannot say.
+	Problems []string
+}
+
+// Arg is a function argument.
+type Arg struct{ Name, Type string }
+
+// Cluster is a PL/Proxy cluster: its partitions' connect strings in order.
+type Cluster struct {
+	Name       string
+	Partitions []string
+}
+
+// Database is what import reads.
+type Database struct {
+	Functions []*Function
+	Clusters  map[string]*Cluster
+	// Problems are clusters that could not be read.
+	Problems []string
+}
+
+// Read reads the plproxy functions of a database and the clusters they use.
+func Read(ctx context.Context, conn *pgx.Conn) (*Database, error) {
+	rows, err := conn.Query(ctx, `SELECT n.nspname, p.proname, p.prosrc,
+			coalesce(p.proargnames, '{}'), coalesce(p.proargmodes::text[], '{}'),
+			array(SELECT format_type(t, NULL) FROM unnest(coalesce(p.proallargtypes, p.proargtypes::oid[])) t)
+		FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang JOIN pg_namespace n ON n.oid = p.pronamespace
+		WHERE l.lanname = 'plproxy' ORDER BY n.nspname, p.proname`)
+	if err != nil {
+		return nil, fmt.Errorf("read the plproxy functions: %w", err)
+	}
+	db := &Database{Clusters: map[string]*Cluster{}}
+	for rows.Next() {
+		var schema, name, src string
+		var names, modes, types []string
+		if err := rows.Scan(&schema, &name, &src, &names, &modes, &types); err != nil {
+			return nil, err
+		}
+		f := &Function{Schema: schema, Name: name}
+		for i, typ := range types {
+			mode := "i"
+			if i < len(modes) {
+				mode = modes[i]
+			}
+			if mode == "o" || mode == "t" { // OUT and TABLE columns are results
+				continue
+			}
+			arg := Arg{Type: typ}
+			if i < len(names) {
+				arg.Name = names[i]
+			}
+			f.Args = append(f.Args, arg)
+		}
+		parseBody(f, src)
+		db.Functions = append(db.Functions, f)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	for _, f := range db.Functions {
+		if f.Cluster == "" || db.Clusters[f.Cluster] != nil {
+			continue
+		}
+		cl, err := readCluster(ctx, conn, f.Cluster)
+		if err != nil {
+			db.Problems = append(db.Problems, fmt.Sprintf("cluster %s: %v", f.Cluster, err))
+			db.Clusters[f.Cluster] = &Cluster{Name: f.Cluster}
+			continue
+		}
+		db.Clusters[f.Cluster] = cl
+	}
+	return db, nil
+}
+
+// partitionOption is a SQL/MED partition option: p0, p1, partition_0, ...
+var partitionOption = regexp.MustCompile(`^p(?:artition_?)?(\d+)$`)
+
+// readCluster reads a cluster from its plproxy foreign server, else from
+// plproxy.get_cluster_partitions (the configuration functions of PL/Proxy
+// before SQL/MED).
+func readCluster(ctx context.Context, conn *pgx.Conn, name string) (*Cluster, error) {
+	var options []string
+	err := conn.QueryRow(ctx, `SELECT coalesce(s.srvoptions, '{}') FROM pg_foreign_server s JOIN pg_foreign_data_wrapper w ON w.oid = s.srvfdw
+		WHERE w.fdwname = 'plproxy' AND s.srvname = $1`, name).Scan(&options)
+	switch {
+	case err == nil:
+		byIndex := map[int]string{}
+		for _, o := range options {
+			key, value, _ := strings.Cut(o, "=")
+			if m := partitionOption.FindStringSubmatch(key); m != nil {
+				n, _ := strconv.Atoi(m[1])
+				byIndex[n] = value
+			}
+		}
+		cl := &Cluster{Name: name, Partitions: make([]string, len(byIndex))}
+		for i := range cl.Partitions {
+			v, ok := byIndex[i]
+			if !ok {
+				return nil, fmt.Errorf("its partitions are not numbered 0 to %d", len(byIndex)-1)
+			}
+			cl.Partitions[i] = v
+		}
+		return cl, nil
+	case !errors.Is(err, pgx.ErrNoRows):
+		return nil, err
+	}
+	rows, err := conn.Query(ctx, "SELECT plproxy.get_cluster_partitions($1)", name)
+	if err != nil {
+		return nil, fmt.Errorf("no plproxy foreign server of that name, and plproxy.get_cluster_partitions: %w", err)
+	}
+	parts, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("plproxy.get_cluster_partitions: %w", err)
+	}
+	return &Cluster{Name: name, Partitions: parts}, nil
+}
+
+// statements splits a plproxy body into its statements: at semicolons
+// outside quotes, parentheses and comments, comments removed.
+func statements(src string) []string {
+	var out []string
+	var b strings.Builder
+	depth := 0
+	for i := 0; i < len(src); i++ {
+		c := src[i]
+		switch {
+		case c == '-' && i+1 < len(src) && src[i+1] == '-':
+			for i < len(src) && src[i] != '\n' {
+				i++
+			}
+			b.WriteByte(' ')
+			continue
+		case c == '/' && i+1 < len(src) && src[i+1] == '*':
+			end := strings.Index(src[i+2:], "*/")
+			if end < 0 {
+				i = len(src)
+			} else {
+				i += end + 3
+			}
+			b.WriteByte(' ')
+			continue
+		case c == '\'' || c == '"':
+			j := i + 1
+			for j < len(src) && (src[j] != c || (j+1 < len(src) && src[j+1] == c)) {
+				if src[j] == c {
+					j++
+				}
+				j++
+			}
+			b.WriteString(src[i:min(j+1, len(src))])
+			i = j
+			continue
+		case c == '(':
+			depth++
+		case c == ')':
+			depth--
+		case c == ';' && depth == 0:
+			if s := strings.TrimSpace(b.String()); s != "" {
+				out = append(out, s)
+			}
+			b.Reset()
+			continue
+		}
+		b.WriteByte(c)
+	}
+	if s := strings.TrimSpace(b.String()); s != "" {
+		out = append(out, s)
+	}
+	return out
+}
+
+var (
+	runOnHash = regexp.MustCompile(`(?is)^run\s+on\s+(hashtext|hashint4|hashint8)\s*\(\s*("?[A-Za-z_][A-Za-z0-9_$]*"?|\$\d+)\s*\)$`)
+	runOnNum  = regexp.MustCompile(`(?is)^run\s+on\s+(\d+)$`)
+	clusterRE = regexp.MustCompile(`(?is)^cluster\s+'((?:[^']|'')*)'$`)
+	targetRE  = regexp.MustCompile(`(?is)^target\s+("?[A-Za-z_][A-Za-z0-9_.$]*"?)$`)
+	splitRE   = regexp.MustCompile(`(?is)^split\s+(.+)$`)
+)
+
+// parseBody reads CLUSTER, RUN ON, SPLIT and TARGET from a plproxy body.
+func parseBody(f *Function, src string) {
+	runOn := false
+	for _, st := range statements(src) {
+		words := strings.Fields(st)
+		kw := strings.ToLower(words[0])
+		switch {
+		case kw == "cluster":
+			if m := clusterRE.FindStringSubmatch(st); m != nil {
+				f.Cluster = strings.ReplaceAll(m[1], "''", "'")
+			} else {
+				f.Problems = append(f.Problems, fmt.Sprintf("%q: a cluster chosen by a function at run time", st))
+			}
+		case kw == "connect":
+			f.Problems = append(f.Problems, fmt.Sprintf("%q: CONNECT to one database, not a cluster", st))
+		case kw == "run":
+			runOn = true
+			lower := strings.ToLower(strings.Join(words, " "))
+			switch {
+			case lower == "run on all":
+				f.RunOn = "all"
+			case lower == "run on any":
+				f.RunOn = "any"
+			case runOnNum.MatchString(st):
+				n, _ := strconv.Atoi(runOnNum.FindStringSubmatch(st)[1])
+				f.RunOn, f.Partition = "partition", n
+				f.Problems = append(f.Problems, fmt.Sprintf("%q: a constant partition (router.yaml's run_on: partition takes the partition from an argument)", st))
+			case runOnHash.MatchString(st):
+				m := runOnHash.FindStringSubmatch(st)
+				f.RunOn, f.Key = "hash", f.argName(m[2])
+				if p := f.keyProblem(strings.ToLower(m[1])); p != "" {
+					f.Problems = append(f.Problems, fmt.Sprintf("%q: %s", st, p))
+				}
+			default:
+				f.Problems = append(f.Problems, fmt.Sprintf("%q: RUN ON an expression pgrouter does not compute", st))
+			}
+		case kw == "split":
+			m := splitRE.FindStringSubmatch(st)
+			for _, a := range strings.Split(m[1], ",") {
+				f.Split = append(f.Split, f.argName(strings.TrimSpace(a)))
+			}
+			f.Problems = append(f.Problems, fmt.Sprintf("%q: SPLIT is not routed yet", st))
+		case kw == "target":
+			if m := targetRE.FindStringSubmatch(st); m != nil {
+				f.Target = strings.Trim(m[1], `"`)
+			}
+			f.Problems = append(f.Problems, fmt.Sprintf("%q: TARGET is not routed yet", st))
+		case kw == "select":
+			f.Problems = append(f.Problems, fmt.Sprintf("%q: a SELECT body runs that statement on the shards, not the function", st))
+		default:
+			f.Problems = append(f.Problems, fmt.Sprintf("%q: not a PL/Proxy statement pgrouter knows", st))
+		}
+	}
+	if !runOn {
+		f.RunOn = "any" // PL/Proxy's default
+	}
+}
+
+// argName resolves $n or a name to the argument's name.
+func (f *Function) argName(ref string) string {
+	ref = strings.Trim(ref, `"`)
+	if strings.HasPrefix(ref, "$") {
+		if n, err := strconv.Atoi(ref[1:]); err == nil && n >= 1 && n <= len(f.Args) {
+			if f.Args[n-1].Name != "" {
+				return f.Args[n-1].Name
+			}
+			return strconv.Itoa(n) // router.yaml's key may be a 1-based position
+		}
+	}
+	return ref
+}
+
+// keyProblem checks that the hash PL/Proxy applies is the one pgrouter's
+// hash: hashtext applies to the key's type.
+func (f *Function) keyProblem(fn string) string {
+	var typ string
+	for i, a := range f.Args {
+		if a.Name == f.Key || strconv.Itoa(i+1) == f.Key {
+			typ = a.Type
+		}
+	}
+	switch {
+	case typ == "":
+		return fmt.Sprintf("%s is not an argument of the function", f.Key)
+	case fn == "hashtext" && (typ == "text" || typ == "character varying" || typ == "character"):
+	case fn == "hashint4" && (typ == "integer" || typ == "smallint"):
+	case fn == "hashint8" && typ == "bigint":
+	default:
+		return fmt.Sprintf("%s(%s) of a %s: pgrouter hashes a %s key with %s", fn, f.Key, typ, typ, map[bool]string{true: "hashint4/hashint8", false: "hashtext"}[strings.Contains(typ, "int")])
+	}
+	return ""
+}
+
+// Translate writes router.yaml for the database and lists what it could
+// not translate (also written in the file, as comments).
+func Translate(db *Database, source string) (string, []string) {
+	var b strings.Builder
+	var problems []string
+	fmt.Fprintf(&b, "# router.yaml written by pgrouter import-plproxy from %s.\n", source)
+	b.WriteString("# Before serving clients beyond this host: set auth (scram-sha-256 with a users_file), listen, admin_users.\n")
+	b.WriteString("listen: 127.0.0.1:6432\nauth: {type: trust}\nclusters:\n")
+	names := make([]string, 0, len(db.Clusters))
+	for name := range db.Clusters {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, p := range db.Problems {
+		problems = append(problems, p)
+		fmt.Fprintf(&b, "# NOT TRANSLATED: %s\n", p)
+	}
+	for _, name := range names {
+		cl := db.Clusters[name]
+		if len(cl.Partitions) == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "  %s:\n    hash: hashtext\n    partitions: %d\n    shards:\n", name, len(cl.Partitions))
+		// One shard per distinct connect string, in partition order.
+		var order []string
+		parts := map[string][]int{}
+		for i, dsn := range cl.Partitions {
+			if _, ok := parts[dsn]; !ok {
+				order = append(order, dsn)
+			}
+			parts[dsn] = append(parts[dsn], i)
+		}
+		for i, dsn := range order {
+			fmt.Fprintf(&b, "      - {name: %s_%d, dsn: %q, partitions: %q}\n", name, i, dsn, formatParts(parts[dsn]))
+		}
+	}
+	b.WriteString("functions:\n")
+	for _, f := range db.Functions {
+		full := f.Schema + "." + f.Name
+		if f.Schema == "public" {
+			full = f.Name
+		}
+		ok := len(f.Problems) == 0 && db.Clusters[f.Cluster] != nil && len(db.Clusters[f.Cluster].Partitions) > 0
+		for _, p := range f.Problems {
+			problems = append(problems, fmt.Sprintf("%s: %s", full, p))
+		}
+		line := fmt.Sprintf("  - {name: %s, cluster: %s", full, f.Cluster)
+		switch f.RunOn {
+		case "hash":
+			line += fmt.Sprintf(", key: %s}", f.Key)
+		case "all", "any":
+			line += fmt.Sprintf(", run_on: %s}", f.RunOn)
+		default:
+			line += "}"
+		}
+		if ok {
+			b.WriteString(line + "\n")
+			continue
+		}
+		fmt.Fprintf(&b, "  # NOT TRANSLATED: %s (%s)\n  #%s\n", full, strings.Join(f.Problems, "; "), strings.TrimPrefix(line, " "))
+	}
+	return b.String(), problems
+}
+
+func formatParts(ps []int) string {
+	var out []string
+	for i := 0; i < len(ps); {
+		j := i
+		for j+1 < len(ps) && ps[j+1] == ps[j]+1 {
+			j++
+		}
+		if j > i {
+			out = append(out, fmt.Sprintf("%d-%d", ps[i], ps[j]))
+		} else {
+			out = append(out, strconv.Itoa(ps[i]))
+		}
+		i = j + 1
+	}
+	return strings.Join(out, ",")
+}
