@@ -108,6 +108,9 @@ CREATE FUNCTION get_users(i_names text[], OUT id bigint, OUT username text) RETU
 	// Served from that file, pgrouter answers as PL/Proxy does.
 	addr := freeAddr(t)
 	writeFile(t, path, strings.Replace(string(data), "listen: 127.0.0.1:6432", "listen: "+addr, 1))
+	if out, code := pgrouter(ctx, t, "check", "-c", path); code != 0 || !strings.Contains(out, "4 functions") {
+		t.Fatalf("pgrouter check of the imported file (exit %d):\n%s", code, out)
+	}
 	runRouter(ctx, t, path, addr)
 	viaRouter, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres@%s/cl?sslmode=disable", addr))
 	if err != nil {
