@@ -473,6 +473,13 @@ func (m *mover) run(ctx context.Context, phase string) error {
 		}
 	}
 	if !m.opts.KeepSource {
+		// A transaction that began on the source before the routers had the
+		// new map could still write a moved row there: while the row exists
+		// the guard refuses it (40001), once removed its UPDATE would match
+		// nothing and report success. Remove only after those transactions.
+		m.waitOlderTransactions(ctx)
+	}
+	if !m.opts.KeepSource {
 		if err := m.removeSource(ctx); err != nil {
 			return err
 		}
@@ -714,6 +721,34 @@ func (m *mover) applyBatch(ctx context.Context) (int64, error) {
 }
 
 func quote(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// waitOlderTransactions waits, up to a minute, until no transaction that
+// began on the source before now is still open.
+func (m *mover) waitOlderTransactions(ctx context.Context) {
+	src := m.conns[m.source]
+	var cutoff time.Time
+	if err := src.QueryRow(ctx, "SELECT now()").Scan(&cutoff); err != nil {
+		return
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		var open int
+		err := src.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend'
+			AND pid <> pg_backend_pid() AND xact_start < $1`, cutoff).Scan(&open)
+		if err != nil || open == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			m.log("warning: %d transactions older than the cut-over are still open on %s after a minute; removing the moved rows anyway", open, m.source)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
 
 // removeSource deletes the moved rows from the source.
 func (m *mover) removeSource(ctx context.Context) error {

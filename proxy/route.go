@@ -120,6 +120,14 @@ func (s *session) readOnlyTx() bool { return s.tx != txIdle && s.txReadOnly }
 // place decides where a statement runs: one shard, or every shard (all is
 // the run_on all call) for a fan-out.
 func (s *session) place(p *router.Plan, params wire.BindMsg) (*shardmap.Shard, *router.Call, error) {
+	if g := s.srv.gen.Load(); g != s.gen && (s.atBoundary() || (s.tx == txIdle && s.movable())) {
+		// A reload since this request began (a partition move's cut-over
+		// reloads the routers): route by the map in force, not the one the
+		// request's first message saw.
+		if err := s.adopt(g); err != nil {
+			return nil, nil, err
+		}
+	}
 	route, rerr := s.router.Route(p, params)
 	if rerr != nil {
 		return nil, nil, &Error{Code: rerr.Code, Message: rerr.Message, Hint: rerr.Hint}
