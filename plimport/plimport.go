@@ -197,7 +197,7 @@ func statements(src string) []string {
 }
 
 var (
-	runOnHash = regexp.MustCompile(`(?is)^run\s+on\s+(hashtext|hashint4|hashint8)\s*\(\s*("?[A-Za-z_][A-Za-z0-9_$]*"?|\$\d+)\s*\)$`)
+	runOnHash = regexp.MustCompile(`(?is)^run\s+on\s+(hashtext|hashint4|hashint8)\s*\(\s*("?[A-Za-z_][A-Za-z0-9_$]*"?|\$\d+)\s*(::\s*[A-Za-z_ ]+?)?\s*\)$`)
 	runOnNum  = regexp.MustCompile(`(?is)^run\s+on\s+(\d+)$`)
 	clusterRE = regexp.MustCompile(`(?is)^cluster\s+'((?:[^']|'')*)'$`)
 	targetRE  = regexp.MustCompile(`(?is)^target\s+("?[A-Za-z_][A-Za-z0-9_.$]*"?)$`)
@@ -234,7 +234,15 @@ func parseBody(f *Function, src string) {
 			case runOnHash.MatchString(st):
 				m := runOnHash.FindStringSubmatch(st)
 				f.RunOn, f.Key = "hash", f.argName(m[2])
-				if p := f.keyProblem(strings.ToLower(m[1])); p != "" {
+				p := f.keyProblem(strings.ToLower(m[1]))
+				// hashtext(x::text) of a text argument hashes x itself: the
+				// cast changes nothing; of another type it would hash its text
+				// form, which pgrouter's integer keys do not.
+				if cast := strings.ToLower(strings.Join(strings.Fields(strings.TrimPrefix(m[3], "::")), " ")); cast != "" && p == "" &&
+					!(strings.ToLower(m[1]) == "hashtext" && (cast == "text" || cast == "varchar" || cast == "character varying")) {
+					p = fmt.Sprintf("the cast ::%s", cast)
+				}
+				if p != "" {
 					f.Problems = append(f.Problems, fmt.Sprintf("%q: %s", st, p))
 				}
 			default:

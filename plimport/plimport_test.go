@@ -1,0 +1,58 @@
+package plimport
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestParseBody: the PL/Proxy statements import reads, and what it marks.
+func TestParseBody(t *testing.T) {
+	args := []Arg{{Name: "i_username", Type: "text"}, {Name: "i_id", Type: "bigint"}}
+	for _, tc := range []struct {
+		body, runOn, key, problem string
+	}{
+		{"CLUSTER 'c'; RUN ON hashtext(i_username);", "hash", "i_username", ""},
+		{"cluster 'c';\n run on hashtext( i_username::text ); -- same hash", "hash", "i_username", ""},
+		{"CLUSTER 'c'; RUN ON hashint8($2);", "hash", "i_id", ""},
+		{"CLUSTER 'c'; RUN ON hashtext(i_id::text);", "hash", "i_id", "hashtext(i_id) of a bigint"},
+		{"CLUSTER 'c'; RUN ON hashtext(i_username::bytea);", "hash", "i_username", "the cast ::bytea"},
+		{"CLUSTER 'c'; /* all */ RUN ON ALL;", "all", "", ""},
+		{"CLUSTER 'c';", "any", "", ""},
+		{"CLUSTER 'c'; RUN ON hashtext(lower(i_username));", "", "", "RUN ON an expression"},
+		{"CLUSTER 'c'; RUN ON 0;", "partition", "", "a constant partition"},
+		{"CONNECT 'dbname=x';", "any", "", "CONNECT to one database"},
+		{"CLUSTER 'c'; RUN ON ALL; SELECT 1;", "all", "", "a SELECT body"},
+		{"CLUSTER 'c'; SPLIT i_username; RUN ON hashtext(i_username);", "hash", "i_username", "SPLIT is not routed yet"},
+		{"CLUSTER 'c'; TARGET other; RUN ON ALL;", "all", "", "TARGET is not routed yet"},
+	} {
+		f := &Function{Name: "f", Args: args}
+		parseBody(f, tc.body)
+		problems := strings.Join(f.Problems, "; ")
+		if f.RunOn != tc.runOn || f.Key != tc.key || (tc.problem == "") != (problems == "") || !strings.Contains(problems, tc.problem) {
+			t.Errorf("%q: run_on %q key %q problems %q; want %q %q %q", tc.body, f.RunOn, f.Key, problems, tc.runOn, tc.key, tc.problem)
+		}
+		if tc.body != "CONNECT 'dbname=x';" && f.Cluster != "c" {
+			t.Errorf("%q: cluster %q", tc.body, f.Cluster)
+		}
+	}
+}
+
+// TestTranslate: shards per distinct connect string, partitions as ranges,
+// functions translated or commented.
+func TestTranslate(t *testing.T) {
+	db := &Database{Clusters: map[string]*Cluster{"c": {Name: "c", Partitions: []string{"a", "a", "b", "a"}}}, Functions: []*Function{
+		{Schema: "public", Name: "get", Cluster: "c", RunOn: "hash", Key: "k"},
+		{Schema: "app", Name: "all", Cluster: "c", RunOn: "all"},
+		{Schema: "public", Name: "odd", Cluster: "c", Problems: []string{"RUN ON an expression"}},
+	}}
+	text, problems := Translate(db, "src")
+	for _, want := range []string{`{name: c_0, dsn: "a", partitions: "0-1,3"}`, `{name: c_1, dsn: "b", partitions: "2"}`,
+		"- {name: get, cluster: c, key: k}", "- {name: app.all, cluster: c, run_on: all}", "# NOT TRANSLATED: odd (RUN ON an expression)"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("missing %q in:\n%s", want, text)
+		}
+	}
+	if len(problems) != 1 || !strings.HasPrefix(problems[0], "odd: ") {
+		t.Errorf("problems: %v", problems)
+	}
+}
