@@ -94,7 +94,7 @@ func (a *session) pauseFleet(ctx context.Context, conns []*peers.Conn) error {
 			failed = append(failed, err.Error())
 		}
 	}
-	return errorf(sqlstate.ObjectInUse, "pgrouter: PAUSE PEERS failed, and every instance was resumed: %s", joinSemi(failed)).
+	return errorf(sqlstate.ObjectInUse, "pgrouter: PAUSE PEERS failed, and every instance was resumed: %s", strings.Join(failed, "; ")).
 		WithHint("Run PAUSE PEERS again once the running transactions end, or raise pool.query_wait_timeout.")
 }
 
@@ -120,7 +120,7 @@ func (a *session) resumeFleet(ctx context.Context, others []peers.Peer, cred pee
 		}
 	}
 	if len(failed) > 0 {
-		return errorf(sqlstate.ConnectionFailure, "pgrouter: RESUME PEERS resumed this instance and the peers it reached, not: %s", joinSemi(failed)).
+		return errorf(sqlstate.ConnectionFailure, "pgrouter: RESUME PEERS resumed this instance and the peers it reached, not: %s", strings.Join(failed, "; ")).
 			WithHint("Run RESUME on those instances' consoles, or RESUME PEERS again once they can be reached.")
 	}
 	return a.c.Send(&pgproto3.CommandComplete{CommandTag: []byte("RESUME")})
@@ -144,13 +144,11 @@ func (a *session) reloadFleet(ctx context.Context, conns []*peers.Conn) error {
 				failed = append(failed, err.Error())
 			}
 		}
-		return errorf(sqlstate.ConfigFileError, "pgrouter: RELOAD PEERS reloaded this instance and not: %s", joinSemi(failed)).
+		return errorf(sqlstate.ConfigFileError, "pgrouter: RELOAD PEERS reloaded this instance and not: %s", strings.Join(failed, "; ")).
 			WithHint("Fix those instances' router.yaml and run RELOAD there (or RELOAD PEERS again).")
 	}
 	return a.c.Send(&pgproto3.CommandComplete{CommandTag: []byte("RELOAD")})
 }
-
-func joinSemi(items []string) string { return strings.Join(items, "; ") }
 
 // instanceCols are SHOW INSTANCE's columns, which SHOW PEERS repeats for
 // every instance.

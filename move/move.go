@@ -211,7 +211,7 @@ func (m *mover) owners(ctx context.Context) (map[int]string, error) {
 	}
 	held := map[string][]int{}
 	for name, conn := range m.conns {
-		h, _, recorded, err := ownership.Read(ctx, conn, m.cluster.Name)
+		h, recorded, err := ownership.Read(ctx, conn, m.cluster.Name)
 		if err != nil {
 			return nil, fmt.Errorf("shard %s: read its partitions: %w", name, err)
 		}
@@ -526,7 +526,7 @@ func (m *mover) copy(ctx context.Context) error {
 		if held := m.sourceHeld; held > 0 {
 			estimate = estimate * float64(len(m.partitions)) / float64(held)
 		}
-		progress := m.every(time.Second, func(n int64) { m.log("copying %s: %d of about %d rows", t.TableName, n, int64(estimate)) })
+		progress := &countingWriter{every: time.Second, report: func(n int64) { m.log("copying %s: %d of about %d rows", t.TableName, n, int64(estimate)) }}
 		n, err := pipe(ctx, src, dst, t, fmt.Sprintf("SELECT %s FROM %s WHERE %s", columnList(t, ""), t.Ident(), m.in(t, "")), progress)
 		if err != nil {
 			return fmt.Errorf("copy %s: %w", t.TableName, err)
@@ -569,12 +569,6 @@ func (c *countingWriter) Write(b []byte) (int, error) {
 		}
 	}
 	return len(b), nil
-}
-
-// every reports a running count every d while a copy runs: it returns
-// the counter to give pipe, whose reports stop when the copy ends.
-func (m *mover) every(d time.Duration, report func(n int64)) *countingWriter {
-	return &countingWriter{every: d, report: report}
 }
 
 // pipe copies the rows query selects on src into t on dst, in text format;

@@ -237,33 +237,18 @@ func Install(ctx context.Context, conn *pgx.Conn, cluster, shard string, partiti
 	return tx.Commit(ctx)
 }
 
-// Read returns the partitions of a cluster a shard holds (owned or moving)
-// and those frozen by a cut-over; recorded is false when the shard records
-// nothing for the cluster (no move ever ran: router.yaml's map holds).
-func Read(ctx context.Context, conn *pgx.Conn, cluster string) (held, frozen []int, recorded bool, err error) {
+// Read returns the partitions of a cluster a shard holds (owned or
+// moving; frozen ones it no longer serves); recorded is false when the
+// shard records nothing for the cluster (no move ever ran: router.yaml's
+// map holds).
+func Read(ctx context.Context, conn *pgx.Conn, cluster string) (held []int, recorded bool, err error) {
 	var exists bool
 	if err := conn.QueryRow(ctx, "SELECT to_regclass('pgrouter.partitions') IS NOT NULL").Scan(&exists); err != nil || !exists {
-		return nil, nil, false, err
+		return nil, false, err
 	}
-	rows, err := conn.Query(ctx, "SELECT partition, state FROM pgrouter.partitions WHERE cluster = $1 ORDER BY partition", cluster)
-	if err != nil {
-		return nil, nil, false, err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var p int
-		var state string
-		if err := rows.Scan(&p, &state); err != nil {
-			return nil, nil, false, err
-		}
-		recorded = true
-		if state == Frozen {
-			frozen = append(frozen, p)
-		} else {
-			held = append(held, p)
-		}
-	}
-	return held, frozen, recorded, rows.Err()
+	err = conn.QueryRow(ctx, `SELECT count(*) > 0, coalesce(array_agg(partition ORDER BY partition) FILTER (WHERE state <> 'frozen'), '{}')
+		FROM pgrouter.partitions WHERE cluster = $1`, cluster).Scan(&recorded, &held)
+	return held, recorded, err
 }
 
 // Owners merges what the shards of a cluster record (shard name: the

@@ -41,7 +41,7 @@ func readOwnership(cfg *config.Config, log *zap.Logger) {
 					return
 				}
 				defer conn.Close(context.Background())
-				h, _, recorded, err := ownership.Read(ctx, conn, name)
+				h, recorded, err := ownership.Read(ctx, conn, name)
 				if err != nil {
 					log.Warn("cannot read the partitions a shard holds; router.yaml's map is used for it", zap.String("shard", sh.Name), zap.Error(err))
 					return

@@ -165,16 +165,14 @@ func (s *session) place(p *router.Plan, params wire.BindMsg) (*shardmap.Shard, *
 			if err := s.awaitPartition(done, route.Partition); err != nil {
 				return nil, nil, err
 			}
-			if g := s.srv.gen.Load(); g != s.gen {
-				// The move reloaded the map before resuming: route again by
-				// it, unless the statement is part of a transaction already
-				// running on the old owner, whose guard refuses it anyway.
+			if s.srv.gen.Load() != s.gen {
+				// The move reloaded the map before resuming: place again
+				// (which adopts it), unless the statement is part of a
+				// transaction already running on the old owner, whose guard
+				// refuses it anyway.
 				if !s.atBoundary() && (s.tx != txIdle || !s.movable()) {
 					return nil, nil, errorf(sqlstate.SerializationFailure, "pgrouter: partition %d of cluster %s moved to another shard while this statement waited; retry the transaction", route.Partition, s.cluster.Name).
 						WithHint("The transaction began on the partition's old shard; a retry runs on the new one.")
-				}
-				if err := s.adopt(g); err != nil {
-					return nil, nil, err
 				}
 				return s.place(p, params)
 			}
