@@ -194,7 +194,10 @@ func (s *session) startFanout(call *router.Call) error {
 	s.held.buf = s.held.buf[:start]
 	portal, _, _ := wire.CString(bind)
 	if !s.held.empty() {
-		if err := s.replay(s.anyShard(), nil); err != nil {
+		// A Parse (and Describe) of the call before its Bind, as
+		// node-postgres and asyncpg send, prepares on any shard; in an
+		// unpinned transaction that must not pin it (replaySoft).
+		if err := s.replaySoft(); err != nil {
 			return err
 		}
 	}
