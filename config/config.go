@@ -250,13 +250,33 @@ type Function struct {
 	// ReadOnly: the function only reads, so a call outside a transaction may
 	// run on a replica of its shard.
 	ReadOnly bool `yaml:"read_only"`
+	// KeyTransform hashes a changed key, as PL/Proxy's RUN ON
+	// hashtext(x::text) (text) and hashtext(lower(x)) (lower, lower_ascii).
+	KeyTransform string `yaml:"key_transform"`
+	// Split names array arguments (names or 1-based positions) whose
+	// elements are sent each to the shard of its key element, as PL/Proxy's
+	// SPLIT: every shard is called once with its elements.
+	Split []string `yaml:"split"`
+	// Target is the function called on the shards instead of Name
+	// ([schema.]name; unqualified means Name's schema), as PL/Proxy's TARGET.
+	Target string `yaml:"target"`
 
 	// Schema and Proc are Name split and case-folded by validation.
 	Schema string `yaml:"-"`
 	Proc   string `yaml:"-"`
 	// KeyPos is Key when it is a position (1-based), else 0.
 	KeyPos int `yaml:"-"`
+	// TargetSchema and TargetProc are Target split and folded by validation
+	// (empty without a target).
+	TargetSchema, TargetProc string `yaml:"-"`
 }
+
+// key_transform values.
+const (
+	KeyTransformText       = "text"        // hash the key's text form
+	KeyTransformLower      = "lower"       // hash lower(key) under a UTF-8 locale (Unicode case mapping)
+	KeyTransformLowerASCII = "lower_ascii" // hash lower(key) under the C locale (ASCII letters only)
+)
 
 // run_on values.
 const (

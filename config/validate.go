@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -491,6 +492,7 @@ func (c *Config) validateFunctions(l *errorList) {
 		} else if f.Key != "" {
 			f.Key = foldName(f.Key)
 		}
+		c.validateFunctionExtras(l, path, f)
 		switch f.Merge {
 		case "":
 			if f.RunOn == RunOnAll {
@@ -498,11 +500,80 @@ func (c *Config) validateFunctions(l *errorList) {
 			}
 		case "concat":
 		case "sum", "min", "max", "bool_and", "bool_or":
-			if f.RunOn != RunOnAll {
-				l.add(path+".merge", "only with run_on: all")
+			if f.RunOn != RunOnAll && len(f.Split) == 0 {
+				l.add(path+".merge", "only with run_on: all or split")
 			}
 		default:
 			l.add(path+".merge", "%q is not one of concat, sum, min, max, bool_and, bool_or", f.Merge)
+		}
+	}
+	// pgrouter sends a call of a function with a target as a call of the
+	// target, which then routes as the target when that is declared too
+	// (PL/Proxy's TARGET of another proxy function): both must route alike.
+	byName := map[string]*Function{}
+	for _, f := range c.Functions {
+		if f != nil {
+			byName[f.Schema+"."+f.Proc] = f
+		}
+	}
+	for i, f := range c.Functions {
+		if f == nil || f.TargetProc == "" {
+			continue
+		}
+		if g := byName[f.TargetSchema+"."+f.TargetProc]; g != nil && g != f && !sameRouting(f, g) {
+			l.add(fmt.Sprintf("functions[%d].target", i), "%s.%s is declared at %s with other routing; a target that is declared must route as the function (cluster, run_on, key, key_transform, split, merge)",
+				f.TargetSchema, f.TargetProc, seen[f.TargetSchema+"."+f.TargetProc])
+		}
+	}
+}
+
+// sameRouting reports whether two functions' calls route alike.
+func sameRouting(f, g *Function) bool {
+	return f.Cluster == g.Cluster && f.RunOn == g.RunOn && f.Key == g.Key && f.KeyTransform == g.KeyTransform &&
+		f.Merge == g.Merge && slices.Equal(f.Split, g.Split)
+}
+
+// validateFunctionExtras checks what PL/Proxy's SPLIT, TARGET and RUN ON
+// expressions became: split, target and key_transform.
+func (c *Config) validateFunctionExtras(l *errorList, path string, f *Function) {
+	switch f.KeyTransform {
+	case "":
+	case KeyTransformText, KeyTransformLower, KeyTransformLowerASCII:
+		if f.RunOn != RunOnHash {
+			l.add(path+".key_transform", "only with run_on: hash")
+		}
+	default:
+		l.add(path+".key_transform", "%q is not one of text, lower, lower_ascii", f.KeyTransform)
+	}
+	if len(f.Split) > 0 && f.RunOn != RunOnHash && f.RunOn != RunOnPartition {
+		l.add(path+".split", "only with run_on: hash or partition (each element goes to the shard of its key element)")
+	}
+	seen := map[string]bool{}
+	for i, a := range f.Split {
+		if pos, err := strconv.Atoi(a); err == nil {
+			if pos < 1 || pos > 100 {
+				l.add(fmt.Sprintf("%s.split[%d]", path, i), "position %d must be between 1 and 100", pos)
+			}
+		} else if a == "" {
+			l.add(fmt.Sprintf("%s.split[%d]", path, i), "is empty")
+		} else {
+			f.Split[i] = foldName(a)
+		}
+		if seen[f.Split[i]] {
+			l.add(fmt.Sprintf("%s.split[%d]", path, i), "%s is split twice", a)
+		}
+		seen[f.Split[i]] = true
+	}
+	if f.Target != "" {
+		schema, proc, err := splitFunctionName(f.Target)
+		switch {
+		case err != nil:
+			l.add(path+".target", "%v", err)
+		default:
+			if !strings.Contains(f.Target, ".") {
+				schema = f.Schema
+			}
+			f.TargetSchema, f.TargetProc = schema, proc
 		}
 	}
 }

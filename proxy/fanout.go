@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,7 +29,8 @@ import (
 // Sync that ends its pipeline.
 type fanBatch struct {
 	call     *router.Call
-	bind     []byte // the client's Bind message body
+	split    *router.Split // a split call's shards and their elements; nil for run_on all
+	bind     []byte        // the client's Bind message body
 	portal   string
 	describe bool  // Describe of the portal was sent
 	execute  bool  // Execute of the portal was sent
@@ -61,8 +63,11 @@ func (s *session) fanDone() error {
 // client holds there: its session state is there, and taking a second one
 // could wait on itself). While it runs, the servers are registered for
 // cancel requests.
-func (s *session) runOnAll(f *fanStream, write func(c *pool.Conn)) {
+func (s *session) runOnAll(f *fanStream, split *router.Split, write func(i int, c *pool.Conn)) {
 	shards := s.cluster.Shards
+	if split != nil {
+		shards = split.Shards
+	}
 	taken := make([]*pool.Conn, len(shards)) // servers to give back
 	// server_read_timeout counts from the first statement sent until every
 	// shard has answered (time waiting for a pool slot before that is
@@ -108,7 +113,7 @@ func (s *session) runOnAll(f *fanStream, write func(c *pool.Conn)) {
 			if wrap {
 				_ = c.W.Send(&pgproto3.Query{String: "BEGIN READ ONLY"})
 			}
-			write(c)
+			write(i, c)
 			if wrap {
 				_ = c.W.Send(&pgproto3.Query{String: "COMMIT"})
 				c.Unnamed = 0
@@ -139,6 +144,15 @@ func (s *session) runOnAll(f *fanStream, write func(c *pool.Conn)) {
 	}
 }
 
+// shardNames lists shards' names for messages.
+func shardNames(shards []*shardmap.Shard) string {
+	names := make([]string, len(shards))
+	for i, sh := range shards {
+		names[i] = sh.Name
+	}
+	return strings.Join(names, ", ")
+}
+
 // heldOn returns the idle server a session-mode client holds on a shard.
 func (s *session) heldOn(sh *shardmap.Shard) *pool.Conn {
 	if s.mode.Shared() {
@@ -163,14 +177,20 @@ func (s *session) dropFanConn(c *pool.Conn) {
 	}
 }
 
-// fanoutQuery runs a simple Query that calls a run_on all function.
-func (s *session) fanoutQuery(m wire.Message, plan *router.Plan, call *router.Call) error {
+// fanoutQuery runs a simple Query that calls a run_on all function, or a
+// split function whose elements belong to several shards.
+func (s *session) fanoutQuery(m wire.Message, plan *router.Plan, route *router.Route) error {
+	call, split := route.Call, route.Split
 	if !router.Single(plan.SQL, s.standardStrings()) {
-		return errorf(sqlstate.FeatureNotSupported, "pgrouter: %s runs on all shards and must be the only statement of its query", call.Fn.FullName())
+		return errorf(sqlstate.FeatureNotSupported, "pgrouter: %s runs on several shards and must be the only statement of its query", call.Fn.FullName())
 	}
 	f := s.newFanStream(call, nil)
-	s.runOnAll(f, func(c *pool.Conn) {
-		_ = c.W.Write(m.Raw)
+	s.runOnAll(f, split, func(i int, c *pool.Conn) {
+		if split != nil && split.SQL != nil {
+			_ = c.W.Send(&pgproto3.Query{String: split.SQL[i]})
+		} else {
+			_ = c.W.Write(m.Raw)
+		}
 		c.Unnamed = 0
 	})
 	s.reqStart = time.Time{}
@@ -183,7 +203,7 @@ func (s *session) fanoutQuery(m wire.Message, plan *router.Plan, call *router.Ca
 // startFanout begins an extended-protocol run_on all call at its Bind (the
 // last held message): what was held before it runs on any shard, and the
 // call waits for its Sync.
-func (s *session) startFanout(call *router.Call) error {
+func (s *session) startFanout(route *router.Route) error {
 	n := len(s.held.ends)
 	start := 0
 	if n > 1 {
@@ -202,7 +222,7 @@ func (s *session) startFanout(call *router.Call) error {
 		}
 	}
 	s.batchErr = false
-	s.fan = &fanBatch{call: call, bind: bind, portal: string(portal)}
+	s.fan = &fanBatch{call: route.Call, split: route.Split, bind: bind, portal: string(portal)}
 	return nil
 }
 
@@ -268,16 +288,28 @@ func (s *session) finishFanout(sync wire.Message) error {
 	reduce := f.call.Fn.Merge != shardmap.MergeConcat
 	shape := &fanShape{describe: f.describe, execute: f.execute, limit: f.limit, formats: bind.ResultFormats()}
 	fs := s.newFanStream(f.call, shape)
-	s.runOnAll(fs, func(c *pool.Conn) {
+	split := f.split
+	s.runOnAll(fs, split, func(i int, c *pool.Conn) {
 		w := c.W
 		start := w.Begin(wire.Parse)
 		w.AppendByte(0)
-		w.AppendBytes(def)
+		if split != nil && split.SQL != nil { // the query with this shard's elements, then the parameter types
+			_, types, _ := wire.CString(def)
+			w.AppendString(split.SQL[i])
+			w.AppendByte(0)
+			w.AppendBytes(types)
+		} else {
+			w.AppendBytes(def)
+		}
 		_ = w.End(start)
 		start = w.Begin(wire.Bind)
 		w.AppendByte(0)
 		w.AppendByte(0)
-		w.AppendBytes(bind.Params)
+		if split != nil && split.Params != nil {
+			w.AppendBytes(split.Params[i])
+		} else {
+			w.AppendBytes(bind.Params)
+		}
 		if reduce { // reduce text values; the result is encoded as the client asked
 			w.AppendBytes([]byte{0, 0})
 		} else {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -35,14 +36,24 @@ type Signature struct {
 	NumDefaults int      // trailing input arguments with defaults
 	ReturnsSet  bool
 	ReturnType  uint32
+	// ArgElems are the input arguments' array element types (0: not an array).
+	ArgElems []uint32
 	// KeyIndex is the key's 0-based input position (-1: no key).
 	KeyIndex int
+	// SplitIndexes are the split arguments' 0-based input positions.
+	SplitIndexes []int
+	// KeySplit: the key is a split argument, hashed element by element.
+	KeySplit bool
 }
 
-// KeyType is the key argument's declared type.
+// KeyType is the type a key value is hashed as: the key argument's
+// declared type, or its element type when the key is split.
 func (s *Signature) KeyType() uint32 {
 	if s.KeyIndex < 0 {
 		return 0
+	}
+	if s.KeySplit {
+		return s.ArgElems[s.KeyIndex]
 	}
 	return s.ArgTypes[s.KeyIndex]
 }
@@ -80,7 +91,9 @@ func (c *Catalog) Signatures(f *shardmap.Function) []*Signature {
 
 const catalogQuery = `
 SELECT coalesce(p.proargnames, '{}'::text[]), p.proargtypes::oid[], coalesce(p.proargmodes::text[], '{}'::text[]),
-       p.pronargdefaults, p.proretset, p.prorettype
+       p.pronargdefaults, p.proretset, p.prorettype,
+       ARRAY(SELECT coalesce(t.typelem, 0) FROM unnest(p.proargtypes::oid[]) WITH ORDINALITY a(o, i)
+             LEFT JOIN pg_catalog.pg_type t ON t.oid = a.o AND t.typcategory = 'A' ORDER BY a.i)::oid[]
 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 WHERE n.nspname = $1 AND p.proname = $2 AND p.prokind IN ('f', 'p')
 ORDER BY p.oid`
@@ -128,7 +141,8 @@ type MissingError struct {
 func (e *MissingError) Error() string { return strings.Join(e.Problems, "; ") }
 
 func loadSignatures(ctx context.Context, conn *pgx.Conn, f *shardmap.Function) ([]*Signature, error) {
-	rows, err := conn.Query(ctx, catalogQuery, f.Schema, f.Name)
+	schema, name := f.Remote()
+	rows, err := conn.Query(ctx, catalogQuery, schema, name)
 	if err != nil {
 		return nil, err
 	}
@@ -138,7 +152,7 @@ func loadSignatures(ctx context.Context, conn *pgx.Conn, f *shardmap.Function) (
 		var names, modes []string
 		var types []uint32
 		s := &Signature{}
-		if err := rows.Scan(&names, &types, &modes, &s.NumDefaults, &s.ReturnsSet, &s.ReturnType); err != nil {
+		if err := rows.Scan(&names, &types, &modes, &s.NumDefaults, &s.ReturnsSet, &s.ReturnType, &s.ArgElems); err != nil {
 			return nil, err
 		}
 		// proargnames covers every argument (OUT ones too) when proargmodes is
@@ -181,8 +195,38 @@ func resolveKey(f *shardmap.Function, s *Signature) error {
 			return fmt.Errorf("%s has no argument named %s (key)", s.String(f), f.KeyName)
 		}
 	}
+	if err := resolveSplit(f, s); err != nil {
+		return err
+	}
 	if f.RunOn == shardmap.RunPartition && !isIntType(s.KeyType()) {
 		return fmt.Errorf("%s: the partition number %s must be an integer type", s.String(f), f.KeyName)
+	}
+	if f.KeyTransform != "" && !isIntType(s.KeyType()) && !isTextType(s.KeyType()) && s.KeyType() != OIDUUID {
+		return fmt.Errorf("%s: key_transform needs an integer, text or uuid key", s.String(f))
+	}
+	return nil
+}
+
+// resolveSplit finds a signature's split arguments, which must be
+// one-dimensional arrays (PL/Proxy's SPLIT); the key is split when it is
+// one of them.
+func resolveSplit(f *shardmap.Function, s *Signature) error {
+	s.SplitIndexes = s.SplitIndexes[:0]
+	for _, a := range f.Split {
+		i := slices.Index(s.ArgNames, a)
+		if pos, err := strconv.Atoi(a); err == nil {
+			i = pos - 1
+		}
+		if i < 0 || i >= len(s.ArgTypes) {
+			return fmt.Errorf("%s has no argument %s (split)", s.String(f), a)
+		}
+		if s.ArgElems[i] == 0 {
+			return fmt.Errorf("%s: split argument %s is not an array", s.String(f), a)
+		}
+		s.SplitIndexes = append(s.SplitIndexes, i)
+		if i == s.KeyIndex {
+			s.KeySplit = true
+		}
 	}
 	return nil
 }

@@ -1,9 +1,13 @@
 package router
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"math"
+	"strconv"
+	"strings"
+	"unicode"
 	"unsafe"
 
 	"github.com/pgrouter/pgrouter/shardmap"
@@ -25,22 +29,9 @@ var (
 func hashKey(h shardmap.HashFunc, keyType, paramType uint32, value []byte, bin bool) (uint64, error) {
 	switch {
 	case isIntType(keyType):
-		v, err := intKey(value, bin, paramType)
+		v, size, err := typedInt(keyType, paramType, value, bin)
 		if err != nil {
 			return 0, err
-		}
-		size := 8
-		switch keyType {
-		case OIDInt2:
-			if v < math.MinInt16 || v > math.MaxInt16 {
-				return 0, errOutOfRange
-			}
-			size = 2
-		case OIDInt4:
-			if v < math.MinInt32 || v > math.MaxInt32 {
-				return 0, errOutOfRange
-			}
-			size = 4
 		}
 		return h.Int(v, size), nil
 	case keyType == OIDUUID:
@@ -60,6 +51,77 @@ func hashKey(h shardmap.HashFunc, keyType, paramType uint32, value []byte, bin b
 	}
 	return 0, errBinaryFormat
 }
+
+// typedInt reads an integer key and checks it fits its declared type,
+// whose size in bytes it returns.
+func typedInt(keyType, paramType uint32, value []byte, bin bool) (int64, int, error) {
+	v, err := intKey(value, bin, paramType)
+	if err != nil {
+		return 0, 0, err
+	}
+	switch keyType {
+	case OIDInt2:
+		if v < math.MinInt16 || v > math.MaxInt16 {
+			return 0, 0, errOutOfRange
+		}
+		return v, 2, nil
+	case OIDInt4:
+		if v < math.MinInt32 || v > math.MaxInt32 {
+			return 0, 0, errOutOfRange
+		}
+		return v, 4, nil
+	}
+	return v, 8, nil
+}
+
+// transformedHash hashes a key changed by a function's key_transform: the
+// text PL/Proxy's RUN ON hashtext(x::text) and hashtext(lower(x)) hash.
+// The text is the key's canonical text form (what x::text gives on the
+// server), lower-cased for lower (Unicode simple case mapping, as
+// PostgreSQL's lower() under a libc UTF-8 locale) and lower_ascii (the C
+// locale: ASCII letters only).
+func transformedHash(h shardmap.HashFunc, transform string, keyType, paramType uint32, value []byte, bin bool) (uint64, error) {
+	var text []byte
+	switch {
+	case isIntType(keyType):
+		v, _, err := typedInt(keyType, paramType, value, bin)
+		if err != nil {
+			return 0, err
+		}
+		text = strconv.AppendInt(make([]byte, 0, 20), v, 10)
+	case keyType == OIDUUID:
+		var buf [36]byte
+		s, err := uuidKey(&buf, value, bin)
+		if err != nil {
+			return 0, err
+		}
+		text = s
+	case keyType == OIDBpchar:
+		text = bytes.TrimRight(value, " ")
+	case isTextType(keyType) || !bin:
+		text = value
+	default:
+		return 0, errBinaryFormat
+	}
+	switch transform {
+	case lowerUnicode:
+		text = []byte(strings.Map(unicode.ToLower, string(text)))
+	case lowerASCII:
+		text = bytes.Clone(text)
+		for i, c := range text {
+			if c >= 'A' && c <= 'Z' {
+				text[i] = c + 'a' - 'A'
+			}
+		}
+	}
+	return h.Text(text), nil
+}
+
+// key_transform values (config's).
+const (
+	lowerUnicode = "lower"
+	lowerASCII   = "lower_ascii"
+)
 
 // intKey reads an integer key in text or binary form.
 func intKey(value []byte, bin bool, paramType uint32) (int64, error) {

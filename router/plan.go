@@ -17,6 +17,7 @@ const (
 	KeyConst                // a constant in the statement text
 	KeyNull                 // the constant NULL
 	KeyParam                // a Bind parameter
+	KeySplit                // a split array, hashed element by element (Call.Split)
 )
 
 // Key is where a call's routing key comes from and how to read it.
@@ -39,6 +40,8 @@ type Call struct {
 	Fn  *shardmap.Function
 	Sig *Signature
 	Key Key
+	// Split are the split arguments when the key is one of them (see split.go).
+	Split []SplitArg
 }
 
 // Plan is what pgrouter knows about a statement string before running it.
@@ -79,8 +82,64 @@ type Plan struct {
 	// Command is set when the session answers or holds back the string
 	// itself (see ParseCommand).
 	Command Command
+	// Rewritten is SQL with every call of a function that has a target
+	// calling the target instead (PL/Proxy's TARGET): the text the shards
+	// must get. Empty when SQL calls no such function.
+	Rewritten string
 	// catalog is the catalog version the plan was made with.
 	catalog uint64
+	// retarget are the names Rewritten replaces.
+	retarget []retarget
+}
+
+// retarget is a function name in a statement (with its schema, if
+// written) to be replaced by the function's target.
+type retarget struct {
+	from, to int
+	f        *shardmap.Function
+}
+
+// rewrite builds Rewritten from the names analyze found.
+func (p *Plan) rewrite() {
+	if len(p.retarget) == 0 {
+		return
+	}
+	var b strings.Builder
+	last := 0
+	for _, r := range p.retarget {
+		b.WriteString(p.SQL[last:r.from])
+		b.WriteString(quoteIdent(r.f.TargetSchema))
+		b.WriteByte('.')
+		b.WriteString(quoteIdent(r.f.TargetName))
+		last = r.to
+	}
+	b.WriteString(p.SQL[last:])
+	p.Rewritten = b.String()
+	p.retarget = nil
+}
+
+// quoteIdent writes a name as an SQL identifier, quoted unless it is a
+// plain lower-case one.
+func quoteIdent(s string) string {
+	plain := s != ""
+	for i, c := range s {
+		if !(c >= 'a' && c <= 'z' || c == '_' || i > 0 && c >= '0' && c <= '9') {
+			plain = false
+		}
+	}
+	if plain && !reservedWords[s] {
+		return s
+	}
+	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+}
+
+// reservedWords are the key words that need quoting as a function name.
+var reservedWords = map[string]bool{
+	"all": true, "and": true, "any": true, "array": true, "as": true, "case": true, "cast": true, "check": true,
+	"column": true, "constraint": true, "create": true, "default": true, "do": true, "else": true, "end": true,
+	"false": true, "for": true, "from": true, "grant": true, "group": true, "in": true, "into": true, "not": true,
+	"null": true, "on": true, "or": true, "order": true, "select": true, "table": true, "then": true, "to": true,
+	"true": true, "union": true, "user": true, "using": true, "when": true, "where": true, "with": true,
 }
 
 // Override is an operator's explicit placement of one statement.
@@ -103,42 +162,60 @@ func planError(code, format string, args ...any) *Error {
 	return &Error{Code: code, Message: "pgrouter: " + fmt.Sprintf(format, args...)}
 }
 
-// functionIndex finds declared functions by their unqualified name.
-type functionIndex map[string][]*shardmap.Function
+// functionIndex finds declared functions by their unqualified name, and by
+// their target's: a statement pgrouter rewrote to call the target routes as
+// the call it was (see Plan.Rewritten).
+type functionIndex map[string][]indexEntry
+
+type indexEntry struct {
+	f      *shardmap.Function
+	schema string
+	target bool // the name is f's target
+}
 
 func newFunctionIndex(fns []*shardmap.Function) functionIndex {
 	idx := functionIndex{}
+	declared := map[string]bool{}
 	for _, f := range fns {
-		idx[f.Name] = append(idx[f.Name], f)
+		idx[f.Name] = append(idx[f.Name], indexEntry{f: f, schema: f.Schema})
+		declared[f.FullName()] = true
+	}
+	for _, f := range fns {
+		// A target declared itself routes as itself: configuration
+		// validation made sure that is how f routes too.
+		if f.TargetName != "" && !declared[f.TargetSchema+"."+f.TargetName] {
+			idx[f.TargetName] = append(idx[f.TargetName], indexEntry{f: f, schema: f.TargetSchema, target: true})
+		}
 	}
 	return idx
 }
 
 // lookup returns the declared function a (schema-qualified or not) name
-// calls. An unqualified name matches a declared function of that name,
-// preferring schema public when several schemas declare it.
-func (idx functionIndex) lookup(schema, name string) *shardmap.Function {
-	fns := idx[name]
-	if len(fns) == 0 {
-		return nil
+// calls, and whether the name is its target's. An unqualified name matches
+// a declared function of that name, preferring schema public when several
+// schemas declare it.
+func (idx functionIndex) lookup(schema, name string) (*shardmap.Function, bool) {
+	entries := idx[name]
+	if len(entries) == 0 {
+		return nil, false
 	}
 	if schema != "" {
-		for _, f := range fns {
-			if f.Schema == schema {
-				return f
+		for _, e := range entries {
+			if e.schema == schema {
+				return e.f, e.target
 			}
 		}
-		return nil
+		return nil, false
 	}
-	if len(fns) == 1 {
-		return fns[0]
+	if len(entries) == 1 {
+		return entries[0].f, entries[0].target
 	}
-	for _, f := range fns {
-		if f.Schema == "public" {
-			return f
+	for _, e := range entries {
+		if e.schema == "public" {
+			return e.f, e.target
 		}
 	}
-	return fns[0]
+	return entries[0].f, entries[0].target
 }
 
 // analyze reads a statement string once: the statements pgrouter mirrors,
@@ -238,7 +315,7 @@ func analyze(sql string, standard bool, idx functionIndex, cat *Catalog) *Plan {
 					}
 					continue
 				}
-				f := idx.lookup(schema, name)
+				f, isTarget := idx.lookup(schema, name)
 				if f == nil {
 					if readOnlyBuiltin(schema, name) {
 						continue // select now() is still a SELECT any shard answers alike
@@ -250,6 +327,13 @@ func analyze(sql string, standard bool, idx functionIndex, cat *Catalog) *Plan {
 					continue
 				}
 				selectWithoutFrom = false
+				if f.TargetName != "" && !isTarget {
+					from := t.Start
+					if schema != "" {
+						from = prev2.Start
+					}
+					p.retarget = append(p.retarget, retarget{from: from, to: t.End, f: f})
+				}
 				call, err := parseCall(&l, f, cat, p)
 				if err != nil && p.Err == nil {
 					p.Err = err
@@ -403,12 +487,35 @@ func resolveCall(l *Lexer, f *shardmap.Function, cat *Catalog, args [][]Token) (
 	if argName == "" {
 		argName = fmt.Sprintf("$%d", sig.KeyIndex+1)
 	}
-	var keyToks []Token
-	if sig.KeyIndex < positional {
-		keyToks = args[sig.KeyIndex]
-	} else if toks, ok := named[sig.ArgNames[sig.KeyIndex]]; ok {
-		keyToks = toks
-	} else {
+	argToks := func(i int) ([]Token, bool) {
+		if i < positional {
+			return args[i], true
+		}
+		toks, ok := named[sig.ArgNames[i]]
+		return toks, ok
+	}
+	if sig.KeySplit {
+		for _, i := range sig.SplitIndexes {
+			name := sig.ArgNames[i]
+			if name == "" {
+				name = fmt.Sprintf("$%d", i+1)
+			}
+			toks, ok := argToks(i)
+			if !ok {
+				return call, planError(sqlstate.FeatureNotSupported, "the split argument %s of %s is omitted, so it takes its default; pass it explicitly", name, f.FullName())
+			}
+			a, err := readSplitArg(l, toks)
+			if err != nil {
+				return call, planError(sqlstate.FeatureNotSupported, "the split argument %s of %s is an expression; splitting needs a parameter ($n), a '{...}' constant or ARRAY[...] of constants", name, f.FullName())
+			}
+			a.Key = i == sig.KeyIndex
+			call.Split = append(call.Split, a)
+		}
+		call.Key = Key{Kind: KeySplit, Type: sig.KeyType(), ParamType: sig.KeyType(), Arg: argName}
+		return call, nil
+	}
+	keyToks, ok := argToks(sig.KeyIndex)
+	if !ok {
 		return call, planError(sqlstate.FeatureNotSupported, "the key argument %s of %s is omitted, so it takes its default; pass it explicitly", argName, f.FullName())
 	}
 	key, err := readKey(l, keyToks)

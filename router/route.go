@@ -14,6 +14,7 @@ import (
 type Router struct {
 	Cluster *shardmap.Cluster
 	index   functionIndex
+	targets bool // some function has a target (HasTargets)
 
 	catalog atomic.Pointer[Catalog]
 	version atomic.Uint64 // bumped when the catalog changes
@@ -49,6 +50,9 @@ const (
 // New returns a Router for a cluster; its catalog is loaded separately.
 func New(cl *shardmap.Cluster) *Router {
 	r := &Router{Cluster: cl, index: newFunctionIndex(cl.Functions)}
+	for _, f := range cl.Functions {
+		r.targets = r.targets || f.TargetName != ""
+	}
 	r.resetCache()
 	r.version.Store(versions.Add(1))
 	return r
@@ -83,6 +87,10 @@ func (r *Router) Stale(p *Plan) bool { return p.catalog != r.version.Load() }
 // HasFunctions reports whether the cluster declares routed functions.
 func (r *Router) HasFunctions() bool { return len(r.index) > 0 }
 
+// HasTargets reports whether a declared function calls a target on the
+// shards, so statements may need rewriting (Plan.Rewritten).
+func (r *Router) HasTargets() bool { return r.targets }
+
 // Plan returns the plan of a statement string, from the cache when it has
 // been seen before.
 func (r *Router) Plan(sql string, standard bool) *Plan {
@@ -114,6 +122,7 @@ func (r *Router) plan(sql string, standard bool) *Plan {
 	p := analyze(sql, standard, r.index, r.catalog.Load())
 	p.catalog = version
 	p.ReadOnly = readOnly(p, standard)
+	p.rewrite()
 	if len(sql) > planCacheMaxText {
 		return p
 	}
@@ -146,13 +155,15 @@ const (
 	TargetAny                   // any shard will do
 	TargetShard                 // one shard
 	TargetAll                   // every shard (a run_on all call)
+	TargetSplit                 // some shards, each with its elements (Route.Split)
 )
 
 // Route is a routing decision.
 type Route struct {
 	Target Target
 	Shard  *shardmap.Shard // TargetShard
-	Call   *Call           // TargetAll: the call whose results are combined
+	Call   *Call           // TargetAll, TargetSplit: the call whose results are combined
+	Split  *Split          // TargetSplit: the shards and what each gets
 	// ReadOnly: the statement only calls read_only functions and reads
 	// (Plan.ReadOnly), so outside a transaction a replica may serve it.
 	ReadOnly bool
@@ -187,8 +198,22 @@ func (r *Router) Route(p *Plan, params wire.BindMsg) (Route, *Error) {
 			sawAny = true
 			continue
 		}
-		sh, part, err := r.shardFor(c, params)
-		if err != nil {
+		var sh *shardmap.Shard
+		var part int
+		var err *Error
+		if c.Key.Kind == KeySplit {
+			split, err := r.routeSplit(p, c, params)
+			switch {
+			case err != nil:
+				return Route{}, err
+			case split.Target == TargetSplit:
+				return split, nil
+			case split.Target == TargetAny:
+				sawAny = true
+				continue
+			}
+			sh, part = split.Shard, split.Partition
+		} else if sh, part, err = r.shardFor(c, params); err != nil {
 			return Route{}, err
 		}
 		if route.Shard != nil && route.Shard != sh {
@@ -236,12 +261,26 @@ func (r *Router) shardFor(c *Call, params wire.BindMsg) (*shardmap.Shard, int, *
 		}
 		return cl.ShardOf(int(n)), int(n), nil
 	}
-	h, err := hashKey(cl.Hash, c.Key.Type, c.Key.ParamType, value, bin)
+	part, err := partitionOf(cl, c.Fn, c.Key.Type, c.Key.ParamType, value, bin)
 	if err != nil {
 		return nil, -1, keyError(c, err)
 	}
-	part := shardmap.Partition(h, cl.Partitions)
 	return cl.ShardOf(part), part, nil
+}
+
+// partitionOf is the partition of a key value of a run_on hash function.
+func partitionOf(cl *shardmap.Cluster, fn *shardmap.Function, keyType, paramType uint32, value []byte, bin bool) (int, error) {
+	var h uint64
+	var err error
+	if fn.KeyTransform != "" {
+		h, err = transformedHash(cl.Hash, fn.KeyTransform, keyType, paramType, value, bin)
+	} else {
+		h, err = hashKey(cl.Hash, keyType, paramType, value, bin)
+	}
+	if err != nil {
+		return -1, err
+	}
+	return shardmap.Partition(h, cl.Partitions), nil
 }
 
 func keyError(c *Call, err error) *Error {

@@ -51,6 +51,24 @@ type Function struct {
 	KeyPos       int    // 1-based argument position, or 0 with KeyName
 	Merge        Merge
 	ReadOnly     bool // a call outside a transaction may run on a replica
+	// KeyTransform is the key's change before hashing: "" (none), "text",
+	// "lower" or "lower_ascii" (config's key_transform).
+	KeyTransform string
+	// Split are the array arguments split element by element (names, or
+	// 1-based positions as text), as PL/Proxy's SPLIT.
+	Split []string
+	// TargetSchema and TargetName are the function called on the shards
+	// in its place (PL/Proxy's TARGET); empty without one.
+	TargetSchema, TargetName string
+}
+
+// Remote is the schema and name of the function the shards run for a
+// call: the target when there is one.
+func (f *Function) Remote() (schema, name string) {
+	if f.TargetName != "" {
+		return f.TargetSchema, f.TargetName
+	}
+	return f.Schema, f.Name
 }
 
 // FullName is schema.name as declared.
@@ -166,7 +184,11 @@ func New(cfg *config.Config) (*Map, error) {
 		if cl == nil {
 			return nil, fmt.Errorf("function %s: unknown cluster %q", fc.Name, fc.Cluster)
 		}
-		f := &Function{Schema: fc.Schema, Name: fc.Proc, Cluster: cl, KeyName: fc.Key, KeyPos: fc.KeyPos, ReadOnly: fc.ReadOnly}
+		f := &Function{Schema: fc.Schema, Name: fc.Proc, Cluster: cl, KeyName: fc.Key, KeyPos: fc.KeyPos, ReadOnly: fc.ReadOnly,
+			KeyTransform: fc.KeyTransform, Split: fc.Split}
+		if fc.TargetProc != "" && (fc.TargetSchema != fc.Schema || fc.TargetProc != fc.Proc) {
+			f.TargetSchema, f.TargetName = fc.TargetSchema, fc.TargetProc
+		}
 		if fc.KeyPos > 0 {
 			f.KeyName = ""
 		}
