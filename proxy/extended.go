@@ -129,7 +129,7 @@ func (s *session) bind(m wire.Message) error {
 				}
 			}
 			s.batchErr = false
-			s.fan = &fanBatch{call: all, bind: bytes.Clone(m.Body()), portal: string(portal)}
+			s.fan = &fanBatch{call: all.Call, split: all.Split, bind: bytes.Clone(m.Body()), portal: string(portal)}
 			return nil
 		}
 		s.dest = dest

@@ -117,9 +117,10 @@ func (s *session) pinned() *shardmap.Shard {
 // ONLY, START TRANSACTION ... READ ONLY): its reads may run on a replica.
 func (s *session) readOnlyTx() bool { return s.tx != txIdle && s.txReadOnly }
 
-// place decides where a statement runs: one shard, or every shard (all is
-// the run_on all call) for a fan-out.
-func (s *session) place(p *router.Plan, params wire.BindMsg) (*shardmap.Shard, *router.Call, error) {
+// place decides where a statement runs: one shard, or several for a
+// fan-out (fan is then the route: a run_on all call, or a split call whose
+// elements belong to several shards).
+func (s *session) place(p *router.Plan, params wire.BindMsg) (*shardmap.Shard, *router.Route, error) {
 	if g := s.srv.gen.Load(); g != s.gen && (s.atBoundary() || (s.tx == txIdle && s.movable())) {
 		// A reload since this request began (a partition move's cut-over
 		// reloads the routers): route by the map in force, not the one the
@@ -135,16 +136,27 @@ func (s *session) place(p *router.Plan, params wire.BindMsg) (*shardmap.Shard, *
 	pinned := s.pinned()
 	var sh *shardmap.Shard
 	switch route.Target {
-	case router.TargetAll:
+	case router.TargetAll, router.TargetSplit:
+		where := "all shards"
+		if route.Target == router.TargetSplit {
+			where = "several shards (its split elements belong to " + shardNames(route.Split.Shards) + ")"
+		}
 		switch {
 		case s.tx.onServer():
-			return nil, nil, errorf(sqlstate.FeatureNotSupported, "pgrouter: %s runs on all shards and cannot run inside a transaction that already runs on shard %s", route.Call.Fn.FullName(), s.server.Shard()).
+			return nil, nil, errorf(sqlstate.FeatureNotSupported, "pgrouter: %s runs on %s and cannot run inside a transaction that already runs on shard %s", route.Call.Fn.FullName(), where, s.server.Shard()).
 				WithHint("Call it before the transaction's first statement that chooses a shard, or outside BEGIN ... COMMIT.")
 		case pinned != nil || (s.batch != batchNone && !s.movable()):
-			return nil, nil, errorf(sqlstate.FeatureNotSupported, "pgrouter: %s runs on all shards and must be alone in its pipeline", route.Call.Fn.FullName()).
+			return nil, nil, errorf(sqlstate.FeatureNotSupported, "pgrouter: %s runs on %s and must be alone in its pipeline", route.Call.Fn.FullName(), where).
 				WithHint("Send a Sync before and after it.")
+		case route.Target == router.TargetSplit && s.tx != txIdle && !route.Call.Fn.ReadOnly:
+			// Each shard commits its part on its own: inside the client's
+			// transaction that would not be atomic, and a ROLLBACK would
+			// not undo it. (Declared read_only, it reads in a READ ONLY
+			// transaction per shard, as a run_on all call does.)
+			return nil, nil, errorf(sqlstate.FeatureNotSupported, "pgrouter: %s runs on %s, each committing its part, so it cannot run inside a transaction", route.Call.Fn.FullName(), where).
+				WithHint("Call it outside BEGIN ... COMMIT, split the call per shard, or declare the function read_only if it only reads.")
 		}
-		return nil, route.Call, nil
+		return nil, &route, nil
 	case router.TargetShard:
 		sh = route.Shard
 		if route.ReadOnly && s.target != "primary" && pinned == nil && (s.tx == txIdle || s.readOnlyTx()) {

@@ -48,6 +48,11 @@ CREATE OR REPLACE FUNCTION rt_rows(i_n int, i_slow text, i_sleep float8) RETURNS
      RETURN QUERY SELECT repeat('x', 1000) FROM generate_series(1, i_n); END $$;
 CREATE OR REPLACE FUNCTION rt_sum_series(i_n int) RETURNS SETOF bigint LANGUAGE sql AS $$ SELECT generate_series(1, i_n)::bigint $$;
 CREATE OR REPLACE FUNCTION rt_rename_shards(i_name text) RETURNS bigint LANGUAGE sql AS $$ UPDATE rt_shard SET name = i_name; SELECT 1::bigint $$;
+CREATE OR REPLACE FUNCTION rt_get_users(i_names text[], OUT username text, OUT shard text) RETURNS SETOF record LANGUAGE sql AS
+  $$ SELECT u.username, s.name FROM rt_users u, rt_shard s WHERE u.username = ANY(i_names) $$;
+CREATE OR REPLACE FUNCTION rt_add_users(i_names text[], i_emails text[]) RETURNS SETOF text LANGUAGE sql AS
+  $$ INSERT INTO rt_users (username, email) SELECT * FROM unnest(i_names, i_emails) RETURNING username || '@' || (SELECT name FROM rt_shard) $$;
+CREATE OR REPLACE FUNCTION rt_user_impl(i_username text) RETURNS text LANGUAGE sql AS $$ SELECT email FROM rt_users WHERE username = i_username $$;
 `
 
 const routingFunctions = `functions:
@@ -67,6 +72,9 @@ const routingFunctions = `functions:
   - {name: rt_rename_shards, run_on: all, merge: sum}
   - {name: rt_rows, run_on: all}
   - {name: rt_sum_series, run_on: all, merge: sum}
+  - {name: rt_get_users, key: i_names, split: [i_names], read_only: true}
+  - {name: rt_add_users, key: i_names, split: [i_names, i_emails]}
+  - {name: rt_lookup, key: i_username, target: rt_user_impl}
 `
 
 // startRouting creates the routing schema on the four shards and starts a

@@ -216,6 +216,12 @@ func (s *session) dispatch(m wire.Message) error {
 		return err
 	}
 	s.bytesIn += int64(len(m.Raw))
+	if (m.Type == wire.Query || m.Type == wire.Parse) && s.router != nil && s.router.HasTargets() {
+		var err error
+		if m, err = s.retarget(m); err != nil {
+			return err
+		}
+	}
 	if s.reqStart.IsZero() {
 		s.reqStart = time.Now()
 		s.lastRequest.Store(s.reqStart.UnixNano())

@@ -90,6 +90,39 @@ public class DriverMatrix {
             c.rollback();
             long total = countUsers(c);
             c.rollback();
+            // SPLIT: a java.sql.Array parameter, each name sent to its shard
+            // (a wrong one finds nothing), as the first call of a transaction
+            // and in autocommit, prepared server-side from the first use
+            // (prepareThreshold=1). TARGET: rt_lookup runs rt_user_impl.
+            String[] splitNames = new String[6];
+            for (int i = 0; i < 6; i++) {
+                splitNames[i] = prefix + "a" + i;
+            }
+            String[] asked = java.util.Arrays.copyOf(splitNames, 7);
+            asked[6] = prefix + "nobody";
+            for (boolean auto : new boolean[] {false, true, true}) {
+                c.setAutoCommit(auto);
+                try (PreparedStatement ps = c.prepareStatement("select username from rt_get_users(?)")) {
+                    ps.setArray(1, c.createArrayOf("text", asked));
+                    java.util.List<String> got = new java.util.ArrayList<>();
+                    try (ResultSet rs = ps.executeQuery()) {
+                        while (rs.next()) {
+                            got.add(rs.getString(1));
+                        }
+                    }
+                    java.util.Collections.sort(got);
+                    check(got.equals(java.util.Arrays.asList(splitNames)), "rt_get_users: " + got);
+                }
+                try (PreparedStatement ps = c.prepareStatement("select rt_lookup(?)")) {
+                    ps.setString(1, splitNames[0]);
+                    try (ResultSet rs = ps.executeQuery()) {
+                        check(rs.next() && email(splitNames[0]).equals(rs.getString(1)), "rt_lookup");
+                    }
+                }
+                if (!auto) {
+                    c.commit();
+                }
+            }
             System.out.println("count_users=" + total);
         }
     }

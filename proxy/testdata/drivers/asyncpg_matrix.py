@@ -58,6 +58,15 @@ async def main():
             pass
         async with conn.transaction():
             total = await conn.fetchval("select rt_count_users()")
+        # SPLIT: asyncpg sends the list as a binary text[]; each name goes to
+        # its shard (a wrong one finds nothing). TARGET: rt_lookup runs
+        # rt_user_impl. fetchval asks for one row (Execute with a limit).
+        split_names = [f"{prefix}a{i}" for i in range(6)]
+        rows = await conn.fetch("select username from rt_get_users($1)", split_names + [prefix + "nobody"])
+        got = sorted(r[0] for r in rows)
+        assert got == sorted(split_names), got
+        assert await conn.fetchval("select count(*) from rt_get_users($1)", split_names) >= 1
+        assert await conn.fetchval("select rt_lookup($1)", split_names[0]) == email(split_names[0])
         print(f"count_users={total}")
     finally:
         await conn.close()

@@ -60,5 +60,14 @@ conn.rollback()
 cur.execute("select rt_count_users()")
 total = cur.fetchone()[0]
 conn.rollback()
+# SPLIT: psycopg2 writes a list as ARRAY[...] in the text; each name goes
+# to its shard (a wrong one finds nothing). TARGET: rt_lookup runs rt_user_impl.
+split_names = [f"{prefix}a{i}" for i in range(6)]
+cur.execute("select username from rt_get_users(%s)", (split_names + [prefix + "nobody"],))
+got = sorted(r[0] for r in cur.fetchall())
+assert got == sorted(split_names), got
+cur.execute("select rt_lookup(%s)", (split_names[0],))
+assert cur.fetchone()[0] == email(split_names[0])
+conn.commit()
 conn.close()
 print(f"count_users={total}")

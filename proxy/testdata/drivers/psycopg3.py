@@ -68,4 +68,20 @@ with psycopg.connect() as conn:
     conn.rollback()
     total = conn.execute("select rt_count_users()").fetchone()[0]
     conn.rollback()
+
+# SPLIT: one call, each name sent to its shard (a wrong one finds nothing);
+# in autocommit and as a transaction's first call. TARGET: rt_lookup runs
+# rt_user_impl.
+SPLIT_NAMES = [f"{prefix}a{i}" for i in range(6)]
+with psycopg.connect(autocommit=True) as conn:
+    for prepare in (False, True):
+        rows = conn.execute("select username from rt_get_users(%s)", (SPLIT_NAMES + [prefix + "nobody"],), prepare=prepare)
+        got = sorted(r[0] for r in rows)
+        assert got == sorted(SPLIT_NAMES), got
+        got = conn.execute("select rt_lookup(%s)", (SPLIT_NAMES[0],), prepare=prepare).fetchone()[0]
+        assert got == email(SPLIT_NAMES[0]), got
+with psycopg.connect() as conn:
+    got = sorted(r[0] for r in conn.execute("select username from rt_get_users(%s)", (SPLIT_NAMES,)))
+    assert got == sorted(SPLIT_NAMES), got
+    conn.commit()
 print(f"count_users={total}")

@@ -56,6 +56,17 @@ async function main() {
     await c.query('ROLLBACK');
     await c.query('BEGIN');
     const total = (await c.query('select rt_count_users() as n')).rows[0].n;
+    // SPLIT: node-postgres sends an array as a '{...}' text parameter; each
+    // name goes to its shard (a wrong one finds nothing). TARGET: rt_lookup
+    // runs rt_user_impl.
+    const splitNames = [0, 1, 2, 3, 4, 5].map((i) => `${prefix}a${i}`);
+    for (const named of [false, true]) {
+      const q = { text: 'select username from rt_get_users($1)', values: [splitNames.concat([prefix + 'nobody'])] };
+      if (named) q.name = 'split';
+      const got = (await c.query(q)).rows.map((r) => r.username).sort();
+      assert.deepStrictEqual(got, splitNames.slice().sort());
+    }
+    assert.strictEqual((await c.query('select rt_lookup($1) as e', [splitNames[0]])).rows[0].e, email(splitNames[0]));
     await c.query('COMMIT');
     console.log(`count_users=${total}`);
   } finally {
