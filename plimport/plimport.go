@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -23,6 +24,7 @@ type Function struct {
 	RunOn        string // "hash", "all", "any", "partition" or "" (not translated)
 	Key          string // RUN ON hashtext(Key) ... : the argument hashed
 	Partition    int    // RUN ON <number>
+	KeyTransform string // "text" or "lower" (Translate picks lower_ascii for a C ctype)
 	Split        []string
 	Target       string
 	// Problems are what the body does that router.yaml cannot say.
@@ -44,6 +46,9 @@ type Database struct {
 	Clusters  map[string]*Cluster
 	// Problems are clusters that could not be read.
 	Problems []string
+	// Ctype is the database's LC_CTYPE, which decides what lower() does
+	// to non-ASCII letters (the C locale changes only ASCII ones).
+	Ctype string
 }
 
 // Read reads the plproxy functions of a database and the clusters they use.
@@ -57,6 +62,7 @@ func Read(ctx context.Context, conn *pgx.Conn) (*Database, error) {
 		return nil, fmt.Errorf("read the plproxy functions: %w", err)
 	}
 	db := &Database{Clusters: map[string]*Cluster{}}
+	defer rows.Close()
 	for rows.Next() {
 		var schema, name, src string
 		var names, modes, types []string
@@ -83,6 +89,10 @@ func Read(ctx context.Context, conn *pgx.Conn) (*Database, error) {
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
+	}
+	rows.Close()
+	if err := conn.QueryRow(ctx, `SELECT datctype FROM pg_database WHERE datname = current_database()`).Scan(&db.Ctype); err != nil {
+		return nil, fmt.Errorf("read the database's LC_CTYPE: %w", err)
 	}
 	for _, f := range db.Functions {
 		if f.Cluster == "" || db.Clusters[f.Cluster] != nil {
@@ -199,14 +209,18 @@ func statements(src string) []string {
 var (
 	runOnHash = regexp.MustCompile(`(?is)^run\s+on\s+(hashtext|hashint4|hashint8)\s*\(\s*("?[A-Za-z_][A-Za-z0-9_$]*"?|\$\d+)\s*(::\s*[A-Za-z_ ]+?)?\s*\)$`)
 	runOnNum  = regexp.MustCompile(`(?is)^run\s+on\s+(\d+)$`)
-	clusterRE = regexp.MustCompile(`(?is)^cluster\s+'((?:[^']|'')*)'$`)
-	targetRE  = regexp.MustCompile(`(?is)^target\s+("?[A-Za-z_][A-Za-z0-9_.$]*"?)$`)
-	splitRE   = regexp.MustCompile(`(?is)^split\s+(.+)$`)
+	// hashtext(lower(x)), as PL/Proxy users write for case-insensitive keys.
+	runOnLower = regexp.MustCompile(`(?is)^run\s+on\s+hashtext\s*\(\s*lower\s*\(\s*("?[A-Za-z_][A-Za-z0-9_$]*"?|\$\d+)\s*\)\s*\)$`)
+	clusterRE  = regexp.MustCompile(`(?is)^cluster\s+'((?:[^']|'')*)'$`)
+	targetRE   = regexp.MustCompile(`(?is)^target\s+((?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)(?:\.(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*))?)$`)
+	splitRE    = regexp.MustCompile(`(?is)^split\s+(.+)$`)
 )
 
 // parseBody reads CLUSTER, RUN ON, SPLIT and TARGET from a plproxy body.
+// RUN ON is judged last: whether its argument is split decides the type
+// hashed, and SPLIT may come after it.
 func parseBody(f *Function, src string) {
-	runOn := false
+	runOn := ""
 	for _, st := range statements(src) {
 		words := strings.Fields(st)
 		kw := strings.ToLower(words[0])
@@ -220,54 +234,106 @@ func parseBody(f *Function, src string) {
 		case kw == "connect":
 			f.Problems = append(f.Problems, fmt.Sprintf("%q: CONNECT to one database, not a cluster", st))
 		case kw == "run":
-			runOn = true
-			lower := strings.ToLower(strings.Join(words, " "))
-			switch {
-			case lower == "run on all":
-				f.RunOn = "all"
-			case lower == "run on any":
-				f.RunOn = "any"
-			case runOnNum.MatchString(st):
-				n, _ := strconv.Atoi(runOnNum.FindStringSubmatch(st)[1])
-				f.RunOn, f.Partition = "partition", n
-				f.Problems = append(f.Problems, fmt.Sprintf("%q: a constant partition (router.yaml's run_on: partition takes the partition from an argument)", st))
-			case runOnHash.MatchString(st):
-				m := runOnHash.FindStringSubmatch(st)
-				f.RunOn, f.Key = "hash", f.argName(m[2])
-				p := f.keyProblem(strings.ToLower(m[1]))
-				// hashtext(x::text) of a text argument hashes x itself: the
-				// cast changes nothing; of another type it would hash its text
-				// form, which pgrouter's integer keys do not.
-				if cast := strings.ToLower(strings.Join(strings.Fields(strings.TrimPrefix(m[3], "::")), " ")); cast != "" && p == "" &&
-					!(strings.ToLower(m[1]) == "hashtext" && (cast == "text" || cast == "varchar" || cast == "character varying")) {
-					p = fmt.Sprintf("the cast ::%s", cast)
-				}
-				if p != "" {
-					f.Problems = append(f.Problems, fmt.Sprintf("%q: %s", st, p))
-				}
-			default:
-				f.Problems = append(f.Problems, fmt.Sprintf("%q: RUN ON an expression pgrouter does not compute", st))
-			}
+			runOn = st
 		case kw == "split":
 			m := splitRE.FindStringSubmatch(st)
-			for _, a := range strings.Split(m[1], ",") {
-				f.Split = append(f.Split, f.argName(strings.TrimSpace(a)))
+			if strings.EqualFold(strings.TrimSpace(m[1]), "all") {
+				for i, a := range f.Args {
+					if strings.HasSuffix(a.Type, "[]") {
+						f.Split = append(f.Split, f.argName("$"+strconv.Itoa(i+1)))
+					}
+				}
+				continue
 			}
-			f.Problems = append(f.Problems, fmt.Sprintf("%q: SPLIT is not routed yet", st))
+			for _, a := range strings.Split(m[1], ",") {
+				name := f.argName(strings.TrimSpace(a))
+				if typ, ok := f.argType(name); !ok || !strings.HasSuffix(typ, "[]") {
+					f.Problems = append(f.Problems, fmt.Sprintf("%q: %s is not an array argument", st, name))
+				}
+				f.Split = append(f.Split, name)
+			}
 		case kw == "target":
 			if m := targetRE.FindStringSubmatch(st); m != nil {
-				f.Target = strings.Trim(m[1], `"`)
+				f.Target = m[1]
+			} else {
+				f.Problems = append(f.Problems, fmt.Sprintf("%q: not a function name", st))
 			}
-			f.Problems = append(f.Problems, fmt.Sprintf("%q: TARGET is not routed yet", st))
 		case kw == "select":
 			f.Problems = append(f.Problems, fmt.Sprintf("%q: a SELECT body runs that statement on the shards, not the function", st))
 		default:
 			f.Problems = append(f.Problems, fmt.Sprintf("%q: not a PL/Proxy statement pgrouter knows", st))
 		}
 	}
-	if !runOn {
-		f.RunOn = "any" // PL/Proxy's default
+	f.runOn(runOn)
+}
+
+// runOn translates a RUN ON statement ("" when there is none: ANY, as
+// PL/Proxy's default).
+func (f *Function) runOn(st string) {
+	lower := strings.ToLower(strings.Join(strings.Fields(st), " "))
+	switch {
+	case st == "", lower == "run on any":
+		f.RunOn = "any"
+	case lower == "run on all":
+		f.RunOn = "all"
+	case runOnNum.MatchString(st):
+		n, _ := strconv.Atoi(runOnNum.FindStringSubmatch(st)[1])
+		f.RunOn, f.Partition = "partition", n
+		f.Problems = append(f.Problems, fmt.Sprintf("%q: a constant partition (router.yaml's run_on: partition takes the partition from an argument)", st))
+	case runOnLower.MatchString(st):
+		m := runOnLower.FindStringSubmatch(st)
+		f.RunOn, f.Key, f.KeyTransform = "hash", f.argName(m[1]), "lower"
+		if typ := f.keyType(); typ != "text" && typ != "character varying" && typ != "character" {
+			f.Problems = append(f.Problems, fmt.Sprintf("%q: lower() of a %s key", st, typ))
+		}
+	case runOnHash.MatchString(st):
+		m := runOnHash.FindStringSubmatch(st)
+		fn := strings.ToLower(m[1])
+		f.RunOn, f.Key = "hash", f.argName(m[2])
+		typ := f.keyType()
+		cast := strings.ToLower(strings.Join(strings.Fields(strings.TrimPrefix(m[3], "::")), " "))
+		textual := typ == "text" || typ == "character varying" || typ == "character"
+		integer := typ == "integer" || typ == "smallint" || typ == "bigint"
+		switch {
+		case typ == "":
+			f.Problems = append(f.Problems, fmt.Sprintf("%q: %s is not an argument of the function", st, f.Key))
+		case cast != "" && (fn != "hashtext" || cast != "text" && cast != "varchar" && cast != "character varying"):
+			f.Problems = append(f.Problems, fmt.Sprintf("%q: the cast ::%s", st, cast))
+		case cast != "" && integer:
+			// hashtext(id::text): the integer's text form, hashed as text.
+			f.KeyTransform = "text"
+		case cast != "" && textual:
+			// hashtext(name::text) of a text argument hashes name itself.
+		case fn == "hashtext" && textual, fn == "hashint4" && (typ == "integer" || typ == "smallint"), fn == "hashint8" && typ == "bigint":
+		default:
+			f.Problems = append(f.Problems, fmt.Sprintf("%q: %s(%s) of a %s: pgrouter hashes a %s key with %s", st, fn, f.Key, typ, typ,
+				map[bool]string{true: "hashint4/hashint8 (or hashtext of its ::text form)", false: "hashtext"}[integer]))
+		}
+	default:
+		f.Problems = append(f.Problems, fmt.Sprintf("%q: RUN ON an expression pgrouter does not compute", st))
 	}
+}
+
+// keyType is the type hashed for the key: the argument's, or its
+// element type when the argument is split.
+func (f *Function) keyType() string {
+	typ, _ := f.argType(f.Key)
+	for _, s := range f.Split {
+		if s == f.Key {
+			return strings.TrimSuffix(typ, "[]")
+		}
+	}
+	return typ
+}
+
+// argType returns the type of an argument given by name or 1-based position.
+func (f *Function) argType(ref string) (string, bool) {
+	for i, a := range f.Args {
+		if a.Name == ref || strconv.Itoa(i+1) == ref {
+			return a.Type, true
+		}
+	}
+	return "", false
 }
 
 // argName resolves $n or a name to the argument's name.
@@ -282,27 +348,6 @@ func (f *Function) argName(ref string) string {
 		}
 	}
 	return ref
-}
-
-// keyProblem checks that the hash PL/Proxy applies is the one pgrouter's
-// hash: hashtext applies to the key's type.
-func (f *Function) keyProblem(fn string) string {
-	var typ string
-	for i, a := range f.Args {
-		if a.Name == f.Key || strconv.Itoa(i+1) == f.Key {
-			typ = a.Type
-		}
-	}
-	switch {
-	case typ == "":
-		return fmt.Sprintf("%s is not an argument of the function", f.Key)
-	case fn == "hashtext" && (typ == "text" || typ == "character varying" || typ == "character"):
-	case fn == "hashint4" && (typ == "integer" || typ == "smallint"):
-	case fn == "hashint8" && typ == "bigint":
-	default:
-		return fmt.Sprintf("%s(%s) of a %s: pgrouter hashes a %s key with %s", fn, f.Key, typ, typ, map[bool]string{true: "hashint4/hashint8", false: "hashtext"}[strings.Contains(typ, "int")])
-	}
-	return ""
 }
 
 // Translate writes router.yaml for the database and lists what it could
@@ -354,12 +399,29 @@ func Translate(db *Database, source string) (string, []string) {
 		line := fmt.Sprintf("  - {name: %s, cluster: %s", full, f.Cluster)
 		switch f.RunOn {
 		case "hash":
-			line += fmt.Sprintf(", key: %s}", f.Key)
+			line += fmt.Sprintf(", key: %s", f.Key)
 		case "all", "any":
-			line += fmt.Sprintf(", run_on: %s}", f.RunOn)
-		default:
-			line += "}"
+			line += fmt.Sprintf(", run_on: %s", f.RunOn)
 		}
+		switch f.KeyTransform {
+		case "lower":
+			if db.Ctype == "C" || db.Ctype == "POSIX" {
+				line += ", key_transform: lower_ascii"
+			} else {
+				line += ", key_transform: lower"
+			}
+		case "text":
+			line += ", key_transform: text"
+		}
+		if len(f.Split) > 0 && f.RunOn == "hash" && slices.Contains(f.Split, f.Key) {
+			// A split that does not split the key sends every element to
+			// the key's one shard: the call as it is.
+			line += ", split: [" + strings.Join(f.Split, ", ") + "]"
+		}
+		if f.Target != "" {
+			line += fmt.Sprintf(", target: %q", f.Target)
+		}
+		line += "}"
 		if ok {
 			b.WriteString(line + "\n")
 			continue

@@ -16,7 +16,10 @@ import (
 type errUntranslated struct{ n int }
 
 func (e errUntranslated) Error() string {
-	return fmt.Sprintf("%d things could not be translated: they are comments in the file (NOT TRANSLATED)", e.n)
+	if e.n == 1 {
+		return "1 function or cluster could not be translated: it is a comment in the file (NOT TRANSLATED)"
+	}
+	return fmt.Sprintf("%d functions or clusters could not be translated: they are comments in the file (NOT TRANSLATED)", e.n)
 }
 
 func importPLProxyCmd() *cobra.Command {
@@ -56,7 +59,7 @@ everything was translated.`,
 			} else if err := os.WriteFile(out, []byte(text), 0o644); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "%d plproxy functions, %d clusters read\n", len(db.Functions), len(db.Clusters))
+			fmt.Fprintf(cmd.ErrOrStderr(), "plproxy functions: %d, clusters: %d\n", len(db.Functions), len(db.Clusters))
 			for _, p := range problems {
 				fmt.Fprintf(cmd.ErrOrStderr(), "not translated: %s\n", p)
 			}

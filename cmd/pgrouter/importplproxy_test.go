@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -32,7 +33,15 @@ func TestImportPLProxy(t *testing.T) {
 CREATE FUNCTION get_user(i_username text) RETURNS SETOF users LANGUAGE sql AS $$ SELECT * FROM users WHERE username = i_username $$;
 CREATE FUNCTION get_by_id(i_id bigint) RETURNS SETOF users LANGUAGE sql AS $$ SELECT * FROM users WHERE id = i_id $$;
 CREATE FUNCTION count_users() RETURNS SETOF bigint LANGUAGE sql AS $$ SELECT count(*) FROM users $$;
-CREATE FUNCTION any_one() RETURNS SETOF int LANGUAGE sql AS $$ SELECT 1 $$;`
+CREATE FUNCTION any_one() RETURNS SETOF int LANGUAGE sql AS $$ SELECT 1 $$;
+-- Which server answered, for the functions whose routing is compared directly.
+CREATE FUNCTION served_ci(i_username text) RETURNS SETOF text LANGUAGE sql AS $$ SELECT inet_server_port() || ':' || i_username $$;
+CREATE FUNCTION served_text(i_id bigint) RETURNS SETOF text LANGUAGE sql AS $$ SELECT inet_server_port() || ':' || i_id $$;
+CREATE FUNCTION get_users(i_names text[], OUT id bigint, OUT username text) RETURNS SETOF record LANGUAGE sql AS $$ SELECT * FROM users WHERE username = ANY(i_names) $$;
+CREATE FUNCTION get_by_ids(i_ids bigint[], OUT id bigint, OUT username text) RETURNS SETOF record LANGUAGE sql AS $$ SELECT * FROM users WHERE id = ANY(i_ids) $$;
+CREATE FUNCTION tag_users(i_names text[], i_tags text[], i_note text) RETURNS SETOF text LANGUAGE sql AS
+  $$ SELECT inet_server_port() || ':' || n || ':' || coalesce(t, 'NULL') || ':' || i_note FROM unnest(i_names, i_tags) AS u(n, t) $$;
+CREATE FUNCTION user_impl(i_username text, OUT id bigint, OUT username text) RETURNS SETOF record LANGUAGE sql AS $$ SELECT * FROM users WHERE username = i_username $$;`
 	var conninfo []string
 	for _, s := range shards {
 		if err := s.Exec(ctx, "postgres", shardSchema); err != nil {
@@ -78,16 +87,22 @@ CREATE FUNCTION get_by_id(i_id bigint, OUT id bigint, OUT username text) RETURNS
 CREATE FUNCTION count_users() RETURNS SETOF bigint LANGUAGE plproxy AS $$ -- every partition
 	CLUSTER 'cl'; RUN ON ALL; $$;
 CREATE FUNCTION any_one() RETURNS SETOF int LANGUAGE plproxy AS $$ CLUSTER 'cl'; $$;
-CREATE FUNCTION get_user_ci(i_username text, OUT id bigint, OUT username text) RETURNS SETOF record LANGUAGE plproxy AS $$ CLUSTER 'cl'; RUN ON hashtext(lower(i_username)); $$;
-CREATE FUNCTION get_users(i_names text[], OUT id bigint, OUT username text) RETURNS SETOF record LANGUAGE plproxy AS $$ CLUSTER 'cl'; SPLIT i_names; RUN ON hashtext(i_names); $$;`,
+CREATE FUNCTION served_ci(i_username text) RETURNS SETOF text LANGUAGE plproxy AS $$ CLUSTER 'cl'; RUN ON hashtext(lower(i_username)); $$;
+CREATE FUNCTION served_text(i_id bigint) RETURNS SETOF text LANGUAGE plproxy AS $$ CLUSTER 'cl'; RUN ON hashtext(i_id::text); $$;
+CREATE FUNCTION get_users(i_names text[], OUT id bigint, OUT username text) RETURNS SETOF record LANGUAGE plproxy AS $$ CLUSTER 'cl'; SPLIT i_names; RUN ON hashtext(i_names); $$;
+CREATE FUNCTION get_by_ids(i_ids bigint[], OUT id bigint, OUT username text) RETURNS SETOF record LANGUAGE plproxy AS $$ CLUSTER 'cl'; RUN ON hashint8(i_ids); SPLIT $1; $$;
+CREATE FUNCTION tag_users(i_names text[], i_tags text[], i_note text) RETURNS SETOF text LANGUAGE plproxy AS $$ CLUSTER 'cl'; SPLIT ALL; RUN ON hashtext(i_names); $$;
+CREATE FUNCTION find_user(i_username text, OUT id bigint, OUT username text) RETURNS SETOF record LANGUAGE plproxy AS $$ CLUSTER 'cl'; TARGET user_impl; RUN ON hashtext(i_username); $$;
+CREATE FUNCTION user_count() RETURNS SETOF bigint LANGUAGE plproxy AS $$ CLUSTER 'cl'; TARGET count_users; RUN ON ALL; $$;
+CREATE FUNCTION by_expr(i_username text) RETURNS SETOF text LANGUAGE plproxy AS $$ CLUSTER 'cl'; RUN ON hashtext(upper(i_username)); $$;`,
 		conninfo[0], conninfo[1])); err != nil {
 		t.Fatal(err)
 	}
 
 	path := filepath.Join(t.TempDir(), "router.yaml")
 	out, code := pgrouter(ctx, t, "import-plproxy", "--from", shards[0].DSN("plx"), "-o", path)
-	if code != 2 || !strings.Contains(out, "6 plproxy functions, 1 clusters read") ||
-		!strings.Contains(out, "not translated: get_user_ci") || !strings.Contains(out, "not translated: get_users") || strings.Count(out, "not translated:") != 3 {
+	if code != 2 || !strings.Contains(out, "plproxy functions: 12, clusters: 1") ||
+		!strings.Contains(out, "not translated: by_expr") || strings.Count(out, "not translated:") != 1 {
 		t.Fatalf("import-plproxy (exit %d):\n%s", code, out)
 	}
 	data, err := os.ReadFile(path)
@@ -100,7 +115,7 @@ CREATE FUNCTION get_users(i_names text[], OUT id bigint, OUT username text) RETU
 	}
 	cl := cfg.Clusters["cl"]
 	if cl == nil || cl.Hash != "hashtext" || cl.Partitions != 4 || len(cl.Shards) != 2 || cl.Shards[0].Partitions != "0-1" || cl.Shards[1].Partitions != "2-3" ||
-		!strings.Contains(string(data), "# NOT TRANSLATED: get_user_ci") || len(cfg.Functions) != 4 {
+		!strings.Contains(string(data), "# NOT TRANSLATED: by_expr") || len(cfg.Functions) != 11 {
 		t.Fatalf("the imported router.yaml:\n%s", data)
 	}
 	t.Logf("imported:\n%s", data)
@@ -108,7 +123,7 @@ CREATE FUNCTION get_users(i_names text[], OUT id bigint, OUT username text) RETU
 	// Served from that file, pgrouter answers as PL/Proxy does.
 	addr := freeAddr(t)
 	writeFile(t, path, strings.Replace(string(data), "listen: 127.0.0.1:6432", "listen: "+addr, 1))
-	if out, code := pgrouter(ctx, t, "check", "-c", path); code != 0 || !strings.Contains(out, "4 functions") {
+	if out, code := pgrouter(ctx, t, "check", "-c", path); code != 0 || !strings.Contains(out, "11 functions") {
 		t.Fatalf("pgrouter check of the imported file (exit %d):\n%s", code, out)
 	}
 	runRouter(ctx, t, path, addr)
@@ -165,5 +180,104 @@ CREATE FUNCTION get_users(i_names text[], OUT id bigint, OUT username text) RETU
 	}
 	if a := rowsOf(viaRouter, "SELECT * FROM any_one() WHERE $1::int = 1", 1); a != "1" {
 		t.Fatalf("any_one through pgrouter: %q", a)
+	}
+	comparePLProxy(ctx, t, viaRouter, viaPLProxy, addr, shards[0].DSN("plx"))
+}
+
+// comparePLProxy checks that the functions import-plproxy translated from
+// SPLIT, TARGET and RUN ON expressions answer through pgrouter as through
+// PL/Proxy: for many keys and key arrays, through pgx's extended protocol
+// (arrays as binary parameters), pgx's simple protocol (arrays as
+// '{...}' literals) and psql (ARRAY[...] constructors).
+func comparePLProxy(ctx context.Context, t *testing.T, viaRouter, viaPLProxy *pgx.Conn, addr, plproxyDSN string) {
+	rowsOf := func(conn *pgx.Conn, sql string, args ...any) string {
+		t.Helper()
+		rows, err := conn.Query(ctx, sql, args...)
+		if err != nil {
+			t.Fatalf("%s %v: %v", sql, args, err)
+		}
+		var out []string
+		for rows.Next() {
+			vals, err := rows.Values()
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, fmt.Sprint(vals...))
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatalf("%s %v: %v", sql, args, err)
+		}
+		slices.Sort(out) // PL/Proxy concatenates in partition order, pgrouter as shards answer
+		return strings.Join(out, "|")
+	}
+	same := func(sql string, args ...any) {
+		t.Helper()
+		for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol} {
+			a, b := rowsOf(viaRouter, sql, append([]any{mode}, args...)...), rowsOf(viaPLProxy, sql, append([]any{mode}, args...)...)
+			if a != b {
+				t.Fatalf("%s %v (mode %v):\npgrouter %q\nPL/Proxy %q", sql, args, mode, a, b)
+			}
+		}
+	}
+	shardsServing := map[string]bool{}
+	for i := range 200 {
+		// RUN ON hashtext(lower(x)): the database's ctype is C, so only
+		// ASCII letters fold (lower_ascii); the rest hash as they are.
+		for _, name := range []string{fmt.Sprintf("User%d", i), fmt.Sprintf("ÉLODIE%dX", i), fmt.Sprintf("zoë_%d", i)} {
+			same("SELECT * FROM served_ci($1)", name)
+		}
+		// RUN ON hashtext(x::text) of a bigint.
+		same("SELECT * FROM served_text($1)", int64(i*7919-500))
+		port, _, _ := strings.Cut(rowsOf(viaRouter, "SELECT * FROM served_text($1)", int64(i)), ":")
+		shardsServing[port] = true
+		// TARGET user_impl.
+		same("SELECT * FROM find_user($1)", fmt.Sprintf("user%d", i))
+	}
+	if len(shardsServing) != 2 {
+		t.Fatalf("served_text ran on %d shards, want 2", len(shardsServing))
+	}
+	same("SELECT * FROM user_count()")
+	// SPLIT: arrays of 1 to 40 names and ids; some not there.
+	for n := 0; n <= 40; n++ {
+		var names, tags []string
+		var ids []int64
+		for k := range n {
+			names = append(names, fmt.Sprintf("user%d", (n*37+k*11)%450))
+			tags = append(tags, fmt.Sprintf("t%d", k))
+			ids = append(ids, int64((n*13+k*7)%500))
+		}
+		same("SELECT * FROM get_users($1)", names)
+		same("SELECT * FROM get_by_ids($1)", ids)
+		same("SELECT * FROM tag_users($1, $2, $3)", names, tags, "note")
+	}
+	same("SELECT * FROM get_users($1)", nil)
+	one, three := "1", "3"
+	same("SELECT * FROM tag_users($1, $2, 'x')", []string{`a "quoted", \ name`, "NULL", "b"}, []*string{&one, nil, &three})
+	// Split arrays of different lengths fail on both.
+	if _, err := viaRouter.Exec(ctx, "SELECT * FROM tag_users($1, $2, 'x')", []string{"a", "b"}, []string{"c"}); err == nil || !strings.Contains(err.Error(), "identical lengths") {
+		t.Fatalf("split arrays of different lengths: %v", err)
+	}
+
+	// psql's simple Query with ARRAY[...] constructors and '{...}' literals.
+	psql := func(dsn, sql string) string {
+		t.Helper()
+		out, err := exec.CommandContext(ctx, "psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-c", sql).CombinedOutput()
+		if err != nil {
+			t.Fatalf("psql %s: %v\n%s", sql, err, out)
+		}
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		slices.Sort(lines)
+		return strings.Join(lines, "\n")
+	}
+	for _, sql := range []string{
+		"SELECT * FROM get_users(ARRAY['user1', 'user2', 'user3', 'user40', 'user77', 'nobody'])",
+		"SELECT * FROM get_users('{user5,user6,\"user7\",user300}'::text[])",
+		"SELECT * FROM tag_users(ARRAY['user1','user2','user3','user4'], ARRAY['a','b',NULL,'d'], 'psql')",
+		"SELECT * FROM get_by_ids(ARRAY[1, 2, 3, 4, 5, 6, 7, 8]::bigint[])",
+		"SELECT username FROM find_user('user9')",
+	} {
+		if a, b := psql(fmt.Sprintf("postgres://postgres@%s/cl?sslmode=disable", addr), sql), psql(plproxyDSN, sql); a != b || a == "" {
+			t.Fatalf("psql %s:\npgrouter %q\nPL/Proxy %q", sql, a, b)
+		}
 	}
 }
