@@ -286,6 +286,14 @@ func (s *session) finishFanout(sync wire.Message) error {
 		return s.fanDone()
 	}
 	reduce := f.call.Fn.Merge != shardmap.MergeConcat
+	if f.execute && f.limit > 0 && !reduce && s.tx != txIdle {
+		// The portal outlives the Sync: the client may fetch the rest.
+		if err := s.startCursor(f, def, bind, f.limit); err != nil {
+			return err
+		}
+		s.reqStart = time.Time{}
+		return s.fanDone()
+	}
 	shape := &fanShape{describe: f.describe, execute: f.execute, limit: f.limit, formats: bind.ResultFormats()}
 	fs := s.newFanStream(f.call, shape)
 	split := f.split

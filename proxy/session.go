@@ -74,6 +74,7 @@ type session struct {
 	dest      *shardmap.Shard       // where link gets a server
 	parked    map[string]*pool.Conn // session mode: the client's servers on other shards
 	fan       *fanBatch             // a run_on all Bind waiting for its Sync
+	cursor    *fanCursor            // a fan-out portal suspended in a transaction (fancursor.go)
 	batchErr  bool                  // an extended-protocol message failed on the server
 	// reqFailed: the server reported an error for the client's current
 	// request (an unpinned transaction it ran outside of is aborted).
@@ -225,6 +226,11 @@ func (s *session) dispatch(m wire.Message) error {
 	if s.reqStart.IsZero() {
 		s.reqStart = time.Now()
 		s.lastRequest.Store(s.reqStart.UnixNano())
+	}
+	if s.cursor != nil {
+		if handled, err := s.cursorMessage(m); handled {
+			return err
+		}
 	}
 	switch m.Type {
 	case wire.Parse, wire.Bind, wire.Describe, wire.Execute, wire.Close, wire.Sync, wire.Flush:

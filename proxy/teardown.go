@@ -17,6 +17,7 @@ import (
 func (s *session) finish() {
 	s.srv.removeSession(s)
 	s.srv.cancels.unregister(s)
+	s.closeCursor()
 	s.releaseParked()
 	c := s.server
 	if c == nil {

@@ -123,6 +123,20 @@ public class DriverMatrix {
                     c.commit();
                 }
             }
+            // A run_on all call read with setFetchSize in a transaction:
+            // JDBC fetches its portal 3 rows at a time, Execute after Sync.
+            c.setAutoCommit(false);
+            try (PreparedStatement ps = c.prepareStatement("select * from rt_list_users()")) {
+                ps.setFetchSize(3);
+                long rows = 0;
+                try (ResultSet rs = ps.executeQuery()) {
+                    while (rs.next()) {
+                        rows++;
+                    }
+                }
+                check(rows == total, "setFetchSize(3) over rt_list_users: " + rows + " rows, count_users " + total);
+            }
+            c.commit();
             System.out.println("count_users=" + total);
         }
     }

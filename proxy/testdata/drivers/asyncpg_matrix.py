@@ -67,6 +67,13 @@ async def main():
         assert got == sorted(split_names), got
         assert await conn.fetchval("select count(*) from rt_get_users($1)", split_names) >= 1
         assert await conn.fetchval("select rt_lookup($1)", split_names[0]) == email(split_names[0])
+        # A cursor over a run_on all call: asyncpg fetches its portal 3 rows
+        # at a time inside the transaction.
+        async with conn.transaction():
+            rows = 0
+            async for _ in conn.cursor("select * from rt_list_users()", prefetch=3):
+                rows += 1
+        assert rows == total, (rows, total)
         print(f"count_users={total}")
     finally:
         await conn.close()
