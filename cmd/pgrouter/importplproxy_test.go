@@ -182,6 +182,47 @@ CREATE FUNCTION by_expr(i_username text) RETURNS SETOF text LANGUAGE plproxy AS 
 		t.Fatalf("any_one through pgrouter: %q", a)
 	}
 	comparePLProxy(ctx, t, viaRouter, viaPLProxy, addr, shards[0].DSN("plx"))
+
+	// A PL/Proxy database configured by the plproxy.get_cluster_* functions
+	// (before SQL/MED) imports to the same cluster, and answers as the one
+	// pgrouter serves.
+	if err := shards[0].Exec(ctx, "postgres", "CREATE DATABASE plx_fn"); err != nil {
+		t.Fatal(err)
+	}
+	if err := shards[0].Exec(ctx, "plx_fn", fmt.Sprintf(`CREATE EXTENSION plproxy;
+CREATE SCHEMA plproxy;
+CREATE FUNCTION plproxy.get_cluster_version(cluster_name text) RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;
+CREATE FUNCTION plproxy.get_cluster_partitions(cluster_name text) RETURNS SETOF text LANGUAGE sql AS
+  $$ SELECT unnest(ARRAY['%[1]s', '%[1]s', '%[2]s', '%[2]s']) $$;
+CREATE FUNCTION plproxy.get_cluster_config(IN cluster_name text, OUT key text, OUT val text) RETURNS SETOF record LANGUAGE sql AS
+  $$ SELECT 'connection_lifetime'::text, '1800'::text $$;
+CREATE FUNCTION get_user(i_username text, OUT id bigint, OUT username text) RETURNS SETOF record LANGUAGE plproxy AS $$ CLUSTER 'fcl'; RUN ON hashtext(i_username); $$;`,
+		conninfo[0], conninfo[1])); err != nil {
+		t.Fatal(err)
+	}
+	fnPath := filepath.Join(t.TempDir(), "router.yaml")
+	if out, code := pgrouter(ctx, t, "import-plproxy", "--from", shards[0].DSN("plx_fn"), "-o", fnPath); code != 0 {
+		t.Fatalf("import-plproxy of get_cluster_partitions (exit %d):\n%s", code, out)
+	}
+	data, err = os.ReadFile(fnPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err := config.Parse(fnPath, data); err != nil || cfg.Clusters["fcl"] == nil || len(cfg.Clusters["fcl"].Shards) != 2 ||
+		cfg.Clusters["fcl"].Shards[0].DSN != conninfo[0] || cfg.Clusters["fcl"].Shards[1].Partitions != "2-3" {
+		t.Fatalf("imported from get_cluster_partitions (%v):\n%s", err, data)
+	}
+	viaFn, err := pgx.Connect(ctx, shards[0].DSN("plx_fn"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer viaFn.Close(ctx)
+	for i := range 50 {
+		name := fmt.Sprintf("user%d", i*7)
+		if a, b := rowsOf(viaRouter, "SELECT * FROM get_user($1)", name), rowsOf(viaFn, "SELECT * FROM get_user($1)", name); a != b || a == "" {
+			t.Fatalf("get_user(%s): pgrouter %q, PL/Proxy by get_cluster_partitions %q", name, a, b)
+		}
+	}
 }
 
 // comparePLProxy checks that the functions import-plproxy translated from
