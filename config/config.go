@@ -251,12 +251,16 @@ type Function struct {
 	// run on a replica of its shard.
 	ReadOnly bool `yaml:"read_only"`
 	// KeyTransform hashes a changed key, as PL/Proxy's RUN ON
-	// hashtext(x::text) (text) and hashtext(lower(x)) (lower, lower_ascii).
+	// hashtext(x::text) (text) and hashtext(lower(x)) (lower, lower_ascii),
+	// or takes an integer key as the hash itself, as RUN ON x (value).
 	KeyTransform string `yaml:"key_transform"`
 	// Split names array arguments (names or 1-based positions) whose
 	// elements are sent each to the shard of its key element, as PL/Proxy's
 	// SPLIT: every shard is called once with its elements.
 	Split []string `yaml:"split"`
+	// Partition is a constant partition for run_on: partition without a
+	// key, as PL/Proxy's RUN ON <n>.
+	Partition *int `yaml:"partition"`
 	// Target is the function called on the shards instead of Name
 	// ([schema.]name; unqualified means Name's schema), as PL/Proxy's TARGET.
 	Target string `yaml:"target"`
@@ -276,6 +280,7 @@ const (
 	KeyTransformText       = "text"        // hash the key's text form
 	KeyTransformLower      = "lower"       // hash lower(key) under a UTF-8 locale (Unicode case mapping)
 	KeyTransformLowerASCII = "lower_ascii" // hash lower(key) under the C locale (ASCII letters only)
+	KeyTransformValue      = "value"       // the integer key is the hash itself (RUN ON x)
 )
 
 // run_on values.

@@ -472,8 +472,20 @@ func (c *Config) validateFunctions(l *errorList) {
 				f.RunOn = RunOnHash
 			}
 		}
+		if f.Partition != nil && f.RunOn != RunOnPartition {
+			l.add(path+".partition", "only with run_on: partition")
+		}
 		switch f.RunOn {
-		case RunOnHash, RunOnPartition:
+		case RunOnPartition:
+			switch {
+			case f.Key == "" && f.Partition == nil:
+				l.add(path+".key", "required with run_on: partition (an argument name or 1-based position), unless partition names a constant one")
+			case f.Key != "" && f.Partition != nil:
+				l.add(path+".partition", "not used with a key: the partition is the key argument's value")
+			case f.Partition != nil && f.Cluster != "" && c.Clusters[f.Cluster] != nil && (*f.Partition < 0 || *f.Partition >= c.Clusters[f.Cluster].Partitions):
+				l.add(path+".partition", "%d is not a partition of cluster %s (0-%d)", *f.Partition, f.Cluster, c.Clusters[f.Cluster].Partitions-1)
+			}
+		case RunOnHash:
 			if f.Key == "" {
 				l.add(path+".key", "required with run_on: %s (an argument name or 1-based position)", f.RunOn)
 			}
@@ -538,12 +550,12 @@ func sameRouting(f, g *Function) bool {
 func (c *Config) validateFunctionExtras(l *errorList, path string, f *Function) {
 	switch f.KeyTransform {
 	case "":
-	case KeyTransformText, KeyTransformLower, KeyTransformLowerASCII:
+	case KeyTransformText, KeyTransformLower, KeyTransformLowerASCII, KeyTransformValue:
 		if f.RunOn != RunOnHash {
 			l.add(path+".key_transform", "only with run_on: hash")
 		}
 	default:
-		l.add(path+".key_transform", "%q is not one of text, lower, lower_ascii", f.KeyTransform)
+		l.add(path+".key_transform", "%q is not one of text, lower, lower_ascii, value", f.KeyTransform)
 	}
 	if len(f.Split) > 0 && f.RunOn != RunOnHash && f.RunOn != RunOnPartition {
 		l.add(path+".split", "only with run_on: hash or partition (each element goes to the shard of its key element)")

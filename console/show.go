@@ -236,6 +236,8 @@ func (c *Console) showFunctions() *resultSet {
 				key = f.KeyName
 			case f.KeyPos > 0:
 				key = "$" + strconv.Itoa(f.KeyPos)
+			case f.Partition >= 0:
+				key = "partition " + strconv.Itoa(f.Partition) // a constant one (RUN ON <n>)
 			}
 			if f.RunOn == shardmap.RunAll {
 				merge = f.Merge.String()

@@ -24,7 +24,7 @@ type Function struct {
 	RunOn        string // "hash", "all", "any", "partition" or "" (not translated)
 	Key          string // RUN ON hashtext(Key) ... : the argument hashed
 	Partition    int    // RUN ON <number>
-	KeyTransform string // "text" or "lower" (Translate picks lower_ascii for a C ctype)
+	KeyTransform string // "text", "lower" (Translate picks lower_ascii for a C ctype) or "value"
 	Split        []string
 	Target       string
 	// Problems are what the body does that router.yaml cannot say.
@@ -209,6 +209,8 @@ func statements(src string) []string {
 var (
 	runOnHash = regexp.MustCompile(`(?is)^run\s+on\s+(hashtext|hashint4|hashint8)\s*\(\s*("?[A-Za-z_][A-Za-z0-9_$]*"?|\$\d+)\s*(::\s*[A-Za-z_ ]+?)?\s*\)$`)
 	runOnNum  = regexp.MustCompile(`(?is)^run\s+on\s+(\d+)$`)
+	// An argument that is the hash itself.
+	runOnArg = regexp.MustCompile(`(?is)^run\s+on\s+("?[A-Za-z_][A-Za-z0-9_$]*"?|\$\d+)$`)
 	// hashtext(lower(x)), as PL/Proxy users write for case-insensitive keys.
 	runOnLower = regexp.MustCompile(`(?is)^run\s+on\s+hashtext\s*\(\s*lower\s*\(\s*("?[A-Za-z_][A-Za-z0-9_$]*"?|\$\d+)\s*\)\s*\)$`)
 	clusterRE  = regexp.MustCompile(`(?is)^cluster\s+'((?:[^']|'')*)'$`)
@@ -279,7 +281,16 @@ func (f *Function) runOn(st string) {
 	case runOnNum.MatchString(st):
 		n, _ := strconv.Atoi(runOnNum.FindStringSubmatch(st)[1])
 		f.RunOn, f.Partition = "partition", n
-		f.Problems = append(f.Problems, fmt.Sprintf("%q: a constant partition (router.yaml's run_on: partition takes the partition from an argument)", st))
+	case runOnArg.MatchString(st):
+		// RUN ON x: the integer argument is the hash itself.
+		f.RunOn, f.Key, f.KeyTransform = "hash", f.argName(runOnArg.FindStringSubmatch(st)[1]), "value"
+		switch typ := f.keyType(); typ {
+		case "integer", "smallint", "bigint":
+		case "":
+			f.Problems = append(f.Problems, fmt.Sprintf("%q: %s is not an argument of the function", st, f.Key))
+		default:
+			f.Problems = append(f.Problems, fmt.Sprintf("%q: a %s hash (RUN ON needs an integer)", st, typ))
+		}
 	case runOnLower.MatchString(st):
 		m := runOnLower.FindStringSubmatch(st)
 		f.RunOn, f.Key, f.KeyTransform = "hash", f.argName(m[1]), "lower"
@@ -387,48 +398,74 @@ func Translate(db *Database, source string) (string, []string) {
 		}
 	}
 	b.WriteString("functions:\n")
+	// router.yaml declares a function once, by name, for all its overloads:
+	// overloads routed alike are one entry; routed differently, none can be
+	// (a call of one would route by the other's declaration).
+	lines := map[string][]string{}
 	for _, f := range db.Functions {
-		full := f.Schema + "." + f.Name
-		if f.Schema == "public" {
-			full = f.Name
+		full, line := declaration(db, f)
+		if !slices.Contains(lines[full], line) {
+			lines[full] = append(lines[full], line)
+		}
+	}
+	written := map[string]bool{}
+	for _, f := range db.Functions {
+		full, line := declaration(db, f)
+		if len(lines[full]) > 1 {
+			f.Problems = append(f.Problems, fmt.Sprintf("its %d overloads are routed differently (or by differently named keys), and router.yaml declares a function once for all its overloads: rename one, or route them alike", len(lines[full])))
+		}
+		if written[line] && len(f.Problems) == 0 {
+			continue // an overload routed as one already written
 		}
 		ok := len(f.Problems) == 0 && db.Clusters[f.Cluster] != nil && len(db.Clusters[f.Cluster].Partitions) > 0
 		for _, p := range f.Problems {
 			problems = append(problems, fmt.Sprintf("%s: %s", full, p))
 		}
-		line := fmt.Sprintf("  - {name: %s, cluster: %s", full, f.Cluster)
-		switch f.RunOn {
-		case "hash":
-			line += fmt.Sprintf(", key: %s", f.Key)
-		case "all", "any":
-			line += fmt.Sprintf(", run_on: %s", f.RunOn)
-		}
-		switch f.KeyTransform {
-		case "lower":
-			if db.Ctype == "C" || db.Ctype == "POSIX" {
-				line += ", key_transform: lower_ascii"
-			} else {
-				line += ", key_transform: lower"
-			}
-		case "text":
-			line += ", key_transform: text"
-		}
-		if len(f.Split) > 0 && f.RunOn == "hash" && slices.Contains(f.Split, f.Key) {
-			// A split that does not split the key sends every element to
-			// the key's one shard: the call as it is.
-			line += ", split: [" + strings.Join(f.Split, ", ") + "]"
-		}
-		if f.Target != "" {
-			line += fmt.Sprintf(", target: %q", f.Target)
-		}
-		line += "}"
 		if ok {
+			written[line] = true
 			b.WriteString(line + "\n")
 			continue
 		}
 		fmt.Fprintf(&b, "  # NOT TRANSLATED: %s (%s)\n  #%s\n", full, strings.Join(f.Problems, "; "), strings.TrimPrefix(line, " "))
 	}
 	return b.String(), problems
+}
+
+// declaration writes a function's router.yaml entry, and the name it
+// declares.
+func declaration(db *Database, f *Function) (full, line string) {
+	full = f.Schema + "." + f.Name
+	if f.Schema == "public" {
+		full = f.Name
+	}
+	line = fmt.Sprintf("  - {name: %s, cluster: %s", full, f.Cluster)
+	switch f.RunOn {
+	case "hash":
+		line += fmt.Sprintf(", key: %s", f.Key)
+	case "all", "any":
+		line += fmt.Sprintf(", run_on: %s", f.RunOn)
+	case "partition":
+		line += fmt.Sprintf(", run_on: partition, partition: %d", f.Partition)
+	}
+	switch f.KeyTransform {
+	case "lower":
+		if db.Ctype == "C" || db.Ctype == "POSIX" {
+			line += ", key_transform: lower_ascii"
+		} else {
+			line += ", key_transform: lower"
+		}
+	case "text", "value":
+		line += ", key_transform: " + f.KeyTransform
+	}
+	if len(f.Split) > 0 && f.RunOn == "hash" && slices.Contains(f.Split, f.Key) {
+		// A split that does not split the key sends every element to
+		// the key's one shard: the call as it is.
+		line += ", split: [" + strings.Join(f.Split, ", ") + "]"
+	}
+	if f.Target != "" {
+		line += fmt.Sprintf(", target: %q", f.Target)
+	}
+	return full, line + "}"
 }
 
 func formatParts(ps []int) string {

@@ -30,7 +30,11 @@ func TestParseBody(t *testing.T) {
 		{"CLUSTER 'c'; RUN ON hashtext(i_username::bytea);", "hash", "i_username", "the cast ::bytea", "", "", ""},
 		{"CLUSTER 'c'; /* all */ RUN ON ALL;", "all", "", "", "", "", ""},
 		{"CLUSTER 'c';", "any", "", "", "", "", ""},
-		{"CLUSTER 'c'; RUN ON 0;", "partition", "", "a constant partition", "", "", ""},
+		{"CLUSTER 'c'; RUN ON 2;", "partition", "", "", "", "", ""},
+		{"CLUSTER 'c'; RUN ON i_id;", "hash", "i_id", "", "value", "", ""},
+		{"CLUSTER 'c'; RUN ON $2;", "hash", "i_id", "", "value", "", ""},
+		{"CLUSTER 'c'; RUN ON i_username;", "hash", "i_username", "a text hash", "value", "", ""},
+		{"CLUSTER 'c'; RUN ON nothere;", "hash", "nothere", "not an argument", "value", "", ""},
 		{"CONNECT 'dbname=x';", "any", "", "CONNECT to one database", "", "", ""},
 		{"CLUSTER 'c'; RUN ON ALL; SELECT 1;", "all", "", "a SELECT body", "", "", ""},
 	} {
@@ -59,17 +63,25 @@ func TestTranslate(t *testing.T) {
 		{Schema: "public", Name: "many", Cluster: "c", RunOn: "hash", Key: "ids", Split: []string{"ids", "tags"}, Target: "many_v2"},
 		{Schema: "public", Name: "nop_split", Cluster: "c", RunOn: "hash", Key: "k", Split: []string{"ids"}},
 		{Schema: "public", Name: "ci", Cluster: "c", RunOn: "hash", Key: "login", KeyTransform: "lower"},
+		{Schema: "public", Name: "third", Cluster: "c", RunOn: "partition", Partition: 2},
+		{Schema: "public", Name: "alike", Cluster: "c", RunOn: "hash", Key: "k"},
+		{Schema: "public", Name: "alike", Cluster: "c", RunOn: "hash", Key: "k"},
+		{Schema: "public", Name: "unlike", Cluster: "c", RunOn: "hash", Key: "k"},
+		{Schema: "public", Name: "unlike", Cluster: "c", RunOn: "all"},
 	}, Ctype: "C"}
 	text, problems := Translate(db, "src")
 	for _, want := range []string{`{name: c_0, dsn: "a", partitions: "0-1,3"}`, `{name: c_1, dsn: "b", partitions: "2"}`,
 		"- {name: get, cluster: c, key: k}", "- {name: app.all, cluster: c, run_on: all}", "# NOT TRANSLATED: odd (RUN ON an expression)",
 		`- {name: many, cluster: c, key: ids, split: [ids, tags], target: "many_v2"}`, "- {name: nop_split, cluster: c, key: k}",
-		"- {name: ci, cluster: c, key: login, key_transform: lower_ascii}"} {
+		"- {name: ci, cluster: c, key: login, key_transform: lower_ascii}", "- {name: third, cluster: c, run_on: partition, partition: 2}"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("missing %q in:\n%s", want, text)
 		}
 	}
-	if len(problems) != 1 || !strings.HasPrefix(problems[0], "odd: ") {
+	if strings.Count(text, "- {name: alike,") != 1 || strings.Count(text, "# NOT TRANSLATED: unlike (its 2 overloads") != 2 {
+		t.Errorf("overloads:\n%s", text)
+	}
+	if len(problems) != 3 || !strings.HasPrefix(problems[0], "odd: ") || !strings.HasPrefix(problems[1], "unlike: ") {
 		t.Errorf("problems: %v", problems)
 	}
 }

@@ -182,7 +182,7 @@ func loadSignatures(ctx context.Context, conn *pgx.Conn, f *shardmap.Function) (
 func resolveKey(f *shardmap.Function, s *Signature) error {
 	s.KeyIndex = -1
 	switch {
-	case f.RunOn != shardmap.RunHash && f.RunOn != shardmap.RunPartition:
+	case f.RunOn != shardmap.RunHash && f.RunOn != shardmap.RunPartition, f.Partition >= 0:
 		return nil
 	case f.KeyPos > 0:
 		if f.KeyPos > len(s.ArgTypes) {
@@ -201,7 +201,10 @@ func resolveKey(f *shardmap.Function, s *Signature) error {
 	if f.RunOn == shardmap.RunPartition && !isIntType(s.KeyType()) {
 		return fmt.Errorf("%s: the partition number %s must be an integer type", s.String(f), f.KeyName)
 	}
-	if f.KeyTransform != "" && !isIntType(s.KeyType()) && !isTextType(s.KeyType()) && s.KeyType() != OIDUUID {
+	switch {
+	case f.KeyTransform == keyValue && !isIntType(s.KeyType()):
+		return fmt.Errorf("%s: key_transform: value needs an integer key (it is the hash)", s.String(f))
+	case f.KeyTransform != "" && !isIntType(s.KeyType()) && !isTextType(s.KeyType()) && s.KeyType() != OIDUUID:
 		return fmt.Errorf("%s: key_transform needs an integer, text or uuid key", s.String(f))
 	}
 	return nil

@@ -75,12 +75,21 @@ func typedInt(keyType, paramType uint32, value []byte, bin bool) (int64, int, er
 }
 
 // transformedHash hashes a key changed by a function's key_transform: the
-// text PL/Proxy's RUN ON hashtext(x::text) and hashtext(lower(x)) hash.
+// text PL/Proxy's RUN ON hashtext(x::text) and hashtext(lower(x)) hash, or
+// for value the integer key itself, as RUN ON x.
 // The text is the key's canonical text form (what x::text gives on the
 // server), lower-cased for lower (Unicode simple case mapping, as
 // PostgreSQL's lower() under a libc UTF-8 locale) and lower_ascii (the C
 // locale: ASCII letters only).
 func transformedHash(h shardmap.HashFunc, transform string, keyType, paramType uint32, value []byte, bin bool) (uint64, error) {
+	if transform == keyValue {
+		// RUN ON x: PL/Proxy masks the integer itself.
+		if !isIntType(keyType) {
+			return 0, errNotInteger
+		}
+		v, _, err := typedInt(keyType, paramType, value, bin)
+		return uint64(v), err
+	}
 	var text []byte
 	switch {
 	case isIntType(keyType):
@@ -121,6 +130,7 @@ func transformedHash(h shardmap.HashFunc, transform string, keyType, paramType u
 const (
 	lowerUnicode = "lower"
 	lowerASCII   = "lower_ascii"
+	keyValue     = "value"
 )
 
 // intKey reads an integer key in text or binary form.

@@ -458,8 +458,8 @@ func parseCall(l *Lexer, f *shardmap.Function, cat *Catalog, p *Plan) (Call, *Er
 // reads the key argument.
 func resolveCall(l *Lexer, f *shardmap.Function, cat *Catalog, args [][]Token) (Call, *Error) {
 	call := Call{Fn: f}
-	if f.RunOn == shardmap.RunAny || f.RunOn == shardmap.RunAll {
-		return call, nil
+	if f.RunOn == shardmap.RunAny || f.RunOn == shardmap.RunAll || f.Partition >= 0 {
+		return call, nil // no key to read
 	}
 	positional := 0
 	named := map[string][]Token{}

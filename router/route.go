@@ -201,7 +201,9 @@ func (r *Router) Route(p *Plan, params wire.BindMsg) (Route, *Error) {
 		var sh *shardmap.Shard
 		var part int
 		var err *Error
-		if c.Key.Kind == KeySplit {
+		if c.Fn.Partition >= 0 { // a constant partition
+			sh, part = r.Cluster.ShardOf(c.Fn.Partition), c.Fn.Partition
+		} else if c.Key.Kind == KeySplit {
 			split, err := r.routeSplit(p, c, params)
 			switch {
 			case err != nil:

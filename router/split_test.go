@@ -28,6 +28,8 @@ functions:
   - {name: get_user, key: name, target: get_user_v2}
   - {name: by_login, key: login, key_transform: lower}
   - {name: by_num_text, key: n, key_transform: text}
+  - {name: on_five, run_on: partition, partition: 5}
+  - {name: by_hash, key: h, key_transform: value}
 `
 
 // splitRouter builds a router with split, target and key_transform
@@ -53,6 +55,10 @@ func splitRouter(t testing.TB) *Router {
 			s = &Signature{ArgNames: []string{"ids"}, ArgTypes: []uint32{1016}, ArgElems: []uint32{OIDInt8}}
 		case "get_user", "by_login":
 			s = &Signature{ArgNames: []string{f.KeyName}, ArgTypes: []uint32{OIDText}, ArgElems: []uint32{0}}
+		case "on_five":
+			s = &Signature{ArgNames: []string{"x"}, ArgTypes: []uint32{OIDText}, ArgElems: []uint32{0}}
+		case "by_hash":
+			s = &Signature{ArgNames: []string{"h"}, ArgTypes: []uint32{OIDInt8}, ArgElems: []uint32{0}}
 		case "by_num_text":
 			s = &Signature{ArgNames: []string{"n"}, ArgTypes: []uint32{OIDInt4}, ArgElems: []uint32{0}}
 		}
@@ -334,6 +340,20 @@ func TestRouteTargetAndKeyTransform(t *testing.T) {
 		rt, err := r.Route(r.Plan("SELECT by_num_text($1)", true), bindParams(t, bind(nil, []byte(n))))
 		if want := cl.ShardOfHash(cl.Hash.Text([]byte("42"))); err != nil || rt.Shard != want {
 			t.Errorf("by_num_text(%q): %v, %v; want %s", n, rt.Shard, err, want.Name)
+		}
+	}
+	// RUN ON h: the value is the hash, masked (negative ones too).
+	for h, part := range map[int64]int{5: 5, 13: 5, -1: 7, -8: 0, 1 << 40: 0} {
+		rt, err := r.Route(r.Plan("SELECT by_hash($1)", true), bindParams(t, bind([]uint16{1}, int8Bytes(h))))
+		if err != nil || rt.Partition != part {
+			t.Errorf("by_hash(%d): partition %d, %v; want %d", h, rt.Partition, err, part)
+		}
+	}
+	// RUN ON 5: always partition 5's shard, whatever the arguments.
+	for _, arg := range []string{"a", "b", "zzz"} {
+		rt, err := r.Route(r.Plan("SELECT on_five($1)", true), bindParams(t, bind(nil, []byte(arg))))
+		if err != nil || rt.Shard != cl.ShardOf(5) || rt.Shard.Name != "s2" || rt.Partition != 5 {
+			t.Errorf("on_five(%s): %+v, %v; want s2, partition 5", arg, rt, err)
 		}
 	}
 	rt, err = r.Route(r.Plan("SELECT by_num_text($1)", true), bindParams(t, bind([]uint16{1}, int4Bytes(42))))

@@ -60,6 +60,9 @@ type Function struct {
 	// TargetSchema and TargetName are the function called on the shards
 	// in its place (PL/Proxy's TARGET); empty without one.
 	TargetSchema, TargetName string
+	// Partition is a run_on partition function's constant partition
+	// (PL/Proxy's RUN ON <n>), or -1: the key's value.
+	Partition int
 }
 
 // Remote is the schema and name of the function the shards run for a
@@ -185,7 +188,10 @@ func New(cfg *config.Config) (*Map, error) {
 			return nil, fmt.Errorf("function %s: unknown cluster %q", fc.Name, fc.Cluster)
 		}
 		f := &Function{Schema: fc.Schema, Name: fc.Proc, Cluster: cl, KeyName: fc.Key, KeyPos: fc.KeyPos, ReadOnly: fc.ReadOnly,
-			KeyTransform: fc.KeyTransform, Split: fc.Split}
+			KeyTransform: fc.KeyTransform, Split: fc.Split, Partition: -1}
+		if fc.Partition != nil {
+			f.Partition = *fc.Partition
+		}
 		if fc.TargetProc != "" && (fc.TargetSchema != fc.Schema || fc.TargetProc != fc.Proc) {
 			f.TargetSchema, f.TargetName = fc.TargetSchema, fc.TargetProc
 		}

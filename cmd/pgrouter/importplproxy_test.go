@@ -37,6 +37,10 @@ CREATE FUNCTION any_one() RETURNS SETOF int LANGUAGE sql AS $$ SELECT 1 $$;
 -- Which server answered, for the functions whose routing is compared directly.
 CREATE FUNCTION served_ci(i_username text) RETURNS SETOF text LANGUAGE sql AS $$ SELECT inet_server_port() || ':' || i_username $$;
 CREATE FUNCTION served_text(i_id bigint) RETURNS SETOF text LANGUAGE sql AS $$ SELECT inet_server_port() || ':' || i_id $$;
+CREATE FUNCTION served_on(i_x text) RETURNS SETOF text LANGUAGE sql AS $$ SELECT inet_server_port() || ':' || i_x $$;
+CREATE FUNCTION served_hash(i_id bigint, i_hash int) RETURNS SETOF text LANGUAGE sql AS $$ SELECT inet_server_port() || ':' || i_id || ':' || i_hash $$;
+CREATE FUNCTION same_fn(a text) RETURNS SETOF text LANGUAGE sql AS $$ SELECT inet_server_port() || ':' || a $$;
+CREATE FUNCTION same_fn(a text, b int) RETURNS SETOF text LANGUAGE sql AS $$ SELECT inet_server_port() || ':' || a || ':' || b $$;
 CREATE FUNCTION get_users(i_names text[], OUT id bigint, OUT username text) RETURNS SETOF record LANGUAGE sql AS $$ SELECT * FROM users WHERE username = ANY(i_names) $$;
 CREATE FUNCTION get_by_ids(i_ids bigint[], OUT id bigint, OUT username text) RETURNS SETOF record LANGUAGE sql AS $$ SELECT * FROM users WHERE id = ANY(i_ids) $$;
 CREATE FUNCTION tag_users(i_names text[], i_tags text[], i_note text) RETURNS SETOF text LANGUAGE sql AS
@@ -94,6 +98,12 @@ CREATE FUNCTION get_by_ids(i_ids bigint[], OUT id bigint, OUT username text) RET
 CREATE FUNCTION tag_users(i_names text[], i_tags text[], i_note text) RETURNS SETOF text LANGUAGE plproxy AS $$ CLUSTER 'cl'; SPLIT ALL; RUN ON hashtext(i_names); $$;
 CREATE FUNCTION find_user(i_username text, OUT id bigint, OUT username text) RETURNS SETOF record LANGUAGE plproxy AS $$ CLUSTER 'cl'; TARGET user_impl; RUN ON hashtext(i_username); $$;
 CREATE FUNCTION user_count() RETURNS SETOF bigint LANGUAGE plproxy AS $$ CLUSTER 'cl'; TARGET count_users; RUN ON ALL; $$;
+CREATE FUNCTION served_on(i_x text) RETURNS SETOF text LANGUAGE plproxy AS $$ CLUSTER 'cl'; RUN ON 2; $$;
+CREATE FUNCTION served_hash(i_id bigint, i_hash int) RETURNS SETOF text LANGUAGE plproxy AS $$ CLUSTER 'cl'; RUN ON i_hash; $$;
+CREATE FUNCTION same_fn(a text) RETURNS SETOF text LANGUAGE plproxy AS $$ CLUSTER 'cl'; RUN ON hashtext(a); $$;
+CREATE FUNCTION same_fn(a text, b int) RETURNS SETOF text LANGUAGE plproxy AS $$ CLUSTER 'cl'; RUN ON hashtext(a); $$;
+CREATE FUNCTION dup_fn(a text) RETURNS SETOF text LANGUAGE plproxy AS $$ CLUSTER 'cl'; RUN ON hashtext(a); $$;
+CREATE FUNCTION dup_fn(a text, b int) RETURNS SETOF text LANGUAGE plproxy AS $$ CLUSTER 'cl'; RUN ON b; $$;
 CREATE FUNCTION by_expr(i_username text) RETURNS SETOF text LANGUAGE plproxy AS $$ CLUSTER 'cl'; RUN ON hashtext(upper(i_username)); $$;`,
 		conninfo[0], conninfo[1])); err != nil {
 		t.Fatal(err)
@@ -101,8 +111,8 @@ CREATE FUNCTION by_expr(i_username text) RETURNS SETOF text LANGUAGE plproxy AS 
 
 	path := filepath.Join(t.TempDir(), "router.yaml")
 	out, code := pgrouter(ctx, t, "import-plproxy", "--from", shards[0].DSN("plx"), "-o", path)
-	if code != 2 || !strings.Contains(out, "plproxy functions: 12, clusters: 1") ||
-		!strings.Contains(out, "not translated: by_expr") || strings.Count(out, "not translated:") != 1 {
+	if code != 2 || !strings.Contains(out, "plproxy functions: 18, clusters: 1") ||
+		!strings.Contains(out, "not translated: by_expr") || !strings.Contains(out, "not translated: dup_fn: its 2 overloads") || strings.Count(out, "not translated:") != 3 {
 		t.Fatalf("import-plproxy (exit %d):\n%s", code, out)
 	}
 	data, err := os.ReadFile(path)
@@ -115,7 +125,7 @@ CREATE FUNCTION by_expr(i_username text) RETURNS SETOF text LANGUAGE plproxy AS 
 	}
 	cl := cfg.Clusters["cl"]
 	if cl == nil || cl.Hash != "hashtext" || cl.Partitions != 4 || len(cl.Shards) != 2 || cl.Shards[0].Partitions != "0-1" || cl.Shards[1].Partitions != "2-3" ||
-		!strings.Contains(string(data), "# NOT TRANSLATED: by_expr") || len(cfg.Functions) != 11 {
+		!strings.Contains(string(data), "# NOT TRANSLATED: by_expr") || len(cfg.Functions) != 14 {
 		t.Fatalf("the imported router.yaml:\n%s", data)
 	}
 	t.Logf("imported:\n%s", data)
@@ -123,7 +133,7 @@ CREATE FUNCTION by_expr(i_username text) RETURNS SETOF text LANGUAGE plproxy AS 
 	// Served from that file, pgrouter answers as PL/Proxy does.
 	addr := freeAddr(t)
 	writeFile(t, path, strings.Replace(string(data), "listen: 127.0.0.1:6432", "listen: "+addr, 1))
-	if out, code := pgrouter(ctx, t, "check", "-c", path); code != 0 || !strings.Contains(out, "11 functions") {
+	if out, code := pgrouter(ctx, t, "check", "-c", path); code != 0 || !strings.Contains(out, "14 functions") {
 		t.Fatalf("pgrouter check of the imported file (exit %d):\n%s", code, out)
 	}
 	runRouter(ctx, t, path, addr)
@@ -278,6 +288,19 @@ func comparePLProxy(ctx context.Context, t *testing.T, viaRouter, viaPLProxy *pg
 		t.Fatalf("served_text ran on %d shards, want 2", len(shardsServing))
 	}
 	same("SELECT * FROM user_count()")
+	// RUN ON i_hash: the argument is the hash.
+	for h := int32(-9); h <= 9; h++ {
+		same("SELECT * FROM served_hash($1, $2)", int64(h)*100, h)
+	}
+	// Two overloads routed alike: one declaration serves both.
+	for _, k := range []string{"a", "b", "c", "d"} {
+		same("SELECT * FROM same_fn($1)", k)
+		same("SELECT * FROM same_fn($1, 7)", k)
+	}
+	// RUN ON 2: partition 2's database, whatever the argument.
+	for _, x := range []string{"a", "b", "c"} {
+		same("SELECT * FROM served_on($1)", x)
+	}
 	// SPLIT: arrays of 1 to 40 names and ids; some not there.
 	for n := 0; n <= 40; n++ {
 		var names, tags []string
