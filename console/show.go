@@ -225,7 +225,7 @@ func (c *Console) showStats() *resultSet {
 func (c *Console) showFunctions() *resultSet {
 	rs := &resultSet{cols: []column{
 		{"cluster", oidText}, {"function", oidText}, {"run_on", oidText}, {"key", oidText}, {"merge", oidText},
-		{"signatures", oidText}, {"loaded", oidBool},
+		{"signatures", oidText}, {"loaded", oidBool}, {"split", oidText}, {"target", oidText}, {"key_transform", oidText},
 	}}
 	for _, cl := range c.srv.Map().Clusters() {
 		cat := c.srv.Catalog(cl.Name)
@@ -239,7 +239,7 @@ func (c *Console) showFunctions() *resultSet {
 			case f.Partition >= 0:
 				key = "partition " + strconv.Itoa(f.Partition) // a constant one (RUN ON <n>)
 			}
-			if f.RunOn == shardmap.RunAll {
+			if f.RunOn == shardmap.RunAll || len(f.Split) > 0 {
 				merge = f.Merge.String()
 			}
 			sigs := cat.Signatures(f)
@@ -247,7 +247,17 @@ func (c *Console) showFunctions() *resultSet {
 			for i, sig := range sigs {
 				texts[i] = sig.String(f)
 			}
-			rs.add(cl.Name, f.FullName(), f.RunOn.String(), key, merge, strings.Join(texts, "; "), len(sigs) > 0)
+			var split, target, transform any
+			if len(f.Split) > 0 {
+				split = strings.Join(f.Split, ", ")
+			}
+			if f.TargetName != "" {
+				target = f.TargetSchema + "." + f.TargetName
+			}
+			if f.KeyTransform != "" {
+				transform = f.KeyTransform
+			}
+			rs.add(cl.Name, f.FullName(), f.RunOn.String(), key, merge, strings.Join(texts, "; "), len(sigs) > 0, split, target, transform)
 		}
 	}
 	return rs

@@ -262,6 +262,14 @@ func TestAdminShowFunctionsAndSequences(t *testing.T) {
 	if fn["run_on"] != "all" || fn["merge"] != "sum" {
 		t.Fatalf("SHOW FUNCTIONS rt_count_users: %v", fn)
 	}
+	fn = rowWhere(t, adminRows(t, ctx, adm, "SHOW FUNCTIONS"), "function", "public.rt_add_users")
+	if fn["split"] != "i_names, i_emails" || fn["merge"] != "concat" || fn["loaded"] != true {
+		t.Fatalf("SHOW FUNCTIONS rt_add_users: %v", fn)
+	}
+	fn = rowWhere(t, adminRows(t, ctx, adm, "SHOW FUNCTIONS"), "function", "public.rt_lookup")
+	if fn["target"] != "public.rt_user_impl" || !strings.Contains(fn["signatures"].(string), "i_username text") {
+		t.Fatalf("SHOW FUNCTIONS rt_lookup: %v", fn)
+	}
 	// SHOW CONFIG: a merge only where run_on is all (concat when not
 	// written), and defaults for a cluster's keys.
 	cfgRows := adminRows(t, ctx, adm, "SHOW CONFIG")
