@@ -147,24 +147,9 @@ CREATE FUNCTION by_expr(i_username text) RETURNS SETOF text LANGUAGE plproxy AS 
 		t.Fatal(err)
 	}
 	defer viaPLProxy.Close(ctx)
-	rowsOf := func(conn *pgx.Conn, sql string, arg any) string {
+	rowsOf := func(conn *pgx.Conn, sql string, args ...any) string {
 		t.Helper()
-		rows, err := conn.Query(ctx, sql, arg)
-		if err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-		var out []string
-		for rows.Next() {
-			vals, err := rows.Values()
-			if err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, fmt.Sprint(vals...))
-		}
-		if err := rows.Err(); err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-		return strings.Join(out, "|")
+		return sortedRows(ctx, t, conn, sql, args...)
 	}
 	for i := range 400 {
 		name := fmt.Sprintf("user%d", i)
@@ -177,15 +162,10 @@ CREATE FUNCTION by_expr(i_username text) RETURNS SETOF text LANGUAGE plproxy AS 
 			t.Fatalf("get_by_id(%d): pgrouter %q, PL/Proxy %q", id, a, b)
 		}
 	}
-	sorted := func(s string) string {
-		parts := strings.Split(s, "|")
-		slices.Sort(parts)
-		return strings.Join(parts, "|")
-	}
 	// RUN ON ALL runs once per database (PL/Proxy shares a connection
 	// between partitions with one connect string), as run_on: all once per
 	// shard: the same rows, in the order the shards answer.
-	if a, b := sorted(rowsOf(viaRouter, "SELECT * FROM count_users() WHERE $1::int = 1", 1)), sorted(rowsOf(viaPLProxy, "SELECT * FROM count_users() WHERE $1::int = 1", 1)); a != b || strings.Count(a, "|") != 1 {
+	if a, b := rowsOf(viaRouter, "SELECT * FROM count_users() WHERE $1::int = 1", 1), rowsOf(viaPLProxy, "SELECT * FROM count_users() WHERE $1::int = 1", 1); a != b || strings.Count(a, "|") != 1 {
 		t.Fatalf("count_users: pgrouter %q, PL/Proxy %q", a, b)
 	}
 	if a := rowsOf(viaRouter, "SELECT * FROM any_one() WHERE $1::int = 1", 1); a != "1" {
@@ -243,23 +223,7 @@ CREATE FUNCTION get_user(i_username text, OUT id bigint, OUT username text) RETU
 func comparePLProxy(ctx context.Context, t *testing.T, viaRouter, viaPLProxy *pgx.Conn, addr, plproxyDSN string) {
 	rowsOf := func(conn *pgx.Conn, sql string, args ...any) string {
 		t.Helper()
-		rows, err := conn.Query(ctx, sql, args...)
-		if err != nil {
-			t.Fatalf("%s %v: %v", sql, args, err)
-		}
-		var out []string
-		for rows.Next() {
-			vals, err := rows.Values()
-			if err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, fmt.Sprint(vals...))
-		}
-		if err := rows.Err(); err != nil {
-			t.Fatalf("%s %v: %v", sql, args, err)
-		}
-		slices.Sort(out) // PL/Proxy concatenates in partition order, pgrouter as shards answer
-		return strings.Join(out, "|")
+		return sortedRows(ctx, t, conn, sql, args...)
 	}
 	same := func(sql string, args ...any) {
 		t.Helper()
@@ -344,4 +308,28 @@ func comparePLProxy(ctx context.Context, t *testing.T, viaRouter, viaPLProxy *pg
 			t.Fatalf("psql %s:\npgrouter %q\nPL/Proxy %q", sql, a, b)
 		}
 	}
+}
+
+// sortedRows runs a query and returns its rows as text, sorted (PL/Proxy
+// concatenates a fan-out in partition order, pgrouter as shards answer)
+// and joined by "|".
+func sortedRows(ctx context.Context, t *testing.T, conn *pgx.Conn, sql string, args ...any) string {
+	t.Helper()
+	rows, err := conn.Query(ctx, sql, args...)
+	if err != nil {
+		t.Fatalf("%s %v: %v", sql, args, err)
+	}
+	var out []string
+	for rows.Next() {
+		vals, err := rows.Values()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, fmt.Sprint(vals...))
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatalf("%s %v: %v", sql, args, err)
+	}
+	slices.Sort(out)
+	return strings.Join(out, "|")
 }
