@@ -2,6 +2,7 @@ package router
 
 import (
 	"encoding/binary"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -359,5 +360,25 @@ func TestRouteTargetAndKeyTransform(t *testing.T) {
 	rt, err = r.Route(r.Plan("SELECT by_num_text($1)", true), bindParams(t, bind([]uint16{1}, int4Bytes(42))))
 	if want := cl.ShardOfHash(cl.Hash.Text([]byte("42"))); err != nil || rt.Shard != want {
 		t.Errorf("by_num_text(binary 42): %v, %v; want %s", rt.Shard, err, want.Name)
+	}
+}
+
+// BenchmarkRouteSplit: routing a split call of 100 text keys sent as one
+// text array parameter over four shards (hashing, grouping, and each
+// shard's parameters written anew).
+func BenchmarkRouteSplit(b *testing.B) {
+	r := splitRouter(b)
+	p := r.Plan("SELECT * FROM get_users($1, $2, 'x')", true)
+	var names []string
+	for i := range 100 {
+		names = append(names, fmt.Sprintf("user%d", i))
+	}
+	arr := []byte("{" + strings.Join(names, ",") + "}")
+	params := bindParams(b, bind(nil, arr, arr))
+	b.ReportAllocs()
+	for b.Loop() {
+		if rt, err := r.Route(p, params); err != nil || rt.Target != TargetSplit {
+			b.Fatal(rt.Target, err)
+		}
 	}
 }
