@@ -10,6 +10,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
+
+	"github.com/pgrouter/pgrouter/logical"
 )
 
 // Batch limits: how much of the stream one shard transaction may take, and
@@ -41,21 +43,21 @@ type tableKey = struct{ Schema, Name string }
 // Transactions the shard already holds (commitLSN below its lsn, seen again
 // after a restart of the stream) are skipped, and so are changes of a table
 // copied after they committed.
-func (a *applier) apply(ctx context.Context, batch []*txn) error {
+func (a *applier) apply(ctx context.Context, batch []*logical.Txn) error {
 	var stmts []stmt
 	last := a.lsn
 	var lastTime string
 	for _, t := range batch {
-		if t.commitLSN < last {
+		if t.CommitLSN < last {
 			continue
 		}
-		for i := range t.changes {
-			if s, ok := a.statement(&t.changes[i], t.commitLSN); ok {
+		for i := range t.Changes {
+			if s, ok := a.statement(&t.Changes[i], t.CommitLSN); ok {
 				stmts = append(stmts, s)
 			}
 		}
-		last, lastTime = t.endLSN, t.time.UTC().Format("2006-01-02 15:04:05.999999Z07:00")
-		if len(t.changes) > 0 {
+		last, lastTime = t.EndLSN, t.Time.UTC().Format("2006-01-02 15:04:05.999999Z07:00")
+		if len(t.Changes) > 0 {
 		}
 	}
 	if last == a.lsn {
@@ -164,11 +166,11 @@ func (a *applier) prepare(ctx context.Context, sql string) (string, error) {
 
 // statement turns a change into SQL for the shard; ok is false when the
 // shard must skip it (its table was copied after the change committed).
-func (a *applier) statement(c *change, commit pglogrepl.LSN) (stmt, bool) {
-	if c.kind == 'T' {
+func (a *applier) statement(c *logical.Change, commit pglogrepl.LSN) (stmt, bool) {
+	if c.Kind == 'T' {
 		var names []string
-		for _, rel := range c.truncate {
-			if commit >= a.tables[tableKey(rel.table)] {
+		for _, rel := range c.Truncate {
+			if commit >= a.tables[tableKey(rel.Table)] {
 				names = append(names, ident(rel))
 			}
 		}
@@ -176,56 +178,58 @@ func (a *applier) statement(c *change, commit pglogrepl.LSN) (stmt, bool) {
 			return stmt{}, false
 		}
 		sql := "TRUNCATE " + strings.Join(names, ", ")
-		if c.restartIdentity {
+		if c.RestartIdentity {
 			sql += " RESTART IDENTITY"
 		}
 		return stmt{sql: sql}, true
 	}
-	copied, ok := a.tables[tableKey(c.rel.table)]
+	copied, ok := a.tables[tableKey(c.Rel.Table)]
 	if !ok || commit < copied {
 		return stmt{}, false
 	}
 	return rowStatement(c), true
 }
 
-func ident(rel *relation) string { return pgx.Identifier{rel.table.Schema, rel.table.Name}.Sanitize() }
+func ident(rel *logical.Relation) string {
+	return pgx.Identifier{rel.Table.Schema, rel.Table.Name}.Sanitize()
+}
 
 // rowStatement builds the INSERT, UPDATE or DELETE for a row change. Rows
 // are found by key; an update that changed the key carries the old one.
-func rowStatement(c *change) stmt {
-	rel := c.rel
+func rowStatement(c *logical.Change) stmt {
+	rel := c.Rel
 	var sb strings.Builder
 	var params [][]byte
-	param := func(v value) string {
-		params = append(params, v.text)
+	param := func(v logical.Value) string {
+		params = append(params, v.Text)
 		return "$" + strconv.Itoa(len(params))
 	}
-	where := func(key []value) {
+	where := func(key []logical.Value) {
 		sb.WriteString(" WHERE ")
-		for i, k := range rel.keyCols {
+		for i, k := range rel.KeyCols {
 			if i > 0 {
 				sb.WriteString(" AND ")
 			}
-			sb.WriteString(pgx.Identifier{rel.columns[k]}.Sanitize())
-			if key[k].kind == 'n' {
+			sb.WriteString(pgx.Identifier{rel.Columns[k]}.Sanitize())
+			if key[k].Kind == 'n' {
 				sb.WriteString(" IS NULL")
 			} else {
 				sb.WriteString(" = " + param(key[k]))
 			}
 		}
 	}
-	switch c.kind {
+	switch c.Kind {
 	case 'I':
 		sb.WriteString("INSERT INTO " + ident(rel) + " (")
 		var vals []string
-		for i, v := range c.row {
-			if v.kind == 'u' {
+		for i, v := range c.Row {
+			if v.Kind == 'u' {
 				continue
 			}
 			if len(vals) > 0 {
 				sb.WriteString(", ")
 			}
-			sb.WriteString(pgx.Identifier{rel.columns[i]}.Sanitize())
+			sb.WriteString(pgx.Identifier{rel.Columns[i]}.Sanitize())
 			vals = append(vals, param(v))
 		}
 		sb.WriteString(") VALUES (" + strings.Join(vals, ", ") + ")")
@@ -233,37 +237,37 @@ func rowStatement(c *change) stmt {
 	case 'U':
 		sb.WriteString("UPDATE " + ident(rel) + " SET ")
 		n := 0
-		for i, v := range c.row {
-			if v.kind == 'u' { // unchanged TOAST value: the shard has it already
+		for i, v := range c.Row {
+			if v.Kind == 'u' { // unchanged TOAST value: the shard has it already
 				continue
 			}
 			if n > 0 {
 				sb.WriteString(", ")
 			}
 			n++
-			sb.WriteString(pgx.Identifier{rel.columns[i]}.Sanitize() + " = " + param(v))
+			sb.WriteString(pgx.Identifier{rel.Columns[i]}.Sanitize() + " = " + param(v))
 		}
-		key := c.old
+		key := c.Old
 		if key == nil {
-			key = c.row
+			key = c.Row
 		}
 		where(key)
-		return stmt{sql: sb.String(), params: params, want: "update of " + rel.table.String() + describeKey(rel, key)}
+		return stmt{sql: sb.String(), params: params, want: "update of " + rel.Table.String() + describeKey(rel, key)}
 	default: // 'D'
 		sb.WriteString("DELETE FROM " + ident(rel))
-		where(c.old)
-		return stmt{sql: sb.String(), params: params, want: "delete from " + rel.table.String() + describeKey(rel, c.old)}
+		where(c.Old)
+		return stmt{sql: sb.String(), params: params, want: "delete from " + rel.Table.String() + describeKey(rel, c.Old)}
 	}
 }
 
-func describeKey(rel *relation, key []value) string {
+func describeKey(rel *logical.Relation, key []logical.Value) string {
 	var parts []string
-	for _, k := range rel.keyCols {
+	for _, k := range rel.KeyCols {
 		v := "NULL"
-		if key[k].kind == 't' {
-			v = string(key[k].text)
+		if key[k].Kind == 't' {
+			v = string(key[k].Text)
 		}
-		parts = append(parts, rel.columns[k]+"="+v)
+		parts = append(parts, rel.Columns[k]+"="+v)
 	}
 	return " where " + strings.Join(parts, ", ")
 }

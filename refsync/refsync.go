@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgrouter/pgrouter/config"
+	"github.com/pgrouter/pgrouter/logical"
 )
 
 // Options tune Run; the zero value takes the defaults.
@@ -105,7 +106,7 @@ type run struct {
 	// not 0, caps it while a copy's snapshot is being taken.
 	confirmed, hold atomic.Uint64
 
-	dec        *decoder
+	dec        *logical.Decoder
 	repl       *pgconn.PgConn
 	sent       pglogrepl.LSN // end of the last transaction or mark handed to the shards
 	lastMark   time.Time
@@ -143,7 +144,7 @@ func (r *run) serve(ctx context.Context, first bool) (*config.Config, error) {
 	r.log.Info("replicating reference tables", zap.String("slot", r.ref.Slot), zap.Stringer("slot_lsn", floor),
 		zap.Stringers("tables", r.ref.TableNames))
 
-	r.dec = newDecoder(r.ref.TableNames, keys)
+	r.dec = logical.NewDecoder(r.ref.TableNames, keys)
 	r.attachReq = make(chan *attachment)
 	r.copySlots = make(chan struct{}, 1)
 	r.workers = map[string]*worker{}
@@ -466,7 +467,7 @@ func (r *run) startStream(ctx context.Context) error {
 		return fmt.Errorf("start replication from slot %s at %s (is another refsync running?): %w", r.ref.Slot, from, err)
 	}
 	r.repl, r.sent = conn, from
-	r.dec.relations, r.dec.cur = map[uint32]*relation{}, nil
+	r.dec.Restart()
 	r.log.Info("streaming from the reference source", zap.Stringer("from", from), zap.Int("shards_attached", len(r.attached)))
 	return nil
 }
@@ -540,7 +541,7 @@ func (r *run) receive(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			t, err := r.dec.add(xld.WALData)
+			t, err := r.dec.Add(xld.WALData)
 			if err != nil {
 				return err
 			}
@@ -554,9 +555,9 @@ func (r *run) receive(ctx context.Context) error {
 			}
 			// Every transaction that committed before ServerWALEnd has been
 			// sent, so shards can record that they are current up to it.
-			if r.dec.cur == nil && ka.ServerWALEnd > r.sent && time.Since(r.lastMark) >= r.opts.StatusInterval {
+			if !r.dec.InTransaction() && ka.ServerWALEnd > r.sent && time.Since(r.lastMark) >= r.opts.StatusInterval {
 				r.lastMark = time.Now()
-				r.dispatch(ctx, &txn{commitLSN: ka.ServerWALEnd, endLSN: ka.ServerWALEnd, time: ka.ServerTime})
+				r.dispatch(ctx, &logical.Txn{CommitLSN: ka.ServerWALEnd, EndLSN: ka.ServerWALEnd, Time: ka.ServerTime})
 			}
 			if ka.ReplyRequested {
 				return r.sendStatus(ctx)
@@ -585,7 +586,7 @@ func (r *run) sendStatus(ctx context.Context) error {
 
 // dispatch hands a transaction to every attached shard, dropping the
 // attachments of workers that have stopped.
-func (r *run) dispatch(ctx context.Context, t *txn) {
+func (r *run) dispatch(ctx context.Context, t *logical.Txn) {
 	kept := r.attached[:0]
 	for _, a := range r.attached {
 		select {
@@ -611,7 +612,7 @@ func (r *run) dispatch(ctx context.Context, t *txn) {
 	}
 	clear(r.attached[len(kept):])
 	r.attached = kept
-	r.sent = t.endLSN
+	r.sent = t.EndLSN
 }
 
 // reload applies a new configuration: shards added or removed are started

@@ -18,6 +18,7 @@ import (
 	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/internal/pgtest"
 	"github.com/pgrouter/pgrouter/internal/pgtest/testenv"
+	"github.com/pgrouter/pgrouter/logical"
 )
 
 // cluster is a source database and shard databases for one test.
@@ -268,13 +269,13 @@ func TestApplierPreparedCache(t *testing.T) {
 	}
 	var ddl strings.Builder
 	var tables []config.TableName
-	rels := map[string]*relation{}
+	rels := map[string]*logical.Relation{}
 	for i := range 6 {
 		name := fmt.Sprintf("t%d", i)
 		fmt.Fprintf(&ddl, "CREATE TABLE %s (id int PRIMARY KEY, v text);", name)
 		tn := config.TableName{Schema: "public", Name: name}
 		tables = append(tables, tn)
-		rels[name] = &relation{table: tn, columns: []string{"id", "v"}, keyCols: []int{0}}
+		rels[name] = &logical.Relation{Table: tn, Columns: []string{"id", "v"}, KeyCols: []int{0}}
 	}
 	if err := source.Exec(ctx, "prepcache", ddl.String()); err != nil {
 		t.Fatal(err)
@@ -295,24 +296,24 @@ func TestApplierPreparedCache(t *testing.T) {
 	for _, tn := range tables {
 		a.tables[tableKey(tn)] = 0x10
 	}
-	row := func(vals ...string) []value {
-		var out []value
+	row := func(vals ...string) []logical.Value {
+		var out []logical.Value
 		for _, v := range vals {
-			out = append(out, value{kind: 't', text: []byte(v)})
+			out = append(out, logical.Value{Kind: 't', Text: []byte(v)})
 		}
 		return out
 	}
 	lsn := pglogrepl.LSN(0x20)
 	for round := range 3 {
-		tx := &txn{commitLSN: lsn, endLSN: lsn + 8, time: time.Now()}
+		tx := &logical.Txn{CommitLSN: lsn, EndLSN: lsn + 8, Time: time.Now()}
 		for i := range 6 {
 			rel := rels[fmt.Sprintf("t%d", i)]
-			tx.changes = append(tx.changes, change{kind: 'I', rel: rel, row: row(fmt.Sprint(round), fmt.Sprintf("%s round %d", rel.table.Name, round))})
+			tx.Changes = append(tx.Changes, logical.Change{Kind: 'I', Rel: rel, Row: row(fmt.Sprint(round), fmt.Sprintf("%s round %d", rel.Table.Name, round))})
 			if round > 0 {
-				tx.changes = append(tx.changes, change{kind: 'D', rel: rel, old: row(fmt.Sprint(round-1), "")})
+				tx.Changes = append(tx.Changes, logical.Change{Kind: 'D', Rel: rel, Old: row(fmt.Sprint(round-1), "")})
 			}
 		}
-		if err := a.apply(ctx, []*txn{tx}); err != nil {
+		if err := a.apply(ctx, []*logical.Txn{tx}); err != nil {
 			t.Fatalf("round %d: %v", round, err)
 		}
 		lsn += 0x10

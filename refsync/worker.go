@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgrouter/pgrouter/config"
+	"github.com/pgrouter/pgrouter/logical"
 )
 
 // worker keeps one shard current: it connects (retrying with backoff while
@@ -38,7 +39,7 @@ type worker struct {
 type attachment struct {
 	w     *worker
 	lsn   pglogrepl.LSN // where the shard is; the stream must replay from here
-	queue chan *txn
+	queue chan *logical.Txn
 	gone  chan struct{} // closed when the worker stops taking the queue
 	kick  chan struct{} // closed (by detach) to end the worker's session
 	once  sync.Once
@@ -166,7 +167,7 @@ func (w *worker) session(ctx context.Context) (progressed bool, err error) {
 	for t, lsn := range st.tables {
 		a.tables[tableKey(t)] = lsn
 	}
-	att := &attachment{w: w, lsn: st.lsn, queue: make(chan *txn, maxBatchTxns), gone: make(chan struct{}), kick: make(chan struct{})}
+	att := &attachment{w: w, lsn: st.lsn, queue: make(chan *logical.Txn, maxBatchTxns), gone: make(chan struct{}), kick: make(chan struct{})}
 	defer close(att.gone)
 	if !w.run.attach(ctx, att) {
 		return false, ctx.Err()
@@ -184,7 +185,7 @@ func (w *worker) session(ctx context.Context) (progressed bool, err error) {
 	}()
 	w.log.Info("shard attached to the stream", zap.Stringer("lsn", st.lsn))
 	for {
-		var batch []*txn
+		var batch []*logical.Txn
 		select {
 		case <-sctx.Done():
 			if ctx.Err() == nil {
@@ -194,13 +195,13 @@ func (w *worker) session(ctx context.Context) (progressed bool, err error) {
 		case t := <-att.queue:
 			batch = append(batch, t)
 		}
-		changes := len(batch[0].changes)
+		changes := len(batch[0].Changes)
 	drain:
 		for len(batch) < maxBatchTxns && changes < maxBatchChanges {
 			select {
 			case t := <-att.queue:
 				batch = append(batch, t)
-				changes += len(t.changes)
+				changes += len(t.Changes)
 			default:
 				break drain
 			}

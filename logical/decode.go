@@ -1,4 +1,8 @@
-package refsync
+// Package logical decodes PostgreSQL's pgoutput logical replication stream
+// into transactions of row changes in text form, for the side processes
+// that apply a stream elsewhere: refsync (one source to every shard) and
+// fanin (every shard to one target).
+package logical
 
 import (
 	"encoding/binary"
@@ -14,56 +18,57 @@ import (
 // Relation message before a table's first change, and again after its
 // definition changes, so a change carries the relation current when it
 // was decoded.
-type relation struct {
-	table   config.TableName
-	columns []string
-	keyCols []int // positions in columns of the key a shard finds rows by
+type Relation struct {
+	Table   config.TableName
+	Columns []string
+	KeyCols []int // positions in Columns of the key rows are found by
 }
 
 // change is one row change (or a truncate) of a source transaction.
-type change struct {
-	kind byte // 'I', 'U', 'D', 'T'
-	rel  *relation
-	// For 'I' and 'U': the new row. For 'U' and 'D': old holds the key
+type Change struct {
+	Kind byte // 'I', 'U', 'D', 'T'
+	Rel  *Relation
+	// For 'I' and 'U': the new row. For 'U' and 'D': Old holds the key
 	// (the old key when an update changed it), nil when it did not change.
-	row, old []value
+	Row, Old []Value
 	// For 'T': the truncated tables and whether identities restart.
-	truncate        []*relation
-	restartIdentity bool
+	Truncate        []*Relation
+	RestartIdentity bool
 }
 
 // value is one column of a row in pgoutput's text format.
-type value struct {
-	kind byte // 't' text, 'n' null, 'u' unchanged TOAST (an update left it alone)
-	text []byte
+type Value struct {
+	Kind byte // 't' text, 'n' null, 'u' unchanged TOAST (an update left it alone)
+	Text []byte
 }
 
 // txn is one source transaction, or a position mark (no changes) that says
 // every transaction before lsn has been sent, so idle shards can record how
 // far they are current.
-type txn struct {
-	commitLSN pglogrepl.LSN // transactions are applied where commitLSN >= the shard's lsn
-	endLSN    pglogrepl.LSN // recorded as the shard's lsn once applied
-	time      time.Time     // the source's commit time
-	changes   []change
+type Txn struct {
+	CommitLSN pglogrepl.LSN // transactions are applied where CommitLSN >= the applied position
+	EndLSN    pglogrepl.LSN // recorded as the applied position once applied
+	Time      time.Time     // the source's commit time
+	Changes   []Change
 }
 
-// decoder builds transactions from pgoutput messages.
-type decoder struct {
+// Decoder builds transactions from pgoutput messages of the tables it is
+// given (others are skipped), finding each row's key columns by name.
+type Decoder struct {
 	tables    []config.TableName
 	keys      map[config.TableName][]string // key columns read from the source
-	relations map[uint32]*relation
-	cur       *txn
+	relations map[uint32]*Relation
+	cur       *Txn
 }
 
-func newDecoder(tables []config.TableName, keys map[config.TableName][]string) *decoder {
-	return &decoder{tables: tables, keys: keys, relations: map[uint32]*relation{}}
+func NewDecoder(tables []config.TableName, keys map[config.TableName][]string) *Decoder {
+	return &Decoder{tables: tables, keys: keys, relations: map[uint32]*Relation{}}
 }
 
-// parse decodes one pgoutput message. pglogrepl does not check lengths
+// Parse decodes one pgoutput message. pglogrepl does not check lengths
 // inside tuples; a malformed message from the source must end the stream
 // with an error, never the process.
-func parse(data []byte) (msg pglogrepl.Message, err error) {
+func Parse(data []byte) (msg pglogrepl.Message, err error) {
 	if len(data) == 0 {
 		return nil, fmt.Errorf("empty pgoutput message")
 	}
@@ -138,22 +143,32 @@ func tupleEnd(data []byte, pos int) (int, error) {
 	return pos, nil
 }
 
-// add takes one message; it returns the transaction a Commit completed.
-func (d *decoder) add(data []byte) (*txn, error) {
-	msg, err := parse(data)
+// Restart forgets the relations and any transaction in progress: a new
+// stream sends Relation messages again before each table's changes.
+func (d *Decoder) Restart() {
+	d.relations, d.cur = map[uint32]*Relation{}, nil
+}
+
+// InTransaction reports whether a transaction has begun and not yet
+// committed: a position seen now may be inside it.
+func (d *Decoder) InTransaction() bool { return d.cur != nil }
+
+// Add takes one message; it returns the transaction a Commit completed.
+func (d *Decoder) Add(data []byte) (*Txn, error) {
+	msg, err := Parse(data)
 	if err != nil {
 		return nil, err
 	}
 	switch m := msg.(type) {
 	case *pglogrepl.BeginMessage:
-		d.cur = &txn{commitLSN: m.FinalLSN, time: m.CommitTime}
+		d.cur = &Txn{CommitLSN: m.FinalLSN, Time: m.CommitTime}
 	case *pglogrepl.CommitMessage:
 		t := d.cur
 		if t == nil {
 			return nil, fmt.Errorf("commit at %s without a begin", m.CommitLSN)
 		}
 		d.cur = nil
-		t.commitLSN, t.endLSN, t.time = m.CommitLSN, m.TransactionEndLSN, m.CommitTime
+		t.CommitLSN, t.EndLSN, t.Time = m.CommitLSN, m.TransactionEndLSN, m.CommitTime
 		return t, nil
 	case *pglogrepl.RelationMessage:
 		return nil, d.relation(m)
@@ -164,13 +179,13 @@ func (d *decoder) add(data []byte) (*txn, error) {
 	case *pglogrepl.DeleteMessage:
 		return nil, d.change('D', m.RelationID, nil, m.OldTuple)
 	case *pglogrepl.TruncateMessage:
-		c := change{kind: 'T', restartIdentity: m.Option&pglogrepl.TruncateOptionRestartIdentity != 0}
+		c := Change{Kind: 'T', RestartIdentity: m.Option&pglogrepl.TruncateOptionRestartIdentity != 0}
 		for _, id := range m.RelationIDs {
 			if rel := d.relations[id]; rel != nil {
-				c.truncate = append(c.truncate, rel)
+				c.Truncate = append(c.Truncate, rel)
 			}
 		}
-		if len(c.truncate) > 0 {
+		if len(c.Truncate) > 0 {
 			return nil, d.append(c)
 		}
 	}
@@ -178,77 +193,87 @@ func (d *decoder) add(data []byte) (*txn, error) {
 	return nil, nil
 }
 
-func (d *decoder) relation(m *pglogrepl.RelationMessage) error {
+func (d *Decoder) relation(m *pglogrepl.RelationMessage) error {
 	t := config.TableName{Schema: m.Namespace, Name: m.RelationName}
 	if !configured(d.tables, t) {
 		delete(d.relations, m.RelationID) // published, but not ours (someone added it)
 		return nil
 	}
-	rel := &relation{table: t}
+	rel := &Relation{Table: t}
 	for _, c := range m.Columns {
-		rel.columns = append(rel.columns, c.Name)
+		rel.Columns = append(rel.Columns, c.Name)
 	}
 	key := d.keys[t]
 	for _, k := range key {
-		for i, c := range rel.columns {
+		for i, c := range rel.Columns {
 			if c == k {
-				rel.keyCols = append(rel.keyCols, i)
+				rel.KeyCols = append(rel.KeyCols, i)
 			}
 		}
 	}
-	if len(key) == 0 || len(rel.keyCols) != len(key) {
-		return fmt.Errorf("the stream describes %s with columns %v, which lack its key %v: restart refsync after changing a key", t, rel.columns, key)
+	if len(key) == 0 || len(rel.KeyCols) != len(key) {
+		return fmt.Errorf("the stream describes %s with columns %v, which lack its key %v: restart after changing a key", t, rel.Columns, key)
 	}
 	d.relations[m.RelationID] = rel
 	return nil
 }
 
-func (d *decoder) change(kind byte, relID uint32, row, old *pglogrepl.TupleData) error {
+func (d *Decoder) change(kind byte, relID uint32, row, old *pglogrepl.TupleData) error {
 	rel := d.relations[relID]
 	if rel == nil {
 		return nil // not a configured table
 	}
-	c := change{kind: kind, rel: rel}
+	c := Change{Kind: kind, Rel: rel}
 	var err error
-	if c.row, err = values(rel, row); err != nil {
+	if c.Row, err = values(rel, row); err != nil {
 		return err
 	}
-	if c.old, err = values(rel, old); err != nil {
+	if c.Old, err = values(rel, old); err != nil {
 		return err
 	}
-	if kind == 'D' && c.old == nil {
-		return fmt.Errorf("delete from %s without the old key", rel.table)
+	if kind == 'D' && c.Old == nil {
+		return fmt.Errorf("delete from %s without the old key", rel.Table)
 	}
 	return d.append(c)
 }
 
-func (d *decoder) append(c change) error {
+func (d *Decoder) append(c Change) error {
 	if d.cur == nil {
-		return fmt.Errorf("%c change outside a transaction", c.kind)
+		return fmt.Errorf("%c change outside a transaction", c.Kind)
 	}
-	d.cur.changes = append(d.cur.changes, c)
+	d.cur.Changes = append(d.cur.Changes, c)
 	return nil
 }
 
-func values(rel *relation, t *pglogrepl.TupleData) ([]value, error) {
+func values(rel *Relation, t *pglogrepl.TupleData) ([]Value, error) {
 	if t == nil {
 		return nil, nil
 	}
-	if len(t.Columns) != len(rel.columns) {
-		return nil, fmt.Errorf("a row of %s has %d columns, its relation %d", rel.table, len(t.Columns), len(rel.columns))
+	if len(t.Columns) != len(rel.Columns) {
+		return nil, fmt.Errorf("a row of %s has %d columns, its relation %d", rel.Table, len(t.Columns), len(rel.Columns))
 	}
-	out := make([]value, len(t.Columns))
+	out := make([]Value, len(t.Columns))
 	for i, c := range t.Columns {
 		switch c.DataType {
 		case pglogrepl.TupleDataTypeText:
-			out[i] = value{kind: 't', text: c.Data}
+			out[i] = Value{Kind: 't', Text: c.Data}
 		case pglogrepl.TupleDataTypeNull:
-			out[i] = value{kind: 'n'}
+			out[i] = Value{Kind: 'n'}
 		case pglogrepl.TupleDataTypeToast:
-			out[i] = value{kind: 'u'}
+			out[i] = Value{Kind: 'u'}
 		default:
-			return nil, fmt.Errorf("a row of %s has column %s in format %q; refsync asks for text", rel.table, rel.columns[i], c.DataType)
+			return nil, fmt.Errorf("a row of %s has column %s in format %q; the stream is asked for text", rel.Table, rel.Columns[i], c.DataType)
 		}
 	}
 	return out, nil
+}
+
+// configured reports whether t is one of tables.
+func configured(tables []config.TableName, t config.TableName) bool {
+	for _, x := range tables {
+		if x == t {
+			return true
+		}
+	}
+	return false
 }
