@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgrouter/pgrouter/config"
+	"github.com/pgrouter/pgrouter/logical"
 )
 
 // Progress reports an initial copy while it runs (about once a second) and
@@ -108,7 +109,7 @@ func (r *run) copyTables(ctx context.Context, shardName string, shard *pgx.Conn,
 
 // copyTable copies one table inside the two open transactions.
 func (r *run) copyTable(ctx context.Context, shardName string, src, dst pgx.Tx, t config.TableName) (int64, error) {
-	def, err := readTableDef(ctx, src, t)
+	def, err := logical.ReadTableDef(ctx, src, t)
 	if err != nil {
 		return 0, err
 	}
@@ -124,7 +125,7 @@ func (r *run) copyTable(ctx context.Context, shardName string, src, dst pgx.Tx, 
 		return 0, fmt.Errorf("empty %s on the shard before the copy: %w", t, err)
 	}
 	var cols []string
-	for _, c := range def.copied() {
+	for _, c := range def.Copied() {
 		cols = append(cols, pgx.Identifier{c}.Sanitize())
 	}
 	list := strings.Join(cols, ", ")

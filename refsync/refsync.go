@@ -202,11 +202,11 @@ func (r *run) prepareSource(ctx context.Context) (pglogrepl.LSN, map[config.Tabl
 	}
 	keys := map[config.TableName][]string{}
 	for _, t := range r.ref.TableNames {
-		def, err := readTableDef(ctx, src, t)
+		def, err := logical.ReadTableDef(ctx, src, t)
 		if err != nil {
 			return 0, nil, err
 		}
-		keys[t] = def.key
+		keys[t] = def.Key
 	}
 	if err := r.ensurePublication(ctx, src); err != nil {
 		return 0, nil, err
