@@ -36,6 +36,7 @@ type Config struct {
 	FallbackCluster    string     `yaml:"fallback_cluster"`
 	Sequences          *Sequences `yaml:"sequences"` // nil: sequences are not managed
 	Reference          *Reference `yaml:"reference"` // nil: no reference tables (refsync has nothing to do)
+	Fanin              *Fanin     `yaml:"fanin"`     // nil: no central copy (pgrouter fanin has nothing to do)
 
 	// ListenReuseport opens listen with SO_REUSEPORT, so that a new pgrouter
 	// can start on the port beside a draining old one (a rolling upgrade).
@@ -145,6 +146,29 @@ type Reference struct {
 
 	// TableNames are Tables split and case-folded by validation.
 	TableNames []TableName `yaml:"-"`
+}
+
+// Fanin is the central copy of sharded tables that pgrouter fanin keeps:
+// every shard's rows of the tables, in one target database.
+type Fanin struct {
+	// Target is the DSN of the central database (${ENV} expanded).
+	Target string `yaml:"target"`
+	// Tables as [schema.]name (unqualified means public); every shard of
+	// the cluster has them, with a primary key.
+	Tables []string `yaml:"tables"`
+	// Cluster whose shards are fanned in (may be omitted with one cluster).
+	Cluster string `yaml:"cluster"`
+	// Slot and Publication name what fanin creates on every shard; a
+	// shard's slot is Slot_<shard>.
+	Slot        string `yaml:"slot"`
+	Publication string `yaml:"publication"`
+
+	// TableNames are Tables split and case-folded by validation.
+	TableNames []TableName `yaml:"-"`
+}
+
+func (f *Fanin) setDefaults() {
+	*f = Fanin{Slot: "pgrouter_fanin", Publication: "pgrouter_fanin"}
 }
 
 // TableName is a schema-qualified table name, case-folded as PostgreSQL

@@ -163,6 +163,83 @@ var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*$`)
 // slotRE is a replication slot name refsync can use.
 var slotRE = regexp.MustCompile(`^[a-z0-9_]{1,40}$`)
 
+// tableNames checks a list of [schema.]table names (at least one) and
+// splits and folds them.
+func tableNames(l *errorList, path string, tables []string) []TableName {
+	if len(tables) == 0 {
+		l.add(path, "at least one table is required")
+	}
+	seen := map[TableName]string{}
+	var out []TableName
+	for i, t := range tables {
+		at := fmt.Sprintf("%s[%d]", path, i)
+		schema, name, qualified := strings.Cut(t, ".")
+		if !qualified {
+			schema, name = "public", t
+		}
+		if !identRE.MatchString(schema) || !identRE.MatchString(name) {
+			l.add(at, "%q is not [schema.]table with plain identifiers (letters, digits, _ and $)", t)
+			continue
+		}
+		tn := TableName{Schema: strings.ToLower(schema), Name: strings.ToLower(name)}
+		if prev, dup := seen[tn]; dup {
+			l.add(at, "%s is already listed at %s", tn, prev)
+		}
+		seen[tn] = at
+		out = append(out, tn)
+	}
+	return out
+}
+
+// validateFanin checks the fanin section: its target, tables, cluster and
+// the names it creates on the shards.
+func (c *Config) validateFanin(l *errorList) {
+	f := c.Fanin
+	if f == nil {
+		return
+	}
+	if f.Target == "" {
+		l.add("fanin.target", "required: the DSN of the central database")
+	} else if dsn, err := expandEnv(f.Target); err != nil {
+		l.add("fanin.target", "%v", err)
+	} else if _, err := pgconn.ParseConfig(dsn); err != nil {
+		l.add("fanin.target", "not a valid connection string: %v", redactDSNError(err))
+	} else {
+		f.Target = dsn
+	}
+	f.TableNames = tableNames(l, "fanin.tables", f.Tables)
+	switch {
+	case f.Cluster == "" && len(c.Clusters) == 1:
+		for name := range c.Clusters {
+			f.Cluster = name
+		}
+	case f.Cluster == "":
+		l.add("fanin.cluster", "required when there are several clusters")
+	case c.Clusters[f.Cluster] == nil:
+		l.add("fanin.cluster", "%q is not a cluster", f.Cluster)
+	}
+	// A shard's slot is Slot_<shard>, at most 63 lower-case letters, digits and _.
+	if !slotRE.MatchString(f.Slot) {
+		l.add("fanin.slot", "%q must be 1 to 40 lower-case letters, digits and underscores", f.Slot)
+	}
+	if cl := c.Clusters[f.Cluster]; cl != nil {
+		for i, sh := range cl.Shards {
+			if name := FaninSlot(f.Slot, sh.Name); !slotNameRE.MatchString(name) {
+				l.add(fmt.Sprintf("clusters.%s.shards[%d].name", f.Cluster, i), "fan-in's slot for it, %q, is not a valid replication slot name (lower-case letters, digits and _, at most 63): rename the shard or set fanin.slot", name)
+			}
+		}
+	}
+	if !identRE.MatchString(f.Publication) || strings.ToLower(f.Publication) != f.Publication || len(f.Publication) > 63 {
+		l.add("fanin.publication", "%q must be a lower-case identifier of at most 63 characters", f.Publication)
+	}
+}
+
+// FaninSlot is the replication slot pgrouter fanin uses on a shard.
+func FaninSlot(prefix, shard string) string { return prefix + "_" + shard }
+
+// slotNameRE is what PostgreSQL accepts as a replication slot name.
+var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
 // validateReference checks the reference section and splits its table names.
 func (c *Config) validateReference(l *errorList) {
 	r := c.Reference
@@ -178,28 +255,7 @@ func (c *Config) validateReference(l *errorList) {
 	} else {
 		r.Source = dsn
 	}
-	if len(r.Tables) == 0 {
-		l.add("reference.tables", "at least one table is required")
-	}
-	seen := map[TableName]string{}
-	r.TableNames = nil
-	for i, t := range r.Tables {
-		path := fmt.Sprintf("reference.tables[%d]", i)
-		schema, name, qualified := strings.Cut(t, ".")
-		if !qualified {
-			schema, name = "public", t
-		}
-		if !identRE.MatchString(schema) || !identRE.MatchString(name) {
-			l.add(path, "%q is not [schema.]table with plain identifiers (letters, digits, _ and $)", t)
-			continue
-		}
-		tn := TableName{Schema: strings.ToLower(schema), Name: strings.ToLower(name)}
-		if prev, dup := seen[tn]; dup {
-			l.add(path, "%s is already listed at %s", tn, prev)
-		}
-		seen[tn] = path
-		r.TableNames = append(r.TableNames, tn)
-	}
+	r.TableNames = tableNames(l, "reference.tables", r.Tables)
 	// Replication slot names allow only lower-case letters, digits and _;
 	// refsync names its temporary slots after it (+16 characters, of 63).
 	if !slotRE.MatchString(r.Slot) {
@@ -433,6 +489,7 @@ func (c *Config) validateClusters(l *errorList) {
 		}
 	}
 	c.validateFunctions(l)
+	c.validateFanin(l)
 }
 
 func (c *Config) validateFunctions(l *errorList) {

@@ -29,7 +29,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), checkCmd(), seqCmd(), refsyncCmd(), moveCmd(), importPLProxyCmd(), benchCmd(), demoCmd(), versionCmd())
+	root.AddCommand(serveCmd(), checkCmd(), seqCmd(), refsyncCmd(), faninCmd(), moveCmd(), importPLProxyCmd(), benchCmd(), demoCmd(), versionCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "pgrouter:", err)
 		var partial errUntranslated

@@ -1,0 +1,279 @@
+// Package fanin keeps one central copy of sharded tables: every shard's
+// rows of them in a target database, current through each shard's logical
+// replication stream (pgrouter fanin). It is refsync's mirror: refsync
+// sends one source to every shard, fanin every shard to one target.
+//
+// Each shard has a worker of its own, so a shard that is down or slow
+// delays only its own rows. A worker publishes the tables on its shard,
+// creates its replication slot there and, the first time, copies the
+// tables at the slot's snapshot into the target (rows tagged with the
+// shard in pgrouter_shard); from then on it applies the shard's
+// transactions in order, each in one target transaction together with the
+// shard's position in pgrouter.fanin_state, and confirms the slot up to
+// what the target holds. Killed anywhere, it resumes from that position:
+// nothing is applied twice and nothing is lost.
+package fanin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
+
+	"github.com/pgrouter/pgrouter/config"
+	"github.com/pgrouter/pgrouter/logical"
+)
+
+// Options tune Run; the zero value takes the defaults.
+type Options struct {
+	Log *zap.Logger
+	// StatusInterval is how often a worker confirms its slot and records,
+	// when the shard is idle, that the target is current (default 1s).
+	StatusInterval time.Duration
+	// RetryMin and RetryMax bound the backoff for a shard or target that is
+	// down (default 1s and 30s).
+	RetryMin, RetryMax time.Duration
+}
+
+func (o *Options) defaults() {
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
+	if o.StatusInterval <= 0 {
+		o.StatusInterval = time.Second
+	}
+	if o.RetryMin <= 0 {
+		o.RetryMin = time.Second
+	}
+	if o.RetryMax < o.RetryMin {
+		o.RetryMax = max(30*time.Second, o.RetryMin)
+	}
+}
+
+// Run keeps the central copy of cfg's fanin section current until ctx
+// ends, then stops every worker and returns nil.
+func Run(ctx context.Context, cfg *config.Config, opts Options) error {
+	opts.defaults()
+	f := cfg.Fanin
+	if f == nil {
+		return errors.New("router.yaml has no fanin section: nothing to fan in")
+	}
+	cl := cfg.Clusters[f.Cluster]
+	var wg sync.WaitGroup
+	for _, sh := range cl.Shards {
+		w := &worker{fanin: f, shard: sh.Name, dsn: sh.DSN, slot: config.FaninSlot(f.Slot, sh.Name), opts: opts,
+			log: opts.Log.With(zap.String("shard", sh.Name))}
+		wg.Go(func() { w.loop(ctx) })
+	}
+	wg.Wait()
+	return nil
+}
+
+// worker fans one shard in.
+type worker struct {
+	fanin *config.Fanin
+	shard string
+	dsn   string
+	slot  string
+	opts  Options
+	log   *zap.Logger
+}
+
+// loop runs sessions until ctx ends, backing off after failures.
+func (w *worker) loop(ctx context.Context) {
+	backoff := w.opts.RetryMin
+	for ctx.Err() == nil {
+		started := time.Now()
+		err := w.session(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(started) > time.Minute {
+			backoff = w.opts.RetryMin // it ran a while: a new failure
+		}
+		w.log.Warn("fan-in of the shard stopped; retrying", zap.Error(err), zap.Duration("in", backoff))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff + time.Duration(rand.Int64N(int64(backoff)/4+1))):
+		}
+		backoff = min(2*backoff, w.opts.RetryMax)
+	}
+}
+
+// connectTimeout bounds every connection fanin opens.
+const connectTimeout = 10 * time.Second
+
+func connect(ctx context.Context, dsn string, params map[string]string) (*pgx.Conn, error) {
+	cc, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, err
+	}
+	cc.ConnectTimeout = connectTimeout
+	cc.RuntimeParams["application_name"] = "pgrouter fanin"
+	for k, v := range params {
+		cc.RuntimeParams[k] = v
+	}
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s@%s:%d/%s: %w", cc.User, cc.Host, cc.Port, cc.Database, err)
+	}
+	return conn, nil
+}
+
+func (w *worker) replicationConn(ctx context.Context) (*pgconn.PgConn, error) {
+	cc, err := pgconn.ParseConfig(w.dsn)
+	if err != nil {
+		return nil, err
+	}
+	cc.RuntimeParams["replication"] = "database"
+	cc.RuntimeParams["application_name"] = "pgrouter fanin"
+	cc.ConnectTimeout = connectTimeout
+	conn, err := pgconn.ConnectConfig(ctx, cc)
+	if err != nil {
+		return nil, fmt.Errorf("connect to shard %s for replication (needs wal_level = logical and a role with REPLICATION): %w", w.shard, err)
+	}
+	return conn, nil
+}
+
+// session connects, copies the shard when the target has not got it yet,
+// and applies its stream until an error or ctx ends.
+func (w *worker) session(ctx context.Context) error {
+	target, err := connect(ctx, w.fanin.Target, map[string]string{"pgrouter.fanin": "on"})
+	if err != nil {
+		return fmt.Errorf("the target: %w", err)
+	}
+	defer target.Close(context.WithoutCancel(ctx))
+	shard, err := connect(ctx, w.dsn, nil)
+	if err != nil {
+		return fmt.Errorf("shard %s: %w", w.shard, err)
+	}
+	defer shard.Close(context.WithoutCancel(ctx))
+	st, err := setupTarget(ctx, target, w.shard, w.slot)
+	if err != nil {
+		return err
+	}
+	keys := map[config.TableName][]string{}
+	for _, t := range w.fanin.TableNames {
+		def, err := logical.ReadTableDef(ctx, shard, t)
+		if err != nil {
+			return fmt.Errorf("shard %s: %w", w.shard, err)
+		}
+		keys[t] = def.Key
+	}
+	if err := ensurePublication(ctx, shard, w.fanin.Publication, w.fanin.TableNames); err != nil {
+		return fmt.Errorf("shard %s: %w", w.shard, err)
+	}
+	var slotExists bool
+	if err := shard.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = $1)`, w.slot).Scan(&slotExists); err != nil {
+		return fmt.Errorf("shard %s: read its replication slots: %w", w.shard, err)
+	}
+	if st.copied && !slotExists {
+		w.log.Warn("the shard's replication slot is gone (dropped by hand?): copying the shard again", zap.String("slot", w.slot))
+		st.copied = false
+	}
+	if !st.copied {
+		if st.lsn, err = w.copy(ctx, target, shard, slotExists); err != nil {
+			return err
+		}
+	}
+	shard.Close(ctx)
+	return w.stream(ctx, target, st.lsn, keys)
+}
+
+// stream applies the shard's transactions from position from on.
+func (w *worker) stream(ctx context.Context, target *pgx.Conn, from pglogrepl.LSN, keys map[config.TableName][]string) error {
+	repl, err := w.replicationConn(ctx)
+	if err != nil {
+		return err
+	}
+	defer repl.Close(context.WithoutCancel(ctx))
+	err = pglogrepl.StartReplication(ctx, repl, w.slot, from, pglogrepl.StartReplicationOptions{
+		Mode:       pglogrepl.LogicalReplication,
+		PluginArgs: []string{"proto_version '1'", "publication_names '" + w.fanin.Publication + "'"},
+	})
+	if err != nil {
+		return fmt.Errorf("start replication from slot %s at %s on shard %s (is another fanin running?): %w", w.slot, from, w.shard, err)
+	}
+	w.log.Info("streaming the shard into the target", zap.Stringer("from", from))
+	dec := logical.NewDecoder(w.fanin.TableNames, keys)
+	at := from // the target holds everything before it
+	var lastStatus, lastMark time.Time
+	status := func() error {
+		lastStatus = time.Now()
+		return pglogrepl.SendStandbyStatusUpdate(ctx, repl, pglogrepl.StandbyStatusUpdate{WALWritePosition: at, ReplyRequested: true})
+	}
+	for {
+		if time.Since(lastStatus) >= w.opts.StatusInterval {
+			if err := status(); err != nil {
+				return fmt.Errorf("confirm slot %s at %s: %w", w.slot, at, err)
+			}
+		}
+		rctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		msg, err := repl.ReceiveMessage(rctx)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case pgconn.Timeout(err):
+			continue
+		case err != nil:
+			return fmt.Errorf("shard %s's stream: %w", w.shard, err)
+		}
+		switch msg := msg.(type) {
+		case *pgproto3.CopyData:
+			if len(msg.Data) == 0 {
+				return errors.New("empty message in the replication stream")
+			}
+			switch msg.Data[0] {
+			case pglogrepl.XLogDataByteID:
+				xld, err := pglogrepl.ParseXLogData(msg.Data[1:])
+				if err != nil {
+					return err
+				}
+				t, err := dec.Add(xld.WALData)
+				if err != nil {
+					return fmt.Errorf("shard %s's stream: %w", w.shard, err)
+				}
+				if t == nil || applied(t, at) {
+					continue
+				}
+				if err := apply(ctx, target, w.shard, t); err != nil {
+					return err
+				}
+				at = t.EndLSN
+			case pglogrepl.PrimaryKeepaliveMessageByteID:
+				ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(msg.Data[1:])
+				if err != nil {
+					return err
+				}
+				// Everything before ServerWALEnd has been sent: an idle shard
+				// records that the target is current up to it.
+				if !dec.InTransaction() && ka.ServerWALEnd > at && time.Since(lastMark) >= w.opts.StatusInterval {
+					lastMark = time.Now()
+					if err := apply(ctx, target, w.shard, &logical.Txn{CommitLSN: ka.ServerWALEnd, EndLSN: ka.ServerWALEnd, Time: ka.ServerTime}); err != nil {
+						return err
+					}
+					at = ka.ServerWALEnd
+				}
+				if ka.ReplyRequested {
+					if err := status(); err != nil {
+						return err
+					}
+				}
+			}
+		case *pgproto3.ErrorResponse:
+			return pgconn.ErrorResponseToPgError(msg)
+		case *pgproto3.CopyDone:
+			return fmt.Errorf("shard %s ended the stream", w.shard)
+		}
+	}
+}
