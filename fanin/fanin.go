@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -41,6 +42,10 @@ type Options struct {
 	// RetryMin and RetryMax bound the backoff for a shard or target that is
 	// down (default 1s and 30s).
 	RetryMin, RetryMax time.Duration
+	// Reload delivers new configurations (SIGHUP): shards added are copied
+	// in and streamed, shards removed stopped, without stopping the others;
+	// a changed fanin section restarts every worker.
+	Reload <-chan *config.Config
 }
 
 func (o *Options) defaults() {
@@ -62,19 +67,74 @@ func (o *Options) defaults() {
 // ends, then stops every worker and returns nil.
 func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	opts.defaults()
-	f := cfg.Fanin
-	if f == nil {
+	if cfg.Fanin == nil {
 		return errors.New("router.yaml has no fanin section: nothing to fan in")
 	}
-	cl := cfg.Clusters[f.Cluster]
 	var wg sync.WaitGroup
-	for _, sh := range cl.Shards {
-		w := &worker{fanin: f, shard: sh.Name, dsn: sh.DSN, slot: config.FaninSlot(f.Slot, sh.Name), opts: opts,
-			log: opts.Log.With(zap.String("shard", sh.Name))}
-		wg.Go(func() { w.loop(ctx) })
+	defer wg.Wait()
+	running := map[string]*runningWorker{} // by shard name
+	stop := func(name string) {
+		r := running[name]
+		r.cancel()
+		<-r.done
+		delete(running, name)
 	}
-	wg.Wait()
-	return nil
+	apply := func(cfg *config.Config) {
+		f := cfg.Fanin
+		wanted := map[string]*config.Shard{}
+		for _, sh := range cfg.Clusters[f.Cluster].Shards {
+			wanted[sh.Name] = sh
+		}
+		for name, r := range running {
+			if sh := wanted[name]; sh == nil || sh.DSN != r.w.dsn || !sameFanin(f, r.w.fanin) {
+				opts.Log.Info("stopping the fan-in of a shard", zap.String("shard", name))
+				stop(name)
+			}
+		}
+		for name, sh := range wanted {
+			if running[name] != nil {
+				continue
+			}
+			w := &worker{fanin: f, shard: name, dsn: sh.DSN, slot: config.FaninSlot(f.Slot, name), opts: opts,
+				log: opts.Log.With(zap.String("shard", name))}
+			wctx, cancel := context.WithCancel(ctx)
+			r := &runningWorker{w: w, cancel: cancel, done: make(chan struct{})}
+			running[name] = r
+			wg.Go(func() {
+				defer close(r.done)
+				w.loop(wctx)
+			})
+		}
+	}
+	apply(cfg)
+	for {
+		select {
+		case <-ctx.Done():
+			for name := range running {
+				stop(name)
+			}
+			return nil
+		case next := <-opts.Reload:
+			if next.Fanin == nil {
+				opts.Log.Warn("the reloaded config has no fanin section; keeping the current one")
+				continue
+			}
+			apply(next)
+		}
+	}
+}
+
+// runningWorker is a worker and how to stop it.
+type runningWorker struct {
+	w      *worker
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// sameFanin reports whether two fanin sections fan in the same way.
+func sameFanin(a, b *config.Fanin) bool {
+	return a.Target == b.Target && a.Cluster == b.Cluster && a.Slot == b.Slot && a.Publication == b.Publication &&
+		slices.Equal(a.TableNames, b.TableNames)
 }
 
 // worker fans one shard in.

@@ -46,20 +46,30 @@ func setup(t *testing.T, db string, rows int) *config.Config {
 			t.Fatal(err)
 		}
 	}
+	return faninConfig(t, db, 2)
+}
+
+// faninConfig is a cluster of the first n shards' databases db (n is 1 or
+// 2) fanned into the target's.
+func faninConfig(t *testing.T, db string, n int) *config.Config {
+	t.Helper()
+	shards := fmt.Sprintf(`      - {name: s0, dsn: %q, partitions: "0-1"}`, servers[0].DSN(db))
+	if n == 2 {
+		shards = fmt.Sprintf("      - {name: s0, dsn: %q, partitions: \"0\"}\n      - {name: s1, dsn: %q, partitions: \"1\"}", servers[0].DSN(db), servers[1].DSN(db))
+	}
 	yaml := fmt.Sprintf(`auth: {type: trust}
 clusters:
   main:
     hash: hashtext
     partitions: 2
     shards:
-      - {name: s0, dsn: %q, partitions: "0"}
-      - {name: s1, dsn: %q, partitions: "1"}
+%s
 fanin:
   target: %q
   tables: [users]
   slot: fanin_%s
   publication: fanin_%s
-`, servers[0].DSN(db), servers[1].DSN(db), servers[2].DSN(db), db, db)
+`, shards, servers[2].DSN(db), db, db)
 	cfg, err := config.Parse("router.yaml", []byte(yaml))
 	if err != nil {
 		t.Fatal(err)
@@ -67,13 +77,14 @@ fanin:
 	return cfg
 }
 
-// start runs fan-in until the test ends.
-func start(t *testing.T, cfg *config.Config) {
+// start runs fan-in until the test ends; reload (may be nil) delivers
+// new configurations.
+func start(t *testing.T, cfg *config.Config, reload <-chan *config.Config) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = Run(ctx, cfg, Options{Log: zaptest.NewLogger(t), StatusInterval: 100 * time.Millisecond, RetryMin: 100 * time.Millisecond, RetryMax: time.Second})
+		_ = Run(ctx, cfg, Options{Log: zaptest.NewLogger(t), StatusInterval: 100 * time.Millisecond, RetryMin: 100 * time.Millisecond, RetryMax: time.Second, Reload: reload})
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -202,7 +213,7 @@ func TestFaninCopyThenStream(t *testing.T) {
 	before := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, before) }) // after fan-in stops (cleanups run last first)
 	cfg := setup(t, "stream", 2000)
-	start(t, cfg)
+	start(t, cfg, nil)
 	waitEqual(t, "stream", 30*time.Second)
 
 	stop := make(chan struct{})
@@ -232,5 +243,44 @@ func TestFaninCopyThenStream(t *testing.T) {
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) || pgErr.Code != "25006" || !strings.Contains(pgErr.Message, "central copy") {
 		t.Fatalf("a write to the central table: %v", err)
+	}
+}
+
+// TestFaninAddShard: a shard added to the configuration (a reload) is
+// copied in and streamed while the shard already there goes on, neither
+// copied again nor stopped.
+func TestFaninAddShard(t *testing.T) {
+	before := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, before) })
+	both := setup(t, "addshard", 500)
+	one := faninConfig(t, "addshard", 1) // the same cluster with only s0 at first
+	reload := make(chan *config.Config)
+	start(t, one, reload)
+	ctx := context.Background()
+	target := servers[2].DSN("addshard")
+	waitRows := func(want int) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			got, err := tryRows(target, "SELECT count(*)::text FROM users")
+			if err == nil && len(got) == 1 && got[0] == fmt.Sprint(want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the target has %v rows (%v), want %d", got, err, want)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	waitRows(500)
+	copiedAt := rowsOf(t, target, "SELECT copied_at::text FROM pgrouter.fanin_state WHERE shard = 's0'")
+	reload <- both
+	waitEqual(t, "addshard", 30*time.Second)
+	if err := servers[0].Exec(ctx, "addshard", "INSERT INTO users (id, name) VALUES (100000, 'after the reload')"); err != nil {
+		t.Fatal(err)
+	}
+	waitEqual(t, "addshard", 30*time.Second)
+	if again := rowsOf(t, target, "SELECT copied_at::text FROM pgrouter.fanin_state WHERE shard = 's0'"); !slices.Equal(again, copiedAt) {
+		t.Fatalf("s0 was copied again by the reload: %v, then %v", copiedAt, again)
 	}
 }

@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+	"go.uber.org/zap"
 
 	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/fanin"
@@ -29,7 +32,8 @@ position in pgrouter.fanin_state: killing or restarting fanin, a shard or the
 target loses and repeats nothing. A shard that is down delays only its own
 rows. Applications cannot write the central tables (SQLSTATE 25006).
 
-Signals: SIGTERM and SIGINT stop.`,
+Signals: SIGHUP reloads router.yaml (shards added to the cluster are copied in
+and streamed, shards removed stopped, the others go on); SIGTERM and SIGINT stop.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, log, err := loadWithLogger(path)
@@ -42,7 +46,12 @@ Signals: SIGTERM and SIGINT stop.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			return fanin.Run(ctx, cfg, fanin.Options{Log: log})
+			reload := make(chan *config.Config)
+			var wg sync.WaitGroup
+			defer wg.Wait()
+			defer stop() // before the Wait: ends reloadOnHUP
+			wg.Go(func() { reloadOnHUP(ctx, path, log, reload) })
+			return fanin.Run(ctx, cfg, fanin.Options{Log: log, Reload: reload})
 		},
 	}
 	cmd.PersistentFlags().StringVarP(&path, "config", "c", "router.yaml", "config file")
@@ -87,4 +96,30 @@ func writeFaninStatus(out io.Writer, st []fanin.ShardStatus) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", s.Shard, s.Slot, lsn, lag, s.CopiedRows, synced, s.Err)
 	}
 	return tw.Flush()
+}
+
+// reloadOnHUP loads path on every SIGHUP and sends the configuration on
+// reload, until ctx ends; a file with errors is logged and skipped.
+func reloadOnHUP(ctx context.Context, path string, log *zap.Logger, reload chan<- *config.Config) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			next, err := config.Load(path)
+			if err != nil {
+				log.Error("SIGHUP: the config has errors; keeping the current one", zap.Error(err))
+				continue
+			}
+			log.Info("SIGHUP: reloaded the config")
+			select {
+			case reload <- next:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
 }

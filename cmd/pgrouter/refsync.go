@@ -71,36 +71,12 @@ are copied and join the stream); SIGTERM and SIGINT stop.`,
 // runRefsync runs refsync until ctx ends, reloading path on SIGHUP and
 // drawing copy progress on progressOut.
 func runRefsync(ctx context.Context, cfg *config.Config, log *zap.Logger, path string, progressOut *os.File) error {
-	reload := make(chan *config.Config, 1)
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	var wg sync.WaitGroup
-	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-hup:
-				next, err := config.Load(path)
-				if err != nil {
-					log.Error("SIGHUP: the config has errors; keeping the current one", zap.Error(err))
-					continue
-				}
-				log.Info("SIGHUP: reloaded the config")
-				select {
-				case reload <- next:
-				case <-ctx.Done():
-					return
-				}
-			}
-		}
-	}()
+	reload := make(chan *config.Config)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { reloadOnHUP(ctx, path, log, reload) })
 	return refsync.Run(ctx, cfg, refsync.Options{
 		Log:      log,
 		Reload:   reload,
