@@ -111,44 +111,83 @@ func rowStatement(shard string, c *logical.Change) stmt {
 	return stmt{sql: sb.String(), params: params}
 }
 
-// batchStatements is how many statements go to the target in one round
-// trip.
-const batchStatements = 500
+// Limits of one target transaction: it takes the shard transactions that
+// have arrived, up to these, so that a backlog of small transactions costs
+// one commit per batch rather than each, and statements go to the target
+// batchStatements at a time, prepared once per text.
+const (
+	maxBatchTxns     = 500
+	maxBatchChanges  = 20000
+	batchStatements  = 500
+	maxPreparedTexts = 256
+)
 
-// apply runs a shard transaction's statements in the target, with the
-// shard's new position, in one target transaction.
-func apply(ctx context.Context, target *pgx.Conn, shard string, t *logical.Txn) error {
-	stmts := statements(shard, t)
+// applier applies a shard's transactions in the target.
+type applier struct {
+	conn     *pgconn.PgConn
+	shard    string
+	prepared map[string]string // statement text -> prepared name
+	named    int
+	pending  []*logical.Txn
+	changes  int
+}
+
+func newApplier(target *pgx.Conn, shard string) *applier {
+	return &applier{conn: target.PgConn(), shard: shard, prepared: map[string]string{}}
+}
+
+// add queues a transaction; full reports that the batch should be applied.
+func (a *applier) add(t *logical.Txn) (full bool) {
+	a.pending = append(a.pending, t)
+	a.changes += len(t.Changes)
+	return len(a.pending) >= maxBatchTxns || a.changes >= maxBatchChanges
+}
+
+// flush applies the queued transactions, with the shard's new position, in
+// one target transaction, and returns that position (0: nothing queued).
+func (a *applier) flush(ctx context.Context) (pglogrepl.LSN, error) {
+	if len(a.pending) == 0 {
+		return 0, nil
+	}
+	last := a.pending[len(a.pending)-1]
+	var stmts []stmt
+	for _, t := range a.pending {
+		stmts = append(stmts, statements(a.shard, t)...)
+	}
 	stmts = append(stmts, stmt{
 		sql:    "UPDATE pgrouter.fanin_state SET lsn = $1::text::pg_lsn, synced_to = $2::text::timestamptz, updated_at = now() WHERE shard = $3",
-		params: [][]byte{[]byte(t.EndLSN.String()), []byte(t.Time.UTC().Format("2006-01-02 15:04:05.999999Z07:00")), []byte(shard)},
+		params: [][]byte{[]byte(last.EndLSN.String()), []byte(last.Time.UTC().Format("2006-01-02 15:04:05.999999Z07:00")), []byte(a.shard)},
 	})
-	conn := target.PgConn()
+	a.pending, a.changes = a.pending[:0], 0
 	if len(stmts) <= batchStatements {
 		// One Sync: the batch is one implicit transaction.
-		return run(ctx, conn, stmts)
+		return last.EndLSN, a.run(ctx, stmts)
 	}
-	if err := conn.Exec(ctx, "BEGIN").Close(); err != nil {
-		return err
+	if err := a.conn.Exec(ctx, "BEGIN").Close(); err != nil {
+		return 0, err
 	}
 	for len(stmts) > 0 {
 		n := min(len(stmts), batchStatements)
-		if err := run(ctx, conn, stmts[:n]); err != nil {
-			_ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK").Close()
-			return err
+		if err := a.run(ctx, stmts[:n]); err != nil {
+			_ = a.conn.Exec(context.WithoutCancel(ctx), "ROLLBACK").Close()
+			return 0, err
 		}
 		stmts = stmts[n:]
 	}
-	return conn.Exec(ctx, "COMMIT").Close()
+	return last.EndLSN, a.conn.Exec(ctx, "COMMIT").Close()
 }
 
-// run sends statements in one round trip.
-func run(ctx context.Context, conn *pgconn.PgConn, stmts []stmt) error {
+// run sends statements in one round trip, each prepared once.
+func (a *applier) run(ctx context.Context, stmts []stmt) error {
 	b := &pgconn.Batch{}
 	for _, s := range stmts {
-		b.ExecParams(s.sql, s.params, nil, nil, nil)
+		name, err := a.prepare(ctx, s.sql)
+		if err != nil {
+			return err
+		}
+		b.ExecPrepared(name, s.params, nil, nil)
 	}
-	results, err := conn.ExecBatch(ctx, b).ReadAll()
+	results, err := a.conn.ExecBatch(ctx, b).ReadAll()
 	if err != nil {
 		return fmt.Errorf("apply in the target: %w", err)
 	}
@@ -158,6 +197,28 @@ func run(ctx context.Context, conn *pgconn.PgConn, stmts []stmt) error {
 		}
 	}
 	return nil
+}
+
+// prepare returns the prepared statement for a text, preparing it (and
+// starting over past maxPreparedTexts: a table with many column subsets of
+// updates must not grow the target session without bound).
+func (a *applier) prepare(ctx context.Context, sql string) (string, error) {
+	if name, ok := a.prepared[sql]; ok {
+		return name, nil
+	}
+	if len(a.prepared) >= maxPreparedTexts {
+		if err := a.conn.Exec(ctx, "DEALLOCATE ALL").Close(); err != nil {
+			return "", err
+		}
+		clear(a.prepared)
+	}
+	a.named++
+	name := "fanin_" + strconv.Itoa(a.named)
+	if _, err := a.conn.Prepare(ctx, name, sql, nil); err != nil {
+		return "", fmt.Errorf("prepare %s in the target: %w", sql, err)
+	}
+	a.prepared[sql] = name
+	return name, nil
 }
 
 // applied reports whether the target already holds a shard transaction:

@@ -265,11 +265,19 @@ func (w *worker) stream(ctx context.Context, target *pgx.Conn, from pglogrepl.LS
 	}
 	w.log.Info("streaming the shard into the target", zap.Stringer("from", from))
 	dec := logical.NewDecoder(w.fanin.TableNames, keys)
+	app := newApplier(target, w.shard)
 	at := from // the target holds everything before it
 	var lastStatus, lastMark time.Time
 	status := func() error {
 		lastStatus = time.Now()
 		return pglogrepl.SendStandbyStatusUpdate(ctx, repl, pglogrepl.StandbyStatusUpdate{WALWritePosition: at, ReplyRequested: true})
+	}
+	flush := func() error {
+		lsn, err := app.flush(ctx)
+		if lsn > at {
+			at = lsn
+		}
+		return err
 	}
 	for {
 		if time.Since(lastStatus) >= w.opts.StatusInterval {
@@ -277,13 +285,21 @@ func (w *worker) stream(ctx context.Context, target *pgx.Conn, from pglogrepl.LS
 				return fmt.Errorf("confirm slot %s at %s: %w", w.slot, at, err)
 			}
 		}
-		rctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		// Transactions queued are applied as soon as the stream pauses.
+		wait := 200 * time.Millisecond
+		if len(app.pending) > 0 {
+			wait = 2 * time.Millisecond
+		}
+		rctx, cancel := context.WithTimeout(ctx, wait)
 		msg, err := repl.ReceiveMessage(rctx)
 		cancel()
 		switch {
 		case ctx.Err() != nil:
 			return ctx.Err()
 		case pgconn.Timeout(err):
+			if err := flush(); err != nil {
+				return err
+			}
 			continue
 		case err != nil:
 			return fmt.Errorf("shard %s's stream: %w", w.shard, err)
@@ -306,10 +322,11 @@ func (w *worker) stream(ctx context.Context, target *pgx.Conn, from pglogrepl.LS
 				if t == nil || applied(t, at) {
 					continue
 				}
-				if err := apply(ctx, target, w.shard, t); err != nil {
-					return err
+				if app.add(t) {
+					if err := flush(); err != nil {
+						return err
+					}
 				}
-				at = t.EndLSN
 			case pglogrepl.PrimaryKeepaliveMessageByteID:
 				ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(msg.Data[1:])
 				if err != nil {
@@ -319,10 +336,10 @@ func (w *worker) stream(ctx context.Context, target *pgx.Conn, from pglogrepl.LS
 				// records that the target is current up to it.
 				if !dec.InTransaction() && ka.ServerWALEnd > at && time.Since(lastMark) >= w.opts.StatusInterval {
 					lastMark = time.Now()
-					if err := apply(ctx, target, w.shard, &logical.Txn{CommitLSN: ka.ServerWALEnd, EndLSN: ka.ServerWALEnd, Time: ka.ServerTime}); err != nil {
+					app.add(&logical.Txn{CommitLSN: ka.ServerWALEnd, EndLSN: ka.ServerWALEnd, Time: ka.ServerTime})
+					if err := flush(); err != nil {
 						return err
 					}
-					at = ka.ServerWALEnd
 				}
 				if ka.ReplyRequested {
 					if err := status(); err != nil {

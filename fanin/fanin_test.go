@@ -51,7 +51,7 @@ func setup(t *testing.T, db string, rows int) *config.Config {
 
 // faninConfig is a cluster of the first n shards' databases db (n is 1 or
 // 2) fanned into the target's.
-func faninConfig(t *testing.T, db string, n int) *config.Config {
+func faninConfig(t testing.TB, db string, n int) *config.Config {
 	t.Helper()
 	shards := fmt.Sprintf(`      - {name: s0, dsn: %q, partitions: "0-1"}`, servers[0].DSN(db))
 	if n == 2 {
