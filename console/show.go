@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgrouter/pgrouter/monitor"
 	"github.com/pgrouter/pgrouter/pool"
 	"github.com/pgrouter/pgrouter/proxy"
 	"github.com/pgrouter/pgrouter/seqalloc"
@@ -31,7 +32,7 @@ func (c *Console) showShards() *resultSet {
 		{"cl_waiting", oidInt8}, {"xact_count", oidInt8}, {"query_count", oidInt8}, {"avg_query_us", oidInt8},
 		{"check_latency_us", oidInt8}, {"state_since", oidTimestamptz}, {"last_error", oidText},
 		{"refsync_lag_bytes", oidInt8}, {"refsync_lag_ms", oidInt8}, {"seq_ok", oidBool}, {"move", oidText},
-		{"role", oidText}, {"replay_lag_ms", oidInt8},
+		{"role", oidText}, {"replay_lag_ms", oidInt8}, {"fanin_lag_bytes", oidInt8},
 	}}
 	for _, st := range c.srv.ShardStatuses() {
 		host, port, db := dsnTarget(st.Shard.DSN)
@@ -50,9 +51,18 @@ func (c *Console) showShards() *resultSet {
 			st.Stats.Active, st.Stats.Idle, st.Stats.Waiting, st.Counters.XactCount, st.Counters.QueryCount,
 			avgMicros(st.Counters.QueryTime, st.Counters.QueryCount), latency, st.Health.Since, lastErr,
 			lagBytes, lagMS, c.mon.SequencesOK(st.Shard.Cluster, st.Shard.Name), nullIfEmpty(c.mon.Move(st.Shard.Cluster, st.Shard.Name)),
-			nullIfEmpty(st.Health.Role), replayLag(st.Health))
+			nullIfEmpty(st.Health.Role), replayLag(st.Health), faninLag(c.mon, st.Shard.Cluster, st.Shard.Name))
 	}
 	return rs
+}
+
+// faninLag is the central copy's lag behind a shard in bytes, NULL
+// without fan-in or before the shard's copy.
+func faninLag(mon *monitor.Monitor, cluster, shard string) any {
+	if bytes, ok := mon.FaninLag(cluster, shard); ok {
+		return bytes
+	}
+	return nil
 }
 
 // replayLag is a standby's replay lag in ms, NULL for a primary or a host

@@ -41,6 +41,7 @@ var (
 	descReloads       = prometheus.NewDesc("pgrouter_config_reloads_total", "RELOAD commands and SIGHUPs, by result.", []string{"result"}, nil)
 	descSequencesOK   = prometheus.NewDesc("pgrouter_shard_sequences_ok", "1 when the latest stride check found every sequence of the shard safe, 0 when one could hand out another shard's values; absent when sequences are not managed or the shard was not read.", shardLabels, nil)
 	descRefsyncBytes  = prometheus.NewDesc("pgrouter_refsync_lag_bytes", "Bytes of source WAL the shard's reference tables are behind (pgrouter refsync); absent without reference tables or before the shard's copy.", shardLabels, nil)
+	descFaninBytes    = prometheus.NewDesc("pgrouter_fanin_lag_bytes", "Bytes of the shard's WAL the central copy is behind (pgrouter fanin); absent without a fanin section or before the shard's copy.", shardLabels, nil)
 	descRefsyncLag    = prometheus.NewDesc("pgrouter_refsync_lag_seconds", "How old the newest source change the shard is sure to hold is, when it is behind.", shardLabels, nil)
 	descDraining      = prometheus.NewDesc("pgrouter_shutting_down", "1 once a graceful shutdown has begun.", nil, nil)
 	descStandby       = prometheus.NewDesc("pgrouter_shard_standby", "1 when the latest health check found the host a standby (pg_is_in_recovery()), 0 a primary; absent when it could not ask. Replicas are shards named <shard>/r<n>.", shardLabels, nil)
@@ -63,7 +64,7 @@ type collector struct {
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descClients, descShardUp, descShardPaused, descCheckLatency, descActive, descIdle,
 		descWaiting, descMaxWait, descXacts, descXactSeconds, descWaits, descWaitSeconds, descReceived, descSent,
-		descRequests, descReloads, descDraining, descSequencesOK, descRefsyncBytes, descRefsyncLag, descStandby, descReplayLag} {
+		descRequests, descReloads, descDraining, descSequencesOK, descRefsyncBytes, descRefsyncLag, descFaninBytes, descStandby, descReplayLag} {
 		ch <- d
 	}
 }
@@ -107,6 +108,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		if bytes, lag, ok := c.mon.RefsyncLag(sh.Cluster, sh.Name); ok {
 			gauge(descRefsyncBytes, float64(bytes), sh.Cluster, sh.Name)
 			gauge(descRefsyncLag, lag.Seconds(), sh.Cluster, sh.Name)
+		}
+		if bytes, ok := c.mon.FaninLag(sh.Cluster, sh.Name); ok {
+			gauge(descFaninBytes, float64(bytes), sh.Cluster, sh.Name)
 		}
 	}
 	for _, p := range s.Pools().Pools() {

@@ -43,8 +43,10 @@ type Monitor struct {
 	// storeIfCurrent and read without it.
 	seqReport     atomic.Pointer[seqalloc.Report]
 	refsyncStatus atomic.Pointer[refsync.Status]
-	moves         atomic.Pointer[[]move.Status] // partition moves in progress
-	stats         statsSampler
+	// faninStatus is the latest read of fan-in's positions (nil: none).
+	faninStatus atomic.Pointer[faninView]
+	moves       atomic.Pointer[[]move.Status] // partition moves in progress
+	stats       statsSampler
 }
 
 // round is one config the pollers work for, until its context ends (with
@@ -104,6 +106,11 @@ func (m *Monitor) follow(ctx context.Context, cfg *config.Config, shards *shardm
 		m.refsyncStatus.Store(nil)
 	} else {
 		m.watchRefsync(r)
+	}
+	if cfg.Fanin == nil {
+		m.faninStatus.Store(nil)
+	} else {
+		m.watchFanin(r)
 	}
 	tables := false
 	for _, cl := range cfg.Clusters {

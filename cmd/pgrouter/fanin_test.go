@@ -54,8 +54,11 @@ func TestFaninSurvivesKills(t *testing.T) {
 		dsns = append(dsns, srv.DSN("fan"))
 	}
 	path := filepath.Join(t.TempDir(), "router.yaml")
-	addr := freeAddr(t)
+	addr, metrics := freeAddr(t), freeAddr(t)
 	writeFile(t, path, fmt.Sprintf(`listen: %s
+metrics_listen: %s
+admin_users: [admin]
+health: {interval: 500ms}
 auth: {type: trust}
 log: {level: info}
 pool: {size: 4, query_wait_timeout: 30s}
@@ -73,7 +76,7 @@ functions:
 fanin:
   target: %q
   tables: [users]
-`, addr, dsns[0], dsns[1], dsns[2]))
+`, addr, metrics, dsns[0], dsns[1], dsns[2]))
 	runRouter(ctx, t, path, addr)
 
 	// Rows before fan-in starts, copied.
@@ -229,6 +232,30 @@ fanin:
 		t.Fatalf("fanin status (exit %d):\n%s", code, out)
 	}
 	t.Logf("fanin status:\n%s", out)
+
+	// The router serving the same file shows each shard's fan-in lag.
+	adm, err := pgx.Connect(ctx, fmt.Sprintf("postgres://admin@%s/pgrouter?sslmode=disable&default_query_exec_mode=simple_protocol", addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close(ctx)
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		lagged := 0
+		for _, row := range adminMaps(ctx, t, adm, "SHOW SHARDS") {
+			if row["fanin_lag_bytes"] != nil {
+				lagged++
+			}
+		}
+		fams := scrape(t, metrics)
+		if fam := fams["pgrouter_fanin_lag_bytes"]; lagged == 2 && fam != nil && len(fam.GetMetric()) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("SHOW SHARDS shows fan-in lag for %d shards; /metrics has %v", lagged, fams["pgrouter_fanin_lag_bytes"])
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // pgxQueryRow runs one query on a fresh connection.
