@@ -26,8 +26,12 @@ type stmt struct {
 	params [][]byte
 }
 
-// statements turns a shard transaction into the target's statements.
-func statements(shard string, t *logical.Txn) []stmt {
+// statements turns a shard transaction into the target's statements, as
+// of the shard's partitions at this point of its stream (view; nil when
+// nothing moves). Rows of tables that move are found by key alone; a
+// delete, whose old row carries only the primary key, applies only when
+// the central row's partition is one the shard holds.
+func statements(shard string, t *logical.Txn, view *partitionView) []stmt {
 	out := make([]stmt, 0, len(t.Changes))
 	for i := range t.Changes {
 		c := &t.Changes[i]
@@ -37,7 +41,14 @@ func statements(shard string, t *logical.Txn) []stmt {
 			}
 			continue
 		}
-		out = append(out, rowStatement(shard, c))
+		tracked := view.tracked(c.Rel.Table)
+		s := rowStatement(shard, c, tracked)
+		if tracked && c.Kind == 'D' {
+			ot := view.tables[c.Rel.Table]
+			holds, _ := view.lists()
+			s.sql += fmt.Sprintf(" AND %s = ANY ('%s'::int[])", ot.PartitionExpr(pgx.Identifier{ot.Key}.Sanitize(), view.partitions), intArray(holds))
+		}
+		out = append(out, s)
 	}
 	return out
 }
@@ -46,8 +57,9 @@ func ident(rel *logical.Relation) string {
 	return pgx.Identifier{rel.Table.Schema, rel.Table.Name}.Sanitize()
 }
 
-// rowStatement builds the upsert, update or delete for a row change.
-func rowStatement(shard string, c *logical.Change) stmt {
+// rowStatement builds the upsert, update or delete for a row change; byKey
+// finds the row by its key alone (a row that moves), else by key and shard.
+func rowStatement(shard string, c *logical.Change, byKey bool) stmt {
 	rel := c.Rel
 	var sb strings.Builder
 	var params [][]byte
@@ -65,6 +77,10 @@ func rowStatement(shard string, c *logical.Change) stmt {
 			} else {
 				sb.WriteString(" = " + param(key[k].Text) + " AND ")
 			}
+		}
+		if byKey {
+			sb.WriteString("true")
+			return
 		}
 		sb.WriteString(shardColumn + " = " + param([]byte(shard)))
 	}
@@ -99,6 +115,9 @@ func rowStatement(shard string, c *logical.Change) stmt {
 			n++
 			sb.WriteString(col(i) + " = " + param(v.Text))
 		}
+		if byKey { // the row may have come from another shard: it is this one's now
+			sb.WriteString(", " + shardColumn + " = " + param([]byte(shard)))
+		}
 		key := c.Old
 		if key == nil {
 			key = c.Row
@@ -126,39 +145,52 @@ const (
 type applier struct {
 	conn     *pgconn.PgConn
 	shard    string
+	view     *partitionView    // nil: nothing moves
 	prepared map[string]string // statement text -> prepared name
 	named    int
-	pending  []*logical.Txn
-	changes  int
+	// stmts are the queued transactions' statements, made as each was
+	// queued; last is the last of them, txns how many.
+	stmts []stmt
+	last  *logical.Txn
+	txns  int
 }
 
-func newApplier(target *pgx.Conn, shard string) *applier {
-	return &applier{conn: target.PgConn(), shard: shard, prepared: map[string]string{}}
+func newApplier(target *pgx.Conn, shard string, view *partitionView) *applier {
+	return &applier{conn: target.PgConn(), shard: shard, view: view, prepared: map[string]string{}}
 }
 
 // add queues a transaction; full reports that the batch should be applied.
 func (a *applier) add(t *logical.Txn) (full bool) {
-	a.pending = append(a.pending, t)
-	a.changes += len(t.Changes)
-	return len(a.pending) >= maxBatchTxns || a.changes >= maxBatchChanges
+	a.stmts = append(a.stmts, statements(a.shard, t, a.view)...)
+	a.last = t
+	a.txns++
+	return a.txns >= maxBatchTxns || len(a.stmts) >= maxBatchChanges
 }
+
+// queued reports transactions waiting to be applied.
+func (a *applier) queued() bool { return a.txns > 0 }
+
+// also queues statements of the worker's own (a retag) to run with the
+// next transaction queued.
+func (a *applier) also(stmts []stmt) { a.stmts = append(a.stmts, stmts...) }
 
 // flush applies the queued transactions, with the shard's new position, in
 // one target transaction, and returns that position (0: nothing queued).
 func (a *applier) flush(ctx context.Context) (pglogrepl.LSN, error) {
-	if len(a.pending) == 0 {
+	if a.txns == 0 {
 		return 0, nil
 	}
-	last := a.pending[len(a.pending)-1]
-	var stmts []stmt
-	for _, t := range a.pending {
-		stmts = append(stmts, statements(a.shard, t)...)
+	last, stmts := a.last, a.stmts
+	var holds, writes []int
+	if a.view != nil {
+		holds, writes = a.view.lists()
 	}
 	stmts = append(stmts, stmt{
-		sql:    "UPDATE pgrouter.fanin_state SET lsn = $1::text::pg_lsn, synced_to = $2::text::timestamptz, updated_at = now() WHERE shard = $3",
-		params: [][]byte{[]byte(last.EndLSN.String()), []byte(last.Time.UTC().Format("2006-01-02 15:04:05.999999Z07:00")), []byte(a.shard)},
+		sql: "UPDATE pgrouter.fanin_state SET lsn = $1::text::pg_lsn, synced_to = $2::text::timestamptz, holds = $3::text::int[], writes = $4::text::int[], updated_at = now() WHERE shard = $5",
+		params: [][]byte{[]byte(last.EndLSN.String()), []byte(last.Time.UTC().Format("2006-01-02 15:04:05.999999Z07:00")),
+			intArray(holds), intArray(writes), []byte(a.shard)},
 	})
-	a.pending, a.changes = a.pending[:0], 0
+	a.stmts, a.last, a.txns = nil, nil, 0
 	if len(stmts) <= batchStatements {
 		// One Sync: the batch is one implicit transaction.
 		return last.EndLSN, a.run(ctx, stmts)
@@ -224,3 +256,19 @@ func (a *applier) prepare(ctx context.Context, sql string) (string, error) {
 // applied reports whether the target already holds a shard transaction:
 // one that committed before the shard's position.
 func applied(t *logical.Txn, at pglogrepl.LSN) bool { return t.CommitLSN < at }
+
+// intArray writes a list as an int[] literal; nil is NULL (nothing
+// recorded: the table moves nothing).
+func intArray(list []int) []byte {
+	if list == nil {
+		return nil
+	}
+	out := []byte{'{'}
+	for i, p := range list {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = strconv.AppendInt(out, int64(p), 10)
+	}
+	return append(out, '}')
+}

@@ -10,7 +10,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
 
-	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/logical"
 )
 
@@ -19,7 +18,7 @@ import (
 // had, in one target transaction that also records the snapshot's
 // position: the stream starts there. A slot left by a copy that did not
 // finish is dropped first (its position was never recorded).
-func (w *worker) copy(ctx context.Context, target, shard *pgx.Conn, slotExists bool) (pglogrepl.LSN, error) {
+func (w *worker) copy(ctx context.Context, target, shard *pgx.Conn, slotExists bool, view *partitionView) (pglogrepl.LSN, error) {
 	repl, err := w.replicationConn(ctx)
 	if err != nil {
 		return 0, err
@@ -47,18 +46,52 @@ func (w *worker) copy(ctx context.Context, target, shard *pgx.Conn, slotExists b
 	if _, err := src.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+slot.SnapshotName+"'"); err != nil {
 		return 0, fmt.Errorf("use the slot's snapshot on shard %s: %w", w.shard, err)
 	}
+	var holds, writes []int
+	if view != nil {
+		// What the shard holds in the snapshot: only those rows are its.
+		if err := view.read(ctx, src, w.partitions); err != nil {
+			return 0, fmt.Errorf("shard %s: %w", w.shard, err)
+		}
+		holds, writes = view.lists()
+	}
+	var defs []*logical.TableDef
+	for _, t := range w.fanin.TableNames {
+		def, err := logical.ReadTableDef(ctx, src, t)
+		if err != nil {
+			return 0, fmt.Errorf("shard %s: %w", w.shard, err)
+		}
+		defs = append(defs, def)
+	}
+	// Missing central tables first, one creator at a time (shards copied at
+	// once would race to create them).
+	err = pgx.BeginFunc(ctx, target, func(dst pgx.Tx) error {
+		if _, err := dst.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext('pgrouter fanin tables'))"); err != nil {
+			return err
+		}
+		for _, def := range defs {
+			if err := ensureTable(ctx, dst, def); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
 	var total int64
 	err = pgx.BeginFunc(ctx, target, func(dst pgx.Tx) error {
-		for _, t := range w.fanin.TableNames {
-			n, err := w.copyTable(ctx, src, dst, t)
+		for _, def := range defs {
+			t := def.Name
+			n, err := w.copyTable(ctx, src, dst, def, view)
 			if err != nil {
 				return err
 			}
 			w.log.Info("copied the shard's rows into the target", zap.Stringer("table", t), zap.Int64("rows", n))
 			total += n
 		}
-		_, err := dst.Exec(ctx, `UPDATE pgrouter.fanin_state SET lsn = $1::text::pg_lsn, copied_rows = $2, copied_at = now(), synced_to = NULL, updated_at = now()
-			WHERE shard = $3`, at.String(), total, w.shard)
+		_, err := dst.Exec(ctx, `UPDATE pgrouter.fanin_state SET lsn = $1::text::pg_lsn, copied_rows = $2, copied_at = now(), synced_to = NULL,
+			holds = $3::text::int[], writes = $4::text::int[], updated_at = now() WHERE shard = $5`,
+			at.String(), total, textOrNil(intArray(holds)), textOrNil(intArray(writes)), w.shard)
 		return err
 	})
 	if err != nil {
@@ -69,14 +102,8 @@ func (w *worker) copy(ctx context.Context, target, shard *pgx.Conn, slotExists b
 
 // copyTable replaces the target's rows of the shard in one table by the
 // shard's, read in the snapshot, and returns how many it copied.
-func (w *worker) copyTable(ctx context.Context, src, dst pgx.Tx, t config.TableName) (int64, error) {
-	def, err := logical.ReadTableDef(ctx, src, t)
-	if err != nil {
-		return 0, fmt.Errorf("shard %s: %w", w.shard, err)
-	}
-	if err := ensureTable(ctx, dst, def); err != nil {
-		return 0, err
-	}
+func (w *worker) copyTable(ctx context.Context, src, dst pgx.Tx, def *logical.TableDef, view *partitionView) (int64, error) {
+	t := def.Name
 	ident := pgx.Identifier{t.Schema, t.Name}.Sanitize()
 	if _, err := dst.Exec(ctx, "DELETE FROM "+ident+" WHERE "+shardColumn+" = $1", w.shard); err != nil {
 		return 0, fmt.Errorf("remove the shard's old rows of %s from the target: %w", t, err)
@@ -86,10 +113,16 @@ func (w *worker) copyTable(ctx context.Context, src, dst pgx.Tx, t config.TableN
 		cols = append(cols, pgx.Identifier{c}.Sanitize())
 	}
 	list := strings.Join(cols, ", ")
+	where := ""
+	if view.tracked(t) { // only the rows of partitions the shard holds
+		ot := view.tables[t]
+		holds, _ := view.lists()
+		where = fmt.Sprintf(" WHERE %s = ANY ('%s'::int[])", ot.PartitionExpr(pgx.Identifier{ot.Key}.Sanitize(), view.partitions), intArray(holds))
+	}
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		_, err := src.Conn().PgConn().CopyTo(ctx, pw, fmt.Sprintf("COPY (SELECT %s, %s FROM %s) TO STDOUT", list, quoteLiteral(w.shard), ident))
+		_, err := src.Conn().PgConn().CopyTo(ctx, pw, fmt.Sprintf("COPY (SELECT %s, %s FROM %s%s) TO STDOUT", list, quoteLiteral(w.shard), ident, where))
 		pw.CloseWithError(err)
 		done <- err
 	}()
@@ -105,3 +138,11 @@ func (w *worker) copyTable(ctx context.Context, src, dst pgx.Tx, t config.TableN
 }
 
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// textOrNil passes a text value as a query argument, nil as NULL.
+func textOrNil(b []byte) any {
+	if b == nil {
+		return nil
+	}
+	return string(b)
+}

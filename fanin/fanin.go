@@ -95,8 +95,14 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 			if running[name] != nil {
 				continue
 			}
-			w := &worker{fanin: f, shard: name, dsn: sh.DSN, slot: config.FaninSlot(f.Slot, name), opts: opts,
-				log: opts.Log.With(zap.String("shard", name))}
+			var peers []string
+			for other := range wanted {
+				if other != name {
+					peers = append(peers, other)
+				}
+			}
+			w := &worker{cfg: cfg, fanin: f, shard: name, dsn: sh.DSN, slot: config.FaninSlot(f.Slot, name), opts: opts,
+				partitions: sh.PartitionList, peers: peers, log: opts.Log.With(zap.String("shard", name))}
 			wctx, cancel := context.WithCancel(ctx)
 			r := &runningWorker{w: w, cancel: cancel, done: make(chan struct{})}
 			running[name] = r
@@ -139,12 +145,17 @@ func sameFanin(a, b *config.Fanin) bool {
 
 // worker fans one shard in.
 type worker struct {
+	cfg   *config.Config
 	fanin *config.Fanin
 	shard string
 	dsn   string
 	slot  string
 	opts  Options
 	log   *zap.Logger
+	// partitions are the shard's in router.yaml (what it holds when it
+	// records no ownership); peers the cluster's other shards.
+	partitions []int
+	peers      []string
 }
 
 // loop runs sessions until ctx ends, backing off after failures.
@@ -222,14 +233,23 @@ func (w *worker) session(ctx context.Context) error {
 		return err
 	}
 	keys := map[config.TableName][]string{}
-	for _, t := range w.fanin.TableNames {
+	tables := slices.Clone(w.fanin.TableNames)
+	for _, t := range tables {
 		def, err := logical.ReadTableDef(ctx, shard, t)
 		if err != nil {
 			return fmt.Errorf("shard %s: %w", w.shard, err)
 		}
 		keys[t] = def.Key
 	}
-	if err := ensurePublication(ctx, shard, w.fanin.Publication, w.fanin.TableNames); err != nil {
+	view, err := newPartitionView(ctx, w.cfg, shard)
+	if err != nil {
+		return fmt.Errorf("shard %s: %w", w.shard, err)
+	}
+	if view != nil { // its ownership records come with the stream
+		tables = append(tables, partitionsTable)
+		keys[partitionsTable] = []string{"cluster", "partition"}
+	}
+	if err := ensurePublication(ctx, shard, w.fanin.Publication, tables); err != nil {
 		return fmt.Errorf("shard %s: %w", w.shard, err)
 	}
 	var slotExists bool
@@ -241,16 +261,44 @@ func (w *worker) session(ctx context.Context) error {
 		st.copied = false
 	}
 	if !st.copied {
-		if st.lsn, err = w.copy(ctx, target, shard, slotExists); err != nil {
+		if st.lsn, err = w.copy(ctx, target, shard, slotExists, view); err != nil {
 			return err
 		}
+	} else if view != nil {
+		if st.holds == nil { // recorded by a fanin that did not follow moves
+			st.holds, st.writes = w.partitions, w.partitions
+		}
+		view.restore(st.holds, st.writes)
 	}
 	shard.Close(ctx)
-	return w.stream(ctx, target, st.lsn, keys)
+	return w.stream(ctx, target, st.lsn, tables, keys, view)
+}
+
+// filter follows a transaction's changes of the shard's ownership records
+// and drops its changes of rows in partitions the shard does not hold, as
+// of each change; it returns the partitions the shard started writing in.
+func (w *worker) filter(t *logical.Txn, view *partitionView) (gained []int) {
+	if view == nil {
+		return nil
+	}
+	kept := t.Changes[:0]
+	for i := range t.Changes {
+		c := &t.Changes[i]
+		if c.Kind != 'T' && c.Rel.Table == partitionsTable {
+			gained = append(gained, view.follow(c)...)
+			continue
+		}
+		if view.skip(c) {
+			continue
+		}
+		kept = append(kept, *c)
+	}
+	t.Changes = kept
+	return gained
 }
 
 // stream applies the shard's transactions from position from on.
-func (w *worker) stream(ctx context.Context, target *pgx.Conn, from pglogrepl.LSN, keys map[config.TableName][]string) error {
+func (w *worker) stream(ctx context.Context, target *pgx.Conn, from pglogrepl.LSN, tables []config.TableName, keys map[config.TableName][]string, view *partitionView) error {
 	repl, err := w.replicationConn(ctx)
 	if err != nil {
 		return err
@@ -264,8 +312,8 @@ func (w *worker) stream(ctx context.Context, target *pgx.Conn, from pglogrepl.LS
 		return fmt.Errorf("start replication from slot %s at %s on shard %s (is another fanin running?): %w", w.slot, from, w.shard, err)
 	}
 	w.log.Info("streaming the shard into the target", zap.Stringer("from", from))
-	dec := logical.NewDecoder(w.fanin.TableNames, keys)
-	app := newApplier(target, w.shard)
+	dec := logical.NewDecoder(tables, keys)
+	app := newApplier(target, w.shard, view)
 	at := from // the target holds everything before it
 	var lastStatus, lastMark time.Time
 	status := func() error {
@@ -287,7 +335,7 @@ func (w *worker) stream(ctx context.Context, target *pgx.Conn, from pglogrepl.LS
 		}
 		// Transactions queued are applied as soon as the stream pauses.
 		wait := 200 * time.Millisecond
-		if len(app.pending) > 0 {
+		if app.queued() {
 			wait = 2 * time.Millisecond
 		}
 		rctx, cancel := context.WithTimeout(ctx, wait)
@@ -320,6 +368,24 @@ func (w *worker) stream(ctx context.Context, target *pgx.Conn, from pglogrepl.LS
 					return fmt.Errorf("shard %s's stream: %w", w.shard, err)
 				}
 				if t == nil || applied(t, at) {
+					continue
+				}
+				gained := w.filter(t, view)
+				if len(gained) > 0 {
+					// Everything before this transaction first, then, once the
+					// old shards' streams are past the cut-over, the rest.
+					if err := flush(); err != nil {
+						return err
+					}
+					if err := w.waitReleased(ctx, target, gained); err != nil {
+						return err
+					}
+					app.also(view.retag(w.shard, gained))
+					app.add(t)
+					if err := flush(); err != nil {
+						return err
+					}
+					w.log.Info("the shard owns partitions now; their central rows are tagged with it", zap.Ints("partitions", gained))
 					continue
 				}
 				if app.add(t) {

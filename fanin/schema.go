@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
@@ -30,6 +31,9 @@ CREATE TABLE IF NOT EXISTS pgrouter.fanin_state (
 	copied_at timestamptz,
 	synced_to timestamptz,       -- the shard's clock at lsn
 	updated_at timestamptz NOT NULL DEFAULT now());
+-- The partitions the shard holds (owned, moving, frozen) and still writes
+-- in (owned, moving) at lsn, for the cluster's sharded tables (partitions.go).
+ALTER TABLE pgrouter.fanin_state ADD COLUMN IF NOT EXISTS holds int[], ADD COLUMN IF NOT EXISTS writes int[];
 CREATE OR REPLACE FUNCTION pgrouter.fanin_guard() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
 	IF current_setting('pgrouter.fanin', true) IS DISTINCT FROM 'on' THEN
@@ -48,6 +52,9 @@ const shardColumn = "pgrouter_shard"
 type state struct {
 	copied bool // the initial copy is done: stream from lsn
 	lsn    pglogrepl.LSN
+	// holds and writes are the partitions the shard held at lsn (nil: not
+	// recorded).
+	holds, writes []int
 }
 
 // setupTarget creates fan-in's schema in the target and reads the shard's
@@ -59,7 +66,7 @@ func setupTarget(ctx context.Context, target *pgx.Conn, shard, slot string) (sta
 			return fmt.Errorf("create pgrouter.fanin_state in the target: %w", err)
 		}
 		var lsn *string
-		err := tx.QueryRow(ctx, `SELECT lsn::text FROM pgrouter.fanin_state WHERE shard = $1`, shard).Scan(&lsn)
+		err := tx.QueryRow(ctx, `SELECT lsn::text, holds, writes FROM pgrouter.fanin_state WHERE shard = $1`, shard).Scan(&lsn, &st.holds, &st.writes)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
 			_, err = tx.Exec(ctx, `INSERT INTO pgrouter.fanin_state (shard, slot) VALUES ($1, $2)`, shard, slot)
@@ -107,6 +114,8 @@ func ensureTable(ctx context.Context, tx pgx.Tx, d *logical.TableDef) error {
 // ensurePublication creates the shard's publication of the tables, or adds
 // tables missing from it.
 func ensurePublication(ctx context.Context, shard *pgx.Conn, name string, tables []config.TableName) error {
+	// A publication FOR TABLE may not list a table twice.
+	tables = slices.Compact(slices.Clone(tables))
 	var exists bool
 	if err := shard.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_publication WHERE pubname = $1)`, name).Scan(&exists); err != nil {
 		return fmt.Errorf("look for publication %s: %w", name, err)

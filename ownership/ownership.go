@@ -237,6 +237,24 @@ func Install(ctx context.Context, conn *pgx.Conn, cluster, shard string, partiti
 	return tx.Commit(ctx)
 }
 
+// EnsureSchema creates the ownership tables on a shard (empty: no
+// ownership recorded), for a reader that must publish them before any move
+// has run (pgrouter fanin).
+func EnsureSchema(ctx context.Context, conn *pgx.Conn) error {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext('pgrouter.ownership'))"); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, schemaSQL); err != nil {
+		return fmt.Errorf("create the pgrouter schema: %w", err)
+	}
+	return tx.Commit(ctx)
+}
+
 // Read returns the partitions of a cluster a shard holds (owned or
 // moving; frozen ones it no longer serves); recorded is false when the
 // shard records nothing for the cluster (no move ever ran: router.yaml's
