@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
@@ -119,10 +120,19 @@ func (w *worker) copyTable(ctx context.Context, src, dst pgx.Tx, def *logical.Ta
 		holds, _ := view.lists()
 		where = fmt.Sprintf(" WHERE %s = ANY ('%s'::int[])", ot.PartitionExpr(pgx.Identifier{ot.Key}.Sanitize(), view.partitions), intArray(holds))
 	}
+	var estimate float64
+	if err := src.QueryRow(ctx, `SELECT reltuples FROM pg_class WHERE oid = $1::regclass`, ident).Scan(&estimate); err != nil {
+		return 0, fmt.Errorf("estimate the rows of %s on shard %s: %w", t, w.shard, err)
+	}
+	p := logical.Progress{Shard: w.shard, Table: t, Total: max(int64(estimate), 0)}
+	counter := logical.CountRows(time.Second, func(rows int64) {
+		w.opts.Progress(logical.Progress{Shard: p.Shard, Table: t, Total: p.Total, Rows: rows})
+	})
+	defer counter.Stop()
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		_, err := src.Conn().PgConn().CopyTo(ctx, pw, fmt.Sprintf("COPY (SELECT %s, %s FROM %s%s) TO STDOUT", list, quoteLiteral(w.shard), ident, where))
+		_, err := src.Conn().PgConn().CopyTo(ctx, io.MultiWriter(pw, counter), fmt.Sprintf("COPY (SELECT %s, %s FROM %s%s) TO STDOUT", list, quoteLiteral(w.shard), ident, where))
 		pw.CloseWithError(err)
 		done <- err
 	}()
@@ -134,7 +144,9 @@ func (w *worker) copyTable(ctx context.Context, src, dst pgx.Tx, def *logical.Ta
 	if err != nil {
 		return 0, fmt.Errorf("copy %s from shard %s into the target: %w", t, w.shard, err)
 	}
-	return tag.RowsAffected(), nil
+	p.Rows, p.Done = tag.RowsAffected(), true
+	w.opts.Progress(p)
+	return p.Rows, nil
 }
 
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }

@@ -42,6 +42,9 @@ type Options struct {
 	// RetryMin and RetryMax bound the backoff for a shard or target that is
 	// down (default 1s and 30s).
 	RetryMin, RetryMax time.Duration
+	// Progress is called during initial copies (about once a second per
+	// table, and when a table is done); nil ignores them.
+	Progress func(logical.Progress)
 	// Reload delivers new configurations (SIGHUP): shards added are copied
 	// in and streamed, shards removed stopped, without stopping the others;
 	// a changed fanin section restarts every worker.
@@ -51,6 +54,9 @@ type Options struct {
 func (o *Options) defaults() {
 	if o.Log == nil {
 		o.Log = zap.NewNop()
+	}
+	if o.Progress == nil {
+		o.Progress = func(logical.Progress) {}
 	}
 	if o.StatusInterval <= 0 {
 		o.StatusInterval = time.Second

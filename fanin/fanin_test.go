@@ -19,6 +19,7 @@ import (
 	"github.com/pgrouter/pgrouter/config"
 	"github.com/pgrouter/pgrouter/internal/pgtest"
 	"github.com/pgrouter/pgrouter/internal/pgtest/testenv"
+	"github.com/pgrouter/pgrouter/logical"
 )
 
 var servers []*pgtest.Server // two shards and the target
@@ -79,12 +80,13 @@ fanin:
 
 // start runs fan-in until the test ends; reload (may be nil) delivers
 // new configurations.
-func start(t *testing.T, cfg *config.Config, reload <-chan *config.Config) {
+func start(t *testing.T, cfg *config.Config, reload <-chan *config.Config, progress func(logical.Progress)) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = Run(ctx, cfg, Options{Log: zaptest.NewLogger(t), StatusInterval: 100 * time.Millisecond, RetryMin: 100 * time.Millisecond, RetryMax: time.Second, Reload: reload})
+		_ = Run(ctx, cfg, Options{Log: zaptest.NewLogger(t), StatusInterval: 100 * time.Millisecond, RetryMin: 100 * time.Millisecond, RetryMax: time.Second,
+			Reload: reload, Progress: progress})
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -213,8 +215,21 @@ func TestFaninCopyThenStream(t *testing.T) {
 	before := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, before) }) // after fan-in stops (cleanups run last first)
 	cfg := setup(t, "stream", 2000)
-	start(t, cfg, nil)
+	var mu sync.Mutex
+	copied := map[string]int64{}
+	start(t, cfg, nil, func(p logical.Progress) {
+		mu.Lock()
+		defer mu.Unlock()
+		if p.Done {
+			copied[p.Shard+" "+p.Table.String()] = p.Rows
+		}
+	})
 	waitEqual(t, "stream", 30*time.Second)
+	mu.Lock()
+	if len(copied) != 2 || copied["s0 public.users"] != 2000 || copied["s1 public.users"] != 2000 {
+		t.Errorf("copy progress reported done: %v", copied)
+	}
+	mu.Unlock()
 
 	stop := make(chan struct{})
 	wg := load(t, "stream", stop)
@@ -255,7 +270,7 @@ func TestFaninAddShard(t *testing.T) {
 	both := setup(t, "addshard", 500)
 	one := faninConfig(t, "addshard", 1) // the same cluster with only s0 at first
 	reload := make(chan *config.Config)
-	start(t, one, reload)
+	start(t, one, reload, nil)
 	ctx := context.Background()
 	target := servers[2].DSN("addshard")
 	waitRows := func(want int) {

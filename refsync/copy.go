@@ -1,14 +1,12 @@
 package refsync
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -21,13 +19,7 @@ import (
 
 // Progress reports an initial copy while it runs (about once a second) and
 // when it ends.
-type Progress struct {
-	Shard string
-	Table config.TableName
-	Rows  int64 // copied so far
-	Total int64 // the source's estimate; 0 when it has none
-	Done  bool
-}
+type Progress = logical.Progress
 
 // copyTables copies tables from the source to a shard at the snapshot of a
 // temporary replication slot, and records in the same shard transaction the
@@ -131,23 +123,10 @@ func (r *run) copyTable(ctx context.Context, shardName string, src, dst pgx.Tx, 
 	list := strings.Join(cols, ", ")
 
 	p := Progress{Shard: shardName, Table: t, Total: max(int64(estimate), 0)}
-	counter := &lineCounter{}
-	stop := make(chan struct{})
-	ticked := make(chan struct{})
-	go func() {
-		defer close(ticked)
-		tick := time.NewTicker(time.Second)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-				r.progress(Progress{Shard: p.Shard, Table: t, Total: p.Total, Rows: counter.n.Load()})
-			}
-		}
-	}()
-	defer func() { close(stop); <-ticked }()
+	counter := logical.CountRows(time.Second, func(rows int64) {
+		r.progress(Progress{Shard: p.Shard, Table: t, Total: p.Total, Rows: rows})
+	})
+	defer counter.Stop()
 
 	// Text format both ways: the shard parses what the source printed, so
 	// user-defined types need only match by name, not by OID.
@@ -167,18 +146,9 @@ func (r *run) copyTable(ctx context.Context, shardName string, src, dst pgx.Tx, 
 	if err != nil {
 		return 0, fmt.Errorf("copy %s into the shard: %w", t, err)
 	}
-	p.Rows, p.Done = counter.n.Load(), true
+	p.Rows, p.Done = counter.Rows(), true
 	r.progress(p)
 	return p.Rows, nil
-}
-
-// lineCounter counts the rows of a text COPY stream: a row ends with a
-// newline, and newlines inside values are escaped.
-type lineCounter struct{ n atomic.Int64 }
-
-func (c *lineCounter) Write(b []byte) (int, error) {
-	c.n.Add(int64(bytes.Count(b, []byte{'\n'})))
-	return len(b), nil
 }
 
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }

@@ -51,7 +51,7 @@ and streamed, shards removed stopped, the others go on); SIGTERM and SIGINT stop
 			defer wg.Wait()
 			defer stop() // before the Wait: ends reloadOnHUP
 			wg.Go(func() { reloadOnHUP(ctx, path, log, reload) })
-			return fanin.Run(ctx, cfg, fanin.Options{Log: log, Reload: reload})
+			return fanin.Run(ctx, cfg, fanin.Options{Log: log, Reload: reload, Progress: progressPrinter(os.Stderr, log, true)})
 		},
 	}
 	cmd.PersistentFlags().StringVarP(&path, "config", "c", "router.yaml", "config file")

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgrouter/pgrouter/config"
+	"github.com/pgrouter/pgrouter/logical"
 	"github.com/pgrouter/pgrouter/refsync"
 )
 
@@ -80,23 +81,24 @@ func runRefsync(ctx context.Context, cfg *config.Config, log *zap.Logger, path s
 	return refsync.Run(ctx, cfg, refsync.Options{
 		Log:      log,
 		Reload:   reload,
-		Progress: progressPrinter(progressOut, log),
+		Progress: progressPrinter(progressOut, log, false),
 	})
 }
 
 // progressPrinter draws a bar per table on a terminal and logs the progress
-// every 10 seconds otherwise.
-func progressPrinter(out *os.File, log *zap.Logger) func(refsync.Progress) {
+// every 10 seconds otherwise; fromShard says the copy goes from the shard
+// (fanin) rather than to it (refsync).
+func progressPrinter(out *os.File, log *zap.Logger, fromShard bool) func(logical.Progress) {
 	fi, err := out.Stat()
 	terminal := err == nil && fi.Mode()&os.ModeCharDevice != 0
 	var mu sync.Mutex
 	lastLog := map[string]time.Time{}
-	return func(p refsync.Progress) {
+	return func(p logical.Progress) {
 		mu.Lock()
 		defer mu.Unlock()
 		key := p.Shard + " " + p.Table.String()
 		if terminal {
-			fmt.Fprintf(out, "\r%s", progressLine(p))
+			fmt.Fprintf(out, "\r%s", progressLine(p, fromShard))
 			if p.Done {
 				fmt.Fprintln(out)
 			}
@@ -111,7 +113,7 @@ func progressPrinter(out *os.File, log *zap.Logger) func(refsync.Progress) {
 }
 
 // progressLine is one line of a copy's progress bar.
-func progressLine(p refsync.Progress) string {
+func progressLine(p logical.Progress, fromShard bool) string {
 	const width = 30
 	frac := 1.0
 	if p.Total > 0 && !p.Done {
@@ -119,6 +121,9 @@ func progressLine(p refsync.Progress) string {
 	}
 	filled := int(frac * width)
 	bar := strings.Repeat("=", filled) + strings.Repeat(" ", width-filled)
+	if fromShard {
+		return fmt.Sprintf("copy %-10s %-24s → target [%s] %3.0f%% %d rows", p.Shard, p.Table, bar, frac*100, p.Rows)
+	}
 	return fmt.Sprintf("copy %-24s → %-10s [%s] %3.0f%% %d rows", p.Table, p.Shard, bar, frac*100, p.Rows)
 }
 
