@@ -186,35 +186,12 @@ func (w *worker) loop(ctx context.Context) {
 	}
 }
 
-// connectTimeout bounds every connection fanin opens.
-const connectTimeout = 10 * time.Second
-
 func connect(ctx context.Context, dsn string, params map[string]string) (*pgx.Conn, error) {
-	cc, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		return nil, err
-	}
-	cc.ConnectTimeout = connectTimeout
-	cc.RuntimeParams["application_name"] = "pgrouter fanin"
-	for k, v := range params {
-		cc.RuntimeParams[k] = v
-	}
-	conn, err := pgx.ConnectConfig(ctx, cc)
-	if err != nil {
-		return nil, fmt.Errorf("connect to %s@%s:%d/%s: %w", cc.User, cc.Host, cc.Port, cc.Database, err)
-	}
-	return conn, nil
+	return logical.Connect(ctx, dsn, "pgrouter fanin", params)
 }
 
 func (w *worker) replicationConn(ctx context.Context) (*pgconn.PgConn, error) {
-	cc, err := pgconn.ParseConfig(w.dsn)
-	if err != nil {
-		return nil, err
-	}
-	cc.RuntimeParams["replication"] = "database"
-	cc.RuntimeParams["application_name"] = "pgrouter fanin"
-	cc.ConnectTimeout = connectTimeout
-	conn, err := pgconn.ConnectConfig(ctx, cc)
+	conn, err := logical.ReplicationConn(ctx, w.dsn, "pgrouter fanin")
 	if err != nil {
 		return nil, fmt.Errorf("connect to shard %s for replication (needs wal_level = logical and a role with REPLICATION): %w", w.shard, err)
 	}

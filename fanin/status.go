@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgrouter/pgrouter/config"
+	"github.com/pgrouter/pgrouter/logical"
 )
 
 // ShardStatus is how far the target is behind one shard.
@@ -68,7 +69,7 @@ func Status(ctx context.Context, cfg *config.Config) ([]ShardStatus, error) {
 
 // lag asks a shard how far its WAL is past a position.
 func lag(ctx context.Context, dsn, lsn string) (int64, error) {
-	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	ctx, cancel := context.WithTimeout(ctx, logical.ConnectTimeout)
 	defer cancel()
 	conn, err := connect(ctx, dsn, nil)
 	if err != nil {

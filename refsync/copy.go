@@ -155,14 +155,7 @@ func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''
 
 // replicationConn opens a walsender connection to the source database.
 func (r *run) replicationConn(ctx context.Context) (*pgconn.PgConn, error) {
-	cc, err := pgconn.ParseConfig(r.ref.Source)
-	if err != nil {
-		return nil, fmt.Errorf("reference.source: %w", err)
-	}
-	cc.RuntimeParams["replication"] = "database"
-	cc.RuntimeParams["application_name"] = "pgrouter refsync"
-	cc.ConnectTimeout = connectTimeout
-	conn, err := pgconn.ConnectConfig(ctx, cc)
+	conn, err := logical.ReplicationConn(ctx, r.ref.Source, "pgrouter refsync")
 	if err != nil {
 		return nil, fmt.Errorf("connect to the reference source for replication: %w", err)
 	}
@@ -174,28 +167,7 @@ func (r *run) sourceConn(ctx context.Context) (*pgx.Conn, error) {
 	return connect(ctx, r.ref.Source, nil)
 }
 
-// connectTimeout bounds every connection refsync opens.
-const connectTimeout = 10 * time.Second
-
 // connect opens a control connection; params are extra startup settings.
 func connect(ctx context.Context, dsn string, params map[string]string) (*pgx.Conn, error) {
-	cc, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		return nil, err
-	}
-	cc.ConnectTimeout = connectTimeout
-	cc.RuntimeParams["application_name"] = "pgrouter refsync"
-	for k, v := range params {
-		cc.RuntimeParams[k] = v
-	}
-	conn, err := pgx.ConnectConfig(ctx, cc)
-	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", redact(cc), err)
-	}
-	return conn, nil
-}
-
-// redact names a server without its password.
-func redact(cc *pgx.ConnConfig) string {
-	return fmt.Sprintf("%s@%s:%d/%s", cc.User, cc.Host, cc.Port, cc.Database)
+	return logical.Connect(ctx, dsn, "pgrouter refsync", params)
 }

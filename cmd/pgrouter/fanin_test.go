@@ -448,17 +448,7 @@ func TestFaninFollowsMoves(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer router.Close(ctx)
-	added := 0
-	for i := moveUsers + 1; added < 300; i++ {
-		name := strconv.Itoa(i)
-		if p := partitionOf(name); p != 6 && p != 7 {
-			continue
-		}
-		if _, err := router.Exec(ctx, "SELECT add_account($1, $2)", name, int64(i)); err != nil {
-			t.Fatal(err)
-		}
-		added++
-	}
+	addAccounts(ctx, t, router, moveUsers+1, 300)
 	if out, code := pgrouter(ctx, t, "move", "-c", paths[0], "--cluster", "main", "--partitions", "6-7", "--to", "s1"); code != 0 {
 		t.Fatalf("pgrouter move back (exit %d):\n%s", code, out)
 	}
@@ -471,16 +461,7 @@ func TestFaninFollowsMoves(t *testing.T) {
 	// wait at the cut-over for s1's stream, which goes on once SIGHUP gives
 	// fan-in the right DSN.
 	proc.kill()
-	for i, added := moveUsers+5000, 0; added < 300; i++ {
-		name := strconv.Itoa(i)
-		if p := partitionOf(name); p != 6 && p != 7 {
-			continue
-		}
-		if _, err := router.Exec(ctx, "SELECT add_account($1, $2)", name, int64(i)); err != nil {
-			t.Fatal(err)
-		}
-		added++
-	}
+	addAccounts(ctx, t, router, moveUsers+5000, 300)
 	if out, code := pgrouter(ctx, t, "move", "-c", paths[0], "--cluster", "main", "--partitions", "6-7", "--to", "s2"); code != 0 {
 		t.Fatalf("pgrouter move again (exit %d):\n%s", code, out)
 	}
@@ -509,5 +490,21 @@ func TestFaninFollowsMoves(t *testing.T) {
 	converge("after a move with the new shard's stream first")
 	if !strings.Contains(late.output(), "waiting") && !strings.Contains(late.output(), "passed the cut-over") {
 		t.Fatalf("s2's worker did not wait for s1's stream at the cut-over:\n%s", late.output())
+	}
+}
+
+// addAccounts adds n accounts in partitions 6-7 through the router, ids
+// (and names) from first on.
+func addAccounts(ctx context.Context, t *testing.T, router *pgx.Conn, first, n int) {
+	t.Helper()
+	for i, added := first, 0; added < n; i++ {
+		name := strconv.Itoa(i)
+		if p := partitionOf(name); p != 6 && p != 7 {
+			continue
+		}
+		if _, err := router.Exec(ctx, "SELECT add_account($1, $2)", name, int64(i)); err != nil {
+			t.Fatal(err)
+		}
+		added++
 	}
 }
