@@ -33,8 +33,13 @@ type stmt struct {
 // the central row's partition is one the shard holds.
 func statements(shard string, t *logical.Txn, view *partitionView) []stmt {
 	out := make([]stmt, 0, len(t.Changes))
-	for i := range t.Changes {
+	for i := 0; i < len(t.Changes); i++ {
 		c := &t.Changes[i]
+		if n := insertRun(t.Changes[i:]); n > 1 {
+			out = append(out, insertStatement(shard, t.Changes[i:i+n]))
+			i += n - 1
+			continue
+		}
 		if c.Kind == 'T' {
 			for _, rel := range c.Truncate {
 				out = append(out, stmt{sql: "DELETE FROM " + ident(rel) + " WHERE " + shardColumn + " = $1", params: [][]byte{[]byte(shard)}})
@@ -51,6 +56,71 @@ func statements(shard string, t *logical.Txn, view *partitionView) []stmt {
 		out = append(out, s)
 	}
 	return out
+}
+
+// maxInsertRows bounds the rows of one multi-row insert (and its
+// parameters, which PostgreSQL counts in 16 bits).
+const maxInsertRows = 100
+
+// insertRun is how many changes from the first are inserts of whole rows
+// into one table, which one statement can upsert together. (A key cannot
+// come twice in a run: the row would have to be deleted in between.)
+func insertRun(changes []logical.Change) int {
+	first := &changes[0]
+	if first.Kind != 'I' || !whole(first.Row) {
+		return 0
+	}
+	n := 1
+	for n < len(changes) && n < maxInsertRows && (n+1)*(len(first.Row)+1) < 60000 {
+		c := &changes[n]
+		if c.Kind != 'I' || c.Rel != first.Rel || !whole(c.Row) {
+			break
+		}
+		n++
+	}
+	return n
+}
+
+// whole reports a row with every column's value (none left unchanged).
+func whole(row []logical.Value) bool {
+	for _, v := range row {
+		if v.Kind == 'u' {
+			return false
+		}
+	}
+	return true
+}
+
+// insertStatement upserts a run of inserts (insertRun) in one statement.
+func insertStatement(shard string, run []logical.Change) stmt {
+	rel := run[0].Rel
+	var cols, sets, keys []string
+	for _, c := range rel.Columns {
+		id := pgx.Identifier{c}.Sanitize()
+		cols = append(cols, id)
+		sets = append(sets, id+" = excluded."+id)
+	}
+	for _, k := range rel.KeyCols {
+		keys = append(keys, pgx.Identifier{rel.Columns[k]}.Sanitize())
+	}
+	var sb strings.Builder
+	sb.WriteString("INSERT INTO " + ident(rel) + " (" + strings.Join(cols, ", ") + ", " + shardColumn + ") VALUES ")
+	params := make([][]byte, 0, len(run)*(len(cols)+1))
+	for r := range run {
+		if r > 0 {
+			sb.WriteString(", ")
+		}
+		sb.WriteByte('(')
+		for _, v := range run[r].Row {
+			params = append(params, v.Text) // nil for NULL
+			sb.WriteString("$" + strconv.Itoa(len(params)) + ", ")
+		}
+		params = append(params, []byte(shard))
+		sb.WriteString("$" + strconv.Itoa(len(params)) + ")")
+	}
+	sb.WriteString(" ON CONFLICT (" + strings.Join(keys, ", ") + ") DO UPDATE SET ")
+	sb.WriteString(strings.Join(append(sets, shardColumn+" = excluded."+shardColumn), ", "))
+	return stmt{sql: sb.String(), params: params}
 }
 
 func ident(rel *logical.Relation) string {

@@ -186,6 +186,10 @@ func load(t *testing.T, db string, stop <-chan struct{}) *sync.WaitGroup {
 				switch rand.IntN(5) {
 				case 0:
 					sql = fmt.Sprintf("INSERT INTO users (id, name, note) VALUES (%d, 'new %d', 'x')", next, n)
+					if n%2 == 1 { // many rows in one transaction: one multi-row upsert in the target
+						sql = fmt.Sprintf("INSERT INTO users (id, name, note) SELECT g, 'bulk %d', CASE WHEN g %% 3 = 0 THEN NULL ELSE 'b' END FROM generate_series(%d, %d, 2) g", n, next, next+98)
+						next += 100
+					}
 					next += 2
 				case 1:
 					sql = "DELETE FROM users WHERE id = (SELECT id FROM users ORDER BY random() LIMIT 1)"
