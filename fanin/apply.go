@@ -50,8 +50,7 @@ func statements(shard string, t *logical.Txn, view *partitionView) []stmt {
 		s := rowStatement(shard, c, tracked)
 		if tracked && c.Kind == 'D' {
 			ot := view.tables[c.Rel.Table]
-			holds, _ := view.lists()
-			s.sql += fmt.Sprintf(" AND %s = ANY ('%s'::int[])", ot.PartitionExpr(pgx.Identifier{ot.Key}.Sanitize(), view.partitions), intArray(holds))
+			s.sql += fmt.Sprintf(" AND %s = ANY ('%s'::int[])", ot.PartitionExpr(pgx.Identifier{ot.Key}.Sanitize(), view.partitions), view.heldArray())
 		}
 		out = append(out, s)
 	}

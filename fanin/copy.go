@@ -117,8 +117,7 @@ func (w *worker) copyTable(ctx context.Context, src, dst pgx.Tx, def *logical.Ta
 	where := ""
 	if view.tracked(t) { // only the rows of partitions the shard holds
 		ot := view.tables[t]
-		holds, _ := view.lists()
-		where = fmt.Sprintf(" WHERE %s = ANY ('%s'::int[])", ot.PartitionExpr(pgx.Identifier{ot.Key}.Sanitize(), view.partitions), intArray(holds))
+		where = fmt.Sprintf(" WHERE %s = ANY ('%s'::int[])", ot.PartitionExpr(pgx.Identifier{ot.Key}.Sanitize(), view.partitions), view.heldArray())
 	}
 	var estimate float64
 	if err := src.QueryRow(ctx, `SELECT reltuples FROM pg_class WHERE oid = $1::regclass`, ident).Scan(&estimate); err != nil {

@@ -47,6 +47,9 @@ type partitionView struct {
 	tables     map[config.TableName]*ownership.Table // the sharded ones among fanin's tables
 	holds      map[int]bool                          // owned, moving or frozen: its rows are the shard's
 	writes     map[int]bool                          // owned or moving: the shard may still write in it
+	// held is holds as an int[] literal, made once per change of holds
+	// (every delete of a sharded table's row needs it).
+	held string
 }
 
 // partitionsTable is where shards record ownership.
@@ -81,6 +84,7 @@ func newPartitionView(ctx context.Context, cfg *config.Config, shard *pgx.Conn) 
 // read sets what the shard holds from its records (in the copy's
 // snapshot), or from router.yaml when it records nothing yet.
 func (v *partitionView) read(ctx context.Context, q logical.Querier, configured []int) error {
+	v.held = ""
 	clear(v.holds)
 	clear(v.writes)
 	rows, err := q.Query(ctx, "SELECT partition, state FROM pgrouter.partitions WHERE cluster = $1", v.cluster)
@@ -112,6 +116,7 @@ func (v *partitionView) read(ctx context.Context, q logical.Querier, configured 
 
 // restore sets what the shard held at the target's position.
 func (v *partitionView) restore(holds, writes []int) {
+	v.held = ""
 	clear(v.holds)
 	clear(v.writes)
 	for _, p := range holds {
@@ -134,6 +139,15 @@ func (v *partitionView) lists() (holds, writes []int) {
 	slices.Sort(holds)
 	slices.Sort(writes)
 	return holds, writes
+}
+
+// heldArray is the partitions the shard holds as an int[] literal.
+func (v *partitionView) heldArray() string {
+	if v.held == "" {
+		holds, _ := v.lists()
+		v.held = string(intArray(holds))
+	}
+	return v.held
 }
 
 // follow takes a change of pgrouter.partitions and returns the partitions
@@ -161,6 +175,7 @@ func (v *partitionView) follow(c *logical.Change) (gained []int) {
 	if cluster != v.cluster || p < 0 {
 		return nil
 	}
+	v.held = ""
 	if c.Kind == 'D' {
 		delete(v.holds, p)
 		delete(v.writes, p)

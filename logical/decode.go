@@ -7,6 +7,7 @@ package logical
 import (
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -195,7 +196,7 @@ func (d *Decoder) Add(data []byte) (*Txn, error) {
 
 func (d *Decoder) relation(m *pglogrepl.RelationMessage) error {
 	t := config.TableName{Schema: m.Namespace, Name: m.RelationName}
-	if !configured(d.tables, t) {
+	if !slices.Contains(d.tables, t) {
 		delete(d.relations, m.RelationID) // published, but not ours (someone added it)
 		return nil
 	}
@@ -266,14 +267,4 @@ func values(rel *Relation, t *pglogrepl.TupleData) ([]Value, error) {
 		}
 	}
 	return out, nil
-}
-
-// configured reports whether t is one of tables.
-func configured(tables []config.TableName, t config.TableName) bool {
-	for _, x := range tables {
-		if x == t {
-			return true
-		}
-	}
-	return false
 }

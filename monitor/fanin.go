@@ -19,10 +19,7 @@ type faninView struct {
 
 // watchFanin polls fan-in's positions for one round. The caller holds mu.
 func (m *Monitor) watchFanin(r *round) {
-	interval := r.cfg.Health.Interval.D()
-	if interval <= 0 {
-		interval = refsyncPollDefault
-	}
+	interval := pollInterval(r)
 	m.repeat(r, interval, func() {
 		ctx, cancel := context.WithTimeout(r.ctx, interval)
 		st, err := fanin.Status(ctx, r.cfg)

@@ -13,10 +13,7 @@ import (
 
 // watchMoves polls the moves in progress for one round. The caller holds mu.
 func (m *Monitor) watchMoves(r *round) {
-	interval := r.cfg.Health.Interval.D()
-	if interval <= 0 {
-		interval = refsyncPollDefault
-	}
+	interval := pollInterval(r)
 	m.repeat(r, interval, func() {
 		ctx, cancel := context.WithTimeout(r.ctx, interval)
 		st := move.ReadStatus(ctx, r.cfg)

@@ -13,15 +13,21 @@ import (
 // databases, not a refsync process, so every pgrouter instance shows the
 // same lag and needs no link to wherever refsync runs.
 
-// refsyncPollDefault is the interval when health checks are off.
-const refsyncPollDefault = 10 * time.Second
+// pollDefault is the pollers' interval when health checks are off.
+const pollDefault = 10 * time.Second
+
+// pollInterval is how often the database pollers (refsync's and fan-in's
+// lag, moves) read: every health interval, else pollDefault.
+func pollInterval(r *round) time.Duration {
+	if d := r.cfg.Health.Interval.D(); d > 0 {
+		return d
+	}
+	return pollDefault
+}
 
 // watchRefsync polls refsync's positions for one round. The caller holds mu.
 func (m *Monitor) watchRefsync(r *round) {
-	interval := r.cfg.Health.Interval.D()
-	if interval <= 0 {
-		interval = refsyncPollDefault
-	}
+	interval := pollInterval(r)
 	m.repeat(r, interval, func() {
 		ctx, cancel := context.WithTimeout(r.ctx, interval)
 		st := refsync.ReadStatus(ctx, r.cfg)

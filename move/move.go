@@ -494,6 +494,20 @@ func (m *mover) run(ctx context.Context, phase string) error {
 	return nil
 }
 
+// replicaTx begins a transaction on a shard that writes moved rows (see
+// replica).
+func (m *mover) replicaTx(ctx context.Context, shard string) (pgx.Tx, error) {
+	tx, err := m.conns[shard].Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := tx.Exec(ctx, replica); err != nil {
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("shard %s: %s (the move needs a superuser on the shards): %w", shard, replica, err)
+	}
+	return tx, nil
+}
+
 // replica is set on the sessions that write the moved rows: ordinary
 // triggers (the guard) and foreign keys do not fire for them, as for
 // logical replication's apply. It needs a superuser.
@@ -506,14 +520,11 @@ func (m *mover) copy(ctx context.Context) error {
 		return err
 	}
 	defer func() { _ = src.Rollback(context.WithoutCancel(ctx)) }()
-	dst, err := m.conns[m.target].Begin(ctx)
+	dst, err := m.replicaTx(ctx, m.target)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = dst.Rollback(context.WithoutCancel(ctx)) }()
-	if _, err := dst.Exec(ctx, replica); err != nil {
-		return fmt.Errorf("shard %s: %s (the move needs a superuser on the shards): %w", m.target, replica, err)
-	}
 	m.res.Rows = 0
 	for _, t := range m.tables {
 		if _, err := dst.Exec(ctx, fmt.Sprintf("DELETE FROM %s WHERE %s", t.Ident(), m.in(t, ""))); err != nil {
@@ -673,14 +684,11 @@ func (m *mover) applyBatch(ctx context.Context) (int64, error) {
 		return 0, err
 	}
 	defer func() { _ = readTx.Rollback(context.WithoutCancel(ctx)) }()
-	dst, err := m.conns[m.target].Begin(ctx)
+	dst, err := m.replicaTx(ctx, m.target)
 	if err != nil {
 		return 0, err
 	}
 	defer func() { _ = dst.Rollback(context.WithoutCancel(ctx)) }()
-	if _, err := dst.Exec(ctx, replica); err != nil {
-		return 0, fmt.Errorf("shard %s: %s (the move needs a superuser on the shards): %w", m.target, replica, err)
-	}
 	for _, t := range m.tables {
 		keys := byTable[t.Schema+"."+t.Name]
 		if len(keys) == 0 {
@@ -746,14 +754,11 @@ func (m *mover) waitOlderTransactions(ctx context.Context) {
 
 // removeSource deletes the moved rows from the source.
 func (m *mover) removeSource(ctx context.Context) error {
-	tx, err := m.conns[m.source].Begin(ctx)
+	tx, err := m.replicaTx(ctx, m.source)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	if _, err := tx.Exec(ctx, replica); err != nil {
-		return fmt.Errorf("shard %s: %s (the move needs a superuser on the shards): %w", m.source, replica, err)
-	}
 	m.res.Removed = 0
 	for _, t := range m.tables {
 		tag, err := tx.Exec(ctx, fmt.Sprintf("DELETE FROM %s WHERE %s", t.Ident(), m.in(t, "")))
@@ -778,14 +783,11 @@ func (m *mover) abort(ctx context.Context, phase string) error {
 	if err := m.setState(ctx, []string{ownership.Moving, ownership.Frozen}, ownership.Owned); err != nil {
 		return fmt.Errorf("give the partitions back to %s: %w", m.source, err)
 	}
-	tx, err := m.conns[m.target].Begin(ctx)
+	tx, err := m.replicaTx(ctx, m.target)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	if _, err := tx.Exec(ctx, replica); err != nil {
-		return err
-	}
 	for _, t := range m.tables {
 		if _, err := tx.Exec(ctx, fmt.Sprintf("DELETE FROM %s WHERE %s", t.Ident(), m.in(t, ""))); err != nil {
 			return fmt.Errorf("delete the copies of %s from %s: %w", t.TableName, m.target, err)

@@ -206,18 +206,11 @@ CREATE TRIGGER pgrouter_owner_guard BEFORE INSERT OR UPDATE OR DELETE ON %[4]s F
 // gives), and creates or replaces the guards of the tables. It is
 // idempotent; ownership already recorded is kept.
 func Install(ctx context.Context, conn *pgx.Conn, cluster, shard string, partitions int, held []int, tables []*Table) error {
-	tx, err := conn.Begin(ctx)
+	tx, err := beginSchema(ctx, conn)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	// One installer at a time per shard: CREATE ... IF NOT EXISTS races.
-	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext('pgrouter.ownership'))"); err != nil {
-		return err
-	}
-	if _, err := tx.Exec(ctx, schemaSQL); err != nil {
-		return fmt.Errorf("create the pgrouter schema: %w", err)
-	}
 	var recorded bool
 	if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pgrouter.partitions WHERE cluster = $1)", cluster).Scan(&recorded); err != nil {
 		return err
@@ -241,18 +234,30 @@ func Install(ctx context.Context, conn *pgx.Conn, cluster, shard string, partiti
 // ownership recorded), for a reader that must publish them before any move
 // has run (pgrouter fanin).
 func EnsureSchema(ctx context.Context, conn *pgx.Conn) error {
-	tx, err := conn.Begin(ctx)
+	tx, err := beginSchema(ctx, conn)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	return tx.Commit(ctx)
+}
+
+// beginSchema begins a transaction in which the ownership tables exist,
+// one installer at a time per shard (CREATE ... IF NOT EXISTS races).
+func beginSchema(ctx context.Context, conn *pgx.Conn) (pgx.Tx, error) {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
 	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext('pgrouter.ownership'))"); err != nil {
-		return err
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		return nil, err
 	}
 	if _, err := tx.Exec(ctx, schemaSQL); err != nil {
-		return fmt.Errorf("create the pgrouter schema: %w", err)
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("create the pgrouter schema: %w", err)
 	}
-	return tx.Commit(ctx)
+	return tx, nil
 }
 
 // Read returns the partitions of a cluster a shard holds (owned or

@@ -208,26 +208,16 @@ func (s *session) cursorFetch(cur *fanCursor, want int64) (n int64, ended bool, 
 // openCursorShard takes a server for the cursor's next shard and opens
 // the portal there, in a READ ONLY transaction of its own.
 func (s *session) openCursorShard(cur *fanCursor, sh *shardmap.Shard) error {
-	c := s.heldOn(sh)
-	cur.held = c != nil
-	if c == nil {
-		p, err := s.poolFor(sh)
-		if err != nil {
-			return err
-		}
-		if c, err = p.Acquire(s.srv.ctx, s.waitTimeout); err != nil {
-			return err
-		}
-		c.SetHolder(s.id)
-		if err := s.syncSettings(c); err != nil {
-			c.MarkBroken()
+	c, took, err := s.fanServer(sh)
+	if err != nil {
+		if took {
 			c.Pool().Release(c)
-			return err
 		}
+		return err
 	}
-	cur.conn = c
+	cur.conn, cur.held = c, !took
 	ctx, cancel := context.WithTimeout(s.srv.ctx, s.waitTimeout)
-	_, err := c.Exec(ctx, "BEGIN READ ONLY")
+	_, err = c.Exec(ctx, "BEGIN READ ONLY")
 	cancel()
 	if err != nil {
 		return err

@@ -76,29 +76,16 @@ func (s *session) runOnAll(f *fanStream, split *router.Split, write func(i int, 
 	wrap := s.tx.unpinned()
 	var wg sync.WaitGroup
 	for i, sh := range shards {
-		held := s.heldOn(sh)
-		p, err := s.poolFor(sh)
-		if err != nil && held == nil {
-			f.lost(sh, err)
-			continue
-		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c := held
-			if c == nil {
-				var err error
-				if c, err = p.Acquire(s.srv.ctx, s.waitTimeout); err != nil {
-					f.lost(sh, err)
-					return
-				}
-				c.SetHolder(s.id)
+			c, took, err := s.fanServer(sh)
+			if took {
 				taken[i] = c
-				if err := s.syncSettings(c); err != nil {
-					c.MarkBroken()
-					f.lost(sh, err)
-					return
-				}
+			}
+			if err != nil {
+				f.lost(sh, err)
+				return
 			}
 			// Registered for cancel requests and the watchdog; one acquired
 			// after server_read_timeout fired is closed like the others.
@@ -151,6 +138,29 @@ func shardNames(shards []*shardmap.Shard) string {
 		names[i] = sh.Name
 	}
 	return strings.Join(names, ", ")
+}
+
+// fanServer returns the server a fan-out uses on a shard: the one the
+// session-mode client holds there, else one taken from the shard's pool
+// (took: it goes back to the pool after the fan-out, even when err says
+// its settings could not be synced).
+func (s *session) fanServer(sh *shardmap.Shard) (c *pool.Conn, took bool, err error) {
+	if c := s.heldOn(sh); c != nil {
+		return c, false, nil
+	}
+	p, err := s.poolFor(sh)
+	if err != nil {
+		return nil, false, err
+	}
+	if c, err = p.Acquire(s.srv.ctx, s.waitTimeout); err != nil {
+		return nil, false, err
+	}
+	c.SetHolder(s.id)
+	if err := s.syncSettings(c); err != nil {
+		c.MarkBroken()
+		return c, true, err
+	}
+	return c, true, nil
 }
 
 // heldOn returns the idle server a session-mode client holds on a shard.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -254,7 +255,7 @@ func (r *run) ensurePublication(ctx context.Context, src *pgx.Conn) error {
 		return fmt.Errorf("read the tables of publication %s: %w", r.ref.Publication, err)
 	}
 	for _, t := range r.ref.TableNames {
-		if !configured(published, t) {
+		if !slices.Contains(published, t) {
 			if _, err := src.Exec(ctx, fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s", pub, pgx.Identifier{t.Schema, t.Name}.Sanitize())); err != nil {
 				return fmt.Errorf("add %s to publication %s: %w", t, r.ref.Publication, err)
 			}
@@ -262,7 +263,7 @@ func (r *run) ensurePublication(ctx context.Context, src *pgx.Conn) error {
 		}
 	}
 	for _, t := range published {
-		if !configured(r.ref.TableNames, t) {
+		if !slices.Contains(r.ref.TableNames, t) {
 			if _, err := src.Exec(ctx, fmt.Sprintf("ALTER PUBLICATION %s DROP TABLE %s", pub, pgx.Identifier{t.Schema, t.Name}.Sanitize())); err != nil {
 				return fmt.Errorf("drop %s from publication %s: %w", t, r.ref.Publication, err)
 			}

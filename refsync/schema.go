@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
@@ -78,7 +79,7 @@ func setupShard(ctx context.Context, conn *pgx.Conn, slot string, tables []confi
 			if err := rows.Scan(&t.Schema, &t.Name, &lsn); err != nil {
 				return fmt.Errorf("read pgrouter.refsync_tables: %w", err)
 			}
-			if !st.fresh && configured(tables, t) {
+			if !st.fresh && slices.Contains(tables, t) {
 				st.tables[t] = lsn
 			} else {
 				forget = append(forget, t)
@@ -95,15 +96,6 @@ func setupShard(ctx context.Context, conn *pgx.Conn, slot string, tables []confi
 		return nil
 	})
 	return st, err
-}
-
-func configured(tables []config.TableName, t config.TableName) bool {
-	for _, c := range tables {
-		if c == t {
-			return true
-		}
-	}
-	return false
 }
 
 // ensureTable creates a reference table on a shard when it is missing and
