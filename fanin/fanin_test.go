@@ -217,7 +217,11 @@ func load(t *testing.T, db string, stop <-chan struct{}) *sync.WaitGroup {
 // refuses writes of its own.
 func TestFaninCopyThenStream(t *testing.T) {
 	before := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, before) }) // after fan-in stops (cleanups run last first)
+	// After fan-in stops (cleanups run last first); the restarted shard
+	// server's waiter is pgtest's, not fan-in's.
+	t.Cleanup(func() {
+		goleak.VerifyNone(t, before, goleak.IgnoreAnyFunction("github.com/pgrouter/pgrouter/internal/pgtest.spawn.func1"))
+	})
 	cfg := setup(t, "stream", 2000)
 	var mu sync.Mutex
 	copied := map[string]int64{}
@@ -240,6 +244,28 @@ func TestFaninCopyThenStream(t *testing.T) {
 	time.Sleep(3 * time.Second)
 	close(stop)
 	wg.Wait()
+	waitEqual(t, "stream", 30*time.Second)
+
+	// A shard that is down delays only its own rows: s0's next change
+	// reaches the target while s1 is stopped.
+	servers[1].Halt()
+	if err := servers[0].Exec(context.Background(), "stream", "INSERT INTO users (id, name) VALUES (7777777776, 'while s1 is down')"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got, _ := tryRows(servers[2].DSN("stream"), "SELECT name FROM users WHERE id = 7777777776")
+		if len(got) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("s0's change did not reach the target while s1 was down")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := servers[1].Restart(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	waitEqual(t, "stream", 30*time.Second)
 
 	// A TRUNCATE on one shard removes that shard's rows only.

@@ -106,6 +106,14 @@ func TestRoutingSplit(t *testing.T) {
 		checkAdded(fmt.Sprintf("rt_get_users (%v)", mode), collect(rows, err), all)
 	}
 
+	// A merge reduces the shards' answers to one row: every name found once.
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol} {
+		var n int64
+		if err := conn.QueryRow(ctx, "SELECT rt_count_names($1)", mode, want).Scan(&n); err != nil || n != int64(len(all)) {
+			t.Fatalf("rt_count_names (merge: sum, %v) = %d, %v; want %d", mode, n, err, len(all))
+		}
+	}
+
 	// In a transaction: a read runs READ ONLY on each shard and leaves the
 	// transaction free; a write over several shards is refused, over one
 	// it pins the transaction there like any call.

@@ -52,6 +52,8 @@ CREATE OR REPLACE FUNCTION rt_get_users(i_names text[], OUT username text, OUT s
   $$ SELECT u.username, s.name FROM rt_users u, rt_shard s WHERE u.username = ANY(i_names) $$;
 CREATE OR REPLACE FUNCTION rt_add_users(i_names text[], i_emails text[]) RETURNS SETOF text LANGUAGE sql AS
   $$ INSERT INTO rt_users (username, email) SELECT * FROM unnest(i_names, i_emails) RETURNING username || '@' || (SELECT name FROM rt_shard) $$;
+CREATE OR REPLACE FUNCTION rt_count_names(i_names text[]) RETURNS bigint LANGUAGE sql AS
+  $$ SELECT count(*) FROM rt_users WHERE username = ANY(i_names) $$;
 CREATE OR REPLACE FUNCTION rt_user_impl(i_username text) RETURNS text LANGUAGE sql AS $$ SELECT email FROM rt_users WHERE username = i_username $$;
 `
 
@@ -75,6 +77,7 @@ const routingFunctions = `functions:
   - {name: rt_get_users, key: i_names, split: [i_names], read_only: true}
   - {name: rt_add_users, key: i_names, split: [i_names, i_emails]}
   - {name: rt_lookup, key: i_username, target: rt_user_impl}
+  - {name: rt_count_names, key: i_names, split: [i_names], merge: sum}
 `
 
 // startRouting creates the routing schema on the four shards and starts a
