@@ -208,7 +208,11 @@ func (s *session) cursorFetch(cur *fanCursor, want int64) (n int64, ended bool, 
 // openCursorShard takes a server for the cursor's next shard and opens
 // the portal there, in a READ ONLY transaction of its own.
 func (s *session) openCursorShard(cur *fanCursor, sh *shardmap.Shard) error {
-	c, took, err := s.fanServer(sh)
+	at, err := s.fanPlaceOf(sh)
+	if err != nil {
+		return err
+	}
+	c, took, err := s.fanServer(at)
 	if err != nil {
 		if took {
 			c.Pool().Release(c)

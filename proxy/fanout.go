@@ -76,10 +76,17 @@ func (s *session) runOnAll(f *fanStream, split *router.Split, write func(i int, 
 	wrap := s.tx.unpinned()
 	var wg sync.WaitGroup
 	for i, sh := range shards {
+		// Found here, on the session's goroutine: poolFor fills the
+		// session's pool cache, which the shards' goroutines must not.
+		at, err := s.fanPlaceOf(sh)
+		if err != nil {
+			f.lost(sh, err)
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, took, err := s.fanServer(sh)
+			c, took, err := s.fanServer(at)
 			if took {
 				taken[i] = c
 			}
@@ -140,18 +147,31 @@ func shardNames(shards []*shardmap.Shard) string {
 	return strings.Join(names, ", ")
 }
 
-// fanServer returns the server a fan-out uses on a shard: the one the
-// session-mode client holds there, else one taken from the shard's pool
-// (took: it goes back to the pool after the fan-out, even when err says
-// its settings could not be synced).
-func (s *session) fanServer(sh *shardmap.Shard) (c *pool.Conn, took bool, err error) {
+// fanPlace is where a fan-out runs on one shard: the idle server a
+// session-mode client holds there, else the pool of the client's user.
+type fanPlace struct {
+	held *pool.Conn
+	pool *pool.Pool
+}
+
+// fanPlaceOf finds a shard's fanPlace; it runs on the session's goroutine.
+func (s *session) fanPlaceOf(sh *shardmap.Shard) (fanPlace, error) {
 	if c := s.heldOn(sh); c != nil {
-		return c, false, nil
+		return fanPlace{held: c}, nil
 	}
 	p, err := s.poolFor(sh)
-	if err != nil {
-		return nil, false, err
+	return fanPlace{pool: p}, err
+}
+
+// fanServer returns the server a fan-out uses at a fanPlace: the held one,
+// else one taken from the pool (took: it goes back to the pool after the
+// fan-out, even when err says its settings could not be synced). It may
+// run on the shards' goroutines.
+func (s *session) fanServer(at fanPlace) (c *pool.Conn, took bool, err error) {
+	if at.held != nil {
+		return at.held, false, nil
 	}
+	p := at.pool
 	if c, err = p.Acquire(s.srv.ctx, s.waitTimeout); err != nil {
 		return nil, false, err
 	}
